@@ -1,0 +1,2 @@
+//! The oxrl engine.
+#![warn(missing_docs)]

@@ -1,0 +1,2 @@
+//! Reward functions for oxrl. No libtorch dependency.
+#![warn(missing_docs)]
