@@ -1,1 +1,84 @@
-//! End-to-end tests live in this directory as `[[test]]` targets.
+//! Shared helpers for oxrl's end-to-end tests: the set-up's Python (with transformers), the
+//! bundled model, the `oxrl` binary, and tiny random models written as HF directories.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use oxrl::model::random::randomize;
+use oxrl::pretrained::save_model_dir;
+use oxrl::{Llama, ModelConfig};
+use serde_json::Value;
+use tch::nn::VarStore;
+
+fn setup_env(var: &str) -> PathBuf {
+    let value = std::env::var_os(var).unwrap_or_else(|| {
+        panic!("{var} is not set: run the tests with `make test`, which runs scripts/setup.sh")
+    });
+    PathBuf::from(value)
+}
+
+/// The set-up's Python interpreter (torch 2.11.0 + transformers).
+pub fn python() -> PathBuf {
+    setup_env("OXRL_PYTHON")
+}
+
+/// The bundled SmolLM2-135M-Instruct GGUF file.
+pub fn smollm2_gguf() -> PathBuf {
+    setup_env("OXRL_SMOLLM2_GGUF")
+}
+
+/// Runs `tests/reference/hf_reference.py` with `request` and returns its answer.
+pub fn hf_reference(request: &Value) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/hf_reference.py");
+    let mut child = Command::new(python())
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting the reference script");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(request.to_string().as_bytes())
+        .expect("writing the request");
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .expect("running the reference script");
+    assert!(
+        out.status.success(),
+        "reference script failed: {}",
+        out.status
+    );
+    serde_json::from_slice(&out.stdout).expect("reference answer is JSON")
+}
+
+/// The `oxrl` binary built beside this test executable.
+pub fn oxrl_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/oxrl
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("oxrl");
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo build` first",
+        bin.display()
+    );
+    bin
+}
+
+/// A tiny model for `config_json`, randomly initialised with `seed`, saved as an HF directory
+/// (config.json + model.safetensors) in `dir`.
+pub fn tiny_model(config_json: &Value, seed: i64, dir: &Path) -> (VarStore, Llama) {
+    let config: ModelConfig = serde_json::from_value(config_json.clone()).expect("valid config");
+    config.validate().expect("valid config");
+    let vs = VarStore::new(tch::Device::Cpu);
+    let model = Llama::new(&vs.root(), &config);
+    randomize(&vs, seed, 0.2);
+    save_model_dir(&vs, &config, dir, None).expect("saving the tiny model");
+    (vs, model)
+}

@@ -1,0 +1,61 @@
+//! The `oxrl` command line.
+
+mod generate;
+mod import;
+mod logprobs;
+
+use clap::{Parser, Subcommand};
+
+use crate::device::{parse_device, parse_kind};
+use crate::pretrained::{LoadOptions, Pretrained};
+
+/// oxrl: reinforcement-learning post-training for LLMs.
+#[derive(Debug, Parser)]
+#[command(name = "oxrl", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate a completion for one prompt.
+    Generate(generate::Args),
+    /// Per-token logprobs of completions given prompts (JSONL in, JSONL out).
+    Logprobs(logprobs::Args),
+    /// Convert a GGUF file into a Hugging Face model directory.
+    Import(import::Args),
+}
+
+/// Where the model comes from and how to hold it; shared by several commands.
+#[derive(Debug, clap::Args)]
+struct ModelArgs {
+    /// HF model directory or .gguf file.
+    #[arg(long)]
+    model: std::path::PathBuf,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Parameter dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+impl ModelArgs {
+    fn load(&self) -> anyhow::Result<Pretrained> {
+        let opts = LoadOptions {
+            device: parse_device(&self.device)?,
+            kind: parse_kind(&self.dtype)?,
+        };
+        Ok(Pretrained::load(&self.model, opts)?)
+    }
+}
+
+/// Parses the command line and runs the command.
+pub fn run() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Generate(args) => generate::run(args),
+        Command::Logprobs(args) => logprobs::run(args),
+        Command::Import(args) => import::run(args),
+    }
+}

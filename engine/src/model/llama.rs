@@ -1,0 +1,303 @@
+//! Llama-family causal decoder (Llama 2/3, SmolLM, Qwen2): RMSNorm, RoPE, grouped-query
+//! attention through libtorch's `scaled_dot_product_attention`, SwiGLU MLP, optional q/k/v
+//! bias, tied or separate `lm_head`. Mirrors transformers' `modeling_llama.py`; parameter
+//! paths are the HF checkpoint keys (`model.layers.{i}.self_attn.q_proj.weight`), so loading
+//! is by name.
+
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+use super::config::ModelConfig;
+use super::kv_cache::KvCache;
+use super::rope::Rope;
+
+/// Root-mean-square layer norm, computed in f32 like transformers' `LlamaRMSNorm`.
+#[derive(Debug)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// A norm over the last dimension of width `dim`.
+    pub fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
+        Self {
+            weight: p.ones("weight", &[dim]),
+            eps,
+        }
+    }
+
+    /// Normalises `x` (`[.., dim]`).
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let x32 = x.to_kind(Kind::Float);
+        let var = x32.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        let normed = (x32 * (var + self.eps).rsqrt()).to_kind(kind);
+        &self.weight * normed
+    }
+}
+
+fn linear(p: &nn::Path, name: &str, input: usize, output: usize, bias: bool) -> nn::Linear {
+    let cfg = nn::LinearConfig {
+        bias,
+        ..Default::default()
+    };
+    nn::linear(p / name, input as i64, output as i64, cfg)
+}
+
+/// Grouped-query self-attention.
+#[derive(Debug)]
+pub struct Attention {
+    q_proj: nn::Linear,
+    k_proj: nn::Linear,
+    v_proj: nn::Linear,
+    o_proj: nn::Linear,
+    num_heads: i64,
+    num_kv_heads: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    /// The `self_attn` block at `p`.
+    pub fn new(p: nn::Path, cfg: &ModelConfig) -> Self {
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim());
+        let (nq, nkv) = (cfg.num_attention_heads, cfg.num_kv_heads());
+        Self {
+            q_proj: linear(&p, "q_proj", h, nq * hd, cfg.qkv_bias()),
+            k_proj: linear(&p, "k_proj", h, nkv * hd, cfg.qkv_bias()),
+            v_proj: linear(&p, "v_proj", h, nkv * hd, cfg.qkv_bias()),
+            o_proj: linear(&p, "o_proj", nq * hd, h, cfg.o_bias()),
+            num_heads: nq as i64,
+            num_kv_heads: nkv as i64,
+            head_dim: hd as i64,
+        }
+    }
+
+    /// # Shapes
+    /// - `x`: `[batch, seq, hidden]`, `positions`: `[batch, seq]`
+    /// - `mask`: `None` for plain causal attention, else bool `[batch, 1, seq, keys]`
+    ///   (true = may attend)
+    fn forward(&self, x: &Tensor, ctx: &mut LayerContext) -> Tensor {
+        let (b, t, _) = x.size3().expect("attention input is [batch, seq, hidden]");
+        let heads = |proj: &nn::Linear, n: i64| {
+            proj.forward(x)
+                .view([b, t, n, self.head_dim])
+                .transpose(1, 2)
+        };
+        let q = ctx
+            .rope
+            .apply(&heads(&self.q_proj, self.num_heads), ctx.positions);
+        let k = ctx
+            .rope
+            .apply(&heads(&self.k_proj, self.num_kv_heads), ctx.positions);
+        let v = heads(&self.v_proj, self.num_kv_heads);
+        let (k, v) = match ctx.cache.as_deref_mut() {
+            Some(cache) => cache.append(ctx.layer, k, v),
+            None => (k, v),
+        };
+        let is_causal = ctx.mask.is_none() && t > 1;
+        let gqa = self.num_heads != self.num_kv_heads;
+        let out =
+            Tensor::scaled_dot_product_attention(&q, &k, &v, ctx.mask, 0.0, is_causal, None, gqa);
+        self.o_proj.forward(
+            &out.transpose(1, 2)
+                .reshape([b, t, self.num_heads * self.head_dim]),
+        )
+    }
+}
+
+/// SwiGLU feed-forward block: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug)]
+pub struct Mlp {
+    gate_proj: nn::Linear,
+    up_proj: nn::Linear,
+    down_proj: nn::Linear,
+}
+
+impl Mlp {
+    /// The `mlp` block at `p`.
+    pub fn new(p: nn::Path, cfg: &ModelConfig) -> Self {
+        let (h, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        Self {
+            gate_proj: linear(&p, "gate_proj", h, i, bias),
+            up_proj: linear(&p, "up_proj", h, i, bias),
+            down_proj: linear(&p, "down_proj", i, h, bias),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let gate = self.gate_proj.forward(x).silu();
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)))
+    }
+}
+
+/// One pre-norm transformer block.
+#[derive(Debug)]
+pub struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    /// The layer at `p` (`model.layers.{i}`).
+    pub fn new(p: nn::Path, cfg: &ModelConfig) -> Self {
+        let h = cfg.hidden_size as i64;
+        Self {
+            input_layernorm: RmsNorm::new(&p / "input_layernorm", h, cfg.rms_norm_eps),
+            self_attn: Attention::new(&p / "self_attn", cfg),
+            post_attention_layernorm: RmsNorm::new(
+                &p / "post_attention_layernorm",
+                h,
+                cfg.rms_norm_eps,
+            ),
+            mlp: Mlp::new(&p / "mlp", cfg),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, ctx: &mut LayerContext) -> Tensor {
+        let x = x + self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x), ctx);
+        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x));
+        x + mlp
+    }
+}
+
+/// What every layer of one forward pass shares.
+struct LayerContext<'a> {
+    rope: &'a Rope,
+    positions: &'a Tensor,
+    mask: Option<&'a Tensor>,
+    cache: Option<&'a mut KvCache>,
+    layer: usize,
+}
+
+/// The full causal LM: embeddings, decoder stack, final norm, `lm_head`.
+#[derive(Debug)]
+pub struct Llama {
+    cfg: ModelConfig,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    rope: Rope,
+}
+
+impl Llama {
+    /// Creates the parameters under `root` (normally a `VarStore`'s root); with tied
+    /// embeddings `lm_head` shares `model.embed_tokens.weight`.
+    pub fn new(root: &nn::Path, cfg: &ModelConfig) -> Self {
+        let model = root / "model";
+        let (vocab, h) = (cfg.vocab_size as i64, cfg.hidden_size as i64);
+        let embed_tokens = (&model / "embed_tokens").randn("weight", &[vocab, h], 0.0, 0.02);
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(&model / "layers" / i, cfg))
+            .collect();
+        let lm_head = if cfg.tie_word_embeddings {
+            embed_tokens.shallow_clone()
+        } else {
+            (root / "lm_head").randn("weight", &[vocab, h], 0.0, 0.02)
+        };
+        Self {
+            cfg: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm: RmsNorm::new(&model / "norm", h, cfg.rms_norm_eps),
+            lm_head,
+            rope: Rope::new(cfg, root.device()),
+        }
+    }
+
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> Device {
+        self.embed_tokens.device()
+    }
+
+    /// A fresh cache sized for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Final hidden states (after the last norm).
+    ///
+    /// `key_mask` marks which key positions are real tokens (false = padding); it covers the
+    /// cached positions plus this call's, and may be omitted when nothing is padded.
+    ///
+    /// # Shapes
+    /// - `tokens`, `positions`: int64 `[batch, seq]`
+    /// - `key_mask`: bool `[batch, cached + seq]`
+    /// - returns `[batch, seq, hidden]`
+    pub fn forward_hidden(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        key_mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        let past = cache.as_ref().map_or(0, |c| c.seq_len());
+        let t = tokens.size()[1];
+        let mask = attention_mask(past, t, key_mask, tokens.device());
+        let mut x = self.embed_tokens.embedding_lookup(tokens);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut ctx = LayerContext {
+                rope: &self.rope,
+                positions,
+                mask: mask.as_ref(),
+                cache: cache.as_deref_mut(),
+                layer: i,
+            };
+            x = layer.forward(&x, &mut ctx);
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Next-token logits from hidden states: `[.., hidden]` to `[.., vocab]`.
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear::<Tensor>(&self.lm_head, None)
+    }
+
+    /// Next-token logits for every position: `[batch, seq, vocab]`. See
+    /// [`forward_hidden`](Self::forward_hidden) for the arguments.
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        key_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        self.logits(&self.forward_hidden(tokens, positions, key_mask, cache))
+    }
+}
+
+/// Embedding lookup that keeps the table's dtype.
+trait EmbeddingLookup {
+    fn embedding_lookup(&self, ids: &Tensor) -> Tensor;
+}
+
+impl EmbeddingLookup for Tensor {
+    fn embedding_lookup(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(self, ids, -1, false, false)
+    }
+}
+
+/// The boolean attention mask `[batch, 1, seq, past + seq]` (true = may attend), or `None`
+/// when plain causal attention over a fresh sequence suffices.
+fn attention_mask(past: i64, t: i64, key_mask: Option<&Tensor>, device: Device) -> Option<Tensor> {
+    if key_mask.is_none() && (past == 0 || t == 1) {
+        return None;
+    }
+    let keys = Tensor::arange(past + t, (Kind::Int64, device)).view([1, -1]);
+    let queries = Tensor::arange_start(past, past + t, (Kind::Int64, device)).view([-1, 1]);
+    let causal = keys.le_tensor(&queries).view([1, 1, t, past + t]);
+    Some(match key_mask {
+        Some(m) => causal.logical_and(&m.to_kind(Kind::Bool).view([m.size()[0], 1, 1, -1])),
+        None => causal,
+    })
+}

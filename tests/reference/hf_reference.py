@@ -1,0 +1,74 @@
+"""Reference numbers from Hugging Face transformers, for oxrl's parity tests.
+
+Reads one JSON request on stdin, prints one JSON answer on stdout. Requests:
+  {"op": "logits", "model": DIR, "tokens": [[...], ...]}
+      -> {"logits": [[[...]]]}  full-sequence logits of an HF directory (tiny test models)
+  {"op": "smollm2", "gguf": FILE, "imported": DIR, "pairs": [[prompt, completion], ...],
+   "greedy_prompts": [...], "greedy_tokens": N, "texts": [...], "chat": [{"role", "content"}]}
+      -> per-pair completion logprobs, greedy continuations, tokenizer encodes and the chat
+         rendering, all from transformers loading the GGUF (dequantized to f32), plus the
+         largest logit difference between that model and the `oxrl import` directory.
+Everything runs in float32 on CPU; prompt and completion are tokenized separately, without
+special tokens, and concatenated (the convention `oxrl logprobs` documents).
+"""
+import json
+import os
+import sys
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+torch.set_grad_enabled(False)
+
+
+def logits(req):
+    model = AutoModelForCausalLM.from_pretrained(req["model"], dtype=torch.float32)
+    model.eval()
+    out = model(torch.tensor(req["tokens"])).logits
+    return {"logits": out.tolist()}
+
+
+def completion_logprobs(model, prompt_ids, completion_ids):
+    ids = torch.tensor([prompt_ids + completion_ids])
+    logp = model(ids).logits[0].float().log_softmax(-1)
+    n = len(prompt_ids)
+    rows = logp[n - 1 : n - 1 + len(completion_ids)]
+    return rows.gather(1, torch.tensor(completion_ids)[:, None])[:, 0].tolist()
+
+
+def smollm2(req):
+    folder, name = os.path.split(req["gguf"])
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    model.eval()
+    answer = {"pairs": [], "greedy": [], "encodes": []}
+    for prompt, completion in req["pairs"]:
+        p = tok.encode(prompt, add_special_tokens=False)
+        c = tok.encode(completion, add_special_tokens=False)
+        answer["pairs"].append({"tokens": c, "logprobs": completion_logprobs(model, p, c)})
+    # No EOS: exactly greedy_tokens argmax steps, like oxrl with an empty stop list.
+    model.generation_config.eos_token_id = None
+    for prompt in req["greedy_prompts"]:
+        ids = torch.tensor([tok.encode(prompt, add_special_tokens=False)])
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=req["greedy_tokens"],
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+        answer["greedy"].append(out[0, ids.shape[1] :].tolist())
+    answer["encodes"] = [tok.encode(t, add_special_tokens=False) for t in req["texts"]]
+    answer["chat"] = tok.apply_chat_template(req["chat"], tokenize=False, add_generation_prompt=True)
+    imported = AutoModelForCausalLM.from_pretrained(req["imported"], dtype=torch.float32)
+    ids = torch.tensor([tok.encode(req["texts"][0], add_special_tokens=False)])
+    answer["import_max_diff"] = (model(ids).logits - imported(ids).logits).abs().max().item()
+    imported_tok = AutoTokenizer.from_pretrained(req["imported"])
+    answer["imported_encodes"] = [imported_tok.encode(t, add_special_tokens=False) for t in req["texts"]]
+    return answer
+
+
+if __name__ == "__main__":
+    request = json.load(sys.stdin)
+    ops = {"logits": logits, "smollm2": smollm2}
+    json.dump(ops[request["op"]](request), sys.stdout)
