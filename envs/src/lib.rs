@@ -2,8 +2,38 @@
 //!
 //! This crate has no libtorch dependency: it turns data into prompts (text or chat
 //! messages) and completions into observations and rewards; the engine drives it.
+//!
+//! Entry points for the engine:
+//! - [`EnvConfig`] (`[env]` in the run config) → [`LoadedEnv::from_config`]: the task, its
+//!   train/eval [`Dataset`]s, and a [`Sampler`] whose [`Cursor`] goes into checkpoints.
+//! - Single-turn: [`LoadedEnv::prompt`] (text) or [`LoadedEnv::messages`]; the row
+//!   ([`Row::to_value`]) is the sample metadata the rewards crate scores against.
+//! - Multi-turn: [`LoadedEnv::start_episode`] → [`Episode::model_turn`] after each
+//!   generation → [`Transcript::tokenize`] for ids and the loss mask.
+//!
+//! docs/envs.md describes row schemas, the tool-call format and the external protocol.
 #![warn(missing_docs)]
 
 pub mod chat_template;
+pub mod config;
+pub mod dataset;
+pub mod episode;
+pub mod error;
+pub mod expr;
+pub mod external;
+pub mod prompt;
+pub mod rng;
+pub mod row;
+pub mod tasks;
+pub mod transcript;
 
 pub use chat_template::{ChatTemplate, Message};
+pub use config::{DataConfig, EnvConfig, EpisodeConfig, LoadedEnv};
+pub use dataset::{Cursor, Dataset, OnBadRow, Sampler};
+pub use episode::{Environment, Episode, StepResult, Turn};
+pub use error::{EnvError, Result};
+pub use external::{ExternalConfig, ExternalEnv};
+pub use prompt::{FewShot, PromptConfig, PromptFormat, PromptFormatter};
+pub use row::Row;
+pub use tasks::{RewardKind, Task, TaskKind};
+pub use transcript::{Segment, Source, TokenizedTranscript, Transcript};

@@ -1,0 +1,326 @@
+//! `[env]` of a run config, and [`LoadedEnv`]: the task, its datasets and its prompt
+//! formatter built from that config. This is what the engine calls.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::chat_template::{ChatTemplate, Message};
+use crate::dataset::{load_jsonl, Cursor, Dataset, LoadOptions, OnBadRow, Sampler};
+use crate::episode::Episode;
+use crate::error::{EnvError, Result};
+use crate::external::{ExternalConfig, ExternalTask};
+use crate::prompt::{FewShot, PromptConfig, PromptFormat, PromptFormatter};
+use crate::row::Row;
+use crate::tasks::{self, RewardKind, Task, TaskKind};
+
+/// `[env]`: which task, which data, how prompts look, how long episodes run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvConfig {
+    /// The task (`arithmetic`, `gsm8k`, `humaneval`, `mbpp`, `grounding`, `countdown`,
+    /// `calculator`, `guessing`, `external`).
+    pub task: TaskKind,
+    /// `[env.data]`.
+    #[serde(default)]
+    pub data: DataConfig,
+    /// `[env.prompt]`.
+    #[serde(default)]
+    pub prompt: PromptConfig,
+    /// `[env.episode]`.
+    #[serde(default)]
+    pub episode: EpisodeConfig,
+    /// `[env.external]`, required when `task = "external"`.
+    #[serde(default)]
+    pub external: Option<ExternalConfig>,
+}
+
+/// `[env.data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// JSONL file of training rows (relative to the config's directory). Without it, the
+    /// task generates `generate` rows.
+    pub path: Option<PathBuf>,
+    /// JSONL file of eval rows; without it, `eval_size` / `eval_fraction` rows are split off.
+    pub eval_path: Option<PathBuf>,
+    /// Rows to generate when there is no `path` (default 1000).
+    pub generate: usize,
+    /// Seed for generation, the split and shuffling (default 0).
+    pub seed: u64,
+    /// Shuffle each epoch (default true).
+    pub shuffle: bool,
+    /// Rows to hold out for eval (default 0).
+    pub eval_size: usize,
+    /// Fraction of rows to hold out for eval, instead of `eval_size` (default 0).
+    pub eval_fraction: f64,
+    /// `stop` (default) or `skip` on a row that is malformed or misses a required field.
+    pub on_bad_row: OnBadRow,
+    /// Canonical field → column in the file, e.g. `{ prompt = "question" }`.
+    pub fields: BTreeMap<String, String>,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            eval_path: None,
+            generate: 1000,
+            seed: 0,
+            shuffle: true,
+            eval_size: 0,
+            eval_fraction: 0.0,
+            on_bad_row: OnBadRow::Stop,
+            fields: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[env.episode]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EpisodeConfig {
+    /// Most model turns per episode (default 8); single-turn tasks always take one.
+    pub max_turns: usize,
+}
+
+impl Default for EpisodeConfig {
+    fn default() -> Self {
+        Self { max_turns: 8 }
+    }
+}
+
+/// Seed offset for few-shot examples, so they are not training items.
+const FEW_SHOT_SEED: u64 = 0xF3E5_7A11_0000_0001;
+
+/// A task with its data and prompt formatting, ready for a run.
+pub struct LoadedEnv {
+    task: Box<dyn Task>,
+    train: Dataset,
+    eval: Dataset,
+    skipped: Vec<EnvError>,
+    formatter: PromptFormatter,
+    data: DataConfig,
+    max_turns: usize,
+}
+
+impl std::fmt::Debug for LoadedEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedEnv")
+            .field("task", &self.task.name())
+            .field("train", &self.train.len())
+            .field("eval", &self.eval.len())
+            .field("skipped", &self.skipped.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedEnv {
+    /// Builds everything `cfg` names. Relative paths resolve against `base_dir` (the config
+    /// file's directory, or where the command runs external environments). `chat` is the
+    /// model's chat template (needed for `format = "chat"` and for multi-turn tasks).
+    pub fn from_config(
+        cfg: &EnvConfig,
+        base_dir: &Path,
+        chat: Option<ChatTemplate>,
+    ) -> Result<Self> {
+        let task = build_task(cfg, base_dir)?;
+        let chat = chat.map(Arc::new);
+        if task.reward() == RewardKind::Environment && chat.is_none() {
+            return Err(EnvError::Config(format!(
+                "task `{}` is multi-turn and needs a chat template",
+                task.name()
+            )));
+        }
+        let (train, eval, skipped) = load_data(task.as_ref(), cfg, base_dir)?;
+        let examples = few_shot(task.as_ref(), &cfg.prompt, cfg.data.seed)?;
+        let formatter = PromptFormatter::new(&cfg.prompt, task.instruction(), examples, chat)?;
+        Ok(Self {
+            task,
+            train,
+            eval,
+            skipped,
+            formatter,
+            data: cfg.data.clone(),
+            max_turns: cfg.episode.max_turns,
+        })
+    }
+
+    /// The task.
+    pub fn task(&self) -> &dyn Task {
+        self.task.as_ref()
+    }
+
+    /// Training rows.
+    pub fn train(&self) -> &Dataset {
+        &self.train
+    }
+
+    /// Eval rows (may be empty).
+    pub fn eval(&self) -> &Dataset {
+        &self.eval
+    }
+
+    /// Rows dropped under `on_bad_row = "skip"`, each naming its line: log them.
+    pub fn skipped(&self) -> &[EnvError] {
+        &self.skipped
+    }
+
+    /// The prompt formatter.
+    pub fn formatter(&self) -> &PromptFormatter {
+        &self.formatter
+    }
+
+    /// Whether episodes take several turns (the environment scores them).
+    pub fn is_multi_turn(&self) -> bool {
+        self.task.reward() == RewardKind::Environment
+    }
+
+    /// A sampler over the training rows, fresh or continuing a checkpoint's cursor.
+    pub fn sampler(&self, cursor: Option<Cursor>) -> Result<Sampler> {
+        match cursor {
+            Some(c) => Sampler::restore(&self.train, c),
+            None => Sampler::new(&self.train, self.data.seed, self.data.shuffle),
+        }
+    }
+
+    /// The chat messages for a single-turn row (system, few-shot, question + instruction).
+    pub fn messages(&self, row: &Row) -> Result<Vec<Message>> {
+        Ok(self.formatter.conversation(self.task.opening(row)?))
+    }
+
+    /// The prompt text for a single-turn row, rendered as configured.
+    pub fn prompt(&self, row: &Row) -> Result<String> {
+        self.formatter.render(row, self.task.opening(row)?)
+    }
+
+    /// Starts an episode for `row` (any task; single-turn tasks end after one turn).
+    pub fn start_episode(&self, row: &Row) -> Result<Episode> {
+        let chat = self.formatter.chat_template().ok_or_else(|| {
+            EnvError::Config("episodes need the chat template (prompt format `chat`)".into())
+        })?;
+        let mut env = self.task.environment()?;
+        let opening = env.reset(row)?;
+        Episode::new(
+            env,
+            chat.clone(),
+            self.formatter.conversation(opening),
+            self.max_turns,
+        )
+    }
+}
+
+fn build_task(cfg: &EnvConfig, base_dir: &Path) -> Result<Box<dyn Task>> {
+    match (cfg.task, &cfg.external) {
+        (TaskKind::External, Some(ext)) => Ok(Box::new(ExternalTask::new(
+            ext.clone(),
+            Some(base_dir.to_owned()),
+        ))),
+        (TaskKind::External, None) => Err(EnvError::Config(
+            "task `external` needs [env.external]".into(),
+        )),
+        (_, Some(_)) => Err(EnvError::Config(
+            "[env.external] is only for task `external`".into(),
+        )),
+        (kind, None) => {
+            tasks::builtin(kind).ok_or_else(|| EnvError::Config(format!("unknown task {kind:?}")))
+        }
+    }
+}
+
+fn required_fields(task: &dyn Task, cfg: &EnvConfig) -> Vec<String> {
+    let mut fields: Vec<String> = task
+        .required_fields()
+        .iter()
+        .map(|f| (*f).to_owned())
+        .collect();
+    if let Some(ext) = &cfg.external {
+        fields.extend(ext.required_fields.iter().cloned());
+    }
+    fields
+}
+
+fn load_file(
+    path: &Path,
+    base_dir: &Path,
+    required: &[String],
+    data: &DataConfig,
+) -> Result<(Dataset, Vec<EnvError>)> {
+    let required: Vec<&str> = required.iter().map(String::as_str).collect();
+    let opts = LoadOptions {
+        fields: &data.fields,
+        required: &required,
+        on_bad_row: data.on_bad_row,
+    };
+    let loaded = load_jsonl(&base_dir.join(path), opts)?;
+    Ok((loaded.dataset, loaded.skipped))
+}
+
+fn load_data(
+    task: &dyn Task,
+    cfg: &EnvConfig,
+    base_dir: &Path,
+) -> Result<(Dataset, Dataset, Vec<EnvError>)> {
+    let data = &cfg.data;
+    if !(0.0..1.0).contains(&data.eval_fraction) || (data.eval_fraction > 0.0 && data.eval_size > 0)
+    {
+        return Err(EnvError::Config(
+            "set one of eval_size / eval_fraction (a fraction in [0, 1))".into(),
+        ));
+    }
+    let required = required_fields(task, cfg);
+    let (all, mut skipped) = match &data.path {
+        Some(path) => load_file(path, base_dir, &required, data)?,
+        None => {
+            let rows = task.generate(data.generate, data.seed)?;
+            (
+                Dataset::new(format!("builtin:{}", task.name()), rows),
+                Vec::new(),
+            )
+        }
+    };
+    if all.is_empty() {
+        return Err(EnvError::Empty(all.name().to_owned()));
+    }
+    if let Some(eval_path) = &data.eval_path {
+        let (eval, eval_skipped) = load_file(eval_path, base_dir, &required, data)?;
+        skipped.extend(eval_skipped);
+        return Ok((all, eval, skipped));
+    }
+    let eval_size = if data.eval_fraction > 0.0 {
+        (data.eval_fraction * all.len() as f64).round() as usize
+    } else {
+        data.eval_size
+    };
+    let (train, eval) = all.split(eval_size, data.seed)?;
+    Ok((train, eval, skipped))
+}
+
+/// Config examples plus `generated_examples` solved items from the task's generator.
+fn few_shot(task: &dyn Task, prompt: &PromptConfig, seed: u64) -> Result<Vec<FewShot>> {
+    let mut examples = prompt.examples.clone();
+    if prompt.generated_examples == 0 {
+        return Ok(examples);
+    }
+    if task.reward() == RewardKind::Environment {
+        return Err(EnvError::Config(
+            "generated_examples is for single-turn tasks".into(),
+        ));
+    }
+    for row in task.generate(prompt.generated_examples, seed ^ FEW_SHOT_SEED)? {
+        let user: Vec<String> = task.opening(&row)?.into_iter().map(|m| m.content).collect();
+        let assistant = task.reference(&row)?.join("\n");
+        examples.push(FewShot {
+            user: user.join("\n\n"),
+            assistant,
+        });
+    }
+    if prompt.format == PromptFormat::Plain && examples.iter().any(|e| e.user.is_empty()) {
+        return Err(EnvError::Config(
+            "few-shot example with an empty question".into(),
+        ));
+    }
+    Ok(examples)
+}

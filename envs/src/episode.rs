@@ -1,0 +1,327 @@
+//! Multi-turn episodes: the [`Environment`] trait, and [`Episode`], which drives one
+//! environment through a chat template and records a [`Transcript`] with a loss mask.
+//!
+//! The conversation only ever grows by appending text, so the rollout engine can keep its KV
+//! cache and feed just the new environment text after each model turn. After the model's turn
+//! and the environment's answer, the template is rendered again and the text after what is
+//! already in the transcript is the environment's segment (template glue such as the newline
+//! after `<|im_end|>`, the tool result, the next generation prompt). The model's text is kept
+//! exactly as generated; if the template would have written the model's turn differently
+//! (e.g. it strips whitespace), the segment starts where the template closes the assistant
+//! turn. Templates that rewrite earlier turns (some drop past reasoning) are refused with
+//! [`EnvError::TemplateNotAppendOnly`].
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::chat_template::{ChatTemplate, Message};
+use crate::error::{EnvError, Result};
+use crate::row::Row;
+use crate::transcript::Transcript;
+
+/// What the environment answers to one model turn.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct StepResult {
+    /// Messages to add to the conversation (tool results, feedback, the next question).
+    #[serde(default)]
+    pub observation: Vec<Message>,
+    /// Reward for this turn (a final reward is the last turn's reward).
+    #[serde(default)]
+    pub reward: f64,
+    /// Whether the episode is over.
+    #[serde(default)]
+    pub done: bool,
+}
+
+/// An environment for episodes of one or more turns. Implement it in Rust, or speak the JSON
+/// lines protocol from another process (see `external`).
+pub trait Environment: Send {
+    /// Starts an episode for `row`; returns the opening messages (usually one user message).
+    fn reset(&mut self, row: &Row) -> Result<Vec<Message>>;
+    /// Takes the model's message (without the stop token) and answers it.
+    fn step(&mut self, action: &str) -> Result<StepResult>;
+}
+
+/// What the caller does after a model turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Turn {
+    /// Append this environment text to the model's context and generate again.
+    Continue(String),
+    /// The episode is over (the environment said done, or the turn limit was hit).
+    Done,
+}
+
+/// One episode in progress: messages, transcript, per-turn rewards.
+pub struct Episode {
+    env: Box<dyn Environment>,
+    template: Arc<ChatTemplate>,
+    messages: Vec<Message>,
+    transcript: Transcript,
+    text_len: usize,
+    rewards: Vec<f64>,
+    max_turns: usize,
+    done: bool,
+    truncated: bool,
+}
+
+impl std::fmt::Debug for Episode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Episode")
+            .field("messages", &self.messages)
+            .field("rewards", &self.rewards)
+            .field("done", &self.done)
+            .field("truncated", &self.truncated)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Episode {
+    /// Starts an episode from `messages` (system, few-shot and the environment's opening
+    /// messages, already reset). The prompt is the template rendered with a generation prompt.
+    pub fn new(
+        env: Box<dyn Environment>,
+        template: Arc<ChatTemplate>,
+        messages: Vec<Message>,
+        max_turns: usize,
+    ) -> Result<Self> {
+        if max_turns == 0 {
+            return Err(EnvError::Config("max_turns must be at least 1".into()));
+        }
+        let prompt = template.render(&messages, true)?;
+        let mut transcript = Transcript::new();
+        transcript.push_env(prompt.clone());
+        Ok(Self {
+            env,
+            template,
+            messages,
+            transcript,
+            text_len: prompt.len(),
+            rewards: Vec::new(),
+            max_turns,
+            done: false,
+            truncated: false,
+        })
+    }
+
+    /// The prompt text the first generation starts from.
+    pub fn prompt(&self) -> &str {
+        self.transcript
+            .segments()
+            .first()
+            .map_or("", |s| s.text.as_str())
+    }
+
+    /// Records the model's turn and lets the environment answer.
+    ///
+    /// `content` is the generated text without the stop token; `stop` is the stop token's
+    /// text when generation ended on one (e.g. `<|im_end|>`), `None` when it hit the length
+    /// limit. `ids`, when given, are the sampled ids of `content + stop` and are kept verbatim.
+    pub fn model_turn(
+        &mut self,
+        content: &str,
+        stop: Option<&str>,
+        ids: Option<Vec<u32>>,
+    ) -> Result<Turn> {
+        if self.done {
+            return Err(EnvError::Episode(
+                "model turn after the episode ended".into(),
+            ));
+        }
+        let generated = format!("{content}{}", stop.unwrap_or(""));
+        self.text_len += generated.len();
+        match ids {
+            Some(ids) => self.transcript.push_model_tokens(generated, ids),
+            None => self.transcript.push_model(generated),
+        }
+        self.messages.push(Message::new("assistant", content));
+        let step = self.env.step(content)?;
+        self.rewards.push(step.reward);
+        if step.done || self.rewards.len() >= self.max_turns {
+            self.done = true;
+            self.truncated = !step.done;
+            return Ok(Turn::Done);
+        }
+        let closed = self.template.render(&self.messages, false)?;
+        self.messages.extend(step.observation);
+        let next = self.template.render(&self.messages, true)?;
+        let env_text = self.continuation(content, &closed, &next)?;
+        self.text_len += env_text.len();
+        self.transcript.push_env(env_text.clone());
+        Ok(Turn::Continue(env_text))
+    }
+
+    /// The environment text that follows the model's turn (see the module docs).
+    fn continuation(&self, content: &str, closed: &str, next: &str) -> Result<String> {
+        let so_far = self.transcript.text();
+        debug_assert_eq!(so_far.len(), self.text_len);
+        if let Some(rest) = next.strip_prefix(so_far.as_str()) {
+            return Ok(rest.to_owned());
+        }
+        let after_closed = next
+            .strip_prefix(closed)
+            .ok_or(EnvError::TemplateNotAppendOnly)?;
+        // Where the template's rendering of this assistant turn ends its content.
+        let content_end = [content, content.trim()]
+            .into_iter()
+            .find_map(|c| closed.rfind(c).map(|p| p + c.len()))
+            .ok_or(EnvError::TemplateNotAppendOnly)?;
+        let closing = &closed[content_end..];
+        // Drop the part of the closing (e.g. `<|im_end|>`) that the model already generated.
+        let overlap = (0..=closing.len())
+            .rev()
+            .find(|&k| closing.is_char_boundary(k) && so_far.ends_with(&closing[..k]))
+            .unwrap_or(0);
+        Ok(format!("{}{after_closed}", &closing[overlap..]))
+    }
+
+    /// Drives the episode to the end with a policy that maps the conversation so far to the
+    /// next assistant message (scripted policies in tests, simple baselines). The policy's
+    /// text is treated as ending on `stop`.
+    pub fn run(
+        &mut self,
+        stop: Option<&str>,
+        mut policy: impl FnMut(&[Message]) -> String,
+    ) -> Result<()> {
+        while !self.done {
+            let reply = policy(&self.messages);
+            self.model_turn(&reply, stop, None)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the episode is over.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Whether it ended on the turn limit rather than the environment's `done`.
+    pub fn truncated(&self) -> bool {
+        self.truncated
+    }
+
+    /// Model turns taken.
+    pub fn turns(&self) -> usize {
+        self.rewards.len()
+    }
+
+    /// Reward of each turn.
+    pub fn rewards(&self) -> &[f64] {
+        &self.rewards
+    }
+
+    /// Sum of the per-turn rewards.
+    pub fn total_reward(&self) -> f64 {
+        self.rewards.iter().sum()
+    }
+
+    /// The conversation so far.
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+
+    /// The text so far with model / environment segments.
+    pub fn transcript(&self) -> &Transcript {
+        &self.transcript
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+    const STRIPPING: &str = "{% for m in messages %}[{{ m.role }}]{{ m.content.strip() }}[/]{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}";
+    const DROPS_HISTORY: &str = "{% for m in messages %}{% if loop.last or m.role != 'assistant' %}<{{ m.role }}>{{ m.content }}{% endif %}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";
+
+    /// Echoes the action back for two turns.
+    struct Echo(usize);
+
+    impl Environment for Echo {
+        fn reset(&mut self, _row: &Row) -> Result<Vec<Message>> {
+            Ok(vec![Message::new("user", "go")])
+        }
+        fn step(&mut self, action: &str) -> Result<StepResult> {
+            self.0 += 1;
+            Ok(StepResult {
+                observation: vec![Message::new("user", format!("echo {action}"))],
+                reward: self.0 as f64,
+                done: self.0 == 2,
+            })
+        }
+    }
+
+    fn episode(template: &str, max_turns: usize) -> Episode {
+        let t = Arc::new(ChatTemplate::new(template, "", "").unwrap());
+        Episode::new(
+            Box::new(Echo(0)),
+            t,
+            vec![Message::new("user", "go")],
+            max_turns,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn transcript_equals_a_fresh_render_for_chatml() {
+        let mut ep = episode(CHATML, 5);
+        let first = ep.model_turn("hi", Some("<|im_end|>"), None).unwrap();
+        assert_eq!(
+            first,
+            Turn::Continue("\n<|im_start|>user\necho hi<|im_end|>\n<|im_start|>assistant\n".into())
+        );
+        assert_eq!(
+            ep.model_turn("bye", Some("<|im_end|>"), None).unwrap(),
+            Turn::Done
+        );
+        assert!(ep.is_done() && !ep.truncated());
+        assert_eq!(ep.rewards(), &[1.0, 2.0]);
+        let fresh = ChatTemplate::new(CHATML, "", "")
+            .unwrap()
+            .render(ep.messages(), false)
+            .unwrap();
+        assert_eq!(
+            format!("{}\n", ep.transcript().text()),
+            fresh,
+            "only the final newline is not generated"
+        );
+        assert!(ep.model_turn("again", None, None).is_err());
+    }
+
+    #[test]
+    fn length_cut_turn_is_closed_by_the_environment() {
+        let mut ep = episode(CHATML, 5);
+        let Turn::Continue(text) = ep.model_turn("trunc", None, None).unwrap() else {
+            panic!("episode ended early")
+        };
+        assert!(text.starts_with("<|im_end|>\n<|im_start|>user"), "{text}");
+    }
+
+    #[test]
+    fn stripping_template_keeps_model_text_verbatim() {
+        let mut ep = episode(STRIPPING, 5);
+        let Turn::Continue(text) = ep.model_turn(" spaced ", Some("[/]"), None).unwrap() else {
+            panic!("episode ended early")
+        };
+        assert_eq!(text, "[user]echo  spaced[/][assistant]");
+        assert_eq!(ep.transcript().model_texts(), vec![" spaced [/]"]);
+    }
+
+    #[test]
+    fn turn_limit_truncates() {
+        let mut ep = episode(CHATML, 1);
+        assert_eq!(
+            ep.model_turn("x", Some("<|im_end|>"), None).unwrap(),
+            Turn::Done
+        );
+        assert!(ep.truncated());
+        assert_eq!(ep.turns(), 1);
+    }
+
+    #[test]
+    fn template_rewriting_history_is_refused() {
+        let mut ep = episode(DROPS_HISTORY, 5);
+        let err = ep.model_turn("hi", None, None).unwrap_err();
+        assert!(matches!(err, EnvError::TemplateNotAppendOnly), "{err}");
+    }
+}

@@ -1,0 +1,86 @@
+//! The crate's error type. Every error names where it came from (file and line for data,
+//! command for external environments) so a run's log says what to fix.
+
+use std::path::PathBuf;
+
+use crate::chat_template::ChatTemplateError;
+
+/// Errors from loading data, formatting prompts and running environments.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    /// A data file could not be opened or read.
+    #[error("{path}: {source}", path = path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A JSONL line is not a JSON object.
+    #[error("{source_name}:{line}: not a JSON object: {reason}")]
+    BadLine {
+        /// The file (or other source) name.
+        source_name: String,
+        /// 1-based line number.
+        line: usize,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A row lacks a field the task needs.
+    #[error(
+        "{source_name}:{line}: missing required field `{field}` (read from column `{column}`)"
+    )]
+    MissingField {
+        /// The file (or other source) name.
+        source_name: String,
+        /// 1-based line number.
+        line: usize,
+        /// The task's name for the field.
+        field: String,
+        /// The column it is read from (after field mapping).
+        column: String,
+    },
+    /// A dataset has no rows (after skipping bad ones), or a split left a side empty.
+    #[error("dataset `{0}` has no rows")]
+    Empty(String),
+    /// A configuration value is out of range or inconsistent.
+    #[error("invalid environment config: {0}")]
+    Config(String),
+    /// A saved cursor does not belong to this dataset.
+    #[error("cursor does not match the dataset: {0}")]
+    CursorMismatch(String),
+    /// The chat template failed.
+    #[error(transparent)]
+    ChatTemplate(#[from] ChatTemplateError),
+    /// The plain prompt template failed to compile or render.
+    #[error("plain prompt template: {0:#}")]
+    PlainTemplate(#[from] minijinja::Error),
+    /// A row is malformed for its task (e.g. an answer field of the wrong type).
+    #[error("task `{task}`, row `{row}`: {reason}")]
+    BadRow {
+        /// Task name.
+        task: String,
+        /// Row id.
+        row: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// An episode was driven out of order (a step after done, a model turn twice ...).
+    #[error("episode: {0}")]
+    Episode(String),
+    /// The chat template rewrites earlier turns when a turn is appended, so a conversation
+    /// cannot grow by appending text (see `episode` docs).
+    #[error("chat template is not append-only: rendering one more turn changes earlier text")]
+    TemplateNotAppendOnly,
+    /// An external environment process failed, timed out or broke the protocol.
+    #[error("external environment `{command}`: {reason}")]
+    External {
+        /// The command line.
+        command: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Result with [`EnvError`].
+pub type Result<T> = std::result::Result<T, EnvError>;

@@ -1,0 +1,247 @@
+//! Code tasks in the HumanEval and MBPP formats, from small datasets shipped in
+//! `envs/data/` (written for oxrl; `make_code_data.py` there regenerates them).
+//!
+//! Rows: `prompt`, `entry_point`, `solution` (reference), and `tests`: HumanEval rows carry a
+//! string defining `check(candidate)`; MBPP rows carry a list of `assert` lines. The
+//! completion's code is its last fenced code block (or the whole text); for HumanEval, when the
+//! code does not define `entry_point`, the prompt is prepended (the model continued the body).
+//!
+//! [`program`] assembles what to run; [`run_python`] runs it with a time limit. That is a
+//! self-check for shipped items, NOT a sandbox: training scores code with `oxrl-rewards`,
+//! which applies OS limits.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{RewardKind, SingleTurn, Task};
+use crate::chat_template::Message;
+use crate::dataset::{parse_jsonl, LoadOptions, OnBadRow};
+use crate::episode::Environment;
+use crate::error::{EnvError, Result};
+use crate::rng::Rng;
+use crate::row::Row;
+
+const HUMANEVAL_DATA: &str = include_str!("../../data/humaneval.jsonl");
+const MBPP_DATA: &str = include_str!("../../data/mbpp.jsonl");
+const REQUIRED: &[&str] = &["prompt", "entry_point", "tests"];
+const INSTRUCTION: &str = "Reply with the complete Python function in a ```python code block.";
+
+/// The code of a completion: its last fenced block, else the whole text.
+pub fn extract_code(completion: &str) -> &str {
+    let mut blocks = completion.split("```").skip(1).step_by(2);
+    let Some(last) = blocks.by_ref().last() else {
+        return completion;
+    };
+    // Drop the info string (`python`, `py`) on the fence line.
+    match last.split_once('\n') {
+        Some((info, body)) if !info.trim().contains(' ') => body,
+        _ => last,
+    }
+}
+
+/// The Python program that passes iff `completion` solves `row`.
+pub fn program(task: &str, row: &Row, completion: &str) -> Result<String> {
+    let entry = row.require_str(task, "entry_point")?;
+    let code = extract_code(completion);
+    match row.get("tests") {
+        Some(Value::String(check)) => {
+            let defines = code.contains(&format!("def {entry}"));
+            let head = if defines {
+                ""
+            } else {
+                row.require_str(task, "prompt")?
+            };
+            Ok(format!("{head}{code}\n\n{check}\n\ncheck({entry})\n"))
+        }
+        Some(Value::Array(asserts)) => {
+            let lines: Option<Vec<&str>> = asserts.iter().map(Value::as_str).collect();
+            let lines = lines.ok_or_else(|| row.bad(task, "`tests` must hold strings"))?;
+            Ok(format!("{code}\n\n{}\n", lines.join("\n")))
+        }
+        _ => Err(row.bad(task, "`tests` must be a string or a list of asserts")),
+    }
+}
+
+/// Runs `source` with `python3`; true if it exits 0 within `timeout`.
+pub fn run_python(source: &str, timeout: Duration) -> Result<bool> {
+    let fail = |reason: String| EnvError::External {
+        command: "python3".into(),
+        reason,
+    };
+    let mut child = Command::new("python3")
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A program that exits before reading all input is not an error here.
+        let _ = stdin.write_all(source.as_bytes());
+    }
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| fail(e.to_string()))? {
+            return Ok(status.success());
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn shipped(task: &str, data: &str, n: usize, seed: u64) -> Result<Vec<Row>> {
+    let fields = Default::default();
+    let opts = LoadOptions {
+        fields: &fields,
+        required: REQUIRED,
+        on_bad_row: OnBadRow::Stop,
+    };
+    let mut rows = parse_jsonl(task, data.as_bytes(), opts)?
+        .dataset
+        .rows()
+        .to_vec();
+    Rng::new(seed).shuffle(&mut rows);
+    rows.truncate(n);
+    Ok(rows)
+}
+
+fn score_code(task: &str, row: &Row, completion: &str) -> Result<f64> {
+    let ok = run_python(&program(task, row, completion)?, Duration::from_secs(10))?;
+    Ok(f64::from(u8::from(ok)))
+}
+
+/// HumanEval-format problems: complete a function from its signature and docstring.
+#[derive(Debug, Clone, Copy)]
+pub struct HumanEval;
+
+impl Task for HumanEval {
+    fn name(&self) -> &'static str {
+        "humaneval"
+    }
+    fn reward(&self) -> RewardKind {
+        RewardKind::Code
+    }
+    fn required_fields(&self) -> &'static [&'static str] {
+        REQUIRED
+    }
+    fn instruction(&self) -> &'static str {
+        INSTRUCTION
+    }
+    /// The shipped problems in seeded order; at most as many as are shipped.
+    fn generate(&self, n: usize, seed: u64) -> Result<Vec<Row>> {
+        shipped(self.name(), HUMANEVAL_DATA, n, seed)
+    }
+    fn opening(&self, row: &Row) -> Result<Vec<Message>> {
+        let prompt = row.require_str(self.name(), "prompt")?;
+        Ok(vec![Message::new(
+            "user",
+            format!("Complete this Python function:\n```python\n{prompt}```"),
+        )])
+    }
+    fn reference(&self, row: &Row) -> Result<Vec<String>> {
+        let prompt = row.require_str(self.name(), "prompt")?;
+        let body = row.require_str(self.name(), "solution")?;
+        Ok(vec![format!("```python\n{prompt}{body}```")])
+    }
+    fn score(&self, row: &Row, completion: &str) -> Result<f64> {
+        score_code(self.name(), row, completion)
+    }
+    fn environment(&self) -> Result<Box<dyn Environment>> {
+        Ok(Box::new(SingleTurn::new(*self)))
+    }
+}
+
+/// MBPP-format problems: a one-line description plus example asserts.
+#[derive(Debug, Clone, Copy)]
+pub struct Mbpp;
+
+impl Task for Mbpp {
+    fn name(&self) -> &'static str {
+        "mbpp"
+    }
+    fn reward(&self) -> RewardKind {
+        RewardKind::Code
+    }
+    fn required_fields(&self) -> &'static [&'static str] {
+        REQUIRED
+    }
+    fn instruction(&self) -> &'static str {
+        INSTRUCTION
+    }
+    /// The shipped problems in seeded order; at most as many as are shipped.
+    fn generate(&self, n: usize, seed: u64) -> Result<Vec<Row>> {
+        shipped(self.name(), MBPP_DATA, n, seed)
+    }
+    /// The description plus the first test, as MBPP prompts show it.
+    fn opening(&self, row: &Row) -> Result<Vec<Message>> {
+        let text = row.require_str(self.name(), "prompt")?;
+        let first = row
+            .get("tests")
+            .and_then(|t| t.get(0))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        Ok(vec![Message::new(
+            "user",
+            format!("{text} Your code should pass this test:\n{first}"),
+        )])
+    }
+    fn reference(&self, row: &Row) -> Result<Vec<String>> {
+        let code = row.require_str(self.name(), "solution")?;
+        Ok(vec![format!("```python\n{code}\n```")])
+    }
+    fn score(&self, row: &Row, completion: &str) -> Result<f64> {
+        score_code(self.name(), row, completion)
+    }
+    fn environment(&self) -> Result<Box<dyn Environment>> {
+        Ok(Box::new(SingleTurn::new(*self)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_extraction() {
+        assert_eq!(
+            extract_code("x\n```python\na = 1\n```\nthen\n```py\nb = 2\n```"),
+            "b = 2\n"
+        );
+        assert_eq!(extract_code("plain"), "plain");
+    }
+
+    #[test]
+    fn shipped_items_pass_with_references_and_fail_with_wrong_code() {
+        for task in [&HumanEval as &dyn Task, &Mbpp] {
+            let rows = task.generate(100, 0).unwrap();
+            assert_eq!(rows.len(), 10, "{} ships 10 problems", task.name());
+            for row in &rows {
+                let reference = task.reference(row).unwrap();
+                assert_eq!(task.score(row, &reference[0]).unwrap(), 1.0, "{}", row.id());
+            }
+            let entry = rows[0].require_str("t", "entry_point").unwrap();
+            let wrong = format!("```python\ndef {entry}(*args):\n    return None\n```");
+            assert_eq!(task.score(&rows[0], &wrong).unwrap(), 0.0);
+        }
+    }
+
+    #[test]
+    fn humaneval_body_only_completion_gets_the_prompt_prepended() {
+        let row = &HumanEval.generate(100, 0).unwrap()[0];
+        let body = row.require_str("t", "solution").unwrap();
+        assert_eq!(HumanEval.score(row, body).unwrap(), 1.0);
+    }
+
+    #[test]
+    fn infinite_loop_times_out_as_failure() {
+        assert!(!run_python("while True: pass", Duration::from_millis(300)).unwrap());
+        assert!(run_python("assert 1 + 1 == 2", Duration::from_secs(10)).unwrap());
+    }
+}

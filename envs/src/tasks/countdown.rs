@@ -1,0 +1,189 @@
+//! Countdown (as in TinyZero): combine the given numbers with `+ - * /` to reach the target,
+//! using each number exactly once. Rows: `numbers` (array of integers), `target` (integer),
+//! `solution` (one expression that works). The answer goes in `<answer>...</answer>`; an
+//! `= target` suffix is allowed. Score: 1.0 for a correct equation, else 0.0.
+
+use serde_json::json;
+
+use super::{util::extract_tag, RewardKind, SingleTurn, Task};
+use crate::episode::Environment;
+use crate::error::Result;
+use crate::expr::{Expr, Op, Rational};
+use crate::rng::Rng;
+use crate::row::Row;
+
+/// The Countdown task.
+#[derive(Debug, Clone, Copy)]
+pub struct Countdown;
+
+/// Scores `completion` for `numbers` and `target`: 1.0 if its `<answer>` is an expression
+/// over exactly those numbers (each once), using only `+ - * /`, equal to `target`.
+pub fn score(numbers: &[i64], target: i64, completion: &str) -> f64 {
+    let Some(answer) = extract_tag(completion, "answer") else {
+        return 0.0;
+    };
+    let lhs = answer.split('=').next().unwrap_or_default();
+    let Ok(expr) = Expr::parse(lhs) else {
+        return 0.0;
+    };
+    let mut used: Vec<Rational> = expr.literals();
+    let mut given: Vec<Rational> = numbers.iter().map(|&n| Rational::int(n.into())).collect();
+    let key = |r: &Rational| (r.numer(), r.denom());
+    used.sort_by_key(key);
+    given.sort_by_key(key);
+    let ops_ok = expr.uses_only(&[Op::Add, Op::Sub, Op::Mul, Op::Div], false);
+    let value_ok = expr.eval().is_ok_and(|v| v == Rational::int(target.into()));
+    f64::from(u8::from(ops_ok && used == given && value_ok))
+}
+
+/// Builds a random expression over `numbers` with integer intermediate results; returns the
+/// expression text and its value.
+fn random_solution(rng: &mut Rng, numbers: &[i64]) -> (String, i64) {
+    let mut pool: Vec<(String, i64)> = numbers.iter().map(|n| (n.to_string(), *n)).collect();
+    while pool.len() > 1 {
+        let (a, b) = take_pair(rng, &mut pool);
+        let (op, value) = match rng.below(4) {
+            0 => ('+', a.1 + b.1),
+            1 if a.1 >= b.1 => ('-', a.1 - b.1),
+            1 => ('-', b.1 - a.1),
+            2 if a.1 * b.1 <= 2000 => ('*', a.1 * b.1),
+            3 if b.1 != 0 && a.1 % b.1 == 0 => ('/', a.1 / b.1),
+            _ => ('+', a.1 + b.1),
+        };
+        // Subtraction puts the larger operand first so intermediates stay non-negative.
+        let (l, r) = if op == '-' && b.1 > a.1 {
+            (b, a)
+        } else {
+            (a, b)
+        };
+        pool.push((format!("({} {op} {})", l.0, r.0), value));
+    }
+    let (text, value) = pool.pop().unwrap_or_default();
+    let text = text
+        .strip_prefix('(')
+        .and_then(|t| t.strip_suffix(')'))
+        .unwrap_or(&text)
+        .to_owned();
+    (text, value)
+}
+
+fn take_pair(rng: &mut Rng, pool: &mut Vec<(String, i64)>) -> ((String, i64), (String, i64)) {
+    let a = pool.swap_remove(rng.below(pool.len() as u64) as usize);
+    let b = pool.swap_remove(rng.below(pool.len() as u64) as usize);
+    (a, b)
+}
+
+fn item(rng: &mut Rng) -> (Vec<i64>, i64, String) {
+    loop {
+        let count = rng.range(3, 4) as usize;
+        let numbers: Vec<i64> = (0..count).map(|_| rng.range(1, 50)).collect();
+        let (solution, target) = random_solution(rng, &numbers);
+        // Targets like TinyZero's: positive and not one of the inputs (no trivial items).
+        if (10..=500).contains(&target) && !numbers.contains(&target) {
+            return (numbers, target, solution);
+        }
+    }
+}
+
+impl Task for Countdown {
+    fn name(&self) -> &'static str {
+        "countdown"
+    }
+    fn reward(&self) -> RewardKind {
+        RewardKind::Countdown
+    }
+    fn required_fields(&self) -> &'static [&'static str] {
+        &["prompt", "numbers", "target"]
+    }
+    fn instruction(&self) -> &'static str {
+        "Use each number exactly once, with + - * / and parentheses. Show your work, then give the equation in <answer> </answer> tags, e.g. <answer>(1 + 2) / 3</answer>."
+    }
+    fn generate(&self, n: usize, seed: u64) -> Result<Vec<Row>> {
+        Ok((0..n)
+            .map(|i| {
+                let (numbers, target, solution) = item(&mut Rng::derive(seed, i as u64));
+                Row::from_pairs(
+                    format!("countdown-{seed}-{i}"),
+                    [
+                        ("prompt", json!(format!("Using the numbers {numbers:?}, create an equation that equals {target}."))),
+                        ("numbers", json!(numbers)),
+                        ("target", json!(target)),
+                        ("solution", json!(solution)),
+                    ],
+                )
+            })
+            .collect())
+    }
+    fn reference(&self, row: &Row) -> Result<Vec<String>> {
+        let solution = row.require_str(self.name(), "solution")?;
+        Ok(vec![format!("<answer>{solution}</answer>")])
+    }
+    fn score(&self, row: &Row, completion: &str) -> Result<f64> {
+        let target = row.require_i64(self.name(), "target")?;
+        let numbers: Option<Vec<i64>> = row
+            .get("numbers")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|n| n.as_i64()).collect());
+        let numbers = numbers
+            .ok_or_else(|| row.bad(self.name(), "`numbers` must be an array of integers"))?;
+        Ok(score(&numbers, target, completion))
+    }
+    fn environment(&self) -> Result<Box<dyn Environment>> {
+        Ok(Box::new(SingleTurn::new(*self)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifier_accepts_correct_and_rejects_cheats() {
+        let n = [3, 5, 7];
+        assert_eq!(score(&n, 22, "<answer>3 * 5 + 7</answer>"), 1.0);
+        assert_eq!(
+            score(&n, 22, "think... <answer>(7 + 5 * 3) = 22</answer>"),
+            1.0
+        );
+        assert_eq!(
+            score(&n, 22, "<answer>3 * 5 + 8</answer>"),
+            0.0,
+            "wrong number"
+        );
+        assert_eq!(
+            score(&n, 15, "<answer>3 * 5</answer>"),
+            0.0,
+            "number unused"
+        );
+        assert_eq!(
+            score(&n, 29, "<answer>3 * 5 + 7 + 7</answer>"),
+            0.0,
+            "number reused"
+        );
+        assert_eq!(
+            score(&n, 22, "<answer>3 * 5 + 6</answer>"),
+            0.0,
+            "wrong value"
+        );
+        assert_eq!(score(&n, 22, "3 * 5 + 7"), 0.0, "no answer tag");
+        assert_eq!(
+            score(&[2, 3, 1], 9, "<answer>3 ^ 2 * 1</answer>"),
+            0.0,
+            "power not allowed"
+        );
+        assert_eq!(score(&[2, 6, 4], 1, "<answer>(6 - 2) / 4</answer>"), 1.0);
+        assert_eq!(score(&[2, 6, 4], 1, "<answer>6 / 0</answer>"), 0.0);
+    }
+
+    #[test]
+    fn every_generated_item_is_solved_by_its_reference() {
+        let rows = Countdown.generate(300, 4).unwrap();
+        for row in &rows {
+            let reference = Countdown.reference(row).unwrap();
+            assert_eq!(Countdown.score(row, &reference[0]).unwrap(), 1.0, "{row:?}");
+            let target = row.require_i64("t", "target").unwrap();
+            assert!((10..=500).contains(&target));
+        }
+        assert_eq!(rows, Countdown.generate(300, 4).unwrap());
+    }
+}

@@ -1,0 +1,365 @@
+//! Math tasks with GSM8K-format answers: `answer` holds worked steps and ends in `#### N`, as
+//! in GSM8K, so the math reward of `oxrl-rewards` reads it unchanged.
+//!
+//! - `arithmetic`: integer expressions with `+ - *` and parentheses.
+//! - `gsm8k`: templated multi-step word problems (shopping, rates, ages, percentages, ...),
+//!   each with its worked solution.
+
+use serde_json::json;
+
+use super::{util, RewardKind, SingleTurn, Task};
+use crate::episode::Environment;
+use crate::error::Result;
+use crate::expr::{self, Rational};
+use crate::rng::Rng;
+use crate::row::Row;
+
+const INSTRUCTION: &str =
+    "Solve the problem step by step. End with a final line of the form `#### <answer>`.";
+
+/// The final answer a completion gives: after the last `####`, else in the last `\boxed{}`,
+/// else the last number. `None` if there is none or it does not parse.
+pub fn extract_answer(text: &str) -> Option<Rational> {
+    let candidate = if let Some(pos) = text.rfind("####") {
+        text[pos + 4..].split_whitespace().next()?.to_owned()
+    } else if let Some(pos) = text.rfind("\\boxed{") {
+        let rest = &text[pos + 7..];
+        rest[..rest.find('}')?].to_owned()
+    } else {
+        last_number(text)?
+    };
+    let cleaned: String = candidate
+        .trim_end_matches('.')
+        .chars()
+        .filter(|c| !matches!(c, '$' | ',' | ' '))
+        .collect();
+    expr::evaluate(&cleaned).ok()
+}
+
+fn last_number(text: &str) -> Option<String> {
+    let is_num = |c: char| c.is_ascii_digit() || matches!(c, '.' | ',' | '-' | '/');
+    text.split(|c: char| !is_num(c))
+        .rev()
+        .map(|t| t.trim_matches(|c| matches!(c, '.' | ',')))
+        .find(|t| t.chars().any(|c| c.is_ascii_digit()))
+        .map(str::to_owned)
+}
+
+/// 1.0 if `completion`'s final answer equals the row's `answer` (both extracted the same way).
+fn score_math(task: &str, row: &Row, completion: &str) -> Result<f64> {
+    let gold = extract_answer(row.require_str(task, "answer")?)
+        .ok_or_else(|| row.bad(task, "`answer` has no final number"))?;
+    Ok(f64::from(u8::from(
+        extract_answer(completion) == Some(gold),
+    )))
+}
+
+/// GSM8K-style answer text: the steps, then `#### value`.
+fn gsm8k_answer(steps: &[String], value: i64) -> String {
+    let mut text = steps.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    text.push_str(&format!("#### {value}"));
+    text
+}
+
+/// Arithmetic expressions.
+#[derive(Debug, Clone, Copy)]
+pub struct Arithmetic;
+
+impl Arithmetic {
+    fn item(rng: &mut Rng) -> (String, i64) {
+        let n = rng.range(2, 4);
+        let mut text = rng.range(1, 99).to_string();
+        for i in 1..n {
+            let op = *rng.pick(&["+", "-", "*"]);
+            let operand = if op == "*" {
+                rng.range(2, 12)
+            } else {
+                rng.range(1, 99)
+            };
+            text = if i == 1 && n > 2 && rng.below(3) == 0 {
+                format!("({text} {op} {operand})")
+            } else {
+                format!("{text} {op} {operand}")
+            };
+        }
+        // Integer operands and + - * only: the value is an integer that fits easily.
+        let value = expr::evaluate(&text)
+            .ok()
+            .and_then(|v| v.as_integer())
+            .unwrap_or_default();
+        (text, value as i64)
+    }
+}
+
+impl Task for Arithmetic {
+    fn name(&self) -> &'static str {
+        "arithmetic"
+    }
+    fn reward(&self) -> RewardKind {
+        RewardKind::Math
+    }
+    fn required_fields(&self) -> &'static [&'static str] {
+        &["prompt", "answer"]
+    }
+    fn instruction(&self) -> &'static str {
+        INSTRUCTION
+    }
+    fn generate(&self, n: usize, seed: u64) -> Result<Vec<Row>> {
+        Ok((0..n)
+            .map(|i| {
+                let (text, value) = Self::item(&mut Rng::derive(seed, i as u64));
+                Row::from_pairs(
+                    format!("arithmetic-{seed}-{i}"),
+                    [
+                        ("prompt", json!(format!("What is {text}?"))),
+                        (
+                            "answer",
+                            json!(gsm8k_answer(&[format!("{text} = {value}")], value)),
+                        ),
+                    ],
+                )
+            })
+            .collect())
+    }
+    fn reference(&self, row: &Row) -> Result<Vec<String>> {
+        Ok(vec![row.require_str(self.name(), "answer")?.to_owned()])
+    }
+    fn score(&self, row: &Row, completion: &str) -> Result<f64> {
+        score_math(self.name(), row, completion)
+    }
+    fn environment(&self) -> Result<Box<dyn Environment>> {
+        Ok(Box::new(SingleTurn::new(*self)))
+    }
+}
+
+/// GSM8K-format word problems.
+#[derive(Debug, Clone, Copy)]
+pub struct Gsm8k;
+
+const NAMES: &[&str] = &[
+    "Natalia", "Omar", "Priya", "Lucas", "Mei", "Sam", "Amara", "Jonas",
+];
+
+/// One word-problem template: question, worked steps, answer.
+type Template = fn(&mut Rng, &str) -> (String, Vec<String>, i64);
+
+const TEMPLATES: &[Template] = &[
+    |r, name| {
+        let april = r.range(10, 60) * 2;
+        let may = april / 2;
+        (
+            format!("{name} sold clips to {april} of her friends in April, and then she sold half as many clips in May. How many clips did {name} sell altogether in April and May?"),
+            vec![format!("In May {name} sold {april} / 2 = {may} clips."), format!("Altogether {name} sold {april} + {may} = {} clips.", april + may)],
+            april + may,
+        )
+    },
+    |r, name| {
+        let rate = r.range(1, 5) * 12;
+        let minutes = r.range(2, 20) * 5;
+        let pay = rate * minutes / 60;
+        (
+            format!("{name} earns ${rate} an hour for babysitting. Yesterday, {name} did {minutes} minutes of babysitting. How many dollars did {name} earn?"),
+            vec![
+                format!("Every 5 minutes pay {rate} / 12 = ${}.", rate / 12),
+                format!("{minutes} minutes are {minutes} / 5 = {} blocks of 5 minutes.", minutes / 5),
+                format!("{name} earned {} * {} = ${pay}.", minutes / 5, rate / 12),
+            ],
+            pay,
+        )
+    },
+    |r, name| {
+        let (start, eaten, given, packs, per) = (
+            r.range(20, 80),
+            r.range(1, 9),
+            r.range(1, 9),
+            r.range(2, 6),
+            r.range(3, 12),
+        );
+        let left = start - eaten - given;
+        let end = left + packs * per;
+        (
+            format!("{name} has {start} apples. {name} eats {eaten} and gives {given} to a neighbour, then buys {packs} bags with {per} apples in each. How many apples does {name} have now?"),
+            vec![format!("After eating and giving some away, {name} has {start} - {eaten} - {given} = {left} apples."), format!("The bags hold {packs} * {per} = {} apples.", packs * per), format!("{name} now has {left} + {} = {end} apples.", packs * per)],
+            end,
+        )
+    },
+    |r, _| {
+        let (v1, h1, v2, h2) = (
+            r.range(4, 12) * 10,
+            r.range(1, 5),
+            r.range(4, 12) * 10,
+            r.range(1, 5),
+        );
+        let total = v1 * h1 + v2 * h2;
+        (
+            format!("A train travels at {v1} km per hour for {h1} hours, then at {v2} km per hour for {h2} hours. How many kilometres does it travel in total?"),
+            vec![format!("First part: {v1} * {h1} = {} km.", v1 * h1), format!("Second part: {v2} * {h2} = {} km.", v2 * h2), format!("Total: {} + {} = {total} km.", v1 * h1, v2 * h2)],
+            total,
+        )
+    },
+    |r, name| {
+        let (n, price, pen) = (r.range(2, 8), r.range(2, 9), r.range(1, 5));
+        let cost = n * price + pen;
+        let bill = if cost < 50 { 50 } else { 100 };
+        (
+            format!("{name} buys {n} notebooks at ${price} each and a pen for ${pen}. {name} pays with a ${bill} bill. How much change does {name} get?"),
+            vec![format!("The notebooks cost {n} * {price} = ${}.", n * price), format!("Everything costs {} + {pen} = ${cost}.", n * price), format!("The change is {bill} - {cost} = ${}.", bill - cost)],
+            bill - cost,
+        )
+    },
+    |r, name| {
+        let (per_day, days) = (r.range(5, 30), r.range(2, 9));
+        let pages = per_day * days + r.range(1, 120);
+        let read = per_day * days;
+        (
+            format!("A book has {pages} pages. {name} reads {per_day} pages every day. How many pages are left to read after {days} days?"),
+            vec![format!("In {days} days {name} reads {per_day} * {days} = {read} pages."), format!("{pages} - {read} = {} pages are left.", pages - read)],
+            pages - read,
+        )
+    },
+    |r, name| {
+        let (age, k, years) = (r.range(4, 15), r.range(2, 4), r.range(1, 10));
+        let parent = age * k;
+        let sum = age + parent + 2 * years;
+        (
+            format!("{name} is {age} years old, and {name}'s mother is {k} times as old. What will the sum of their ages be in {years} years?"),
+            vec![format!("The mother is {age} * {k} = {parent} years old."), format!("Now their ages sum to {age} + {parent} = {}.", age + parent), format!("In {years} years the sum grows by 2 * {years} = {}, so it is {} + {} = {sum}.", 2 * years, age + parent, 2 * years)],
+            sum,
+        )
+    },
+    |r, _| {
+        let (price, off) = (r.range(1, 15) * 20, r.range(1, 9) * 5);
+        let discount = price * off / 100;
+        (
+            format!("A jacket costs ${price}. In a sale it is {off}% off. What is the sale price in dollars?"),
+            vec![format!("The discount is {price} * {off} / 100 = ${discount}."), format!("The sale price is {price} - {discount} = ${}.", price - discount)],
+            price - discount,
+        )
+    },
+];
+
+impl Task for Gsm8k {
+    fn name(&self) -> &'static str {
+        "gsm8k"
+    }
+    fn reward(&self) -> RewardKind {
+        RewardKind::Math
+    }
+    fn required_fields(&self) -> &'static [&'static str] {
+        &["prompt", "answer"]
+    }
+    fn instruction(&self) -> &'static str {
+        INSTRUCTION
+    }
+    fn generate(&self, n: usize, seed: u64) -> Result<Vec<Row>> {
+        Ok((0..n)
+            .map(|i| {
+                let mut rng = Rng::derive(seed, i as u64);
+                let template = TEMPLATES[i % TEMPLATES.len()];
+                let name = *rng.pick(NAMES);
+                let (question, steps, value) = template(&mut rng, name);
+                Row::from_pairs(
+                    format!("gsm8k-{seed}-{i}"),
+                    [
+                        ("prompt", json!(question)),
+                        ("answer", json!(gsm8k_answer(&steps, value))),
+                    ],
+                )
+            })
+            .collect())
+    }
+    fn reference(&self, row: &Row) -> Result<Vec<String>> {
+        Ok(vec![row.require_str(self.name(), "answer")?.to_owned()])
+    }
+    fn score(&self, row: &Row, completion: &str) -> Result<f64> {
+        score_math(self.name(), row, completion)
+    }
+    fn environment(&self) -> Result<Box<dyn Environment>> {
+        Ok(Box::new(SingleTurn::new(*self)))
+    }
+}
+
+/// Integers mentioned in an answer's steps (tests use it to check the steps' arithmetic).
+pub fn step_integers(answer: &str) -> Vec<i64> {
+    util::integers(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extracts_hashes_boxed_and_last_number() {
+        let r = |s| extract_answer(s).map(|v| v.to_string());
+        assert_eq!(r("so 3 + 4 = 7\n#### 1,234"), Some("1234".into()));
+        assert_eq!(r("#### $18."), Some("18".into()));
+        assert_eq!(r("the answer is \\boxed{3/4}"), Some("0.75".into()));
+        assert_eq!(r("I get 5 apples, then 12."), Some("12".into()));
+        assert_eq!(r("no idea"), None);
+    }
+
+    #[test]
+    fn every_generated_item_is_verifiable_by_its_reference() {
+        for task in [&Arithmetic as &dyn Task, &Gsm8k] {
+            let rows = task.generate(200, 11).unwrap();
+            for row in &rows {
+                let reference = task.reference(row).unwrap();
+                assert_eq!(task.score(row, &reference[0]).unwrap(), 1.0, "{row:?}");
+                assert_eq!(task.score(row, "#### 999999").unwrap(), 0.0);
+            }
+            assert_eq!(rows, task.generate(200, 11).unwrap(), "seeded");
+            assert_ne!(rows, task.generate(200, 12).unwrap());
+        }
+    }
+
+    #[test]
+    fn arithmetic_answers_are_the_true_value() {
+        for row in Arithmetic.generate(100, 3).unwrap() {
+            let prompt = row.require_str("t", "prompt").unwrap();
+            let text = prompt.trim_start_matches("What is ").trim_end_matches('?');
+            let gold = extract_answer(row.require_str("t", "answer").unwrap()).unwrap();
+            assert_eq!(expr::evaluate(text).unwrap(), gold, "{prompt}");
+        }
+    }
+
+    #[test]
+    fn gsm8k_steps_check_out_and_answers_are_natural_numbers() {
+        let rows = Gsm8k.generate(TEMPLATES.len() * 20, 5).unwrap();
+        for row in &rows {
+            let answer = row.require_str("t", "answer").unwrap();
+            let value = extract_answer(answer).unwrap().as_integer().unwrap();
+            assert!(value >= 0, "{answer}");
+            // Every `a op b = c` in the steps is true arithmetic.
+            for line in answer.lines() {
+                for eq in line.split(", so ") {
+                    check_equation(eq);
+                }
+            }
+        }
+    }
+
+    /// Checks the last `lhs = rhs` on a line where the lhs is pure arithmetic.
+    fn check_equation(line: &str) {
+        let Some((lhs, rhs)) = line.rsplit_once(" = ") else {
+            return;
+        };
+        let lhs: String = lhs
+            .chars()
+            .rev()
+            .take_while(|c| c.is_ascii_digit() || " +-*/$".contains(*c))
+            .collect::<String>()
+            .chars()
+            .rev()
+            .filter(|&c| c != '$')
+            .collect();
+        let rhs_num = step_integers(rhs).first().copied();
+        if let (Ok(v), Some(r)) = (expr::evaluate(lhs.trim()), rhs_num) {
+            if lhs.trim().contains(|c: char| "+-*/".contains(c)) {
+                assert_eq!(v, Rational::int(r.into()), "{line}");
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Built-in tasks. A task knows its row schema, generates a seeded dataset of its own, turns a
+//! row into opening messages, gives a reference solution, and verifies completions for its own
+//! items. Single-turn tasks are scored in training by the `oxrl-rewards` crate (math, code,
+//! IoU) from the row's metadata; their `score` here is a small self-contained check used to
+//! prove every generated item is solvable. Multi-turn tasks score themselves through their
+//! [`Environment`].
+
+pub mod calculator;
+pub mod code;
+pub mod countdown;
+pub mod grounding;
+pub mod guessing;
+pub mod math;
+mod util;
+
+use serde::{Deserialize, Serialize};
+
+use crate::chat_template::Message;
+use crate::episode::{Environment, StepResult};
+use crate::error::Result;
+use crate::row::Row;
+
+pub use util::extract_tag;
+
+/// Which reward scores a task's completions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardKind {
+    /// `oxrl-rewards` math answer checking against the row's `answer` (GSM8K `#### N`).
+    Math,
+    /// `oxrl-rewards` code execution with the row's `tests` (+ `entry_point`).
+    Code,
+    /// `oxrl-rewards` box IoU against the row's `boxes`.
+    Iou,
+    /// This crate's [`countdown::score`] (`numbers`, `target`).
+    Countdown,
+    /// The environment's own per-turn rewards (multi-turn tasks, external environments).
+    Environment,
+}
+
+/// A task: data, prompts and verification for one kind of problem.
+pub trait Task: Send + Sync {
+    /// Short name (`arithmetic`, `gsm8k`, ...).
+    fn name(&self) -> &'static str;
+    /// The reward that scores it in training.
+    fn reward(&self) -> RewardKind;
+    /// Canonical fields every row must have.
+    fn required_fields(&self) -> &'static [&'static str];
+    /// The default instruction appended to the opening user message (answer format).
+    fn instruction(&self) -> &'static str;
+    /// `n` rows from the task's own generator or shipped data, fixed by `seed`.
+    fn generate(&self, n: usize, seed: u64) -> Result<Vec<Row>>;
+    /// The opening messages for `row` (before system prompt, few-shot and instruction).
+    fn opening(&self, row: &Row) -> Result<Vec<Message>> {
+        Ok(vec![Message::new(
+            "user",
+            row.require_str(self.name(), "prompt")?,
+        )])
+    }
+    /// Assistant messages that solve `row` (one for single-turn tasks).
+    fn reference(&self, row: &Row) -> Result<Vec<String>>;
+    /// Self-contained check of a single-turn completion: 1.0 correct, 0.0 not.
+    fn score(&self, row: &Row, completion: &str) -> Result<f64>;
+    /// A fresh environment for one episode. Single-turn tasks get a one-turn environment
+    /// scored by [`Task::score`].
+    fn environment(&self) -> Result<Box<dyn Environment>>;
+}
+
+/// A one-turn environment around a single-turn task: the reply is scored and the episode ends.
+pub struct SingleTurn<T: Task + Clone + 'static> {
+    task: T,
+    row: Option<Row>,
+}
+
+impl<T: Task + Clone + 'static> SingleTurn<T> {
+    /// Wraps `task`.
+    pub fn new(task: T) -> Self {
+        Self { task, row: None }
+    }
+}
+
+impl<T: Task + Clone + 'static> Environment for SingleTurn<T> {
+    fn reset(&mut self, row: &Row) -> Result<Vec<Message>> {
+        self.row = Some(row.clone());
+        self.task.opening(row)
+    }
+
+    fn step(&mut self, action: &str) -> Result<StepResult> {
+        let row = self
+            .row
+            .as_ref()
+            .ok_or_else(|| crate::error::EnvError::Episode("step before reset".into()))?;
+        Ok(StepResult {
+            observation: Vec::new(),
+            reward: self.task.score(row, action)?,
+            done: true,
+        })
+    }
+}
+
+/// Names of the built-in tasks, as written in config (`task = "gsm8k"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// Arithmetic expressions, GSM8K-format answers.
+    Arithmetic,
+    /// GSM8K-format word problems.
+    Gsm8k,
+    /// HumanEval-format code problems (shipped).
+    Humaneval,
+    /// MBPP-format code problems (shipped).
+    Mbpp,
+    /// Text grounding with box answers.
+    Grounding,
+    /// Countdown: reach a target with the given numbers.
+    Countdown,
+    /// Multi-turn calculator tool use.
+    Calculator,
+    /// Multi-turn number guessing game.
+    Guessing,
+    /// An external process speaking JSON lines (`[env.external]`).
+    External,
+}
+
+/// The built-in task for `kind` (`External` is built from its config by the caller).
+pub fn builtin(kind: TaskKind) -> Option<Box<dyn Task>> {
+    Some(match kind {
+        TaskKind::Arithmetic => Box::new(math::Arithmetic),
+        TaskKind::Gsm8k => Box::new(math::Gsm8k),
+        TaskKind::Humaneval => Box::new(code::HumanEval),
+        TaskKind::Mbpp => Box::new(code::Mbpp),
+        TaskKind::Grounding => Box::new(grounding::Grounding),
+        TaskKind::Countdown => Box::new(countdown::Countdown),
+        TaskKind::Calculator => Box::new(calculator::Calculator),
+        TaskKind::Guessing => Box::new(guessing::Guessing),
+        TaskKind::External => return None,
+    })
+}
