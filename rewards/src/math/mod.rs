@@ -1,0 +1,315 @@
+//! Verifiable math reward: extract the model's final answer, compare it with the reference
+//! numerically and symbolically. Reference behaviour: HF Math-Verify (`parse` + `verify`);
+//! see `docs/rewards.md` for where and why this implementation differs.
+//!
+//! Symbolic equality is decided by evaluating both sides at several fixed pseudo-random
+//! points for their free variables (a polynomial-identity style test), which agrees with
+//! sympy simplification on the expressions answers are written in.
+
+pub mod extract;
+pub mod parse;
+
+use std::collections::BTreeSet;
+
+use rayon::prelude::*;
+use serde::Deserialize;
+
+use crate::{Reward, RewardFailure, Sample, Score};
+use parse::Expr;
+
+/// Options of the `math` reward.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MathConfig {
+    /// Sample field holding the reference answer.
+    pub answer_field: String,
+    /// Also accept `x/100` against `x%` (and the reverse) when one side carries a percent sign.
+    pub percent_as_fraction: bool,
+    /// Relative tolerance for numeric comparison (absolute below magnitude 1).
+    pub rel_tol: f64,
+}
+
+impl Default for MathConfig {
+    fn default() -> Self {
+        MathConfig {
+            answer_field: "answer".into(),
+            percent_as_fraction: true,
+            rel_tol: 1e-6,
+        }
+    }
+}
+
+/// The `math` reward: 1.0 when the extracted answer equals the reference, else 0.0.
+#[derive(Debug, Clone, Default)]
+pub struct MathReward {
+    cfg: MathConfig,
+}
+
+/// A parsed answer with its percent flag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// The parsed expression.
+    pub expr: Expr,
+    /// Whether the answer was written with a percent sign.
+    pub percent: bool,
+}
+
+fn parse_candidate(raw: &str) -> Option<Answer> {
+    let n = extract::normalize(raw);
+    if let Ok(expr) = parse::parse(&n.text) {
+        return Some(Answer {
+            expr,
+            percent: n.percent,
+        });
+    }
+    let stripped = extract::strip_unit_words(&n.text)?;
+    parse::parse(&stripped).ok().map(|expr| Answer {
+        expr,
+        percent: n.percent,
+    })
+}
+
+/// Extracts and parses the model's answer from a completion.
+pub fn parse_completion(text: &str) -> Option<Answer> {
+    extract::candidates(text)
+        .iter()
+        .find_map(|c| parse_candidate(c))
+}
+
+/// Parses a reference answer: the whole string first (it usually is just the answer), then
+/// the same extraction as for completions (GSM8K solutions ending in `#### 72`, `\boxed{}`).
+pub fn parse_reference(text: &str) -> Option<Answer> {
+    if !text.contains("####") && !text.contains("\\boxed") {
+        if let Some(a) = parse_candidate(text) {
+            return Some(a);
+        }
+    }
+    parse_completion(text)
+}
+
+impl MathReward {
+    /// A math reward with these options.
+    pub fn new(cfg: MathConfig) -> Self {
+        MathReward { cfg }
+    }
+
+    /// Whether `pred` is equivalent to `gold` under this reward's options.
+    pub fn answers_match(&self, gold: &Answer, pred: &Answer) -> bool {
+        if equiv(&gold.expr, &pred.expr, self.cfg.rel_tol) {
+            return true;
+        }
+        if self.cfg.percent_as_fraction && gold.percent != pred.percent {
+            let hundred = Box::new(Expr::Num(100.0));
+            let (scaled, other) = if gold.percent {
+                (Expr::Div(Box::new(gold.expr.clone()), hundred), &pred.expr)
+            } else {
+                (Expr::Div(Box::new(pred.expr.clone()), hundred), &gold.expr)
+            };
+            return equiv(&scaled, other, self.cfg.rel_tol);
+        }
+        false
+    }
+
+    /// Scores one completion against one reference string.
+    pub fn score_one(&self, completion: &str, reference: &str) -> Score {
+        let gold = parse_reference(reference).ok_or_else(|| {
+            RewardFailure::BadReference(format!("cannot parse reference `{}`", clip(reference)))
+        })?;
+        if let Expr::Text(g) = &gold.expr {
+            // Textual answers: also accept the raw candidate text.
+            let hit = extract::candidates(completion)
+                .iter()
+                .any(|c| text_norm(c) == *g);
+            if hit {
+                return Ok(1.0);
+            }
+        }
+        let pred = parse_completion(completion)
+            .ok_or_else(|| RewardFailure::Parse("no answer found in completion".into()))?;
+        Ok(if self.answers_match(&gold, &pred) {
+            1.0
+        } else {
+            0.0
+        })
+    }
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+fn text_norm(s: &str) -> String {
+    let n = extract::normalize(s).text;
+    let n = n.trim_start_matches("\\text{").trim_end_matches('}');
+    n.trim()
+        .trim_matches(|c: char| c.is_ascii_punctuation())
+        .to_lowercase()
+}
+
+impl Reward for MathReward {
+    fn name(&self) -> &str {
+        "math"
+    }
+
+    fn score_batch(&self, samples: &[Sample]) -> Vec<Score> {
+        samples
+            .par_iter()
+            .map(|s| match s.field_text(&self.cfg.answer_field) {
+                None => Err(RewardFailure::BadReference(format!(
+                    "missing field `{}`",
+                    self.cfg.answer_field
+                ))),
+                Some(reference) => self.score_one(&s.completion, &reference),
+            })
+            .collect()
+    }
+}
+
+/// Numeric equality with a relative tolerance (absolute below magnitude 1).
+fn num_eq(a: f64, b: f64, rel_tol: f64) -> bool {
+    if a.is_infinite() || b.is_infinite() {
+        return a == b;
+    }
+    if a.is_nan() || b.is_nan() {
+        return false;
+    }
+    let scale = a.abs().max(b.abs());
+    // Above magnitude 1e3 a relative 1e-6 would merge distinct integers (7425000 vs
+    // 7425001): there, keep an absolute 1e-3 ceiling.
+    // Below 1e-3 the comparison is purely relative (Math-Verify's 6-decimal rounding would
+    // call 1e-8 and 2e-8 equal; see docs/rewards.md).
+    let tol = if scale < 1e-3 {
+        rel_tol * scale
+    } else {
+        (rel_tol * scale.max(1.0)).min(1e-3_f64.max(1e-12 * scale))
+    };
+    (a - b).abs() <= tol
+}
+
+/// Structural and numeric equivalence of two parsed answers.
+pub fn equiv(gold: &Expr, pred: &Expr, rel_tol: f64) -> bool {
+    use Expr::*;
+    match (gold, pred) {
+        // `x = 3` against `3`, `k = \frac{1}{3}` against `1/3`: as in Math-Verify, the
+        // right-hand side of the last `=` is the answer.
+        (Eq(_, r), other) | (other, Eq(_, r)) if !matches!(other, Eq(..)) => {
+            equiv(r, other, rel_tol)
+        }
+        (Eq(l1, r1), Eq(l2, r2)) => {
+            if l1 == l2 {
+                return equiv(r1, r2, rel_tol);
+            }
+            let d1 = Add(l1.clone(), Box::new(Neg(r1.clone())));
+            let d2 = Add(l2.clone(), Box::new(Neg(r2.clone())));
+            equiv(&d1, &d2, rel_tol) || equiv(&d1, &Neg(Box::new(d2.clone())), rel_tol)
+        }
+        (
+            Tuple {
+                open: o1,
+                close: c1,
+                items: a,
+            },
+            Tuple {
+                open: o2,
+                close: c2,
+                items: b,
+            },
+        ) => {
+            o1 == o2
+                && c1 == c2
+                && a.len() == b.len()
+                && a.iter().zip(b).all(|(x, y)| equiv(x, y, rel_tol))
+        }
+        (Set(a), Set(b)) | (Union(a), Union(b)) => unordered_eq(a, b, rel_tol),
+        (Set(a), other) | (other, Set(a)) if a.len() == 1 => equiv(&a[0], other, rel_tol),
+        (Text(a), Text(b)) => a == b,
+        (Matrix(a), Matrix(b)) => {
+            a.len() == b.len()
+                && a.iter().zip(b).all(|(ra, rb)| {
+                    ra.len() == rb.len() && ra.iter().zip(rb).all(|(x, y)| equiv(x, y, rel_tol))
+                })
+        }
+        (a, b) if is_scalar(a) && is_scalar(b) => scalar_eq(a, b, rel_tol),
+        _ => false,
+    }
+}
+
+fn is_scalar(e: &Expr) -> bool {
+    !matches!(
+        e,
+        Expr::Tuple { .. }
+            | Expr::Set(_)
+            | Expr::Union(_)
+            | Expr::Eq(..)
+            | Expr::Text(_)
+            | Expr::Matrix(_)
+    )
+}
+
+fn unordered_eq(a: &[Expr], b: &[Expr], rel_tol: f64) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut used = vec![false; b.len()];
+    a.iter().all(|x| {
+        let hit = (0..b.len()).find(|&j| !used[j] && equiv(x, &b[j], rel_tol));
+        if let Some(j) = hit {
+            used[j] = true;
+        }
+        hit.is_some()
+    })
+}
+
+/// Fixed evaluation points in [0.3, 2.7), distinct per variable; deterministic.
+fn point(var_index: usize, trial: usize) -> f64 {
+    let mut h = (var_index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (trial as u64 + 7).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h ^= h >> 31;
+    h = h.wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^= h >> 29;
+    0.3 + 2.4 * ((h >> 11) as f64 / (1u64 << 53) as f64)
+}
+
+fn scalar_eq(a: &Expr, b: &Expr, rel_tol: f64) -> bool {
+    let mut vars = BTreeSet::new();
+    a.vars(&mut vars);
+    b.vars(&mut vars);
+    if vars.is_empty() {
+        let no_vars = |_: &str| f64::NAN;
+        return num_eq(a.eval(&no_vars), b.eval(&no_vars), rel_tol);
+    }
+    let names: Vec<&String> = vars.iter().collect();
+    let mut agreed = 0;
+    for trial in 0..8 {
+        let env = |v: &str| {
+            names
+                .iter()
+                .position(|n| n.as_str() == v)
+                .map_or(f64::NAN, |i| point(i, trial))
+        };
+        let (x, y) = (a.eval(&env), b.eval(&env));
+        if !x.is_finite() || !y.is_finite() {
+            continue;
+        }
+        let scale = x.abs().max(y.abs()).max(1.0);
+        if (x - y).abs() > 1e-6 * scale {
+            return false;
+        }
+        agreed += 1;
+    }
+    agreed >= 3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tolerance_keeps_large_integers_apart() {
+        assert!(num_eq(7_425_000.0, 7_425_000.0, 1e-6));
+        assert!(!num_eq(7_425_000.0, 7_425_001.0, 1e-6));
+        assert!(num_eq(1.0 / 3.0, 0.333_333_4, 1e-6));
+        assert!(!num_eq(0.333, 1.0 / 3.0, 1e-6));
+        assert!(!num_eq(1e-8, 2e-8, 1e-6));
+    }
+}

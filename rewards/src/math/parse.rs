@@ -1,0 +1,763 @@
+//! A small parser for answers written in LaTeX or plain text, into an [`Expr`] tree that
+//! can be evaluated numerically. It covers what Math-Verify's latex2sympy path is used for in
+//! practice: numbers (decimal, scientific, `\times 10^{k}`), `\frac`/`\dfrac`/`\tfrac`/`\cfrac`
+//! (also malformed `\frac13`), `\sqrt[n]{x}`, powers, implicit multiplication, `\pi`, `e`,
+//! `\infty`, common functions, tuples and intervals, sets, unions, equations, `\text{}`
+//! answers, and `pmatrix`/`bmatrix` matrices.
+
+use std::collections::BTreeSet;
+
+/// A parsed answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    /// A number.
+    Num(f64),
+    /// A free variable (`x`, `a_1`).
+    Var(String),
+    /// `-a`.
+    Neg(Box<Expr>),
+    /// `a + b`.
+    Add(Box<Expr>, Box<Expr>),
+    /// `a * b`.
+    Mul(Box<Expr>, Box<Expr>),
+    /// `a / b`.
+    Div(Box<Expr>, Box<Expr>),
+    /// `a ^ b`.
+    Pow(Box<Expr>, Box<Expr>),
+    /// A named function of one argument (`sin`, `ln`, `sqrt`, `abs`, ...).
+    Func(String, Box<Expr>),
+    /// `n!`.
+    Factorial(Box<Expr>),
+    /// A bracketed list: a point `(a, b)` or an interval `[a, b)`; brackets are kept.
+    Tuple {
+        /// Opening bracket, `(` or `[`.
+        open: char,
+        /// Closing bracket, `)` or `]`.
+        close: char,
+        /// The items.
+        items: Vec<Expr>,
+    },
+    /// An unordered collection: `\{a, b\}` or a bare list `a, b`.
+    Set(Vec<Expr>),
+    /// `A \cup B`.
+    Union(Vec<Expr>),
+    /// `lhs = rhs`.
+    Eq(Box<Expr>, Box<Expr>),
+    /// A textual answer (`\text{Evelyn}`), lower-cased and trimmed.
+    Text(String),
+    /// A matrix, row-major.
+    Matrix(Vec<Vec<Expr>>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Num(f64),
+    /// A letter run or a `\command` (without the backslash, marked by `cmd`).
+    Word {
+        text: String,
+        cmd: bool,
+    },
+    /// A one-character operator or bracket; `{`/`}` escaped as `\{`/`\}` become `⦃`/`⦄`.
+    Sym(char),
+    /// A `\text{...}`-style group.
+    Text(String),
+}
+
+fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
+    let chars: Vec<char> = s.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_whitespace() {
+            i += 1;
+        } else if c.is_ascii_digit()
+            || (c == '.' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit()))
+        {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
+                i += 1;
+            }
+            // Scientific notation: 1e-3, 2.5E+10 (only when digits follow the exponent).
+            if i < chars.len() && (chars[i] == 'e' || chars[i] == 'E') {
+                let mut j = i + 1;
+                if j < chars.len() && (chars[j] == '+' || chars[j] == '-') {
+                    j += 1;
+                }
+                if j < chars.len() && chars[j].is_ascii_digit() {
+                    while j < chars.len() && chars[j].is_ascii_digit() {
+                        j += 1;
+                    }
+                    i = j;
+                }
+            }
+            let text: String = chars[start..i].iter().collect();
+            let v: f64 = text.parse().map_err(|_| format!("bad number `{text}`"))?;
+            out.push(Tok::Num(v));
+        } else if c == '\\' {
+            let next = chars.get(i + 1).copied();
+            match next {
+                Some(n) if n.is_ascii_alphabetic() => {
+                    let start = i + 1;
+                    i += 1;
+                    while i < chars.len() && chars[i].is_ascii_alphabetic() {
+                        i += 1;
+                    }
+                    let name: String = chars[start..i].iter().collect();
+                    if matches!(
+                        name.as_str(),
+                        "left"
+                            | "right"
+                            | "bigl"
+                            | "bigr"
+                            | "Bigl"
+                            | "Bigr"
+                            | "big"
+                            | "Big"
+                            | "displaystyle"
+                            | "quad"
+                            | "qquad"
+                    ) {
+                        continue;
+                    }
+                    if matches!(
+                        name.as_str(),
+                        "text"
+                            | "textbf"
+                            | "mathrm"
+                            | "mbox"
+                            | "textit"
+                            | "mathbf"
+                            | "operatorname"
+                    ) {
+                        let (content, end) = read_group(&chars, i)?;
+                        i = end;
+                        if name == "mathrm" || name == "mathbf" || name == "operatorname" {
+                            // Treated as ordinary math content (e.g. \mathrm{e}).
+                            out.extend(tokenize(&content)?);
+                        } else {
+                            out.push(Tok::Text(content));
+                        }
+                    } else {
+                        out.push(Tok::Word {
+                            text: name,
+                            cmd: true,
+                        });
+                    }
+                }
+                Some('{') => {
+                    out.push(Tok::Sym('⦃'));
+                    i += 2;
+                }
+                Some('}') => {
+                    out.push(Tok::Sym('⦄'));
+                    i += 2;
+                }
+                Some('\\') => {
+                    out.push(Tok::Sym(';')); // matrix row separator
+                    i += 2;
+                }
+                _ => i += 2, // spacing commands \, \; \! \  and escapes
+            }
+        } else if c.is_alphabetic() {
+            let start = i;
+            while i < chars.len() && chars[i].is_alphabetic() {
+                i += 1;
+            }
+            out.push(Tok::Word {
+                text: chars[start..i].iter().collect(),
+                cmd: false,
+            });
+        } else if "+-*/^_()[]{},=!|&<>".contains(c) {
+            if c == '*' && chars.get(i + 1) == Some(&'*') {
+                out.push(Tok::Sym('^'));
+                i += 2;
+            } else {
+                out.push(Tok::Sym(c));
+                i += 1;
+            }
+        } else if c == '·' || c == '×' {
+            out.push(Tok::Sym('*'));
+            i += 1;
+        } else if c == '÷' {
+            out.push(Tok::Sym('/'));
+            i += 1;
+        } else if c == '−' {
+            out.push(Tok::Sym('-'));
+            i += 1;
+        } else if c == 'π' {
+            out.push(Tok::Word {
+                text: "pi".into(),
+                cmd: true,
+            });
+            i += 1;
+        } else if c == '∞' {
+            out.push(Tok::Word {
+                text: "infty".into(),
+                cmd: true,
+            });
+            i += 1;
+        } else if c == '√' {
+            out.push(Tok::Word {
+                text: "sqrt".into(),
+                cmd: true,
+            });
+            i += 1;
+        } else {
+            return Err(format!("unexpected character `{c}`"));
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a `{...}` group starting at `i` (whitespace skipped); returns its content and the
+/// index after the closing brace.
+fn read_group(chars: &[char], mut i: usize) -> Result<(String, usize), String> {
+    while i < chars.len() && chars[i].is_whitespace() {
+        i += 1;
+    }
+    if chars.get(i) != Some(&'{') {
+        return Err("expected `{` after text command".into());
+    }
+    let mut depth = 0usize;
+    let start = i + 1;
+    while i < chars.len() {
+        match chars[i] {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Ok((chars[start..i].iter().collect(), i + 1));
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Err("unbalanced braces".into())
+}
+
+const FUNCS: &[&str] = &[
+    "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh",
+    "ln", "log", "exp",
+];
+
+struct Parser {
+    toks: Vec<Tok>,
+    pos: usize,
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.pos)
+    }
+    fn peek_sym(&self, c: char) -> bool {
+        self.peek() == Some(&Tok::Sym(c))
+    }
+    fn peek_cmd(&self, name: &str) -> bool {
+        matches!(self.peek(), Some(Tok::Word { text, cmd: true }) if text == name)
+    }
+    fn eat_sym(&mut self, c: char) -> bool {
+        if self.peek_sym(c) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn expect_sym(&mut self, c: char) -> Result<(), String> {
+        if self.eat_sym(c) {
+            Ok(())
+        } else {
+            Err(format!("expected `{c}` at token {}", self.pos))
+        }
+    }
+
+    /// Top level: unions, lists, equations.
+    fn parse_top(&mut self) -> Result<Expr, String> {
+        let first = self.parse_union()?;
+        if self.peek_sym(',') {
+            let mut items = vec![first];
+            while self.eat_sym(',') {
+                items.push(self.parse_union()?);
+            }
+            return Ok(Expr::Set(items));
+        }
+        Ok(first)
+    }
+
+    fn parse_union(&mut self) -> Result<Expr, String> {
+        let first = self.parse_relation()?;
+        if self.peek_cmd("cup") {
+            let mut items = vec![first];
+            while self.peek_cmd("cup") {
+                self.pos += 1;
+                items.push(self.parse_relation()?);
+            }
+            return Ok(Expr::Union(items));
+        }
+        Ok(first)
+    }
+
+    fn parse_relation(&mut self) -> Result<Expr, String> {
+        let lhs = self.parse_additive()?;
+        if self.eat_sym('=') {
+            let rhs = self.parse_relation()?;
+            return Ok(Expr::Eq(Box::new(lhs), Box::new(rhs)));
+        }
+        Ok(lhs)
+    }
+
+    fn parse_additive(&mut self) -> Result<Expr, String> {
+        let mut acc = if self.eat_sym('-') {
+            Expr::Neg(Box::new(self.parse_term()?))
+        } else {
+            self.eat_sym('+');
+            self.parse_term()?
+        };
+        loop {
+            if self.eat_sym('+') {
+                let t = self.parse_term()?;
+                acc = Expr::Add(Box::new(acc), Box::new(t));
+            } else if self.eat_sym('-') {
+                let t = self.parse_term()?;
+                acc = Expr::Add(Box::new(acc), Box::new(Expr::Neg(Box::new(t))));
+            } else {
+                return Ok(acc);
+            }
+        }
+    }
+
+    fn starts_primary(&self) -> bool {
+        match self.peek() {
+            Some(Tok::Num(_)) => true,
+            Some(Tok::Word { text, cmd }) => {
+                !(*cmd
+                    && matches!(
+                        text.as_str(),
+                        "cup" | "cdot" | "times" | "div" | "right" | "end"
+                    ))
+            }
+            Some(Tok::Sym(c)) => matches!(c, '(' | '{' | '⦃' | '|'),
+            Some(Tok::Text(_)) => false,
+            None => false,
+        }
+    }
+
+    fn parse_term(&mut self) -> Result<Expr, String> {
+        let mut acc = self.parse_unary()?;
+        loop {
+            if self.eat_sym('*') || self.eat_cmd("cdot") || self.eat_cmd("times") {
+                let r = self.parse_unary()?;
+                acc = Expr::Mul(Box::new(acc), Box::new(r));
+            } else if self.eat_sym('/') || self.eat_cmd("div") {
+                let r = self.parse_unary()?;
+                acc = Expr::Div(Box::new(acc), Box::new(r));
+            } else if self.starts_primary() {
+                // Implicit multiplication, with one exception: a whole number written right
+                // before a numeric \frac is a mixed number (`2\frac{1}{2}` = 5/2).
+                let mixed =
+                    matches!(acc, Expr::Num(n) if n.fract() == 0.0) && self.peek_frac_numeric();
+                let r = self.parse_power()?;
+                acc = if mixed {
+                    Expr::Add(Box::new(acc), Box::new(r))
+                } else {
+                    Expr::Mul(Box::new(acc), Box::new(r))
+                };
+            } else {
+                return Ok(acc);
+            }
+        }
+    }
+
+    fn peek_frac_numeric(&self) -> bool {
+        let is_frac =
+            matches!(self.peek(), Some(Tok::Word { text, cmd: true }) if text.ends_with("frac"));
+        let toks = &self.toks[self.pos..];
+        is_frac
+            && matches!(
+                toks,
+                [
+                    _,
+                    Tok::Sym('{'),
+                    Tok::Num(_),
+                    Tok::Sym('}'),
+                    Tok::Sym('{'),
+                    Tok::Num(_),
+                    Tok::Sym('}'),
+                    ..
+                ]
+            )
+    }
+
+    fn eat_cmd(&mut self, name: &str) -> bool {
+        if self.peek_cmd(name) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn parse_unary(&mut self) -> Result<Expr, String> {
+        if self.eat_sym('-') {
+            return Ok(Expr::Neg(Box::new(self.parse_unary()?)));
+        }
+        if self.eat_sym('+') {
+            return self.parse_unary();
+        }
+        self.parse_power()
+    }
+
+    fn parse_power(&mut self) -> Result<Expr, String> {
+        let mut base = self.parse_primary()?;
+        loop {
+            if self.eat_sym('!') {
+                base = Expr::Factorial(Box::new(base));
+            } else if self.eat_sym('^') {
+                let exp = if self.peek_sym('{') {
+                    self.parse_group()?
+                } else if self.eat_sym('-') {
+                    Expr::Neg(Box::new(self.parse_primary()?))
+                } else {
+                    self.parse_primary()?
+                };
+                base = Expr::Pow(Box::new(base), Box::new(exp));
+            } else {
+                return Ok(base);
+            }
+        }
+    }
+
+    /// `{ expr }`, or a single token argument as in `\frac12` / `\sqrt3`.
+    fn parse_arg(&mut self) -> Result<Expr, String> {
+        if self.peek_sym('{') {
+            return self.parse_group();
+        }
+        match self.peek().cloned() {
+            Some(Tok::Num(v)) => {
+                // `\frac13`: a bare argument is a single digit.
+                self.pos += 1;
+                let text = format_num(v);
+                if text.len() > 1 && text.chars().all(|c| c.is_ascii_digit()) {
+                    let (head, tail) = text.split_at(1);
+                    // Put the remaining digits back as their own number token.
+                    self.toks
+                        .insert(self.pos, Tok::Num(tail.parse().map_err(|_| "digits")?));
+                    return Ok(Expr::Num(head.parse().map_err(|_| "digit")?));
+                }
+                Ok(Expr::Num(v))
+            }
+            Some(Tok::Word { .. }) => self.parse_primary(),
+            _ => Err("expected an argument".into()),
+        }
+    }
+
+    fn parse_group(&mut self) -> Result<Expr, String> {
+        self.expect_sym('{')?;
+        let e = self.parse_top()?;
+        self.expect_sym('}')?;
+        Ok(e)
+    }
+
+    fn parse_primary(&mut self) -> Result<Expr, String> {
+        let tok = self.peek().cloned().ok_or("unexpected end of input")?;
+        self.pos += 1;
+        match tok {
+            Tok::Num(v) => Ok(Expr::Num(v)),
+            Tok::Text(t) => Ok(Expr::Text(t.trim().to_lowercase())),
+            Tok::Sym('{') => {
+                self.pos -= 1;
+                self.parse_group()
+            }
+            Tok::Sym('|') => {
+                let e = self.parse_additive()?;
+                self.expect_sym('|')?;
+                Ok(Expr::Func("abs".into(), Box::new(e)))
+            }
+            Tok::Sym('⦃') => {
+                let mut items = Vec::new();
+                if !self.peek_sym('⦄') {
+                    items.push(self.parse_union()?);
+                    while self.eat_sym(',') {
+                        items.push(self.parse_union()?);
+                    }
+                }
+                self.expect_sym('⦄')?;
+                Ok(Expr::Set(items))
+            }
+            Tok::Sym(open @ ('(' | '[')) => {
+                let first = self.parse_union()?;
+                let mut items = vec![first];
+                while self.eat_sym(',') {
+                    items.push(self.parse_union()?);
+                }
+                let close = match self.peek() {
+                    Some(Tok::Sym(c @ (')' | ']'))) => *c,
+                    _ => return Err("unclosed bracket".into()),
+                };
+                self.pos += 1;
+                if items.len() == 1 && open == '(' && close == ')' {
+                    return Ok(items.pop().unwrap_or(Expr::Num(f64::NAN)));
+                }
+                if items.len() == 1 {
+                    return Err("bracket mismatch".into());
+                }
+                Ok(Expr::Tuple { open, close, items })
+            }
+            Tok::Word { text, cmd } => self.parse_word(&text, cmd),
+            Tok::Sym(c) => Err(format!("unexpected `{c}`")),
+        }
+    }
+
+    fn parse_word(&mut self, text: &str, cmd: bool) -> Result<Expr, String> {
+        let name = text;
+        match name {
+            "frac" | "dfrac" | "tfrac" | "cfrac" if cmd => {
+                let n = self.parse_arg()?;
+                let d = self.parse_arg()?;
+                Ok(Expr::Div(Box::new(n), Box::new(d)))
+            }
+            "sqrt" => {
+                let index = if self.eat_sym('[') {
+                    let e = self.parse_additive()?;
+                    self.expect_sym(']')?;
+                    Some(e)
+                } else {
+                    None
+                };
+                let arg = if !cmd && self.peek_sym('(') {
+                    self.parse_primary()?
+                } else {
+                    self.parse_arg()?
+                };
+                Ok(match index {
+                    None => Expr::Func("sqrt".into(), Box::new(arg)),
+                    Some(k) => Expr::Pow(
+                        Box::new(arg),
+                        Box::new(Expr::Div(Box::new(Expr::Num(1.0)), Box::new(k))),
+                    ),
+                })
+            }
+            "pi" => Ok(Expr::Num(std::f64::consts::PI)),
+            "infty" | "inf" | "infinity" => Ok(Expr::Num(f64::INFINITY)),
+            "begin" if cmd => self.parse_matrix(),
+            f if FUNCS.contains(&f) => {
+                let mut power = None;
+                if self.eat_sym('^') {
+                    power = Some(if self.peek_sym('{') {
+                        self.parse_group()?
+                    } else {
+                        self.parse_primary()?
+                    });
+                }
+                let arg = if self.peek_sym('{') || self.peek_sym('(') {
+                    self.parse_primary()?
+                } else {
+                    self.parse_power()?
+                };
+                let f = Expr::Func(f.to_string(), Box::new(arg));
+                Ok(match power {
+                    Some(p) => Expr::Pow(Box::new(f), Box::new(p)),
+                    None => f,
+                })
+            }
+            _ if cmd => {
+                // Greek letters and other symbols are variables; anything else is unknown.
+                const GREEK: &[&str] = &[
+                    "alpha", "beta", "gamma", "delta", "epsilon", "theta", "lambda", "mu", "sigma",
+                    "phi", "omega", "tau", "rho", "eta", "psi", "chi", "xi", "zeta", "nu", "kappa",
+                ];
+                if GREEK.contains(&name) {
+                    Ok(self.subscripted(name.to_string())?)
+                } else {
+                    Err(format!("unsupported command \\{name}"))
+                }
+            }
+            _ => {
+                if name == "e" {
+                    return Ok(Expr::Num(std::f64::consts::E));
+                }
+                let letters: Vec<char> = name.chars().collect();
+                if letters.len() > 3 || !letters.iter().all(|c| c.is_ascii_alphabetic()) {
+                    return Err(format!("unknown word `{name}`"));
+                }
+                // `xy` is x*y; the last letter may carry a subscript.
+                let mut acc: Option<Expr> = None;
+                for (k, ch) in letters.iter().enumerate() {
+                    let v = if k + 1 == letters.len() {
+                        self.subscripted(ch.to_string())?
+                    } else {
+                        Expr::Var(ch.to_string())
+                    };
+                    acc = Some(match acc {
+                        None => v,
+                        Some(a) => Expr::Mul(Box::new(a), Box::new(v)),
+                    });
+                }
+                acc.ok_or_else(|| "empty word".to_string())
+            }
+        }
+    }
+
+    fn subscripted(&mut self, name: String) -> Result<Expr, String> {
+        if !self.eat_sym('_') {
+            return Ok(Expr::Var(name));
+        }
+        let sub = match self.peek().cloned() {
+            Some(Tok::Sym('{')) => {
+                let e = self.parse_group()?;
+                format!("{e:?}")
+            }
+            Some(Tok::Num(v)) => {
+                self.pos += 1;
+                format_num(v)
+            }
+            Some(Tok::Word { text, .. }) => {
+                self.pos += 1;
+                text
+            }
+            _ => return Err("bad subscript".into()),
+        };
+        Ok(Expr::Var(format!("{name}_{sub}")))
+    }
+
+    fn parse_matrix(&mut self) -> Result<Expr, String> {
+        let env = match self.parse_group()? {
+            Expr::Var(v) => v,
+            Expr::Mul(..) => "matrix".to_string(),
+            other => return Err(format!("bad environment {other:?}")),
+        };
+        let _ = env;
+        let mut rows = vec![Vec::new()];
+        loop {
+            if self.eat_cmd("end") {
+                self.parse_group()?;
+                break;
+            }
+            let cell = self.parse_additive()?;
+            // Safe: rows always has at least one row.
+            if let Some(row) = rows.last_mut() {
+                row.push(cell);
+            }
+            if self.eat_sym('&') {
+                continue;
+            }
+            if self.eat_sym(';') {
+                if !self.peek_cmd("end") {
+                    rows.push(Vec::new());
+                }
+                continue;
+            }
+            if !self.peek_cmd("end") {
+                return Err("bad matrix".into());
+            }
+        }
+        if rows.iter().any(|r| r.len() != rows[0].len()) {
+            return Err("ragged matrix".into());
+        }
+        Ok(Expr::Matrix(rows))
+    }
+}
+
+fn format_num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Parses a normalized answer string.
+pub fn parse(s: &str) -> Result<Expr, String> {
+    let toks = tokenize(s)?;
+    if toks.is_empty() {
+        return Err("empty answer".into());
+    }
+    // A lone text group is a textual answer.
+    let mut p = Parser { toks, pos: 0 };
+    let e = p.parse_top()?;
+    if p.pos != p.toks.len() {
+        return Err(format!("trailing input at token {}", p.pos));
+    }
+    Ok(e)
+}
+
+impl Expr {
+    /// Free variables.
+    pub fn vars(&self, out: &mut BTreeSet<String>) {
+        match self {
+            Expr::Var(v) => {
+                out.insert(v.clone());
+            }
+            Expr::Num(_) | Expr::Text(_) => {}
+            Expr::Neg(a) | Expr::Func(_, a) | Expr::Factorial(a) => a.vars(out),
+            Expr::Add(a, b)
+            | Expr::Mul(a, b)
+            | Expr::Div(a, b)
+            | Expr::Pow(a, b)
+            | Expr::Eq(a, b) => {
+                a.vars(out);
+                b.vars(out);
+            }
+            Expr::Tuple { items, .. } | Expr::Set(items) | Expr::Union(items) => {
+                items.iter().for_each(|i| i.vars(out))
+            }
+            Expr::Matrix(rows) => rows.iter().flatten().for_each(|i| i.vars(out)),
+        }
+    }
+
+    /// Numeric value under an assignment of the variables; NaN where undefined or not a number.
+    pub fn eval(&self, env: &dyn Fn(&str) -> f64) -> f64 {
+        match self {
+            Expr::Num(v) => *v,
+            Expr::Var(v) => env(v),
+            Expr::Neg(a) => -a.eval(env),
+            Expr::Add(a, b) => a.eval(env) + b.eval(env),
+            Expr::Mul(a, b) => a.eval(env) * b.eval(env),
+            Expr::Div(a, b) => a.eval(env) / b.eval(env),
+            Expr::Pow(a, b) => {
+                let (x, y) = (a.eval(env), b.eval(env));
+                // Odd roots of negatives: (-8)^(1/3) = -2.
+                if x < 0.0 && y.fract() != 0.0 {
+                    let inv = 1.0 / y;
+                    if (inv - inv.round()).abs() < 1e-9 && (inv.round() as i64) % 2 != 0 {
+                        return -(-x).powf(y);
+                    }
+                }
+                x.powf(y)
+            }
+            Expr::Factorial(a) => {
+                let n = a.eval(env);
+                if n < 0.0 || n.fract() != 0.0 || n > 170.0 {
+                    return f64::NAN;
+                }
+                (1..=(n as u64)).map(|k| k as f64).product()
+            }
+            Expr::Func(f, a) => {
+                let x = a.eval(env);
+                match f.as_str() {
+                    "sqrt" => x.sqrt(),
+                    "abs" => x.abs(),
+                    "sin" => x.sin(),
+                    "cos" => x.cos(),
+                    "tan" => x.tan(),
+                    "cot" => 1.0 / x.tan(),
+                    "sec" => 1.0 / x.cos(),
+                    "csc" => 1.0 / x.sin(),
+                    "arcsin" => x.asin(),
+                    "arccos" => x.acos(),
+                    "arctan" => x.atan(),
+                    "sinh" => x.sinh(),
+                    "cosh" => x.cosh(),
+                    "tanh" => x.tanh(),
+                    "ln" => x.ln(),
+                    "log" => x.log10(),
+                    "exp" => x.exp(),
+                    _ => f64::NAN,
+                }
+            }
+            _ => f64::NAN,
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Table of code-reward cases: the three test formats, and adversarial completions (fork
+//! bomb, infinite loop, huge output, giant allocation, writes outside the run directory,
+//! network, early exit) that must score 0 and leave the machine as it was.
+
+use std::time::{Duration, Instant};
+
+use oxrl_rewards::code::sandbox::{Exit, Limits, RunSpec, Sandbox};
+use oxrl_rewards::code::{CodeConfig, CodeReward};
+use oxrl_rewards::{FailureKind, Reward, Sample};
+use serde_json::json;
+
+fn reward(partial: bool) -> CodeReward {
+    CodeReward::new(CodeConfig {
+        timeout_s: 2.0,
+        memory_bytes: 512 << 20,
+        max_output_bytes: 64 << 10,
+        partial_credit: partial,
+        ..CodeConfig::default()
+    })
+}
+
+const HE_PROMPT: &str = "def add(a, b):\n    \"\"\"Add two numbers.\"\"\"\n";
+const HE_TESTS: &str =
+    "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n";
+
+fn he(completion: &str) -> Sample {
+    Sample::new(completion)
+        .with_prompt(HE_PROMPT)
+        .with("tests", HE_TESTS)
+        .with("entry_point", "add")
+}
+
+fn mbpp(completion: &str) -> Sample {
+    Sample::new(completion).with(
+        "tests",
+        json!([
+            "assert sq(2) == 4",
+            "assert sq(3) == 9",
+            "assert sq(-1) == 1"
+        ]),
+    )
+}
+
+/// Processes on the machine whose environment carries `marker`.
+fn processes_with_env(marker: &str) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(env) = std::fs::read(e.path().join("environ")) {
+            if env.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn formats_table() {
+    let r = reward(false);
+    let rows: Vec<(Sample, f64)> = vec![
+        (he("    return a + b\n"), 1.0),
+        (he("    return a - b\n"), 0.0),
+        (he("    return a +\n"), 0.0), // syntax error
+        (he("```python\ndef add(a, b):\n    return b + a\n```"), 1.0), // full function in a fence
+        (mbpp("def sq(x):\n    return x * x\n"), 1.0),
+        (mbpp("def sq(x):\n    return x * 2\n"), 0.0),
+        (
+            Sample::new("n = int(input())\nprint(n * 2)\n").with(
+                "tests",
+                json!([{"input": "3\n", "output": "6\n"}, {"input": "10\n", "output": "20"}]),
+            ),
+            1.0,
+        ),
+        (
+            Sample::new("n = int(input())\nprint(n + 2)\n").with(
+                "tests",
+                json!([{"input": "2\n", "output": "4\n"}, {"input": "10\n", "output": "20"}]),
+            ),
+            0.0,
+        ),
+        (Sample::new("x = 1").with("tests", "assert x == 1"), 1.0), // plain script
+    ];
+    let samples: Vec<Sample> = rows.iter().map(|(s, _)| s.clone()).collect();
+    let got = r.score_batch(&samples);
+    for (i, ((_, want), got)) in rows.iter().zip(&got).enumerate() {
+        assert_eq!(got.as_ref().ok(), Some(want), "row {i}: {got:?}");
+    }
+}
+
+#[test]
+fn partial_credit_fraction() {
+    let r = reward(true);
+    let s = mbpp("def sq(x):\n    return x * 2 if x == 2 else x * x\n");
+    // sq(2)=4 ok, sq(3)=9 ok, sq(-1)=1 ok -> all pass; now one wrong:
+    let s2 = mbpp("def sq(x):\n    return 4 if x == 2 else 0\n");
+    let out = r.score_batch(&[s, s2]);
+    assert_eq!(out[0], Ok(1.0));
+    assert!(
+        (out[1].clone().unwrap() - 1.0 / 3.0).abs() < 1e-9,
+        "{:?}",
+        out[1]
+    );
+}
+
+#[test]
+fn bad_references_are_typed() {
+    let r = reward(false);
+    let out = r.score_batch(&[
+        Sample::new("x=1"),
+        Sample::new("x=1").with("tests", json!([])),
+    ]);
+    for o in out {
+        assert_eq!(o.unwrap_err().kind(), FailureKind::BadReference);
+    }
+}
+
+#[test]
+fn faked_passes_score_zero() {
+    let r = reward(false);
+    let rows = [
+        "import sys\nsys.exit(0)\n",
+        "import os\nos._exit(0)\n",
+        "print('OK 3 3')\nraise SystemExit(0)\n",
+        "def sq(x):\n    return 0\nimport builtins\nbuiltins.exec = lambda *a, **k: None\n",
+    ];
+    for c in rows {
+        let got = r.score_batch(&[mbpp(c)]).remove(0);
+        assert_ne!(got, Ok(1.0), "{c:?} faked a pass");
+    }
+}
+
+#[test]
+fn adversarial_completions_score_zero() {
+    let r = reward(false);
+    let escape = format!("/tmp/oxrl-escape-{}", std::process::id());
+    let here = std::env::current_dir()
+        .unwrap()
+        .join(format!("oxrl-escape-{}", std::process::id()));
+    // Expected: a typed failure (scored as the failure score, 0), or None for a plain 0
+    // (the program died of its own error: MemoryError under RLIMIT_AS, EFBIG, EROFS, ...).
+    let rows: Vec<(&str, String, Option<FailureKind>)> = vec![
+        ("infinite loop", "while True:\n    pass\n".into(), Some(FailureKind::Timeout)),
+        ("sleep", "import time\ntime.sleep(100)\n".into(), Some(FailureKind::Timeout)),
+        ("huge output", "while True:\n    print('x' * 10000)\n".into(), Some(FailureKind::ResourceLimit)),
+        (
+            "fork bomb",
+            "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n".into(),
+            Some(FailureKind::Timeout),
+        ),
+        ("memory hog", "x = []\nwhile True:\n    x.append(bytearray(50 << 20))\n".into(), None),
+        ("write /tmp", format!("open({escape:?}, 'w').write('pwned')\n"), None),
+        ("write host cwd", format!("open({:?}, 'w').write('pwned')\n", here.display().to_string()), None),
+        ("big file", "with open('big', 'wb') as f:\n    while True:\n        f.write(b'0' * (1 << 20))\n".into(), None),
+        ("network", "import socket\ns = socket.create_connection(('127.0.0.1', 22), timeout=1)\n".into(), None),
+    ];
+    let start = Instant::now();
+    let samples: Vec<Sample> = rows
+        .iter()
+        .map(|(_, c, _)| mbpp(&format!("{c}\ndef sq(x):\n    return x * x\n")))
+        .collect();
+    let out = r.score_batch(&samples);
+    for ((name, _, kind), got) in rows.iter().zip(&out) {
+        match kind {
+            None => assert_eq!(got, &Ok(0.0), "{name}"),
+            Some(k) => assert!(matches!(got, Err(f) if f.kind() == *k), "{name}: {got:?}"),
+        }
+    }
+    assert!(
+        !std::path::Path::new(&escape).exists(),
+        "wrote outside its dir"
+    );
+    assert!(!here.exists(), "wrote into the host's working dir");
+    assert!(start.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn sandbox_leaves_no_process_behind() {
+    let sb = Sandbox::new(Limits {
+        timeout_s: 1.5,
+        ..Limits::default()
+    });
+    let p = sb.protections();
+    assert!(
+        p.namespaces && p.cgroups,
+        "this machine (root) should allow full isolation: {p:?}"
+    );
+    let marker = format!("OXRL_TEST_MARK=leak-{}", std::process::id());
+    let (k, v) = marker.split_once('=').unwrap();
+    // Background children that detach (setsid + double fork) and sleep forever.
+    let code = "import os, time\nfor _ in range(5):\n    if os.fork() == 0:\n        os.setsid()\n        if os.fork() == 0:\n            time.sleep(1000)\n        os._exit(0)\ntime.sleep(1000)\n";
+    let out = sb
+        .run(&RunSpec {
+            argv: vec!["python3".into(), "-c".into(), code.into()],
+            env: vec![(k.into(), v.into())],
+            ..RunSpec::default()
+        })
+        .unwrap();
+    assert_eq!(out.exit, Exit::Timeout);
+    // Give the kernel a moment to reap the namespace.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while processes_with_env(&marker) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(processes_with_env(&marker), 0, "processes survived the run");
+}
+
+#[test]
+fn sandbox_has_no_network_and_read_only_host() {
+    let sb = Sandbox::new(Limits {
+        timeout_s: 5.0,
+        ..Limits::default()
+    });
+    let code = r#"
+import socket, os
+try:
+    socket.create_connection(("1.1.1.1", 53), timeout=1); print("net:open")
+except OSError as e:
+    print("net:blocked")
+try:
+    open("/etc/oxrl-test", "w"); print("etc:writable")
+except OSError:
+    print("etc:blocked")
+open("mine.txt", "w").write("ok"); print("own:" + open("mine.txt").read())
+print("pid:%d" % os.getpid())
+"#;
+    let out = sb
+        .run(&RunSpec {
+            argv: vec!["python3".into(), "-c".into(), code.into()],
+            ..RunSpec::default()
+        })
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.exit,
+        Exit::Code(0),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("net:blocked"), "{text}");
+    assert!(text.contains("etc:blocked"), "{text}");
+    assert!(text.contains("own:ok"), "{text}");
+    assert!(
+        text.contains("pid:1\n"),
+        "not PID 1 of its own namespace: {text}"
+    );
+    assert!(!std::path::Path::new("/etc/oxrl-test").exists());
+}

@@ -1,0 +1,208 @@
+//! Table of math-reward cases. Rows marked "MV" are from HF Math-Verify's own test suite
+//! (`tests/test_all.py`: gold, prediction, expected); the rest cover the issue's list
+//! (GSM8K `####`, boxed, "the answer is", units, percentages, intervals, sets, equations).
+
+use oxrl_rewards::math::MathReward;
+use oxrl_rewards::{Reward, RewardFailure, Sample};
+
+fn check(rows: &[(&str, &str, f64)]) {
+    let r = MathReward::default();
+    let mut bad = Vec::new();
+    for (gold, pred, want) in rows {
+        let got = r.score_one(pred, gold);
+        let v = got.clone().unwrap_or(0.0);
+        if v != *want {
+            bad.push(format!(
+                "gold={gold:?} pred={pred:?} want={want} got={got:?}"
+            ));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        bad.len(),
+        rows.len(),
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn math_verify_number_extraction() {
+    check(&[
+        ("-5", "-5", 1.0),                                           // MV
+        ("7425000", "7,425,000", 1.0),                               // MV
+        ("1000", "1 000", 1.0),                                      // MV
+        ("1000", "1000.0", 1.0),                                     // MV
+        ("1000.0", "1,000.0", 1.0),                                  // MV
+        ("1000.99", "1000,99", 1.0),                                 // MV
+        ("1,22", "1.22", 1.0),                                       // MV
+        ("2.74", "Soucis : 2,74 $ a..", 1.0),                        // MV
+        ("0.4", ".4", 1.0),                                          // MV
+        ("1000.99", "1,000.99", 1.0),                                // MV
+        ("1000.99", "$1,000.99", 1.0),                               // MV
+        ("1000.99", "1,000.99$", 1.0),                               // MV
+        ("1000.99", "the number is not 10 which is 1,000.99€", 1.0), // MV
+        ("1000.99", "so the number is 10 which is 1,000.99m²", 1.0), // MV
+        ("1000.99", "not it's not 10 it's 1,000.99m²", 1.0),         // MV
+        ("0,111", "0.111", 1.0),                                     // MV
+        ("2", "AZYUK2A", 0.0),                                       // MV
+    ]);
+}
+
+#[test]
+fn math_verify_fractions_sets_latex() {
+    check(&[
+        ("10/9", "\\frac{10}{9}", 1.0),                                 // MV
+        ("-10/9", "-\\frac{10}{9}", 1.0),                               // MV
+        ("$[0,1)$", "$[0,1)$", 1.0),                                    // MV
+        ("$[0,9)$", "$[0,1)$", 0.0),                                    // MV
+        ("$(0,9)$", "$[0,9)$", 0.0),                                    // MV
+        ("$1$", "$-[0,1)$", 0.0),                                       // MV
+        ("$9$", "Answer \\[ 9 \\]", 1.0),                               // MV
+        ("$9$", "Answer $ 9 $", 1.0),                                   // MV
+        ("$9$", "Answer $$ 9 $$", 1.0),                                 // MV
+        ("$9$", "Answer \\( 9 \\)", 1.0),                               // MV
+        ("$10$", "Answer \\( (9+1) \\)", 1.0),                          // MV
+        ("$9$", "Answer \\[ \n 9 \n \\]", 1.0),                         // MV
+        ("$9$", "Answer $$ \n 9 \n $$", 1.0),                           // MV
+        ("$10/9$", "Answer $ \\frac{1}{2} \\$ = \\frac{10}{9} $", 1.0), // MV
+        ("$1/3$", "$\\frac13 $", 1.0),                                  // MV
+        ("$1$", "$\\frac3{3} $", 1.0),                                  // MV
+        ("$\\sqrt{3}$", "$\\sqrt3 $", 1.0),                             // MV
+        ("$1/3$", "$\\cfrac{1}{3} $", 1.0),                             // MV
+        ("$1/3$", "$\\dfrac{1}{3} $", 1.0),                             // MV
+        ("$1/3$", "$\\tfrac{1}{3} $", 1.0),                             // MV
+        ("$1/3$", "$ 1/3 $", 1.0),                                      // MV
+        ("$1/3$", "$\\left( \\frac{1}{3} \\right)$", 1.0),              // MV
+        ("$1/3$", "$\\boxed{\\frac{1}{3}}$", 1.0),                      // MV
+        ("$1/3$", "$\\frac{1}{3} \\text{meters}$", 1.0),                // MV
+        ("$1/3$", "$\\frac{1}{3} \\textbf{meters}$", 1.0),              // MV
+        ("$1/3$", "$k = \\frac{1}{3}$", 1.0),                           // MV
+    ]);
+}
+
+#[test]
+fn math_verify_percent_and_problems() {
+    check(&[
+        ("$28\\%$", "28 percent", 1.0),                                    // MV
+        ("$28\\%$", "28 pct", 1.0),                                        // MV
+        ("$28\\%$", "28 %", 1.0),                                          // MV
+        ("$28\\%$", "$28$ %", 1.0),                                        // MV
+        ("$28\\%$", "$28$ percent", 1.0),                                  // MV
+        ("$28\\%$", "$\\boxed{28}$ pct", 1.0),                             // MV
+        ("$2-2p$", "Since $x<2$, it follows that $|x-2|=2-x$. If $2-x=p$, then $x=2-p$. Thus $x-p=\\boxed{2-2p}$.", 1.0), // MV
+        ("$(3, \\frac{\\pi}{2})$", "the polar coordinates are $\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}.$", 1.0), // MV
+        ("$\\frac{14}{3}$", "$=2+\\frac{5}{3}+1=\\boxed{\\frac{14}{3}}$", 1.0), // MV
+        ("$\\text{Evelyn}$", "Therefore, $\\boxed{\\text{Evelyn}}$ is our answer.", 1.0), // MV
+        ("$90^\\circ$", "Hence, the angle between the lines is $\\boxed{90^\\circ}.$", 1.0), // MV
+        ("$3\\sqrt{13}$", "\\sqrt{117} = \\boxed{3\\sqrt{13}}. \\end{align*}", 1.0), // MV
+        ("\\boxed{\n\\begin{pmatrix} 0 & 3 \\\\ 0 & -1 \\end{pmatrix}\n}.", "\\boxed{\n\\begin{pmatrix} 0 & 3 \\\\ 0 & -1 \\end{pmatrix}\n}.", 1.0), // MV
+    ]);
+}
+
+#[test]
+fn issue_cases() {
+    check(&[
+        // GSM8K gold solutions and completions.
+        (
+            "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72",
+            "She sold 72 clips in total.\n#### 72",
+            1.0,
+        ),
+        ("#### 72", "so 48 + 24 = 72 clips.", 1.0),
+        ("#### 72", "so 48 + 24 = 71 clips.", 0.0),
+        ("72", "The answer is 72.", 1.0),
+        ("72", "The final answer is $72$. I hope it is correct.", 1.0),
+        ("72", "Answer: 73", 0.0),
+        // Thousands, currency, units.
+        ("1234567", "It costs \\$1,234,567 in total", 1.0),
+        ("1234567", "\\boxed{1{,}234{,}567}", 1.0),
+        ("18", "She makes $18 every day.", 1.0),
+        ("18", "She makes \\boxed{18 \\text{ dollars}}", 1.0),
+        ("5", "\\boxed{5 \\text{ cm}}", 1.0),
+        ("7425000", "7,425,001", 0.0),
+        // Percentages, decimals vs fractions.
+        ("25\\%", "\\boxed{0.25}", 1.0),
+        ("0.25", "\\boxed{25\\%}", 1.0),
+        ("0.5", "\\boxed{\\frac{1}{2}}", 1.0),
+        ("\\frac{3}{4}", "\\boxed{0.75}", 1.0),
+        ("\\frac{1}{3}", "\\boxed{0.333}", 0.0),
+        ("\\frac{1}{3}", "\\boxed{0.3333333}", 1.0),
+        ("2\\frac{1}{2}", "\\boxed{2.5}", 1.0),
+        // Negative numbers and scientific notation.
+        ("-3", "\\boxed{-3}", 1.0),
+        ("-3", "\\boxed{3}", 0.0),
+        ("6.02 \\times 10^{23}", "\\boxed{6.02e23}", 1.0),
+        ("1.5e-3", "\\boxed{0.0015}", 1.0),
+        ("1e-8", "\\boxed{2e-8}", 0.0),
+        // Algebra.
+        ("x^2 + 2x + 1", "\\boxed{(x+1)^2}", 1.0),
+        ("x^2 + 2x + 1", "\\boxed{(x-1)^2}", 0.0),
+        ("\\frac{x}{2}", "\\boxed{0.5x}", 1.0),
+        ("2\\sqrt{2}", "\\boxed{\\sqrt{8}}", 1.0),
+        ("\\pi/2", "\\boxed{\\frac{\\pi}{2}}", 1.0),
+        ("2+2", "\\boxed{4}", 1.0),
+        // x = 3 vs 3; equations.
+        ("3", "\\boxed{x = 3}", 1.0),
+        ("x = 3", "\\boxed{3}", 1.0),
+        ("y = 2x + 1", "\\boxed{y = 1 + 2x}", 1.0),
+        ("y = 2x + 1", "\\boxed{y = 2x - 1}", 0.0),
+        // Intervals and sets.
+        ("(-\\infty, 2]", "\\boxed{(-\\infty, 2]}", 1.0),
+        ("(-\\infty, 2]", "\\boxed{(-\\infty, 2)}", 0.0),
+        ("[0,1) \\cup (2, 3]", "\\boxed{(2,3] \\cup [0,1)}", 1.0),
+        ("\\{1, 2, 3\\}", "\\boxed{\\{3, 1, 2\\}}", 1.0),
+        ("\\{1, 2, 3\\}", "\\boxed{\\{1, 2\\}}", 0.0),
+        (
+            "1, 2",
+            "The solutions are $x = 2, 1$ hmm: \\boxed{2, 1}",
+            1.0,
+        ),
+        ("(1, 2)", "\\boxed{(2, 1)}", 0.0),
+        // Last \boxed wins over earlier ones.
+        ("4", "first \\boxed{3}, corrected: \\boxed{4}", 1.0),
+    ]);
+}
+
+#[test]
+fn failures_are_typed() {
+    let r = MathReward::default();
+    assert!(matches!(
+        r.score_one("no digits at all", "5"),
+        Err(RewardFailure::Parse(_))
+    ));
+    assert!(matches!(
+        r.score_one("\\boxed{5}", "\\unknowncmd{??}"),
+        Err(RewardFailure::BadReference(_))
+    ));
+    let out = r.score_batch(&[
+        Sample::new("\\boxed{5}"),
+        Sample::new("\\boxed{5}").with("answer", 5),
+    ]);
+    assert!(
+        matches!(out[0], Err(RewardFailure::BadReference(_))),
+        "{:?}",
+        out[0]
+    );
+    assert_eq!(out[1], Ok(1.0));
+}
+
+#[test]
+fn adversarial_inputs_do_not_panic() {
+    let r = MathReward::default();
+    let deep = format!("\\boxed{{{}1{}}}", "(".repeat(5000), ")".repeat(5000));
+    let huge = "9".repeat(100_000);
+    for c in [
+        deep.as_str(),
+        huge.as_str(),
+        "\\boxed{",
+        "$$$$",
+        "\\frac{}{}",
+        "\\boxed{1/0}",
+        "\\boxed{170!}",
+        "\\boxed{10^{10^{10}}}",
+    ] {
+        let _ = r.score_one(c, "1");
+    }
+    assert_eq!(r.score_one("\\boxed{1/0}", "1"), Ok(0.0));
+}
