@@ -48,6 +48,36 @@ pub struct FormatReward {
     checks: Vec<Regex>,
 }
 
+/// Whether `text` is exactly `<t1>..</t1> <t2>..</t2> ...` (whitespace around and between),
+/// each tag once, no tag nested in another's content.
+pub fn tags_match(text: &str, tags: &[String]) -> bool {
+    if tags.is_empty() {
+        return true;
+    }
+    let mut rest = text.trim();
+    for t in tags {
+        let (open, close) = (format!("<{t}>"), format!("</{t}>"));
+        if text.matches(&open).count() != 1 || text.matches(&close).count() != 1 {
+            return false;
+        }
+        let Some(after) = rest.strip_prefix(&open) else {
+            return false;
+        };
+        let Some(end) = after.find(&close) else {
+            return false;
+        };
+        let content = &after[..end];
+        if tags
+            .iter()
+            .any(|o| content.contains(&format!("<{o}>")) || content.contains(&format!("</{o}>")))
+        {
+            return false;
+        }
+        rest = after[end + close.len()..].trim_start();
+    }
+    rest.is_empty()
+}
+
 /// DAPO soft overlong penalty for a completion of `len`.
 pub fn overlong_penalty(len: usize, max: usize, buffer: usize) -> f64 {
     let start = max.saturating_sub(buffer);
@@ -68,24 +98,14 @@ impl FormatReward {
             message: m,
         };
         let mut checks = Vec::new();
-        if !cfg.tags.is_empty() {
-            let mut p = String::from(r"(?s)^\s*");
-            for t in &cfg.tags {
-                if t.is_empty()
-                    || !t
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                {
-                    return Err(bad(format!("bad tag name `{t}`")));
-                }
-                // Content may not open or close the same tag again.
-                p.push_str(&format!(
-                    r"<{t}>(?:[^<]|<[^/{f}]|</[^{f}]|<{f}[^>]|</{f}[^>])*?</{t}>\s*",
-                    f = &t[..1]
-                ));
+        for t in &cfg.tags {
+            if t.is_empty()
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(bad(format!("bad tag name `{t}`")));
             }
-            p.push('$');
-            checks.push(Regex::new(&p).map_err(|e| bad(e.to_string()))?);
         }
         if let Some(p) = &cfg.pattern {
             checks.push(Regex::new(&format!("(?s){p}")).map_err(|e| bad(format!("pattern: {e}")))?);
@@ -102,8 +122,10 @@ impl FormatReward {
 
     /// Scores one completion.
     pub fn score_one(&self, s: &Sample) -> f64 {
-        let structure =
-            !self.checks.is_empty() && self.checks.iter().all(|r| r.is_match(&s.completion));
+        let has_checks = !self.checks.is_empty() || !self.cfg.tags.is_empty();
+        let structure = has_checks
+            && tags_match(&s.completion, &self.cfg.tags)
+            && self.checks.iter().all(|r| r.is_match(&s.completion));
         let mut score = if structure { 1.0 } else { 0.0 };
         if let Some(max) = self.cfg.overlong_max {
             let len = s
