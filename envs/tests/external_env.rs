@@ -1,0 +1,87 @@
+//! An external environment process (examples/envs/guess_env.py, a real child process)
+//! driven through the config path, with per-turn rewards and masks.
+
+mod common;
+
+use common::*;
+use oxrl_envs::{EnvError, LoadedEnv, Message};
+use serde_json::json;
+
+fn external(data: serde_json::Value) -> serde_json::Value {
+    json!({
+        "task": "external",
+        "data": data,
+        "episode": { "max_turns": 8 },
+        "external": { "command": ["python3", "examples/envs/guess_env.py"], "timeout_s": 20 }
+    })
+}
+
+#[test]
+fn python_environment_plays_a_full_game_per_row() {
+    let env = load(external(json!({ "generate": 4, "seed": 11 })), &repo_root());
+    assert!(env.is_multi_turn());
+    for row in env.train().rows() {
+        let mut ep = env.start_episode(row).unwrap();
+        assert!(ep.prompt().contains("I picked an integer from 1 to 64"));
+        let (mut lo, mut hi, mut last) = (1, 64, 0);
+        ep.run(Some(STOP), |messages: &[Message]| {
+            match messages.last().unwrap().content.as_str() {
+                "higher" => lo = last + 1,
+                "lower" => hi = last - 1,
+                _ => {}
+            }
+            last = lo + (hi - lo) / 2;
+            format!("I guess <guess>{last}</guess>")
+        })
+        .unwrap();
+        assert!(
+            !ep.truncated(),
+            "binary search needs at most 7 guesses for 1..64"
+        );
+        let (final_reward, wrong) = ep.rewards().split_last().unwrap();
+        assert_eq!(*final_reward, 1.0);
+        assert!(wrong.iter().all(|r| *r == -0.05), "{:?}", ep.rewards());
+        assert_eq!(
+            ep.messages().last().unwrap().content,
+            format!("I guess <guess>{last}</guess>")
+        );
+
+        let tok = ep.transcript().tokenize(tokenize);
+        let trained: Vec<u32> = tok
+            .ids
+            .iter()
+            .zip(&tok.mask)
+            .filter(|(_, m)| **m == 1)
+            .map(|(i, _)| *i)
+            .collect();
+        let expected: String = ep.transcript().model_texts().concat();
+        assert_eq!(detokenize(&trained), expected);
+        assert!(
+            !detokenize(&trained).contains("higher") && !detokenize(&trained).contains("lower")
+        );
+    }
+}
+
+#[test]
+fn rows_from_a_file_reach_the_process_and_required_fields_are_checked() {
+    let dir = std::env::temp_dir().join(format!("oxrl-envs-ext-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("rows.jsonl");
+    std::fs::write(&file, "{\"secret\": 17}\n{\"secret\": 40}\n").unwrap();
+    let mut cfg = external(json!({ "path": file, "shuffle": false }));
+    cfg["external"]["required_fields"] = json!(["secret"]);
+    let env = load(cfg.clone(), &repo_root());
+    let mut ep = env.start_episode(&env.train().rows()[0]).unwrap();
+    ep.model_turn("<guess>17</guess>", Some(STOP), None)
+        .unwrap();
+    assert_eq!(ep.rewards(), &[1.0], "the process used the row's secret");
+
+    std::fs::write(&file, "{\"secret\": 17}\n{\"seed\": 2}\n").unwrap();
+    let err =
+        LoadedEnv::from_config(&config(cfg), &repo_root(), Some(smollm2_template())).unwrap_err();
+    assert!(
+        matches!(err, EnvError::MissingField { line: 2, .. }),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
