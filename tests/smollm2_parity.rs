@@ -117,6 +117,13 @@ fn check_logprobs(ours: &Pretrained, reference: &Value) {
         );
         let got = completion_logprobs(&ours.model, &encode(ours, prompt), &tokens).unwrap();
         let want: Vec<f64> = serde_json::from_value(want["logprobs"].clone()).unwrap();
+        assert_eq!(got.len(), want.len());
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (*g as f64 - w).abs())
+            .fold(0.0, f64::max);
+        eprintln!("{prompt:?}: max |logprob diff| vs transformers = {worst:.2e}");
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(
                 (*g as f64 - w).abs() < 1e-4,

@@ -132,7 +132,7 @@ pub fn save_model_dir(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let path = dir.join("config.json");
-    let text = serde_json::to_string_pretty(config).expect("config serializes");
+    let text = serde_json::to_string_pretty(&config.to_hf_json()).expect("JSON serializes");
     std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
     weights::save_safetensors(vs, &dir.join("model.safetensors"), kind)
 }
@@ -146,9 +146,7 @@ pub fn write_hf_dir(hf: &HfModel, dir: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(value).expect("JSON values always serialize");
         std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
     };
-    let mut config = serde_json::to_value(&hf.config).expect("config serializes");
-    config["torch_dtype"] = "float32".into();
-    write_json("config.json", &config)?;
+    write_json("config.json", &hf.config.to_hf_json())?;
     write_json("tokenizer.json", &hf.tokenizer_json)?;
     write_json("tokenizer_config.json", &hf.tokenizer_config)?;
     write_json(

@@ -15,6 +15,8 @@ import json
 import os
 import sys
 
+os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in test logs
+
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 

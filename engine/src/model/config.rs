@@ -42,6 +42,14 @@ impl Architecture {
             .map(|(_, a)| *a)
     }
 
+    /// transformers' `model_type` for this architecture.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Architecture::Llama => "llama",
+            Architecture::Qwen2 => "qwen2",
+        }
+    }
+
     /// Comma-separated list of supported names, for error messages.
     pub fn supported() -> String {
         Self::NAMES
@@ -289,6 +297,24 @@ impl ModelConfig {
     /// The RoPE base.
     pub fn rope_theta(&self) -> f64 {
         self.rope().rope_theta.unwrap_or(DEFAULT_ROPE_THETA)
+    }
+
+    /// The `config.json` transformers expects: `model_type` set, every derived size explicit,
+    /// RoPE in the transformers 5 `rope_parameters` form (plus the legacy top-level
+    /// `rope_theta`, which older readers use).
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let mut config = self.clone();
+        if config.model_type.is_none() {
+            config.model_type = config.architecture().map(|a| a.model_type().to_owned());
+        }
+        config.num_key_value_heads = Some(self.num_kv_heads());
+        config.head_dim = Some(self.head_dim());
+        config.rope_parameters = Some(self.rope());
+        config.rope_theta = Some(self.rope_theta());
+        config.rope_scaling = None;
+        let mut json = serde_json::to_value(&config).expect("config serializes");
+        json["torch_dtype"] = "float32".into();
+        json
     }
 
     /// End-of-sequence ids (possibly several).
