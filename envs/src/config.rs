@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chat_template::{ChatTemplate, Message};
 use crate::dataset::{load_jsonl, Cursor, Dataset, LoadOptions, OnBadRow, Sampler};
-use crate::episode::Episode;
+use crate::episode::{Environment, Episode};
 use crate::error::{EnvError, Result};
 use crate::external::{ExternalConfig, ExternalTask};
 use crate::prompt::{FewShot, PromptConfig, PromptFormat, PromptFormatter};
@@ -196,12 +196,18 @@ impl LoadedEnv {
         self.formatter.render(row, self.task.opening(row)?)
     }
 
-    /// Starts an episode for `row` (any task; single-turn tasks end after one turn).
+    /// Starts an episode for `row` in a new environment (any task; single-turn tasks end
+    /// after one turn). For external tasks this starts a process.
     pub fn start_episode(&self, row: &Row) -> Result<Episode> {
+        self.start_episode_in(self.task.environment()?, row)
+    }
+
+    /// Starts an episode for `row` in `env`, e.g. one taken back with
+    /// [`Episode::into_environment`] (saves a process start per episode).
+    pub fn start_episode_in(&self, mut env: Box<dyn Environment>, row: &Row) -> Result<Episode> {
         let chat = self.formatter.chat_template().ok_or_else(|| {
             EnvError::Config("episodes need the chat template (prompt format `chat`)".into())
         })?;
-        let mut env = self.task.environment()?;
         let opening = env.reset(row)?;
         Episode::new(
             env,

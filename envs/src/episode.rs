@@ -224,6 +224,12 @@ impl Episode {
     pub fn transcript(&self) -> &Transcript {
         &self.transcript
     }
+
+    /// Ends the episode and hands back its environment, so a pool can reuse it (an external
+    /// process serves many episodes through successive resets).
+    pub fn into_environment(self) -> Box<dyn Environment> {
+        self.env
+    }
 }
 
 #[cfg(test)]

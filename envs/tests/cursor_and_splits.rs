@@ -64,3 +64,12 @@ fn eval_file_and_eval_split_are_disjoint_from_training() {
     assert_eq!((split.train().len(), split.eval().len()), (15, 5));
     assert!(split.eval().rows().iter().all(|r| !train.contains(&r.id())));
 }
+
+#[test]
+fn environments_and_episodes_can_move_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<LoadedEnv>();
+    send::<oxrl_envs::Episode>();
+    send::<oxrl_envs::ExternalEnv>();
+}

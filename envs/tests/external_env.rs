@@ -16,6 +16,20 @@ fn external(data: serde_json::Value) -> serde_json::Value {
     })
 }
 
+/// Binary search over 1..=64 that reads the process's higher/lower replies.
+fn binary_search() -> impl FnMut(&[Message]) -> String {
+    let (mut lo, mut hi, mut last) = (1, 64, 0);
+    move |messages: &[Message]| {
+        match messages.last().unwrap().content.as_str() {
+            "higher" => lo = last + 1,
+            "lower" => hi = last - 1,
+            _ => {}
+        }
+        last = lo + (hi - lo) / 2;
+        format!("I guess <guess>{last}</guess>")
+    }
+}
+
 #[test]
 fn python_environment_plays_a_full_game_per_row() {
     let env = load(external(json!({ "generate": 4, "seed": 11 })), &repo_root());
@@ -23,17 +37,7 @@ fn python_environment_plays_a_full_game_per_row() {
     for row in env.train().rows() {
         let mut ep = env.start_episode(row).unwrap();
         assert!(ep.prompt().contains("I picked an integer from 1 to 64"));
-        let (mut lo, mut hi, mut last) = (1, 64, 0);
-        ep.run(Some(STOP), |messages: &[Message]| {
-            match messages.last().unwrap().content.as_str() {
-                "higher" => lo = last + 1,
-                "lower" => hi = last - 1,
-                _ => {}
-            }
-            last = lo + (hi - lo) / 2;
-            format!("I guess <guess>{last}</guess>")
-        })
-        .unwrap();
+        ep.run(Some(STOP), binary_search()).unwrap();
         assert!(
             !ep.truncated(),
             "binary search needs at most 7 guesses for 1..64"
@@ -41,10 +45,8 @@ fn python_environment_plays_a_full_game_per_row() {
         let (final_reward, wrong) = ep.rewards().split_last().unwrap();
         assert_eq!(*final_reward, 1.0);
         assert!(wrong.iter().all(|r| *r == -0.05), "{:?}", ep.rewards());
-        assert_eq!(
-            ep.messages().last().unwrap().content,
-            format!("I guess <guess>{last}</guess>")
-        );
+        let last = ep.messages().last().unwrap();
+        assert!(last.role == "assistant" && last.content.starts_with("I guess <guess>"));
 
         let tok = ep.transcript().tokenize(tokenize);
         let trained: Vec<u32> = tok
@@ -84,4 +86,16 @@ fn rows_from_a_file_reach_the_process_and_required_fields_are_checked() {
         "{err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn one_process_serves_successive_episodes() {
+    let env = load(external(json!({ "generate": 3, "seed": 2 })), &repo_root());
+    let mut process = env.task().environment().unwrap();
+    for row in env.train().rows() {
+        let mut ep = env.start_episode_in(process, row).unwrap();
+        ep.run(Some(STOP), binary_search()).unwrap();
+        assert_eq!(*ep.rewards().last().unwrap(), 1.0);
+        process = ep.into_environment();
+    }
 }

@@ -136,3 +136,37 @@ pub fn builtin(kind: TaskKind) -> Option<Box<dyn Task>> {
         TaskKind::External => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generators_are_prefix_stable_and_ids_unique() {
+        let kinds = [
+            TaskKind::Arithmetic,
+            TaskKind::Gsm8k,
+            TaskKind::Humaneval,
+            TaskKind::Mbpp,
+            TaskKind::Grounding,
+            TaskKind::Countdown,
+            TaskKind::Calculator,
+            TaskKind::Guessing,
+        ];
+        for kind in kinds {
+            let task = builtin(kind).unwrap();
+            let long = task.generate(40, 1).unwrap();
+            assert_eq!(task.generate(5, 1).unwrap(), long[..5], "{kind:?}");
+            let mut ids: Vec<&str> = long.iter().map(Row::id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            assert_eq!(ids.len(), long.len(), "{kind:?}");
+            for row in &long {
+                for field in task.required_fields() {
+                    assert!(row.get(field).is_some(), "{kind:?} row lacks {field}");
+                }
+            }
+        }
+        assert!(builtin(TaskKind::External).is_none());
+    }
+}
