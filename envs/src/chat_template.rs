@@ -38,8 +38,9 @@ pub enum ChatTemplateError {
 
 const TEMPLATE_NAME: &str = "chat";
 
-/// A compiled chat template plus the special-token strings templates refer to.
-#[derive(Debug)]
+/// A compiled chat template plus the special-token strings templates refer to. Cloning is
+/// cheap enough for setup (the engine's tokenizer and the environments each hold one).
+#[derive(Debug, Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     source: String,

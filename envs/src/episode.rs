@@ -58,7 +58,6 @@ pub struct Episode {
     template: Arc<ChatTemplate>,
     messages: Vec<Message>,
     transcript: Transcript,
-    text_len: usize,
     rewards: Vec<f64>,
     max_turns: usize,
     done: bool,
@@ -96,7 +95,6 @@ impl Episode {
             template,
             messages,
             transcript,
-            text_len: prompt.len(),
             rewards: Vec::new(),
             max_turns,
             done: false,
@@ -129,13 +127,14 @@ impl Episode {
             ));
         }
         let generated = format!("{content}{}", stop.unwrap_or(""));
-        self.text_len += generated.len();
         match ids {
             Some(ids) => self.transcript.push_model_tokens(generated, ids),
             None => self.transcript.push_model(generated),
         }
         self.messages.push(Message::new("assistant", content));
-        let step = self.env.step(content)?;
+        // A failed environment leaves the episode unusable: mark it over so that further
+        // turns are refused instead of continuing a half-recorded conversation.
+        let step = self.env.step(content).inspect_err(|_| self.done = true)?;
         self.rewards.push(step.reward);
         if step.done || self.rewards.len() >= self.max_turns {
             self.done = true;
@@ -146,7 +145,6 @@ impl Episode {
         self.messages.extend(step.observation);
         let next = self.template.render(&self.messages, true)?;
         let env_text = self.continuation(content, &closed, &next)?;
-        self.text_len += env_text.len();
         self.transcript.push_env(env_text.clone());
         Ok(Turn::Continue(env_text))
     }
@@ -154,7 +152,6 @@ impl Episode {
     /// The environment text that follows the model's turn (see the module docs).
     fn continuation(&self, content: &str, closed: &str, next: &str) -> Result<String> {
         let so_far = self.transcript.text();
-        debug_assert_eq!(so_far.len(), self.text_len);
         if let Some(rest) = next.strip_prefix(so_far.as_str()) {
             return Ok(rest.to_owned());
         }
@@ -322,6 +319,32 @@ mod tests {
         );
         assert!(ep.truncated());
         assert_eq!(ep.turns(), 1);
+    }
+
+    struct Failing;
+
+    impl Environment for Failing {
+        fn reset(&mut self, _row: &Row) -> Result<Vec<Message>> {
+            Ok(vec![])
+        }
+        fn step(&mut self, _action: &str) -> Result<StepResult> {
+            Err(EnvError::Episode("boom".into()))
+        }
+    }
+
+    #[test]
+    fn environment_error_ends_the_episode() {
+        let t = Arc::new(ChatTemplate::new(CHATML, "", "").unwrap());
+        let mut ep =
+            Episode::new(Box::new(Failing), t, vec![Message::new("user", "go")], 5).unwrap();
+        assert!(ep
+            .model_turn("a", None, None)
+            .unwrap_err()
+            .to_string()
+            .contains("boom"));
+        assert!(ep.is_done());
+        let again = ep.model_turn("b", None, None).unwrap_err().to_string();
+        assert!(again.contains("after the episode ended"), "{again}");
     }
 
     #[test]

@@ -38,6 +38,20 @@ pub enum RewardKind {
     Environment,
 }
 
+impl RewardKind {
+    /// The name as written in config; for `math`, `code` and `iou` it is the name of the
+    /// `oxrl-rewards` reward that scores the task.
+    pub fn name(self) -> &'static str {
+        match self {
+            RewardKind::Math => "math",
+            RewardKind::Code => "code",
+            RewardKind::Iou => "iou",
+            RewardKind::Countdown => "countdown",
+            RewardKind::Environment => "environment",
+        }
+    }
+}
+
 /// A task: data, prompts and verification for one kind of problem.
 pub trait Task: Send + Sync {
     /// Short name (`arithmetic`, `gsm8k`, ...).
@@ -168,5 +182,14 @@ mod tests {
             }
         }
         assert!(builtin(TaskKind::External).is_none());
+        for kind in [
+            RewardKind::Math,
+            RewardKind::Code,
+            RewardKind::Iou,
+            RewardKind::Countdown,
+            RewardKind::Environment,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.name());
+        }
     }
 }
