@@ -8,15 +8,16 @@
 
 pub mod code;
 pub mod combine;
-// pub mod custom;
+pub mod custom;
 pub mod error;
 pub mod format;
+mod http_client;
 pub mod iou;
-// pub mod judge;
 pub mod jsonl;
+pub mod judge;
 pub mod math;
 pub mod registry;
-// mod runtime;
+mod runtime;
 pub mod sample;
 
 pub use combine::{CombinedScores, FailureCounts, RewardReport, WeightedRewards};

@@ -110,8 +110,24 @@ impl Default for Registry {
                 options(name, o)?,
             )?))
         });
-        /*JUDGE*/
-        /*CUSTOM*/
+        r.register("judge", |name, o| {
+            Ok(Arc::new(crate::judge::JudgeReward::new(
+                name,
+                options(name, o)?,
+            )?))
+        });
+        r.register("command", |name, o| {
+            Ok(Arc::new(crate::custom::command::CommandReward::new(
+                name,
+                options(name, o)?,
+            )?))
+        });
+        r.register("http", |name, o| {
+            Ok(Arc::new(crate::custom::http::HttpReward::new(
+                name,
+                options(name, o)?,
+            )?))
+        });
         r
     }
 }

@@ -1,0 +1,44 @@
+//! Custom rewards in any language.
+//! 1. Rust: implement [`crate::Reward`] and [`crate::Registry::register`] it by name.
+//! 2. [`command::CommandReward`]: an external program started once and fed JSON lines.
+//! 3. [`http::HttpReward`]: an HTTP endpoint scoring batches.
+//!
+//! Both external forms read the same reply for each sample: a bare number, `{"score": n}`,
+//! or `{"error": "why"}`.
+
+pub mod command;
+pub mod http;
+
+use serde_json::Value;
+
+use crate::{RewardFailure, Score};
+
+/// Interprets one reply item: a number, `{"score": n}`, or `{"error": "..."}`.
+pub fn parse_reply(v: &Value) -> Score {
+    let clip = |v: &Value| v.to_string().chars().take(200).collect::<String>();
+    match v {
+        Value::Number(n) => n
+            .as_f64()
+            .ok_or_else(|| RewardFailure::MalformedReply(n.to_string())),
+        Value::Object(o) => {
+            if let Some(e) = o.get("error").filter(|e| !e.is_null()) {
+                let msg = e
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| e.to_string());
+                return Err(RewardFailure::Crash(format!("scorer reported: {msg}")));
+            }
+            match o.get("score").and_then(Value::as_f64) {
+                Some(s) if s.is_finite() => Ok(s),
+                _ => Err(RewardFailure::MalformedReply(format!(
+                    "no numeric `score` in {}",
+                    clip(v)
+                ))),
+            }
+        }
+        other => Err(RewardFailure::MalformedReply(format!(
+            "expected a number or object, got {}",
+            clip(other)
+        ))),
+    }
+}

@@ -1,0 +1,355 @@
+//! Judge and custom rewards against real peers: an axum server started in the test speaking
+//! the OpenAI chat protocol (judge) or the batch protocol (HTTP reward), and real child
+//! processes for the command reward, including the shipped Python example.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use oxrl_rewards::custom::command::{CommandConfig, CommandReward};
+use oxrl_rewards::custom::http::{HttpConfig, HttpReward};
+use oxrl_rewards::judge::{JudgeConfig, JudgeReward};
+use oxrl_rewards::{FailureKind, Reward, Sample};
+use serde_json::{json, Value};
+
+#[derive(Default)]
+struct Seen {
+    requests: AtomicUsize,
+    per_completion: Mutex<HashMap<String, usize>>,
+    bad_auth: AtomicUsize,
+}
+
+/// Starts `router` on 127.0.0.1 (an ephemeral port) on its own runtime thread.
+fn serve(router: Router) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, router).await.unwrap();
+        });
+    });
+    rx.recv_timeout(Duration::from_secs(10)).unwrap()
+}
+
+async fn chat(
+    State(seen): State<Arc<Seen>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> (StatusCode, String) {
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer sk-test-judge") {
+        seen.bad_auth.fetch_add(1, Ordering::SeqCst);
+    }
+    let user = body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("");
+    let completion = user
+        .split("Response:\n")
+        .nth(1)
+        .unwrap_or("")
+        .split("\n\n")
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let n = {
+        let mut m = seen.per_completion.lock().unwrap();
+        let c = m.entry(completion.clone()).or_default();
+        *c += 1;
+        *c
+    };
+    let reply = |content: &str| {
+        json!({"choices": [{"message": {"role": "assistant", "content": content}}]}).to_string()
+    };
+    match completion.as_str() {
+        "flaky" if n == 1 => (StatusCode::SERVICE_UNAVAILABLE, "busy".into()),
+        "flaky" => (StatusCode::OK, reply("Fine after all.\nScore: 7")),
+        "slow" => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            (StatusCode::OK, reply("Score: 10"))
+        }
+        "garbage" => (StatusCode::OK, reply("I refuse to grade this.")),
+        "notjson" => (StatusCode::OK, "<html>oops</html>".into()),
+        "forbidden" => (StatusCode::FORBIDDEN, "no".into()),
+        c if c.contains("good") => (StatusCode::OK, reply("Clear and correct.\nScore: 9")),
+        _ => (StatusCode::OK, reply("Weak.\nScore: 2")),
+    }
+}
+
+#[test]
+fn judge_against_real_server() {
+    let seen = Arc::new(Seen::default());
+    let addr = serve(
+        Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .with_state(seen.clone()),
+    );
+    std::env::set_var("OXRL_TEST_JUDGE_KEY", "sk-test-judge");
+    let cfg = JudgeConfig {
+        base_url: format!("http://{addr}/v1"),
+        api_key_env: "OXRL_TEST_JUDGE_KEY".into(),
+        timeout_s: 1.0,
+        max_retries: 1,
+        backoff_ms: 10,
+        concurrency: 4,
+        ..JudgeConfig::default()
+    };
+    let judge = JudgeReward::new("judge", cfg).unwrap();
+    let q = |c: &str| Sample::new(c).with_prompt("What is 2+2?");
+    let batch = [
+        q("a good answer"),
+        q("meh"),
+        q("flaky"),
+        q("slow"),
+        q("garbage"),
+        q("notjson"),
+        q("forbidden"),
+        q("a good answer"),
+    ];
+    let t = Instant::now();
+    let out = judge.score_batch(&batch);
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(out[0], Ok(0.9));
+    assert_eq!(out[1], Ok(0.2));
+    assert_eq!(out[2], Ok(0.7), "503 then retried");
+    assert_eq!(out[3].as_ref().unwrap_err().kind(), FailureKind::Timeout);
+    assert_eq!(out[4].as_ref().unwrap_err().kind(), FailureKind::Parse);
+    assert_eq!(
+        out[5].as_ref().unwrap_err().kind(),
+        FailureKind::MalformedReply
+    );
+    assert_eq!(out[6].as_ref().unwrap_err().kind(), FailureKind::Transport);
+    assert_eq!(out[7], Ok(0.9));
+    assert_eq!(
+        seen.bad_auth.load(Ordering::SeqCst),
+        0,
+        "API key not sent as bearer token"
+    );
+    let per = seen.per_completion.lock().unwrap().clone();
+    assert_eq!(per["a good answer"], 1, "duplicate in a batch asked once");
+    assert_eq!(per["flaky"], 2);
+    assert_eq!(per["slow"], 2, "timeout retried once");
+    assert_eq!(per["forbidden"], 1, "4xx not retried");
+    // Cached: the same good samples cost no request.
+    let before = seen.requests.load(Ordering::SeqCst);
+    assert_eq!(
+        judge.score_batch(&[q("a good answer"), q("meh")]),
+        vec![Ok(0.9), Ok(0.2)]
+    );
+    assert_eq!(seen.requests.load(Ordering::SeqCst), before);
+    // Errors never echo the key.
+    for o in &out {
+        if let Err(e) = o {
+            assert!(!e.to_string().contains("sk-test-judge"));
+        }
+    }
+    // A rubric naming a field the sample lacks is a bad reference.
+    let cfg = JudgeConfig {
+        base_url: format!("http://{addr}/v1"),
+        rubric: "Gold: {answer}\n{completion}".into(),
+        ..JudgeConfig::default()
+    };
+    let j = JudgeReward::new("judge", cfg).unwrap();
+    assert_eq!(
+        j.score_batch(&[Sample::new("x")])[0]
+            .as_ref()
+            .unwrap_err()
+            .kind(),
+        FailureKind::BadReference
+    );
+}
+
+async fn batch_scores(Json(body): Json<Value>) -> Json<Value> {
+    let samples = body["samples"].as_array().cloned().unwrap_or_default();
+    if samples.iter().any(|s| s["completion"] == "short") {
+        return Json(json!({"scores": [1.0]}));
+    }
+    let scores: Vec<Value> = samples
+        .iter()
+        .map(|s| match s["completion"].as_str().unwrap_or("") {
+            "error" => json!({"error": "cannot score"}),
+            "text" => json!("high"),
+            c => json!({"score": c.len() as f64 + s["bonus"].as_f64().unwrap_or(0.0)}),
+        })
+        .collect();
+    Json(json!({ "scores": scores }))
+}
+
+#[test]
+fn http_reward_against_real_server() {
+    let addr = serve(Router::new().route("/score", post(batch_scores)));
+    let r = HttpReward::new(
+        "len_http",
+        HttpConfig {
+            url: format!("http://{addr}/score"),
+            api_key_env: None,
+            batch_size: 2,
+            timeout_s: 5.0,
+            max_retries: 0,
+            backoff_ms: 10,
+            concurrency: 2,
+        },
+    )
+    .unwrap();
+    let out = r.score_batch(&[
+        Sample::new("abc").with("bonus", 0.5),
+        Sample::new("error"),
+        Sample::new("text"),
+        Sample::new("abcdef"),
+        Sample::new("short"),
+        Sample::new("xyz"),
+    ]);
+    assert_eq!(out[0], Ok(3.5));
+    assert_eq!(out[1].as_ref().unwrap_err().kind(), FailureKind::Crash);
+    assert_eq!(
+        out[2].as_ref().unwrap_err().kind(),
+        FailureKind::MalformedReply
+    );
+    assert_eq!(out[3], Ok(6.0));
+    // The last chunk gets one score for two samples: both fail, nothing is misattributed.
+    assert_eq!(
+        out[4].as_ref().unwrap_err().kind(),
+        FailureKind::MalformedReply,
+        "count mismatch"
+    );
+    assert_eq!(
+        out[5].as_ref().unwrap_err().kind(),
+        FailureKind::MalformedReply,
+        "count mismatch"
+    );
+    // Nobody listening: a transport failure per sample, not a panic.
+    let dead = HttpReward::new(
+        "dead",
+        HttpConfig {
+            url: "http://127.0.0.1:9/score".into(),
+            api_key_env: None,
+            batch_size: 8,
+            timeout_s: 2.0,
+            max_retries: 0,
+            backoff_ms: 1,
+            concurrency: 1,
+        },
+    )
+    .unwrap();
+    let out = dead.score_batch(&[Sample::new("a"), Sample::new("b")]);
+    assert!(
+        out.iter()
+            .all(|o| o.as_ref().unwrap_err().kind() == FailureKind::Transport),
+        "{out:?}"
+    );
+}
+
+fn example_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/rewards/contains_answer.py")
+}
+
+#[test]
+fn shipped_python_example() {
+    let r = CommandReward::new(
+        "contains",
+        CommandConfig {
+            command: vec!["python3".into(), example_script().display().to_string()],
+            timeout_s: 10.0,
+            cwd: None,
+            max_restarts: 3,
+        },
+    )
+    .unwrap();
+    let out = r.score_batch(&[
+        Sample::new("the answer is 42").with("answer", 42),
+        Sample::new("the answer is 41").with("answer", 42),
+        Sample::new("no reference"),
+    ]);
+    assert_eq!(out[0], Ok(1.0));
+    assert_eq!(out[1], Ok(0.0));
+    assert!(
+        matches!(&out[2], Err(e) if e.to_string().contains("KeyError")),
+        "{:?}",
+        out[2]
+    );
+    assert_eq!(
+        r.restarts(),
+        0,
+        "a reported error must not restart the command"
+    );
+}
+
+#[test]
+fn command_crash_hang_and_garbage() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("moody.py");
+    std::fs::write(
+        &script,
+        r#"import json, sys, time
+for line in sys.stdin:
+    c = json.loads(line)["completion"]
+    if c == "crash":
+        sys.exit(3)
+    if c == "hang":
+        time.sleep(100)
+    if c == "garbage":
+        print("this is not json", flush=True)
+        continue
+    print(json.dumps({"score": len(c)}), flush=True)
+"#,
+    )
+    .unwrap();
+    let r = CommandReward::new(
+        "moody",
+        CommandConfig {
+            command: vec!["python3".into(), script.display().to_string()],
+            timeout_s: 1.5,
+            cwd: None,
+            max_restarts: 10,
+        },
+    )
+    .unwrap();
+    let out = r.score_batch(&[
+        Sample::new("ab"),
+        Sample::new("crash"),
+        Sample::new("abc"),
+        Sample::new("hang"),
+        Sample::new("abcd"),
+        Sample::new("garbage"),
+        Sample::new("abcde"),
+    ]);
+    assert_eq!(out[0], Ok(2.0));
+    assert_eq!(out[1].as_ref().unwrap_err().kind(), FailureKind::Crash);
+    assert_eq!(out[2], Ok(3.0), "restarted after the crash");
+    assert_eq!(out[3].as_ref().unwrap_err().kind(), FailureKind::Timeout);
+    assert_eq!(out[4], Ok(4.0), "restarted after the hang");
+    assert_eq!(
+        out[5].as_ref().unwrap_err().kind(),
+        FailureKind::MalformedReply
+    );
+    assert_eq!(out[6], Ok(5.0), "a malformed reply fails only its sample");
+    assert_eq!(r.restarts(), 2);
+    assert!(CommandReward::new(
+        "none",
+        CommandConfig {
+            command: vec!["/nonexistent/cmd".into()],
+            timeout_s: 1.0,
+            cwd: None,
+            max_restarts: 1
+        }
+    )
+    .is_err());
+}
