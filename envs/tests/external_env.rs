@@ -49,18 +49,9 @@ fn python_environment_plays_a_full_game_per_row() {
         assert!(last.role == "assistant" && last.content.starts_with("I guess <guess>"));
 
         let tok = ep.transcript().tokenize(tokenize);
-        let trained: Vec<u32> = tok
-            .ids
-            .iter()
-            .zip(&tok.mask)
-            .filter(|(_, m)| **m == 1)
-            .map(|(i, _)| *i)
-            .collect();
-        let expected: String = ep.transcript().model_texts().concat();
-        assert_eq!(detokenize(&trained), expected);
-        assert!(
-            !detokenize(&trained).contains("higher") && !detokenize(&trained).contains("lower")
-        );
+        let trained = trained_text(&tok);
+        assert_eq!(trained, ep.transcript().model_texts().concat());
+        assert!(!trained.contains("higher") && !trained.contains("lower"));
     }
 }
 

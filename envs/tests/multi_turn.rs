@@ -82,15 +82,8 @@ fn calculator_masks_train_model_tokens_only() {
     // sampler built turn by turn is the sequence the learner scores.
     assert_eq!(tok.ids, tokenize(&ep.transcript().text()));
 
-    let trained: Vec<u32> = tok
-        .ids
-        .iter()
-        .zip(&tok.mask)
-        .filter(|(_, m)| **m == 1)
-        .map(|(i, _)| *i)
-        .collect();
     assert_eq!(
-        detokenize(&trained),
+        trained_text(&tok),
         "Let me compute.\n<calc>120 * 12 - 100</calc><|im_end|><answer>1340</answer><|im_end|>"
     );
     let prompt_ids = tokenize(ep.prompt());

@@ -94,16 +94,21 @@ impl Dataset {
     }
 }
 
+/// `n` rows with ids `r0`, `r1`, ... (tests of this module and the sampler).
+#[cfg(test)]
+pub(crate) fn numbered(n: usize) -> Dataset {
+    let rows = (0..n)
+        .map(|i| Row::from_pairs(format!("r{i}"), [("prompt", serde_json::json!(i))]))
+        .collect();
+    Dataset::new("test", rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn ds(n: usize) -> Dataset {
-        let rows = (0..n)
-            .map(|i| Row::from_pairs(format!("r{i}"), [("prompt", json!(i))]))
-            .collect();
-        Dataset::new("test", rows)
+        numbered(n)
     }
 
     #[test]

@@ -107,14 +107,9 @@ fn epoch_order(c: &Cursor) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::row::Row;
-    use serde_json::json;
 
     fn ds(n: usize) -> Dataset {
-        let rows = (0..n)
-            .map(|i| Row::from_pairs(format!("r{i}"), [("prompt", json!(i))]))
-            .collect();
-        Dataset::new("test", rows)
+        super::super::numbered(n)
     }
 
     #[test]

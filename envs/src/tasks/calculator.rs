@@ -108,9 +108,7 @@ impl Task for Calculator {
     }
     /// A single completion scores only if it is a final answer.
     fn score(&self, row: &Row, completion: &str) -> Result<f64> {
-        let mut env = CalculatorEnv::default();
-        env.reset(row)?;
-        Ok(env.step(completion)?.reward)
+        super::score_first_turn(CalculatorEnv::default(), row, completion)
     }
     fn environment(&self) -> Result<Box<dyn Environment>> {
         Ok(Box::new(CalculatorEnv::default()))

@@ -112,18 +112,41 @@ fn shipped(task: &str, data: &str, n: usize, seed: u64) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-fn score_code(task: &str, row: &Row, completion: &str) -> Result<f64> {
-    let ok = run_python(&program(task, row, completion)?, Duration::from_secs(10))?;
-    Ok(f64::from(u8::from(ok)))
+/// Which of the two formats a code task uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// Signature + docstring to complete; `tests` defines `check(candidate)`.
+    HumanEval,
+    /// A one-line description plus example asserts; `tests` is the assert list.
+    Mbpp,
 }
 
-/// HumanEval-format problems: complete a function from its signature and docstring.
+/// A code task over one shipped dataset.
 #[derive(Debug, Clone, Copy)]
-pub struct HumanEval;
+pub struct CodeTask {
+    name: &'static str,
+    data: &'static str,
+    format: Format,
+}
 
-impl Task for HumanEval {
+impl CodeTask {
+    /// HumanEval-format problems: complete a function from its signature and docstring.
+    pub const HUMANEVAL: CodeTask = CodeTask {
+        name: "humaneval",
+        data: HUMANEVAL_DATA,
+        format: Format::HumanEval,
+    };
+    /// MBPP-format problems: a one-line description plus example asserts.
+    pub const MBPP: CodeTask = CodeTask {
+        name: "mbpp",
+        data: MBPP_DATA,
+        format: Format::Mbpp,
+    };
+}
+
+impl Task for CodeTask {
     fn name(&self) -> &'static str {
-        "humaneval"
+        self.name
     }
     fn reward(&self) -> RewardKind {
         RewardKind::Code
@@ -136,68 +159,39 @@ impl Task for HumanEval {
     }
     /// The shipped problems in seeded order; at most as many as are shipped.
     fn generate(&self, n: usize, seed: u64) -> Result<Vec<Row>> {
-        shipped(self.name(), HUMANEVAL_DATA, n, seed)
+        shipped(self.name, self.data, n, seed)
     }
+    /// HumanEval: the function to complete. MBPP: the description plus the first test, as
+    /// MBPP prompts show it.
     fn opening(&self, row: &Row) -> Result<Vec<Message>> {
-        let prompt = row.require_str(self.name(), "prompt")?;
-        Ok(vec![Message::new(
-            "user",
-            format!("Complete this Python function:\n```python\n{prompt}```"),
-        )])
+        let prompt = row.require_str(self.name, "prompt")?;
+        let text = match self.format {
+            Format::HumanEval => format!("Complete this Python function:\n```python\n{prompt}```"),
+            Format::Mbpp => {
+                let tests = row.get("tests").and_then(|t| t.get(0));
+                let first = tests.and_then(Value::as_str).unwrap_or_default();
+                format!("{prompt} Your code should pass this test:\n{first}")
+            }
+        };
+        Ok(vec![Message::new("user", text)])
     }
     fn reference(&self, row: &Row) -> Result<Vec<String>> {
-        let prompt = row.require_str(self.name(), "prompt")?;
-        let body = row.require_str(self.name(), "solution")?;
-        Ok(vec![format!("```python\n{prompt}{body}```")])
+        let solution = row.require_str(self.name, "solution")?;
+        Ok(vec![match self.format {
+            // HumanEval solutions are the body that follows the prompt.
+            Format::HumanEval => {
+                let prompt = row.require_str(self.name, "prompt")?;
+                format!("```python\n{prompt}{solution}```")
+            }
+            Format::Mbpp => format!("```python\n{solution}\n```"),
+        }])
     }
     fn score(&self, row: &Row, completion: &str) -> Result<f64> {
-        score_code(self.name(), row, completion)
-    }
-    fn environment(&self) -> Result<Box<dyn Environment>> {
-        Ok(Box::new(SingleTurn::new(*self)))
-    }
-}
-
-/// MBPP-format problems: a one-line description plus example asserts.
-#[derive(Debug, Clone, Copy)]
-pub struct Mbpp;
-
-impl Task for Mbpp {
-    fn name(&self) -> &'static str {
-        "mbpp"
-    }
-    fn reward(&self) -> RewardKind {
-        RewardKind::Code
-    }
-    fn required_fields(&self) -> &'static [&'static str] {
-        REQUIRED
-    }
-    fn instruction(&self) -> &'static str {
-        INSTRUCTION
-    }
-    /// The shipped problems in seeded order; at most as many as are shipped.
-    fn generate(&self, n: usize, seed: u64) -> Result<Vec<Row>> {
-        shipped(self.name(), MBPP_DATA, n, seed)
-    }
-    /// The description plus the first test, as MBPP prompts show it.
-    fn opening(&self, row: &Row) -> Result<Vec<Message>> {
-        let text = row.require_str(self.name(), "prompt")?;
-        let first = row
-            .get("tests")
-            .and_then(|t| t.get(0))
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        Ok(vec![Message::new(
-            "user",
-            format!("{text} Your code should pass this test:\n{first}"),
-        )])
-    }
-    fn reference(&self, row: &Row) -> Result<Vec<String>> {
-        let code = row.require_str(self.name(), "solution")?;
-        Ok(vec![format!("```python\n{code}\n```")])
-    }
-    fn score(&self, row: &Row, completion: &str) -> Result<f64> {
-        score_code(self.name(), row, completion)
+        let ok = run_python(
+            &program(self.name, row, completion)?,
+            Duration::from_secs(10),
+        )?;
+        Ok(f64::from(u8::from(ok)))
     }
     fn environment(&self) -> Result<Box<dyn Environment>> {
         Ok(Box::new(SingleTurn::new(*self)))
@@ -219,7 +213,7 @@ mod tests {
 
     #[test]
     fn shipped_items_pass_with_references_and_fail_with_wrong_code() {
-        for task in [&HumanEval as &dyn Task, &Mbpp] {
+        for task in [&CodeTask::HUMANEVAL as &dyn Task, &CodeTask::MBPP] {
             let rows = task.generate(100, 0).unwrap();
             assert_eq!(rows.len(), 10, "{} ships 10 problems", task.name());
             for row in &rows {
@@ -234,9 +228,9 @@ mod tests {
 
     #[test]
     fn humaneval_body_only_completion_gets_the_prompt_prepended() {
-        let row = &HumanEval.generate(100, 0).unwrap()[0];
+        let row = &CodeTask::HUMANEVAL.generate(100, 0).unwrap()[0];
         let body = row.require_str("t", "solution").unwrap();
-        assert_eq!(HumanEval.score(row, body).unwrap(), 1.0);
+        assert_eq!(CodeTask::HUMANEVAL.score(row, body).unwrap(), 1.0);
     }
 
     #[test]

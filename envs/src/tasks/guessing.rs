@@ -83,9 +83,7 @@ impl Task for Guessing {
     }
     /// A single completion scores only if it guesses right at once.
     fn score(&self, row: &Row, completion: &str) -> Result<f64> {
-        let mut env = GuessingEnv::default();
-        env.reset(row)?;
-        Ok(env.step(completion)?.reward)
+        super::score_first_turn(GuessingEnv::default(), row, completion)
     }
     fn environment(&self) -> Result<Box<dyn Environment>> {
         Ok(Box::new(GuessingEnv::default()))

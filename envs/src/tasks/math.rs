@@ -64,87 +64,73 @@ fn gsm8k_answer(steps: &[String], value: i64) -> String {
     text
 }
 
-/// Arithmetic expressions.
-#[derive(Debug, Clone, Copy)]
-pub struct Arithmetic;
+/// A generated problem: question, worked steps, integer answer.
+type Problem = (String, Vec<String>, i64);
 
-impl Arithmetic {
-    fn item(rng: &mut Rng) -> (String, i64) {
-        let n = rng.range(2, 4);
-        let mut text = rng.range(1, 99).to_string();
-        for i in 1..n {
-            let op = *rng.pick(&["+", "-", "*"]);
-            let operand = if op == "*" {
-                rng.range(2, 12)
-            } else {
-                rng.range(1, 99)
-            };
-            text = if i == 1 && n > 2 && rng.below(3) == 0 {
-                format!("({text} {op} {operand})")
-            } else {
-                format!("{text} {op} {operand}")
-            };
-        }
-        // Integer operands and + - * only: the value is an integer that fits easily.
-        let value = expr::evaluate(&text)
-            .ok()
-            .and_then(|v| v.as_integer())
-            .unwrap_or_default();
-        (text, value as i64)
+/// Item `i` of a generator, drawn from its own random stream.
+type ProblemFn = fn(&mut Rng, usize) -> Problem;
+
+/// An integer expression with `+ - *` and sometimes parentheses.
+fn arithmetic_problem(rng: &mut Rng, _i: usize) -> Problem {
+    let n = rng.range(2, 4);
+    let mut text = rng.range(1, 99).to_string();
+    for i in 1..n {
+        let op = *rng.pick(&["+", "-", "*"]);
+        let operand = if op == "*" {
+            rng.range(2, 12)
+        } else {
+            rng.range(1, 99)
+        };
+        text = if i == 1 && n > 2 && rng.below(3) == 0 {
+            format!("({text} {op} {operand})")
+        } else {
+            format!("{text} {op} {operand}")
+        };
     }
+    // Integer operands and + - * only: the value is an integer that fits easily.
+    let value = expr::evaluate(&text)
+        .ok()
+        .and_then(|v| v.as_integer())
+        .unwrap_or_default() as i64;
+    (
+        format!("What is {text}?"),
+        vec![format!("{text} = {value}")],
+        value,
+    )
 }
 
-impl Task for Arithmetic {
-    fn name(&self) -> &'static str {
-        "arithmetic"
-    }
-    fn reward(&self) -> RewardKind {
-        RewardKind::Math
-    }
-    fn required_fields(&self) -> &'static [&'static str] {
-        &["prompt", "answer"]
-    }
-    fn instruction(&self) -> &'static str {
-        INSTRUCTION
-    }
-    fn generate(&self, n: usize, seed: u64) -> Result<Vec<Row>> {
-        Ok((0..n)
-            .map(|i| {
-                let (text, value) = Self::item(&mut Rng::derive(seed, i as u64));
-                Row::from_pairs(
-                    format!("arithmetic-{seed}-{i}"),
-                    [
-                        ("prompt", json!(format!("What is {text}?"))),
-                        (
-                            "answer",
-                            json!(gsm8k_answer(&[format!("{text} = {value}")], value)),
-                        ),
-                    ],
-                )
-            })
-            .collect())
-    }
-    fn reference(&self, row: &Row) -> Result<Vec<String>> {
-        Ok(vec![row.require_str(self.name(), "answer")?.to_owned()])
-    }
-    fn score(&self, row: &Row, completion: &str) -> Result<f64> {
-        score_math(self.name(), row, completion)
-    }
-    fn environment(&self) -> Result<Box<dyn Environment>> {
-        Ok(Box::new(SingleTurn::new(*self)))
-    }
+/// A word problem: templates in turn, each with a random name and numbers.
+fn gsm8k_problem(rng: &mut Rng, i: usize) -> Problem {
+    let name = *rng.pick(NAMES);
+    TEMPLATES[i % TEMPLATES.len()](rng, name)
 }
 
-/// GSM8K-format word problems.
+/// A math task: GSM8K-format rows from a problem generator.
 #[derive(Debug, Clone, Copy)]
-pub struct Gsm8k;
+pub struct MathTask {
+    name: &'static str,
+    problem: ProblemFn,
+}
+
+impl MathTask {
+    /// Arithmetic expressions.
+    pub const ARITHMETIC: MathTask = MathTask {
+        name: "arithmetic",
+        problem: arithmetic_problem,
+    };
+    /// GSM8K-format word problems.
+    pub const GSM8K: MathTask = MathTask {
+        name: "gsm8k",
+        problem: gsm8k_problem,
+    };
+}
 
 const NAMES: &[&str] = &[
     "Natalia", "Omar", "Priya", "Lucas", "Mei", "Sam", "Amara", "Jonas",
 ];
 
 /// One word-problem template: question, worked steps, answer.
-type Template = fn(&mut Rng, &str) -> (String, Vec<String>, i64);
+type Template = fn(&mut Rng, &str) -> Problem;
 
 const TEMPLATES: &[Template] = &[
     |r, name| {
@@ -241,9 +227,9 @@ const TEMPLATES: &[Template] = &[
     },
 ];
 
-impl Task for Gsm8k {
+impl Task for MathTask {
     fn name(&self) -> &'static str {
-        "gsm8k"
+        self.name
     }
     fn reward(&self) -> RewardKind {
         RewardKind::Math
@@ -257,12 +243,9 @@ impl Task for Gsm8k {
     fn generate(&self, n: usize, seed: u64) -> Result<Vec<Row>> {
         Ok((0..n)
             .map(|i| {
-                let mut rng = Rng::derive(seed, i as u64);
-                let template = TEMPLATES[i % TEMPLATES.len()];
-                let name = *rng.pick(NAMES);
-                let (question, steps, value) = template(&mut rng, name);
+                let (question, steps, value) = (self.problem)(&mut Rng::derive(seed, i as u64), i);
                 Row::from_pairs(
-                    format!("gsm8k-{seed}-{i}"),
+                    format!("{}-{seed}-{i}", self.name),
                     [
                         ("prompt", json!(question)),
                         ("answer", json!(gsm8k_answer(&steps, value))),
@@ -303,7 +286,7 @@ mod tests {
 
     #[test]
     fn every_generated_item_is_verifiable_by_its_reference() {
-        for task in [&Arithmetic as &dyn Task, &Gsm8k] {
+        for task in [&MathTask::ARITHMETIC as &dyn Task, &MathTask::GSM8K] {
             let rows = task.generate(200, 11).unwrap();
             for row in &rows {
                 let reference = task.reference(row).unwrap();
@@ -317,7 +300,7 @@ mod tests {
 
     #[test]
     fn arithmetic_answers_are_the_true_value() {
-        for row in Arithmetic.generate(100, 3).unwrap() {
+        for row in MathTask::ARITHMETIC.generate(100, 3).unwrap() {
             let prompt = row.require_str("t", "prompt").unwrap();
             let text = prompt.trim_start_matches("What is ").trim_end_matches('?');
             let gold = extract_answer(row.require_str("t", "answer").unwrap()).unwrap();
@@ -327,7 +310,7 @@ mod tests {
 
     #[test]
     fn gsm8k_steps_check_out_and_answers_are_natural_numbers() {
-        let rows = Gsm8k.generate(TEMPLATES.len() * 20, 5).unwrap();
+        let rows = MathTask::GSM8K.generate(TEMPLATES.len() * 20, 5).unwrap();
         for row in &rows {
             let answer = row.require_str("t", "answer").unwrap();
             let value = extract_answer(answer).unwrap().as_integer().unwrap();

@@ -112,6 +112,13 @@ impl<T: Task + Clone + 'static> Environment for SingleTurn<T> {
     }
 }
 
+/// Scores one completion as the first turn of a fresh episode of `env` (multi-turn tasks use
+/// it for `Task::score`: only an immediately right final answer scores).
+fn score_first_turn(mut env: impl Environment, row: &Row, completion: &str) -> Result<f64> {
+    env.reset(row)?;
+    Ok(env.step(completion)?.reward)
+}
+
 /// Names of the built-in tasks, as written in config (`task = "gsm8k"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -139,10 +146,10 @@ pub enum TaskKind {
 /// The built-in task for `kind` (`External` is built from its config by the caller).
 pub fn builtin(kind: TaskKind) -> Option<Box<dyn Task>> {
     Some(match kind {
-        TaskKind::Arithmetic => Box::new(math::Arithmetic),
-        TaskKind::Gsm8k => Box::new(math::Gsm8k),
-        TaskKind::Humaneval => Box::new(code::HumanEval),
-        TaskKind::Mbpp => Box::new(code::Mbpp),
+        TaskKind::Arithmetic => Box::new(math::MathTask::ARITHMETIC),
+        TaskKind::Gsm8k => Box::new(math::MathTask::GSM8K),
+        TaskKind::Humaneval => Box::new(code::CodeTask::HUMANEVAL),
+        TaskKind::Mbpp => Box::new(code::CodeTask::MBPP),
         TaskKind::Grounding => Box::new(grounding::Grounding),
         TaskKind::Countdown => Box::new(countdown::Countdown),
         TaskKind::Calculator => Box::new(calculator::Calculator),

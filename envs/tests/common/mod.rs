@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use oxrl_envs::{ChatTemplate, EnvConfig, LoadedEnv, Message};
+use oxrl_envs::{ChatTemplate, EnvConfig, LoadedEnv, Message, TokenizedTranscript};
 use serde_json::Value;
 
 pub const IM_START: u32 = 1;
@@ -70,6 +70,18 @@ pub fn detokenize(ids: &[u32]) -> String {
         }
     }
     String::from_utf8(bytes).unwrap()
+}
+
+/// The text of the tokens the mask trains.
+pub fn trained_text(tok: &TokenizedTranscript) -> String {
+    let ids: Vec<u32> = tok
+        .ids
+        .iter()
+        .zip(&tok.mask)
+        .filter(|(_, m)| **m == 1)
+        .map(|(i, _)| *i)
+        .collect();
+    detokenize(&ids)
 }
 
 pub fn config(json: Value) -> EnvConfig {
