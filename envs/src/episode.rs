@@ -34,6 +34,26 @@ pub struct StepResult {
     pub done: bool,
 }
 
+impl StepResult {
+    /// The episode goes on: one user message, no reward.
+    pub fn reply(text: impl Into<String>) -> Self {
+        Self {
+            observation: vec![Message::new("user", text)],
+            reward: 0.0,
+            done: false,
+        }
+    }
+
+    /// The episode ends with `reward`.
+    pub fn finish(reward: f64) -> Self {
+        Self {
+            observation: Vec::new(),
+            reward,
+            done: true,
+        }
+    }
+}
+
 /// An environment for episodes of one or more turns. Implement it in Rust, or speak the JSON
 /// lines protocol from another process (see `external`).
 pub trait Environment: Send {

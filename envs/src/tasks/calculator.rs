@@ -136,11 +136,7 @@ impl Environment for CalculatorEnv {
             .ok_or_else(|| EnvError::Episode("step before reset".into()))?;
         if let Some(answer) = extract_tag(action, "answer") {
             let correct = extract_answer(answer) == Some(gold);
-            return Ok(StepResult {
-                observation: Vec::new(),
-                reward: f64::from(u8::from(correct)),
-                done: true,
-            });
+            return Ok(StepResult::finish(f64::from(u8::from(correct))));
         }
         let reply = match extract_tag(action, "calc") {
             Some(expression) => match expr::evaluate(expression) {
@@ -149,11 +145,7 @@ impl Environment for CalculatorEnv {
             },
             None => "No tool call or answer found. Reply with <calc>EXPRESSION</calc> or <answer>NUMBER</answer>.".to_owned(),
         };
-        Ok(StepResult {
-            observation: vec![Message::new("user", reply)],
-            reward: 0.0,
-            done: false,
-        })
+        Ok(StepResult::reply(reply))
     }
 }
 

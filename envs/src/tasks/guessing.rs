@@ -138,11 +138,7 @@ impl Environment for GuessingEnv {
             Some(_) => "lower",
             None => "Please reply with exactly one guess as <guess>N</guess>.",
         };
-        Ok(StepResult {
-            observation: vec![Message::new("user", reply)],
-            reward: 0.0,
-            done: false,
-        })
+        Ok(StepResult::reply(reply))
     }
 }
 

@@ -104,11 +104,7 @@ impl<T: Task + Clone + 'static> Environment for SingleTurn<T> {
             .row
             .as_ref()
             .ok_or_else(|| crate::error::EnvError::Episode("step before reset".into()))?;
-        Ok(StepResult {
-            observation: Vec::new(),
-            reward: self.task.score(row, action)?,
-            done: true,
-        })
+        Ok(StepResult::finish(self.task.score(row, action)?))
     }
 }
 
