@@ -126,7 +126,32 @@ impl LoadedEnv {
         base_dir: &Path,
         chat: Option<ChatTemplate>,
     ) -> Result<Self> {
-        let task = build_task(cfg, base_dir)?;
+        Self::build(build_task(cfg, base_dir)?, cfg, base_dir, chat)
+    }
+
+    /// Like [`LoadedEnv::from_config`], with a task written in Rust by the program that embeds
+    /// oxrl (`task = "custom"` in the config; data, prompt and episode settings apply as usual).
+    pub fn from_task(
+        task: Box<dyn Task>,
+        cfg: &EnvConfig,
+        base_dir: &Path,
+        chat: Option<ChatTemplate>,
+    ) -> Result<Self> {
+        if cfg.task != TaskKind::Custom {
+            return Err(EnvError::Config(format!(
+                "a program-supplied task needs `task = \"custom\"`, the config says {:?}",
+                cfg.task
+            )));
+        }
+        Self::build(task, cfg, base_dir, chat)
+    }
+
+    fn build(
+        task: Box<dyn Task>,
+        cfg: &EnvConfig,
+        base_dir: &Path,
+        chat: Option<ChatTemplate>,
+    ) -> Result<Self> {
         let chat = chat.map(Arc::new);
         if task.reward() == RewardKind::Environment && chat.is_none() {
             return Err(EnvError::Config(format!(
@@ -229,6 +254,9 @@ fn build_task(cfg: &EnvConfig, base_dir: &Path) -> Result<Box<dyn Task>> {
         )),
         (_, Some(_)) => Err(EnvError::Config(
             "[env.external] is only for task `external`".into(),
+        )),
+        (TaskKind::Custom, None) => Err(EnvError::Config(
+            "task `custom` is supplied by the program (LoadedEnv::from_task)".into(),
         )),
         (kind, None) => {
             tasks::builtin(kind).ok_or_else(|| EnvError::Config(format!("unknown task {kind:?}")))

@@ -137,6 +137,8 @@ pub enum TaskKind {
     Guessing,
     /// An external process speaking JSON lines (`[env.external]`).
     External,
+    /// A task written in Rust and handed over by the program (`LoadedEnv::from_task`).
+    Custom,
 }
 
 /// The built-in task for `kind` (`External` is built from its config by the caller).
@@ -150,7 +152,7 @@ pub fn builtin(kind: TaskKind) -> Option<Box<dyn Task>> {
         TaskKind::Countdown => Box::new(countdown::Countdown),
         TaskKind::Calculator => Box::new(calculator::Calculator),
         TaskKind::Guessing => Box::new(guessing::Guessing),
-        TaskKind::External => return None,
+        TaskKind::External | TaskKind::Custom => return None,
     })
 }
 
