@@ -219,14 +219,15 @@ impl ModelConfig {
                 self.hidden_act
             ));
         }
-        if self.num_attention_heads == 0 || self.num_attention_heads % self.num_kv_heads() != 0 {
+        let (heads, kv) = (self.num_attention_heads, self.num_kv_heads());
+        if heads == 0 || kv == 0 || !heads.is_multiple_of(kv) {
             return Err(format!(
                 "num_attention_heads ({}) must be a positive multiple of num_key_value_heads ({})",
                 self.num_attention_heads,
                 self.num_kv_heads()
             ));
         }
-        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(heads) {
             return Err("hidden_size must be divisible by num_attention_heads".into());
         }
         let rope = self.rope();
