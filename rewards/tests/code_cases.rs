@@ -162,6 +162,12 @@ fn adversarial_completions_score_zero() {
     for ((name, _, kind), got) in rows.iter().zip(&out) {
         match kind {
             None => assert_eq!(got, &Ok(0.0), "{name}"),
+            // A fork bomb ends at the wall clock, or earlier if its processes together hit
+            // the run's memory cap; both score 0.
+            Some(k) if *name == "fork bomb" => assert!(
+                matches!(got, Err(f) if f.kind() == *k || f.kind() == FailureKind::ResourceLimit),
+                "{name}: {got:?}"
+            ),
             Some(k) => assert!(matches!(got, Err(f) if f.kind() == *k), "{name}: {got:?}"),
         }
     }
@@ -210,10 +216,14 @@ fn sandbox_has_no_network_and_read_only_host() {
         timeout_s: 5.0,
         ..Limits::default()
     });
+    assert!(sb.protections().namespaces, "{:?}", sb.protections());
+    // A listener on the host's loopback: reachable from the host, not from the sandbox.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
     let code = r#"
-import socket, os
+import socket, os, sys
 try:
-    socket.create_connection(("1.1.1.1", 53), timeout=1); print("net:open")
+    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1); print("net:open")
 except OSError as e:
     print("net:blocked")
 try:
@@ -223,12 +233,14 @@ except OSError:
 open("mine.txt", "w").write("ok"); print("own:" + open("mine.txt").read())
 print("pid:%d" % os.getpid())
 "#;
+    let argv = vec!["python3".into(), "-c".into(), code.into(), port.to_string()];
     let out = sb
         .run(&RunSpec {
-            argv: vec!["python3".into(), "-c".into(), code.into()],
+            argv,
             ..RunSpec::default()
         })
         .unwrap();
+    drop(listener);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.exit,
@@ -244,4 +256,29 @@ print("pid:%d" % os.getpid())
         "not PID 1 of its own namespace: {text}"
     );
     assert!(!std::path::Path::new("/etc/oxrl-test").exists());
+}
+
+#[test]
+fn memory_cap_covers_all_processes_of_a_run() {
+    // Each child stays under the per-process address-space limit; together they exceed the
+    // run's memory cap, which only the cgroup can see.
+    let sb = Sandbox::new(Limits {
+        timeout_s: 10.0,
+        memory_bytes: 256 << 20,
+        ..Limits::default()
+    });
+    assert!(sb.protections().cgroups, "{:?}", sb.protections());
+    let code = "import os, time\npids = []\nfor _ in range(4):\n    pid = os.fork()\n    if pid == 0:\n        b = b'x' * (150 << 20)\n        time.sleep(1)\n        os._exit(0)\n    pids.append(pid)\nfor p in pids:\n    os.waitpid(p, 0)\n";
+    let out = sb
+        .run(&RunSpec {
+            argv: vec!["python3".into(), "-c".into(), code.into()],
+            ..RunSpec::default()
+        })
+        .unwrap();
+    assert!(
+        out.memory_limit_hit,
+        "{:?} {}",
+        out.exit,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

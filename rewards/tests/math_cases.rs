@@ -206,3 +206,58 @@ fn adversarial_inputs_do_not_panic() {
     }
     assert_eq!(r.score_one("\\boxed{1/0}", "1"), Ok(0.0));
 }
+
+#[test]
+fn math_verify_complex_expressions() {
+    check(&[
+        ("$\\frac{1}{12}$", "$0.0833333333333333$", 1.0), // MV
+        ("$(1,\\frac{9}{2})$", "$(1,4.5)$", 1.0),         // MV
+        ("$\\frac{x+2}{7}$", "$\\frac{x}{7}+\\frac{2}{7}$", 1.0), // MV
+        ("$\\tan^2(y)+1$", "$\\sec^2(y)$", 1.0),          // MV
+        ("$34x+45y-20z+100=0$", "$-34x-45y+20z-100=0$", 1.0), // MV
+        (
+            "$\\frac{\\sqrt{\\sqrt{11}+\\sqrt{194}}}{15+2\\sqrt{33}}$",
+            "$\\frac{\\sqrt{\\sqrt{11}+\\sqrt{194}}}{2\\sqrt{33}+15}$",
+            1.0,
+        ), // MV
+        ("$(a+5)(b+2)$", "$(+5)(b+2)$", 0.0),             // MV
+        ("$2$", "$\\frac{1+\\sqrt{5}}{2}$", 0.0),         // MV
+        ("$4$", "$\\frac{34}{16}+\\frac{\\sqrt{1358}}{16}$", 0.0), // MV
+        ("$1\\sqrt{19}$", "$1$", 0.0),                    // MV
+        ("$x+2n+1$", "$x+1$", 0.0),                       // MV
+        (
+            r"$\begin{pmatrix}\frac{1}{3\sqrt[3]{x}^2}&0&0\\\\0&1&0\\\\-\sin(x)&0&0\\\\\\end{pmatrix}$",
+            r"$\begin{pmatrix}\frac{1}{3x^{2/3}}&0&0\\0&1&0\\-\sin(x)&0&0\end{pmatrix}$",
+            1.0,
+        ), // MV (second matrix written without the test file's escaping slip)
+        (
+            r"$\\left(\\frac{1}{5},\\frac{1}{6}\\right)$",
+            r"Thus, $(p,q) = \boxed{\left( \frac{1}{5}, \frac{1}{6} \right)}.$ Final Answer: The final answer is $\left( \frac{1}{5}, \frac{1}{6} \right)$. I hope it is correct. <|im_start|>user",
+            1.0,
+        ), // MV issue 10
+    ]);
+}
+
+#[test]
+fn math_verify_long_completions() {
+    check(&[
+        // MV issue 1: rational at the end of free text.
+        ("$2/3$", "So, we can rewrite the equation as: P(A) = 1/2 + (1/2) * (1/2) * P(A) Now, we can solve for P(A): P(A) - (1/4) * P(A) = 1/2 (3/4) * P(A) = 1/2 P(A) = (1/2) / (3/4) P(A) = (1/2) * (4/3) P(A) = 2/3 Therefore, the probability that Alice wins the game is 2/3. <|im_start|>user", 1.0),
+        // MV issue 2: a closing plain number after earlier math spans.
+        ("$12$", "Solving for $d$, we get $d = \\frac{90}{n}$. Since $d$ must be an integer, $n$ must be a divisor of 90. The divisors of 90 are 1, 2, 3, 5, 6, 9, 10, 15, 18, 30, 45, and 90. For each divisor $n$, there corresponds a unique common difference $d = \\frac{90}{n}$ that generates an arithmetic sequence with the given conditions. Therefore, there are 12 distinct arithmetic sequences that meet the three given conditions. I hope it is correct. <|im_start|>user", 1.0),
+        // MV issue 3: ordered pair in the last span.
+        ("$(7,6)$", "Now, substitute this value of $x$ back into the expression for $y$: $y = 8.8 - 0.4(7)$ $y = 8.8 - 2.8 = 6$ So, the ordered pair $(x, y)$ that solves the system is $(7, 6)$. <|im_start|>user", 1.0),
+        // MV issue 4: correctly extracted wrong interval.
+        ("$[0,1)$", "Combining these conditions, we find that the domain of $q(x)$ is the interval $(0, 1)$, since $x$ must be greater than or equal to 0 and less than 1, but not equal to 1. Final Answer: The final answer is $(0, 1)$. I hope it is correct. <|im_start|>user", 0.0),
+        // MV issue 5: last boxed is a union, gold an interval.
+        ("$[-3,2]$", "which is $\\boxed{[-3, 2]}$. Final Answer: The final answer is $[-3, 2]$. I apologize for the mistake. Therefore, the domain of the function $\\sqrt{6-x-x^2}$ is the interval outside the roots, which is $\\boxed{(-\\infty, -3] \\cup [2, \\infty)}$. Final Answer: The final answer is $(-\\infty, -3] \\cup [2, \\infty)$. I hope it is correct. <|im_start|>user", 0.0),
+        // MV issue 6: `\!` thousands spacing inside \boxed with an escaped dollar.
+        ("$16386.20$", "Rounded to the nearest cent, Paula's investment is worth $\\boxed{\\$16,\\!386.20}$ at the end of the 5-year period. The answer is $16,\\!386.20$. I apologize for the repetition", 1.0),
+        // MV issue 7: "Final Answer:" followed by a non-answer span, number later.
+        ("$120$", "Therefore, the volume of rectangular prism $ABCDEFGH$ is $5 \\times 6 \\times 4 = 120$. Final Answer: The volume of $ABCDEFGH$ is 120. I hope it is correct.", 1.0),
+        // MV issue 8: large number with commas.
+        ("12000023", "Therefore, we remove this integer from the list and sum the remaining integers: $85 + (-67) + 12,\\!000,\\!003 + (-3) = 12,\\!000,\\!023$. Final Answer: The final answer is 12,000,023. I hope it is correct. <|im_start|>user", 1.0),
+        // MV issue 9: boxed with {,} thousands separator.
+        ("$14916$", "Therefore, the smallest possible value for $N$ is $14{,}922$. Final Answer: The smallest possible value of $N$ is $\\boxed{14{,}916}$. I hope it is correct. <|im_start|>user", 1.0),
+    ]);
+}

@@ -9,6 +9,14 @@ use std::sync::OnceLock;
 
 use regex::Regex;
 
+/// Math spans: `$$..$$`, `\[..\]`, `\(..\)` (one line), `$..$` (one line, `\$` escaped).
+const SPAN_PATTERN: &str =
+    r"(?s)\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\(([^\n]+?)\\\)|(?:^|[^\\])\$((?:[^$\n\\]|\\.)+?)\$";
+
+/// Numbers; group 1 is the number. A number glued to a preceding letter (`AZYUK2A`) is
+/// not an answer.
+const NUMBER_PATTERN: &str = r"(?:^|[^A-Za-z\d.,])(-?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+,\d{1,2}(?:[^\d,]|$)|\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?:/\d+)?|\.\d+))";
+
 /// Longest candidate handed to the parser; longer ones are not answers.
 const MAX_CANDIDATE_CHARS: usize = 2000;
 
@@ -72,10 +80,7 @@ pub fn boxed_contents(text: &str) -> Vec<String> {
 /// `\(..\)` (single line). Escaped dollars `\$` do not delimit.
 pub fn math_spans(text: &str) -> Vec<String> {
     static CELL: OnceLock<Regex> = OnceLock::new();
-    let r = re(
-        &CELL,
-        r"(?s)\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\(([^\n]+?)\\\)|(?:^|[^\\])\$((?:[^$\n\\]|\\.)+?)\$",
-    );
+    let r = re(&CELL, SPAN_PATTERN);
     r.captures_iter(text)
         .filter_map(|c| {
             (1..=4)
@@ -85,15 +90,38 @@ pub fn math_spans(text: &str) -> Vec<String> {
         .collect()
 }
 
+fn last_span_with_end(text: &str) -> Option<(String, usize)> {
+    static CELL: OnceLock<Regex> = OnceLock::new();
+    let r = re(&CELL, SPAN_PATTERN);
+    r.captures_iter(text).last().and_then(|c| {
+        let end = c.get(0)?.end();
+        (1..=4)
+            .find_map(|g| c.get(g))
+            .map(|m| (m.as_str().to_string(), end))
+    })
+}
+
+fn last_number_with_end(text: &str) -> Option<(String, usize)> {
+    static CELL: OnceLock<Regex> = OnceLock::new();
+    let r = re(&CELL, NUMBER_PATTERN);
+    r.captures_iter(text)
+        .filter_map(|c| c.get(1))
+        .last()
+        .map(|m| {
+            let s = m
+                .as_str()
+                .trim_end_matches(|c: char| !c.is_ascii_digit())
+                .to_string();
+            let end = m.start() + s.len();
+            (s, end)
+        })
+}
+
 /// The last number in free text (thousands separators, decimals, decimal commas, simple
 /// fractions, scientific notation).
 pub fn last_number(text: &str) -> Option<String> {
     static CELL: OnceLock<Regex> = OnceLock::new();
-    let r = re(
-        &CELL,
-        // A number glued to a preceding letter (`AZYUK2A`) is not an answer.
-        r"(?:^|[^A-Za-z\d.,])(-?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+,\d{1,2}(?:[^\d,]|$)|\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?:/\d+)?|\.\d+))",
-    );
+    let r = re(&CELL, NUMBER_PATTERN);
     r.captures_iter(text)
         .filter_map(|c| c.get(1))
         .last()
@@ -142,15 +170,17 @@ pub fn candidates(text: &str) -> Vec<String> {
     if let Some(a) = answer_phrase(text) {
         out.push(a);
     }
-    if let Some(s) = math_spans(text).pop() {
-        out.push(s);
-    }
     // The whole text, when it is short enough to be just an answer (`\frac{10}{9}`, `1 000`).
     if text.chars().count() <= 200 {
         out.push(text.trim().to_string());
     }
-    if let Some(n) = last_number(text) {
-        out.push(n);
+    // The last math span and the last number: whichever ends later in the text goes first
+    // (a closing "so there are 12 sequences" beats an earlier `$d = \frac{90}{n}$`).
+    let span = last_span_with_end(text);
+    let number = last_number_with_end(text);
+    match (span, number) {
+        (Some((s, se)), Some((n, ne))) if ne > se => out.extend([n, s]),
+        (s, n) => out.extend(s.map(|x| x.0).into_iter().chain(n.map(|x| x.0))),
     }
     out.retain(|c| c.chars().count() <= MAX_CANDIDATE_CHARS);
     out
@@ -180,6 +210,11 @@ pub fn normalize(raw: &str) -> Normalized {
             s = s[l.len()..s.len() - r.len()].trim().to_string();
         }
     }
+    // A doubled backslash before a command name is an escaping artifact: `\\frac` -> `\frac`.
+    static DOUBLED: OnceLock<Regex> = OnceLock::new();
+    s = re(&DOUBLED, r"\\\\([a-zA-Z])")
+        .replace_all(&s, "\\$1")
+        .to_string();
     if let Some(b) = boxed_contents(&s).pop() {
         if s.trim_start().starts_with("\\boxed") || s.trim_start().starts_with("\\fbox") {
             s = b;

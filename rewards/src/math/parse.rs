@@ -644,6 +644,8 @@ impl Parser {
                 continue;
             }
             if self.eat_sym(';') {
+                // Tolerate doubled and trailing row breaks (`\\\\`, `... \\ \end`).
+                while self.eat_sym(';') {}
                 if !self.peek_cmd("end") {
                     rows.push(Vec::new());
                 }
