@@ -262,21 +262,24 @@ mod tests {
     #[test]
     fn error_replies_bad_json_silence_and_exit_are_errors() {
         let row = Row::from_pairs("r", []);
+        // Generous timeouts where a reply is due (a loaded CI machine starts Python slowly).
         let cases = [
             (
                 "import sys\nfor l in sys.stdin: print('{\"error\": \"nope\"}', flush=True)",
+                30.0,
                 &["nope"][..],
             ),
             (
                 "import sys\nfor l in sys.stdin: print('hello', flush=True)",
+                30.0,
                 &["not JSON"],
             ),
-            ("import time\ntime.sleep(5)", &["no reply"]),
+            ("import time\ntime.sleep(60)", 0.5, &["no reply"]),
             // Exiting at once: the write or the read fails, depending on timing.
-            ("pass", &["exited", "cannot write"]),
+            ("pass", 30.0, &["exited", "cannot write"]),
         ];
-        for (script, expected) in cases {
-            let mut env = ExternalEnv::spawn(&python(script, 1.0), None).unwrap();
+        for (script, timeout_s, expected) in cases {
+            let mut env = ExternalEnv::spawn(&python(script, timeout_s), None).unwrap();
             let err = env.reset(&row).unwrap_err().to_string();
             assert!(expected.iter().any(|e| err.contains(e)), "{script}: {err}");
         }
