@@ -12,7 +12,7 @@ use crate::dataset::{load_jsonl, Cursor, Dataset, LoadOptions, OnBadRow, Sampler
 use crate::episode::{Environment, Episode};
 use crate::error::{EnvError, Result};
 use crate::external::{ExternalConfig, ExternalTask};
-use crate::prompt::{FewShot, PromptConfig, PromptFormat, PromptFormatter};
+use crate::prompt::{FewShot, PromptConfig, PromptFormatter};
 use crate::row::Row;
 use crate::tasks::{self, RewardKind, Task, TaskKind};
 
@@ -152,6 +152,11 @@ impl LoadedEnv {
         base_dir: &Path,
         chat: Option<ChatTemplate>,
     ) -> Result<Self> {
+        if cfg.episode.max_turns == 0 {
+            return Err(EnvError::Config(
+                "episode.max_turns must be at least 1".into(),
+            ));
+        }
         let chat = chat.map(Arc::new);
         if task.reward() == RewardKind::Environment && chat.is_none() {
             return Err(EnvError::Config(format!(
@@ -350,11 +355,6 @@ fn few_shot(task: &dyn Task, prompt: &PromptConfig, seed: u64) -> Result<Vec<Few
             user: user.join("\n\n"),
             assistant,
         });
-    }
-    if prompt.format == PromptFormat::Plain && examples.iter().any(|e| e.user.is_empty()) {
-        return Err(EnvError::Config(
-            "few-shot example with an empty question".into(),
-        ));
     }
     Ok(examples)
 }

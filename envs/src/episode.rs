@@ -161,12 +161,23 @@ impl Episode {
             self.truncated = !step.done;
             return Ok(Turn::Done);
         }
+        match self.observe(content, step.observation) {
+            Ok(env_text) => Ok(Turn::Continue(env_text)),
+            Err(e) => {
+                self.done = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Adds the observation to the conversation and the environment text to the transcript.
+    fn observe(&mut self, content: &str, observation: Vec<Message>) -> Result<String> {
         let closed = self.template.render(&self.messages, false)?;
-        self.messages.extend(step.observation);
+        self.messages.extend(observation);
         let next = self.template.render(&self.messages, true)?;
         let env_text = self.continuation(content, &closed, &next)?;
         self.transcript.push_env(env_text.clone());
-        Ok(Turn::Continue(env_text))
+        Ok(env_text)
     }
 
     /// The environment text that follows the model's turn (see the module docs).
@@ -372,5 +383,6 @@ mod tests {
         let mut ep = episode(DROPS_HISTORY, 5);
         let err = ep.model_turn("hi", None, None).unwrap_err();
         assert!(matches!(err, EnvError::TemplateNotAppendOnly), "{err}");
+        assert!(ep.is_done(), "a failed turn ends the episode");
     }
 }

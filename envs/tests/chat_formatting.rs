@@ -128,6 +128,8 @@ fn config_rejects_unknown_keys_and_inconsistent_values() {
         json!({ "task": "external" }),
         json!({ "task": "gsm8k", "external": { "command": ["x"] } }),
         json!({ "task": "gsm8k", "data": { "generate": 0 } }),
+        json!({ "task": "gsm8k", "episode": { "max_turns": 0 } }),
+        json!({ "task": "guessing", "prompt": { "generated_examples": 2 } }),
     ] {
         let cfg = config(bad.clone());
         assert!(
