@@ -460,9 +460,9 @@ impl Sandbox {
         }
         let deadline = start + Duration::from_secs_f64(self.limits.timeout_s.max(0.001));
         let mut killed_for = None;
-        let status = loop {
-            if let Some(st) = child.try_wait()? {
-                break st;
+        loop {
+            if exited_unreaped(pid) {
+                break;
             }
             if over.load(Ordering::SeqCst) && killed_for.is_none() {
                 killed_for = Some(Exit::OutputLimit);
@@ -472,10 +472,12 @@ impl Sandbox {
                 kill_group(pid);
             }
             std::thread::sleep(Duration::from_millis(2));
-        };
+        }
         let wall = start.elapsed();
-        // Stray processes of the group (without namespaces) die with the run.
+        // Stray processes of the group (without namespaces) die with the run. The child is
+        // not reaped yet, so its pid (the group id) cannot have been reused.
         kill_group(pid);
+        let status = child.wait()?;
         let memory_limit_hit = group.as_ref().is_some_and(|g| g.memory_limit_hit());
         if let Some(g) = group {
             g.destroy();
@@ -499,6 +501,25 @@ impl Sandbox {
             wall,
         })
     }
+}
+
+/// Whether the child has exited, without reaping it (`waitid` with `WNOWAIT`).
+fn exited_unreaped(pid: i32) -> bool {
+    // SAFETY: a zeroed siginfo_t is a valid out-parameter for waitid.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on our own child with a valid out-pointer.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: si_pid is valid to read after a successful waitid (0 when nothing exited).
+    r == 0 && unsafe { info.si_pid() } == pid
+        // An error (e.g. ECHILD) means there is nothing left to wait for.
+        || r < 0
 }
 
 fn kill_group(pgid: i32) {
