@@ -182,3 +182,19 @@ fn code_through_jsonl() {
     score_jsonl("code", None, format!("{input}\n").as_bytes(), &mut out).unwrap();
     assert_eq!(String::from_utf8(out).unwrap().trim(), "{\"score\":1.0}");
 }
+
+#[test]
+fn shipped_example_config_builds() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/rewards/rewards.toml");
+    let cfg: RunConfig = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let names: Vec<&str> = cfg.rewards.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["math", "code", "grounding", "think_format", "helpfulness", "contains_answer"]);
+    // Build everything; the command's path is relative to the repository root.
+    let mut specs = cfg.rewards.clone();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    specs[5].options.insert("cwd".into(), root.into());
+    let w = WeightedRewards::from_specs(&Registry::default(), &specs).unwrap();
+    assert_eq!(w.names().len(), 6);
+    let spec = load_spec("think_format", Some(std::path::Path::new(path))).unwrap();
+    assert_eq!(spec.builder(), "format");
+}
