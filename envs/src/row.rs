@@ -13,12 +13,14 @@ use crate::error::{EnvError, Result};
 pub struct Row(Map<String, Value>);
 
 impl Row {
-    /// A row from an object; `id` is set to `fallback_id` when the object has no string `id`.
+    /// A row from an object. Its `id` is the object's `id` (numbers become strings), else its
+    /// `task_id` (HumanEval, MBPP), else `fallback_id`.
     pub fn new(mut fields: Map<String, Value>, fallback_id: impl Into<String>) -> Self {
-        let id = match fields.get("id") {
-            Some(Value::String(_)) => None,
+        let id = match (fields.get("id"), fields.get("task_id")) {
+            (Some(Value::String(_)), _) => None,
             // Numeric ids (common in JSONL dumps) become strings so ids have one type.
-            Some(Value::Number(n)) => Some(n.to_string()),
+            (Some(Value::Number(n)), _) | (None, Some(Value::Number(n))) => Some(n.to_string()),
+            (None, Some(Value::String(t))) => Some(t.clone()),
             _ => Some(fallback_id.into()),
         };
         if let Some(id) = id {
@@ -97,6 +99,11 @@ mod tests {
         assert_eq!(Row::new(obj(json!({"id": "a"})), "x").id(), "a");
         assert_eq!(Row::new(obj(json!({"id": 12})), "x").id(), "12");
         assert_eq!(Row::new(obj(json!({"q": 1})), "file:3").id(), "file:3");
+        assert_eq!(
+            Row::new(obj(json!({"task_id": "HumanEval/0"})), "x").id(),
+            "HumanEval/0"
+        );
+        assert_eq!(Row::new(obj(json!({"task_id": 11})), "x").id(), "11");
     }
 
     #[test]

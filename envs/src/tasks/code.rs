@@ -1,7 +1,7 @@
 //! Code tasks in the HumanEval and MBPP formats, from small datasets shipped in
 //! `envs/data/` (written for oxrl; `make_code_data.py` there regenerates them).
 //!
-//! Rows: `prompt`, `entry_point`, `solution` (reference), and `tests`: HumanEval rows carry a
+//! Rows: `prompt`, `entry_point` (HumanEval), `solution` (reference), and `tests`: HumanEval rows carry a
 //! string defining `check(candidate)`; MBPP rows carry a list of `assert` lines. The
 //! completion's code is its last fenced code block (or the whole text); for HumanEval, when the
 //! code does not define `entry_point`, the prompt is prepended (the model continued the body).
@@ -26,7 +26,8 @@ use crate::row::Row;
 
 const HUMANEVAL_DATA: &str = include_str!("../../data/humaneval.jsonl");
 const MBPP_DATA: &str = include_str!("../../data/mbpp.jsonl");
-const REQUIRED: &[&str] = &["prompt", "entry_point", "tests"];
+const HUMANEVAL_REQUIRED: &[&str] = &["prompt", "entry_point", "tests"];
+const MBPP_REQUIRED: &[&str] = &["prompt", "tests"];
 const INSTRUCTION: &str = "Reply with the complete Python function in a ```python code block.";
 
 /// The code of a completion: its last fenced block, else the whole text.
@@ -44,10 +45,10 @@ pub fn extract_code(completion: &str) -> &str {
 
 /// The Python program that passes iff `completion` solves `row`.
 pub fn program(task: &str, row: &Row, completion: &str) -> Result<String> {
-    let entry = row.require_str(task, "entry_point")?;
     let code = extract_code(completion);
     match row.get("tests") {
         Some(Value::String(check)) => {
+            let entry = row.require_str(task, "entry_point")?;
             let defines = code.contains(&format!("def {entry}"));
             let head = if defines {
                 ""
@@ -96,14 +97,14 @@ pub fn run_python(source: &str, timeout: Duration) -> Result<bool> {
     }
 }
 
-fn shipped(task: &str, data: &str, n: usize, seed: u64) -> Result<Vec<Row>> {
+fn shipped(task: &dyn Task, data: &str, n: usize, seed: u64) -> Result<Vec<Row>> {
     let fields = Default::default();
     let opts = LoadOptions {
         fields: &fields,
-        required: REQUIRED,
+        required: task.required_fields(),
         on_bad_row: OnBadRow::Stop,
     };
-    let mut rows = parse_jsonl(task, data.as_bytes(), opts)?
+    let mut rows = parse_jsonl(task.name(), data.as_bytes(), opts)?
         .dataset
         .rows()
         .to_vec();
@@ -151,15 +152,19 @@ impl Task for CodeTask {
     fn reward(&self) -> RewardKind {
         RewardKind::Code
     }
+    /// MBPP rows need no `entry_point`: their asserts call the function by name.
     fn required_fields(&self) -> &'static [&'static str] {
-        REQUIRED
+        match self.format {
+            Format::HumanEval => HUMANEVAL_REQUIRED,
+            Format::Mbpp => MBPP_REQUIRED,
+        }
     }
     fn instruction(&self) -> &'static str {
         INSTRUCTION
     }
     /// The shipped problems in seeded order; at most as many as are shipped.
     fn generate(&self, n: usize, seed: u64) -> Result<Vec<Row>> {
-        shipped(self.name, self.data, n, seed)
+        shipped(self, self.data, n, seed)
     }
     /// HumanEval: the function to complete. MBPP: the description plus the first test, as
     /// MBPP prompts show it.
@@ -231,6 +236,31 @@ mod tests {
         let row = &CodeTask::HUMANEVAL.generate(100, 0).unwrap()[0];
         let body = row.require_str("t", "solution").unwrap();
         assert_eq!(CodeTask::HUMANEVAL.score(row, body).unwrap(), 1.0);
+    }
+
+    #[test]
+    fn public_mbpp_columns_load_with_a_field_mapping() {
+        let line = r#"{"task_id": 2, "text": "Write a function to add one.", "code": "def inc(x):\n    return x + 1", "test_list": ["assert inc(1) == 2", "assert inc(-1) == 0"]}"#;
+        let fields = [
+            ("prompt", "text"),
+            ("tests", "test_list"),
+            ("solution", "code"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect();
+        let opts = LoadOptions {
+            fields: &fields,
+            required: CodeTask::MBPP.required_fields(),
+            on_bad_row: OnBadRow::Stop,
+        };
+        let loaded = parse_jsonl("mbpp.jsonl", line.as_bytes(), opts).unwrap();
+        let row = &loaded.dataset.rows()[0];
+        assert_eq!(row.id(), "2");
+        let reference = CodeTask::MBPP.reference(row).unwrap();
+        assert_eq!(CodeTask::MBPP.score(row, &reference[0]).unwrap(), 1.0);
+        let off_by_one = "```python\ndef inc(x):\n    return x + 2\n```";
+        assert_eq!(CodeTask::MBPP.score(row, off_by_one).unwrap(), 0.0);
     }
 
     #[test]
