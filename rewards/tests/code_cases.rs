@@ -151,6 +151,11 @@ fn adversarial_completions_score_zero() {
         ("write /tmp", format!("open({escape:?}, 'w').write('pwned')\n"), None),
         ("write host cwd", format!("open({:?}, 'w').write('pwned')\n", here.display().to_string()), None),
         ("big file", "with open('big', 'wb') as f:\n    while True:\n        f.write(b'0' * (1 << 20))\n".into(), None),
+        (
+            "disk filler",
+            "i = 0\nwhile True:\n    open('f%d' % i, 'wb').write(b'0' * (1 << 20))\n    i += 1\n".into(),
+            None,
+        ),
         ("network", "import socket\ns = socket.create_connection(('127.0.0.1', 22), timeout=1)\n".into(), None),
     ];
     let start = Instant::now();

@@ -185,10 +185,23 @@ fn code_through_jsonl() {
 
 #[test]
 fn shipped_example_config_builds() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/rewards/rewards.toml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/rewards/rewards.toml"
+    );
     let cfg: RunConfig = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let names: Vec<&str> = cfg.rewards.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["math", "code", "grounding", "think_format", "helpfulness", "contains_answer"]);
+    assert_eq!(
+        names,
+        [
+            "math",
+            "code",
+            "grounding",
+            "think_format",
+            "helpfulness",
+            "contains_answer"
+        ]
+    );
     // Build everything; the command's path is relative to the repository root.
     let mut specs = cfg.rewards.clone();
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");

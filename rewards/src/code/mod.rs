@@ -57,6 +57,8 @@ pub struct CodeConfig {
     pub max_processes: u64,
     /// Bytes of stdout/stderr kept; more kills the run.
     pub max_output_bytes: usize,
+    /// Size of a run's private directory (tmpfs), bytes.
+    pub disk_bytes: u64,
 }
 
 impl Default for CodeConfig {
@@ -75,6 +77,7 @@ impl Default for CodeConfig {
             file_size_bytes: l.file_size_bytes,
             max_processes: l.max_processes,
             max_output_bytes: l.max_output_bytes,
+            disk_bytes: l.disk_bytes,
         }
     }
 }
@@ -94,6 +97,7 @@ impl CodeConfig {
             max_processes: self.max_processes,
             open_files: Limits::default().open_files,
             max_output_bytes: self.max_output_bytes,
+            disk_bytes: self.disk_bytes,
         }
     }
 }

