@@ -6,6 +6,7 @@
 use serde_json::json;
 
 use super::{util::extract_tag, RewardKind, SingleTurn, Task};
+use crate::chat_template::Message;
 use crate::episode::Environment;
 use crate::error::Result;
 use crate::expr::{Expr, Op, Rational};
@@ -85,6 +86,18 @@ fn item(rng: &mut Rng) -> (Vec<i64>, i64, String) {
     }
 }
 
+/// The question for `numbers` and `target` (generated rows store it as `prompt`).
+fn question(numbers: &[i64], target: i64) -> String {
+    format!("Using the numbers {numbers:?}, create an equation that equals {target}.")
+}
+
+/// The row's `numbers`.
+fn numbers(row: &Row) -> Result<Vec<i64>> {
+    let values = row.get("numbers").and_then(|v| v.as_array());
+    let numbers: Option<Vec<i64>> = values.and_then(|a| a.iter().map(|n| n.as_i64()).collect());
+    numbers.ok_or_else(|| row.bad("countdown", "`numbers` must be an array of integers"))
+}
+
 impl Task for Countdown {
     fn name(&self) -> &'static str {
         "countdown"
@@ -92,8 +105,9 @@ impl Task for Countdown {
     fn reward(&self) -> RewardKind {
         RewardKind::Countdown
     }
+    /// `prompt` is optional: public Countdown data has only the numbers and the target.
     fn required_fields(&self) -> &'static [&'static str] {
-        &["prompt", "numbers", "target"]
+        &["numbers", "target"]
     }
     fn instruction(&self) -> &'static str {
         "Use each number exactly once, with + - * / and parentheses. Show your work, then give the equation in <answer> </answer> tags, e.g. <answer>(1 + 2) / 3</answer>."
@@ -105,7 +119,7 @@ impl Task for Countdown {
                 Row::from_pairs(
                     format!("countdown-{seed}-{i}"),
                     [
-                        ("prompt", json!(format!("Using the numbers {numbers:?}, create an equation that equals {target}."))),
+                        ("prompt", json!(question(&numbers, target))),
                         ("numbers", json!(numbers)),
                         ("target", json!(target)),
                         ("solution", json!(solution)),
@@ -114,19 +128,20 @@ impl Task for Countdown {
             })
             .collect())
     }
+    fn opening(&self, row: &Row) -> Result<Vec<Message>> {
+        let text = match row.get("prompt").and_then(|p| p.as_str()) {
+            Some(prompt) => prompt.to_owned(),
+            None => question(&numbers(row)?, row.require_i64(self.name(), "target")?),
+        };
+        Ok(vec![Message::new("user", text)])
+    }
     fn reference(&self, row: &Row) -> Result<Vec<String>> {
         let solution = row.require_str(self.name(), "solution")?;
         Ok(vec![format!("<answer>{solution}</answer>")])
     }
     fn score(&self, row: &Row, completion: &str) -> Result<f64> {
         let target = row.require_i64(self.name(), "target")?;
-        let numbers: Option<Vec<i64>> = row
-            .get("numbers")
-            .and_then(|v| v.as_array())
-            .map(|a| a.iter().filter_map(|n| n.as_i64()).collect());
-        let numbers = numbers
-            .ok_or_else(|| row.bad(self.name(), "`numbers` must be an array of integers"))?;
-        Ok(score(&numbers, target, completion))
+        Ok(score(&numbers(row)?, target, completion))
     }
     fn environment(&self) -> Result<Box<dyn Environment>> {
         Ok(Box::new(SingleTurn::new(*self)))
@@ -173,6 +188,22 @@ mod tests {
         );
         assert_eq!(score(&[2, 6, 4], 1, "<answer>(6 - 2) / 4</answer>"), 1.0);
         assert_eq!(score(&[2, 6, 4], 1, "<answer>6 / 0</answer>"), 0.0);
+    }
+
+    #[test]
+    fn rows_without_prompt_get_a_written_question() {
+        let row = Row::from_pairs("c", [("numbers", json!([3, 5, 7])), ("target", json!(22))]);
+        let opening = Countdown.opening(&row).unwrap();
+        assert_eq!(
+            opening[0].content,
+            "Using the numbers [3, 5, 7], create an equation that equals 22."
+        );
+        assert_eq!(
+            Countdown.score(&row, "<answer>3 * 5 + 7</answer>").unwrap(),
+            1.0
+        );
+        let bad = Row::from_pairs("c", [("numbers", json!([3, "x"])), ("target", json!(22))]);
+        assert!(Countdown.score(&bad, "<answer>3</answer>").is_err());
     }
 
     #[test]
