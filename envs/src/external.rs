@@ -118,36 +118,57 @@ impl ExternalEnv {
         }
     }
 
-    /// Sends one request line and waits for one reply object.
+    /// Sends one request line and waits for one reply object. A reply that is late, missing
+    /// or not JSON leaves request and reply streams out of step, so the process is stopped
+    /// and every later request fails (never reading a stale reply as a fresh one).
     fn request(&mut self, request: &Value) -> Result<Value> {
-        let stdin = self.stdin.as_mut().ok_or_else(|| EnvError::External {
-            command: self.command.clone(),
-            reason: "process input is closed".into(),
-        })?;
-        let line = format!("{request}\n");
-        if let Err(e) = stdin
-            .write_all(line.as_bytes())
-            .and_then(|()| stdin.flush())
-        {
-            return Err(self.fail(format!("cannot write request: {e}")));
-        }
-        let text = match self.replies.recv_timeout(self.timeout) {
-            Ok(Ok(text)) => text,
-            Ok(Err(e)) => return Err(self.fail(format!("cannot read reply: {e}"))),
-            Err(RecvTimeoutError::Timeout) => {
-                return Err(self.fail(format!("no reply within {:?}", self.timeout)))
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                let status = self.child.try_wait().ok().flatten();
-                return Err(self.fail(format!("process exited ({status:?}) without replying")));
+        let text = match self.exchange(request) {
+            Ok(text) => text,
+            Err(reason) => {
+                self.stop();
+                return Err(self.fail(reason));
             }
         };
-        let reply: Value = serde_json::from_str(&text)
-            .map_err(|e| self.fail(format!("reply is not JSON ({e}): {text}")))?;
+        let reply: Value = match serde_json::from_str(&text) {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.stop();
+                return Err(self.fail(format!("reply is not JSON ({e}): {text}")));
+            }
+        };
         if let Some(err) = reply.get("error") {
             return Err(self.fail(format!("environment error: {err}")));
         }
         Ok(reply)
+    }
+
+    /// Writes `request` and reads one line; `Err` says what went wrong.
+    fn exchange(&mut self, request: &Value) -> std::result::Result<String, String> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or("the process was stopped after an earlier failure")?;
+        let line = format!("{request}\n");
+        stdin
+            .write_all(line.as_bytes())
+            .and_then(|()| stdin.flush())
+            .map_err(|e| format!("cannot write request: {e}"))?;
+        match self.replies.recv_timeout(self.timeout) {
+            Ok(Ok(text)) => Ok(text),
+            Ok(Err(e)) => Err(format!("cannot read reply: {e}")),
+            Err(RecvTimeoutError::Timeout) => Err(format!("no reply within {:?}", self.timeout)),
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = self.child.try_wait().ok().flatten();
+                Err(format!("process exited ({status:?}) without replying"))
+            }
+        }
+    }
+
+    /// Closes the process's input and kills it.
+    fn stop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -283,6 +304,21 @@ mod tests {
             let err = env.reset(&row).unwrap_err().to_string();
             assert!(expected.iter().any(|e| err.contains(e)), "{script}: {err}");
         }
+    }
+
+    #[test]
+    fn a_late_reply_is_never_taken_for_the_next_one() {
+        let slow = "import sys, time\nfor l in sys.stdin:\n    time.sleep(1.0)\n    print('{\"messages\": []}', flush=True)";
+        let mut env = ExternalEnv::spawn(&python(slow, 0.3), None).unwrap();
+        let row = Row::from_pairs("r", []);
+        assert!(env
+            .reset(&row)
+            .unwrap_err()
+            .to_string()
+            .contains("no reply"));
+        std::thread::sleep(Duration::from_millis(1200)); // the late reply has arrived by now
+        let err = env.reset(&row).unwrap_err().to_string();
+        assert!(err.contains("stopped after an earlier failure"), "{err}");
     }
 
     #[test]
