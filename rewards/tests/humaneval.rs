@@ -46,10 +46,14 @@ def {ep}(*args, **kwargs):
 "#;
 
 fn score(lines: &[Value]) -> (Vec<Value>, f64) {
+    score_with(lines, None)
+}
+
+fn score_with(lines: &[Value], config: Option<&std::path::Path>) -> (Vec<Value>, f64) {
     let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
     let mut out = Vec::new();
     let t = Instant::now();
-    score_jsonl("code", None, input.as_bytes(), &mut out).unwrap();
+    score_jsonl("code", config, input.as_bytes(), &mut out).unwrap();
     let secs = t.elapsed().as_secs_f64();
     let scored = String::from_utf8(out)
         .unwrap()
@@ -82,6 +86,20 @@ fn humaneval_canonical_pass_and_broken_fail() {
     );
     eprintln!(
         "HumanEval canonical: 164 problems in {secs:.2} s = {:.1} problems/s",
+        164.0 / secs
+    );
+
+    // The same without site-packages (`python -S`), the faster setting for stdlib-only tasks.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("code.toml");
+    std::fs::write(&cfg, "site_packages = false\n").unwrap();
+    let (scores, secs) = score_with(&good, Some(&cfg));
+    assert!(
+        scores.iter().all(|s| s["score"] == 1.0),
+        "python -S run: {scores:?}"
+    );
+    eprintln!(
+        "HumanEval canonical, site_packages = false: {:.1} problems/s",
         164.0 / secs
     );
 

@@ -43,6 +43,9 @@ pub struct CodeConfig {
     pub partial_credit: bool,
     /// Most programs running at once (0 = number of CPUs).
     pub concurrency: usize,
+    /// Let programs import site-packages (third-party libraries). `false` starts Python with
+    /// `-S`, about twice as fast when tasks need only the standard library.
+    pub site_packages: bool,
     /// Take the last fenced code block (```python ... ```) of the completion when there is one.
     pub extract_code_block: bool,
     /// Wall-clock limit per run, seconds.
@@ -70,6 +73,7 @@ impl Default for CodeConfig {
             entry_point_field: "entry_point".into(),
             partial_credit: false,
             concurrency: 0,
+            site_packages: true,
             extract_code_block: true,
             timeout_s: l.timeout_s,
             cpu_s: 0,
@@ -267,6 +271,17 @@ impl CodeReward {
         &self.sandbox
     }
 
+    /// `python -I -B [-S] script`: isolated mode (no user site, no PYTHON* variables, no
+    /// script dir on sys.path), no bytecode files.
+    fn python_argv(&self, script: &str) -> Vec<String> {
+        let mut argv = vec![self.python.clone(), "-I".into(), "-B".into()];
+        if !self.cfg.site_packages {
+            argv.push("-S".into());
+        }
+        argv.push(script.into());
+        argv
+    }
+
     /// Builds the program text for HumanEval-style tasks.
     fn program(&self, s: &Sample, entry_point: Option<&str>) -> String {
         let code = if self.cfg.extract_code_block {
@@ -311,12 +326,7 @@ impl CodeReward {
         let spec =
             serde_json::json!({ "mode": mode, "program": program, "tests": tests }).to_string();
         let run = RunSpec {
-            argv: vec![
-                self.python.clone(),
-                "-I".into(),
-                "-B".into(),
-                "main.py".into(),
-            ],
+            argv: self.python_argv("main.py"),
             files: vec![
                 ("main.py", HARNESS.as_bytes()),
                 ("spec.json", spec.as_bytes()),
@@ -356,12 +366,7 @@ impl CodeReward {
         let mut passed = 0usize;
         for (input, expected) in cases {
             let run = RunSpec {
-                argv: vec![
-                    self.python.clone(),
-                    "-I".into(),
-                    "-B".into(),
-                    "program.py".into(),
-                ],
+                argv: self.python_argv("program.py"),
                 files: vec![("program.py", program.as_bytes())],
                 stdin: input.as_bytes().to_vec(),
                 env: Vec::new(),
