@@ -27,6 +27,9 @@ pub(super) struct Args {
     /// Seed of the sampling RNG.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Keep generating past end-of-sequence tokens (for benchmarks).
+    #[arg(long)]
+    ignore_eos: bool,
 }
 
 pub(super) fn run(args: Args) -> anyhow::Result<()> {
@@ -46,7 +49,12 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
         seed: args.seed,
     };
     let start = Instant::now();
-    let out = generate(&loaded.model, &prompt, &cfg, tok.eos_token_ids())?;
+    let stop = if args.ignore_eos {
+        &[][..]
+    } else {
+        tok.eos_token_ids()
+    };
+    let out = generate(&loaded.model, &prompt, &cfg, stop)?;
     let secs = start.elapsed().as_secs_f64();
     println!("{}", tok.decode(&out, true)?);
     eprintln!(

@@ -110,7 +110,9 @@ impl GgmlType {
 
     /// Bytes needed for `numel` elements, or `None` if `numel` is not a whole number of blocks.
     pub fn byte_len(&self, numel: usize) -> Option<usize> {
-        numel.is_multiple_of(self.block_elems).then(|| numel / self.block_elems * self.block_bytes)
+        numel
+            .is_multiple_of(self.block_elems)
+            .then(|| numel / self.block_elems * self.block_bytes)
     }
 
     /// Decodes `bytes` (a whole number of blocks) into f32 values.
