@@ -72,6 +72,17 @@ pub enum Turn {
     Done,
 }
 
+/// What a finished (or failed) episode looks like in a sample log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpisodeRecord {
+    /// The whole conversation.
+    pub messages: Vec<Message>,
+    /// Reward of each model turn.
+    pub rewards: Vec<f64>,
+    /// Whether the turn limit ended it.
+    pub truncated: bool,
+}
+
 /// One episode in progress: messages, transcript, per-turn rewards.
 pub struct Episode {
     env: Box<dyn Environment>,
@@ -253,6 +264,15 @@ impl Episode {
         &self.transcript
     }
 
+    /// The conversation and rewards, for the sample log.
+    pub fn record(&self) -> EpisodeRecord {
+        EpisodeRecord {
+            messages: self.messages.clone(),
+            rewards: self.rewards.clone(),
+            truncated: self.truncated,
+        }
+    }
+
     /// Ends the episode and hands back its environment, so a pool can reuse it (an external
     /// process serves many episodes through successive resets).
     pub fn into_environment(self) -> Box<dyn Environment> {
@@ -310,6 +330,9 @@ mod tests {
         );
         assert!(ep.is_done() && !ep.truncated());
         assert_eq!(ep.rewards(), &[1.0, 2.0]);
+        let record = serde_json::to_value(ep.record()).unwrap();
+        assert_eq!(record["rewards"], serde_json::json!([1.0, 2.0]));
+        assert_eq!(record["messages"][3]["content"], "bye");
         let fresh = ChatTemplate::new(CHATML, "", "")
             .unwrap()
             .render(ep.messages(), false)

@@ -30,7 +30,7 @@ pub mod transcript;
 pub use chat_template::{ChatTemplate, Message};
 pub use config::{DataConfig, EnvConfig, EpisodeConfig, LoadedEnv};
 pub use dataset::{Cursor, Dataset, OnBadRow, Sampler};
-pub use episode::{Environment, Episode, StepResult, Turn};
+pub use episode::{Environment, Episode, EpisodeRecord, StepResult, Turn};
 pub use error::{EnvError, Result};
 pub use external::{ExternalConfig, ExternalEnv};
 pub use prompt::{FewShot, PromptConfig, PromptFormat, PromptFormatter};
