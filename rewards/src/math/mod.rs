@@ -84,7 +84,15 @@ pub fn parse_reference(text: &str) -> Option<Answer> {
             return Some(a);
         }
     }
-    parse_completion(text)
+    if let Some(a) = parse_completion(text) {
+        return Some(a);
+    }
+    // A short reference that is no math at all (`Evelyn`, `yellow`) is a textual answer.
+    let t = text_norm(text);
+    (!t.is_empty() && t.chars().count() <= 100).then_some(Answer {
+        expr: Expr::Text(t),
+        percent: false,
+    })
 }
 
 impl MathReward {

@@ -670,8 +670,34 @@ fn format_num(v: f64) -> String {
     }
 }
 
+/// Deepest bracket nesting accepted.
+const MAX_NESTING: usize = 64;
+/// Most sign/power/factorial operators accepted (each may add a level of recursion).
+const MAX_OPERATORS: usize = 256;
+
 /// Parses a normalized answer string.
 pub fn parse(s: &str) -> Result<Expr, String> {
+    // The parser is recursive: bound the nesting so that no input can exhaust a stack.
+    let mut depth = 0usize;
+    let mut max_depth = 0usize;
+    for c in s.chars() {
+        match c {
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        max_depth = max_depth.max(depth);
+    }
+    if max_depth > MAX_NESTING {
+        return Err(format!("nesting deeper than {MAX_NESTING}"));
+    }
+    if s.chars()
+        .filter(|c| matches!(c, '-' | '+' | '^' | '!'))
+        .count()
+        > MAX_OPERATORS
+    {
+        return Err(format!("more than {MAX_OPERATORS} operators"));
+    }
     let toks = tokenize(s)?;
     if toks.is_empty() {
         return Err("empty answer".into());
