@@ -60,6 +60,15 @@ impl Row {
         Value::Object(self.0.clone())
     }
 
+    /// The row plus `completion`: the JSON object a reward sample is read from (the
+    /// `oxrl-rewards` `Sample` deserializes exactly this shape; `prompt` stays the row's
+    /// question, which the code reward uses as the HumanEval function header).
+    pub fn with_completion(&self, completion: &str) -> Value {
+        let mut obj = self.0.clone();
+        obj.insert("completion".into(), Value::String(completion.to_owned()));
+        Value::Object(obj)
+    }
+
     /// A string field, or a `BadRow` error naming `task`.
     pub fn require_str(&self, task: &str, name: &str) -> Result<&str> {
         self.get(name)
@@ -104,6 +113,16 @@ mod tests {
             "HumanEval/0"
         );
         assert_eq!(Row::new(obj(json!({"task_id": 11})), "x").id(), "11");
+    }
+
+    #[test]
+    fn reward_sample_is_the_row_plus_the_completion() {
+        let r = Row::from_pairs("r1", [("prompt", json!("q")), ("answer", json!("#### 2"))]);
+        let sample = r.with_completion("#### 2");
+        assert_eq!(
+            sample,
+            json!({"id": "r1", "prompt": "q", "answer": "#### 2", "completion": "#### 2"})
+        );
     }
 
     #[test]
