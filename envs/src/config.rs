@@ -226,8 +226,10 @@ impl LoadedEnv {
         self.formatter.render(row, self.task.opening(row)?)
     }
 
-    /// Starts an episode for `row` in a new environment (any task; single-turn tasks end
-    /// after one turn). For external tasks this starts a process.
+    /// Starts an episode for `row` in a new environment. For external tasks this starts a
+    /// process. Single-turn tasks also run as one-turn episodes, scored by their
+    /// self-contained `Task::score`: fine for tests and quick evals, but train them with the
+    /// `oxrl-rewards` reward that `Task::reward` names (the code self-check is not a sandbox).
     pub fn start_episode(&self, row: &Row) -> Result<Episode> {
         self.start_episode_in(self.task.environment()?, row)
     }
