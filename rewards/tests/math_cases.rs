@@ -275,3 +275,101 @@ fn math_verify_long_completions() {
         ("$14916$", "Therefore, the smallest possible value for $N$ is $14{,}922$. Final Answer: The smallest possible value of $N$ is $\\boxed{14{,}916}$. I hope it is correct. <|im_start|>user", 1.0),
     ]);
 }
+
+#[test]
+fn math_verify_latex_notation_math() {
+    check(&[
+        ("$2$", "Of the two-digit perfect squares, only $4^2=16$ and $6^2=36$ end in $6$. Thus, there are $\\boxed{2}$ distinct possible values for $B$.", 1.0), // MV
+        ("$15\\mbox{ cm}^2$", "Therefore, the area of the triangle is $$\\frac{1}{2}\\times 3 \\times 10 = \\boxed{15\\mbox{ cm}^2}.$$", 1.0), // MV
+        ("$-2,1$", "Checking, we find that the only integer roots are $\\boxed{-2,1}.$", 1.0), // MV
+        ("$9$", "Then, $129^{34}+96^{38} \\equiv \\boxed{9} \\pmod{11}.$", 1.0), // MV
+        ("$90^\\circ$", "Therefore, \\begin{align*} \\angle BAC &= \\angle BAD + \\angle DAC \\\\ &= 50^\\circ+40^\\circ \\\\ &= \\boxed{90^\\circ}. \\end{align*}", 1.0), // MV
+        ("$0$", "Hence, the degree of $p(x)$ (which is the constant polynomial 1) is $\\boxed{0}.$", 1.0), // MV
+        ("$204_5$", "for a quotient of $\\boxed{204_5}$. Note that in the above calculation we have used that $13_5$ divided by $2_5$ is $4_5$.", 1.0), // MV
+        ("$(6,31,-1)$", "Then solving the system of equations, we find $(p,q,r) = \\boxed{(6,31,-1)}.$", 1.0), // MV
+        ("$1 \\pm \\sqrt{19}$", "By the quadratic formula, $x = \\boxed{1 \\pm \\sqrt{19}}.$", 1.0), // MV
+        ("$3 \\pm 2 \\sqrt{2}$", "By the quadratic formula, the roots are $x = \\boxed{3 \\pm 2 \\sqrt{2}}.$", 1.0), // MV
+        ("$\\{1\\pm\\sqrt{5},-2\\}$", "The roots of $P(x)$ are $-2$ and $1 \\pm \\sqrt{5}$, so the answer is $\\boxed{\\{1\\pm\\sqrt{5},-2\\}}.$", 1.0), // MV
+        ("$f(2) < f(1) < f(4)$", "Hence, $\\boxed{f(2) < f(1) < f(4)}.$", 1.0), // MV
+        ("$2 \\sin b \\cos a$", "By sum-to-product,\n\\[\\sin (a + b) - \\sin (a - b) = \\boxed{2 \\sin b \\cos a}.\\]", 1.0), // MV
+        ("$\\frac{\\pi r}{h+r}$", "Thus we have $s = x+y+z = (z+x)+y = h+r$. The answer is $\\boxed{\\frac{\\pi r}{h+r}}$.", 1.0), // MV
+        ("$125$ miles", "The distance is $\\boxed{125\\textnormal{ miles}}.$", 1.0), // MV
+        (
+            "$[-1, -\\frac{1}{2}) \\cup (-\\frac{1}{2}, 0) \\cup (0, 1) \\cup (1, \\infty)$",
+            "The solution set is $\\boxed{[-1, -\\tfrac12) \\cup (-\\tfrac12, 0) \\cup (0, 1) \\cup (1, \\infty)}.$",
+            1.0,
+        ), // MV
+        ("$\\sqrt{2}+\\sqrt{5}$", "The answer is $\\boxed{\\sqrt 2+\\sqrt 5}$", 1.0), // MV
+        ("$\\frac{9}{4}\\pi$", "Therefore $\\boxed{\\frac94\\pi}$.", 1.0), // MV
+        ("x \\in \\boxed{\\{-1\\} \\cup [0,7)}.$", "x \\in \\boxed{\\{-1\\} \\cup [0,7)}.$", 1.0), // MV
+        // Not from Math-Verify: ± answers must match both roots.
+        ("$1 \\pm \\sqrt{19}$", "$\\boxed{1 + \\sqrt{19}}$", 0.0),
+        ("$\\frac{-1 \\pm \\sqrt{5}}{2}$", "$\\boxed{\\frac{-1 - \\sqrt{5}}{2}, \\frac{-1 + \\sqrt{5}}{2}}$", 1.0),
+    ]);
+}
+
+#[test]
+fn math_verify_relations() {
+    check(&[
+        ("$x >= 5$", "Therefore $x \\geq 5$ is the solution.", 1.0), // MV
+        ("$x < 3$", "We find that $x \\lt 3$.", 1.0),                // MV
+        ("$x \\leq 2$", "Thus $x <= 2$ is our answer.", 1.0),        // MV
+        ("$x > 5$", "Therefore $x \\gt 5$ is the solution.", 1.0),   // MV
+        ("$x != 3$", "We find that $x \\neq 3$.", 1.0),              // MV
+        ("$x > 5$", "Therefore $x < 5$ is the solution.", 0.0),      // MV
+        ("$x \\geq 5$", "The solution is $x \\leq 5$", 0.0),         // MV
+        ("$x \\neq 5$", "The solution is $x != 5$", 1.0),            // MV
+        ("$x \\leq 5$", "$5 \\geq x$", 1.0),                         // MV
+        ("$x \\geq 5$", "$5 \\leq x$", 1.0),                         // MV
+        ("$x = 11$", "$x = 5+5+1 = 7 =11$", 1.0),                    // MV
+        ("$7 = 11a+c$", "$11a+c$", 0.0),                             // MV
+        ("$x = 1/3$", "$x = 5+5+1 = 1/3 \\approx 11$", 1.0),         // MV
+        ("$11$", "$x=11$", 1.0),                                     // MV
+        ("$11$", "$x\\approx11$", 1.0),                              // MV
+        ("$1/3$", "$x=1/3\\approx1.3$", 1.0),                        // MV
+        ("$x < 1$", "$-x > -1$", 1.0),                               // MV
+        ("$x < 1$", "$x > -1$", 0.0),                                // MV
+        ("$x <= 1$", "$-x >= -1$", 1.0),                             // MV
+        ("$a +3z = 0$", "$0$", 0.0),                                 // MV
+        ("$2x + z = 1$", "$1$", 0.0),                                // MV
+        ("$a^2 + b = 0$", "$0$", 0.0),                               // MV
+        ("$k=1$", "$1$", 1.0),                                       // MV
+        ("$1$", "$k=1$", 1.0),                                       // MV
+        ("$z = 1 + 1 = 2$", "$z = 3+3 = 2$", 1.0),                   // MV
+        ("$2x+4y-3=0$", "$y=-\\frac{1}{2}x+\\frac{3}{4}$", 1.0),     // MV
+        // Not from Math-Verify: a scaled inequality keeps its direction only for c > 0.
+        ("$2x < 4$", "$x < 2$", 1.0),
+        ("$x \\le 2$", "$x < 2$", 0.0),
+    ]);
+}
+
+#[test]
+fn math_verify_matrices() {
+    check(&[
+        (
+            r"$\begin{pmatrix}1 & 0 \\ 0 & 1\end{pmatrix}$",
+            r"The identity matrix is $ \begin{pmatrix}1 & 0 \\ 0 & 1\end{pmatrix} $.",
+            1.0,
+        ), // MV
+        (
+            r"$\begin{bmatrix}0 & 0 \\0 & 0\end{bmatrix}$",
+            r"Here is a zero matrix: $ \begin{pmatrix}0 & 0 \\0 & 0\end{pmatrix} $",
+            1.0,
+        ), // MV
+        (
+            r"$\begin{pmatrix}1 & 2 \\3 & 4\end{pmatrix}$",
+            r"Special matrix: $ \left[\begin{array}{cc}1 & 2 \\3 & 4\end{array}\right] $",
+            1.0,
+        ), // MV
+        (
+            r"$\begin{pmatrix}\frac{1}{2} & \frac{3}{4} \\ \frac{5}{6} & \frac{7}{8}\end{pmatrix}$",
+            r"Matrix with fractions: $ \begin{pmatrix}\frac{1}{2} & \frac{3}{4} \\ \frac{5}{6} & \frac{7}{8}\end{pmatrix} $",
+            1.0,
+        ), // MV
+        (
+            r"$\begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix}$",
+            r"The matrix is $\begin{pmatrix}1 & 2 \\ 3 & 5\end{pmatrix}$",
+            0.0,
+        ), // MV
+    ]);
+}

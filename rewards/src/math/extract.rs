@@ -237,7 +237,6 @@ pub fn normalize(raw: &str) -> Normalized {
         ("\\cfrac", "\\frac"),
         ("²", "^2"),
         ("³", "^3"),
-        ("\\le ", "<"),
     ] {
         s = s.replace(from, to);
     }
@@ -249,7 +248,7 @@ pub fn normalize(raw: &str) -> Normalized {
     // Trailing unit words in \text{...} after a numeric part: `\frac{1}{3} \text{meters}`.
     let unit_text = re(
         &UNIT_TEXT,
-        r"^(.*[\d}a-zA-Z)])\s*\\(?:text|textbf|mathrm|mbox)\{\s*[a-zA-Z ]*\}\s*\.?$",
+        r"^(.*[\d}a-zA-Z)])\s*\\(?:text|textbf|textnormal|mathrm|mbox)\{\s*[a-zA-Z ]*\}(?:\^\{?\d\}?)?\s*\.?$",
     );
     while let Some(c) = unit_text.captures(&s) {
         let head = c[1].to_string();

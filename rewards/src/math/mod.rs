@@ -198,18 +198,48 @@ fn num_eq(a: f64, b: f64, rel_tol: f64) -> bool {
 pub fn equiv(gold: &Expr, pred: &Expr, rel_tol: f64) -> bool {
     use Expr::*;
     match (gold, pred) {
-        // `x = 3` against `3`, `k = \frac{1}{3}` against `1/3`: as in Math-Verify, the
-        // right-hand side of the last `=` is the answer.
-        (Eq(_, r), other) | (other, Eq(_, r)) if !matches!(other, Eq(..)) => {
-            equiv(r, other, rel_tol)
-        }
-        (Eq(l1, r1), Eq(l2, r2)) => {
-            if l1 == l2 {
-                return equiv(r1, r2, rel_tol);
+        (Eq(a), Eq(b)) => {
+            // `x = 11` against `x = 5 + 5 + 1 = 11`: the same variable, the same final value.
+            if let (Some(Var(x)), Some(Var(y))) = (a.first(), b.first()) {
+                if x == y {
+                    return match (a.last(), b.last()) {
+                        (Some(l1), Some(l2)) => equiv(l1, l2, rel_tol),
+                        _ => false,
+                    };
+                }
             }
-            let d1 = Add(l1.clone(), Box::new(Neg(r1.clone())));
-            let d2 = Add(l2.clone(), Box::new(Neg(r2.clone())));
-            equiv(&d1, &d2, rel_tol) || equiv(&d1, &Neg(Box::new(d2.clone())), rel_tol)
+            // Equations: `lhs - rhs` equal up to a non-zero factor (`2x + 4y - 3 = 0` is
+            // `y = -x/2 + 3/4`).
+            match (a.as_slice(), b.as_slice()) {
+                ([l1, r1], [l2, r2]) => {
+                    proportional(&difference(l1, r1), &difference(l2, r2), false)
+                }
+                _ => false,
+            }
+        }
+        // A prediction `k = \frac{1}{3}` (or `\frac12 = \frac{10}{9}`) against `1/3`: as in
+        // Math-Verify, the right-hand side of the last `=` is the answer.
+        (other, Eq(b)) => b.last().is_some_and(|l| equiv(other, l, rel_tol)),
+        // A reference `x = 3` against `3` — only when a plain variable is being assigned:
+        // `7 = 11a + c` is not the answer `11a + c`.
+        (Eq(a), other) => match a.as_slice() {
+            [.., Var(_), last] => equiv(last, other, rel_tol),
+            _ => false,
+        },
+        (
+            Rel {
+                op: o1,
+                lhs: l1,
+                rhs: r1,
+            },
+            Rel {
+                op: o2,
+                lhs: l2,
+                rhs: r2,
+            },
+        ) => o1 == o2 && proportional(&difference(r1, l1), &difference(r2, l2), *o1 != '≠'),
+        (Chain(a), Chain(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| equiv(x, y, rel_tol))
         }
         (
             Tuple {
@@ -229,7 +259,8 @@ pub fn equiv(gold: &Expr, pred: &Expr, rel_tol: f64) -> bool {
                 && a.iter().zip(b).all(|(x, y)| equiv(x, y, rel_tol))
         }
         (Set(a), Set(b)) | (Union(a), Union(b)) => unordered_eq(a, b, rel_tol),
-        (Set(a), other) | (other, Set(a)) if a.len() == 1 => equiv(&a[0], other, rel_tol),
+        (Set(a), other) if a.len() == 1 => equiv(&a[0], other, rel_tol),
+        (other, Set(b)) if b.len() == 1 => equiv(other, &b[0], rel_tol),
         (Text(a), Text(b)) => a == b,
         (Matrix(a), Matrix(b)) => {
             a.len() == b.len()
@@ -242,6 +273,58 @@ pub fn equiv(gold: &Expr, pred: &Expr, rel_tol: f64) -> bool {
     }
 }
 
+fn difference(a: &Expr, b: &Expr) -> Expr {
+    Expr::Add(
+        Box::new(a.clone()),
+        Box::new(Expr::Neg(Box::new(b.clone()))),
+    )
+}
+
+/// Whether `a = c * b` for one constant `c != 0` (and `c > 0` when `positive`), judged at
+/// the fixed evaluation points.
+fn proportional(a: &Expr, b: &Expr, positive: bool) -> bool {
+    let mut vars = BTreeSet::new();
+    a.vars(&mut vars);
+    b.vars(&mut vars);
+    let names: Vec<&String> = vars.iter().collect();
+    let mut ratio: Option<f64> = None;
+    let mut agreed = 0;
+    let trials = if names.is_empty() { 1 } else { 8 };
+    for trial in 0..trials {
+        let env = |v: &str| {
+            names
+                .iter()
+                .position(|n| n.as_str() == v)
+                .map_or(f64::NAN, |i| point(i, trial))
+        };
+        let (x, y) = (a.eval(&env), b.eval(&env));
+        if !x.is_finite() || !y.is_finite() {
+            continue;
+        }
+        let scale = x.abs().max(y.abs()).max(1.0);
+        if x.abs() <= 1e-9 * scale && y.abs() <= 1e-9 * scale {
+            agreed += 1; // both sides vanish here: consistent with any factor
+            continue;
+        }
+        if y.abs() <= 1e-9 * scale || x.abs() <= 1e-9 * scale {
+            return false;
+        }
+        let r = x / y;
+        match ratio {
+            None => ratio = Some(r),
+            Some(r0) if (r - r0).abs() <= 1e-6 * r0.abs().max(1e-12) => {}
+            Some(_) => return false,
+        }
+        agreed += 1;
+    }
+    let enough = if names.is_empty() {
+        agreed == 1
+    } else {
+        agreed >= 3
+    };
+    enough && ratio.is_none_or(|r| !positive || r > 0.0)
+}
+
 fn is_scalar(e: &Expr) -> bool {
     !matches!(
         e,
@@ -249,6 +332,8 @@ fn is_scalar(e: &Expr) -> bool {
             | Expr::Set(_)
             | Expr::Union(_)
             | Expr::Eq(..)
+            | Expr::Rel { .. }
+            | Expr::Chain(_)
             | Expr::Text(_)
             | Expr::Matrix(_)
     )

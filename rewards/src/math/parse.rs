@@ -41,8 +41,20 @@ pub enum Expr {
     Set(Vec<Expr>),
     /// `A \cup B`.
     Union(Vec<Expr>),
-    /// `lhs = rhs`.
-    Eq(Box<Expr>, Box<Expr>),
+    /// An equality chain `a = b = c` (at least two members).
+    Eq(Vec<Expr>),
+    /// An inequality, canonical: `<` (for `<` and `>`), `≤` (for `≤` and `≥`) or `≠`;
+    /// `a > b` is stored as `b < a`.
+    Rel {
+        /// `<`, `≤` or `≠`.
+        op: char,
+        /// Left side.
+        lhs: Box<Expr>,
+        /// Right side.
+        rhs: Box<Expr>,
+    },
+    /// A chain of inequalities `a < b ≤ c`, one [`Expr::Rel`] per link.
+    Chain(Vec<Expr>),
     /// A textual answer (`\text{Evelyn}`), lower-cased and trimmed.
     Text(String),
     /// A matrix, row-major.
@@ -120,10 +132,25 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
                     ) {
                         continue;
                     }
+                    let sym = match name.as_str() {
+                        "le" | "leq" | "leqslant" => Some('≤'),
+                        "ge" | "geq" | "geqslant" => Some('≥'),
+                        "lt" => Some('<'),
+                        "gt" => Some('>'),
+                        "ne" | "neq" => Some('≠'),
+                        "approx" => Some('≈'),
+                        "pm" => Some('±'),
+                        _ => None,
+                    };
+                    if let Some(c) = sym {
+                        out.push(Tok::Sym(c));
+                        continue;
+                    }
                     if matches!(
                         name.as_str(),
                         "text"
                             | "textbf"
+                            | "textnormal"
                             | "mathrm"
                             | "mbox"
                             | "textit"
@@ -169,8 +196,16 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
                 cmd: false,
             });
         } else if "+-*/^_()[]{},=!|&<>".contains(c) {
-            if c == '*' && chars.get(i + 1) == Some(&'*') {
-                out.push(Tok::Sym('^'));
+            let next = chars.get(i + 1).copied();
+            let two = match (c, next) {
+                ('*', Some('*')) => Some('^'),
+                ('<', Some('=')) => Some('≤'),
+                ('>', Some('=')) => Some('≥'),
+                ('!', Some('=')) => Some('≠'),
+                _ => None,
+            };
+            if let Some(t) = two {
+                out.push(Tok::Sym(t));
                 i += 2;
             } else {
                 out.push(Tok::Sym(c));
@@ -184,6 +219,9 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
             i += 1;
         } else if c == '−' {
             out.push(Tok::Sym('-'));
+            i += 1;
+        } else if "≤≥≠≈±".contains(c) {
+            out.push(Tok::Sym(c));
             i += 1;
         } else if c == 'π' {
             out.push(Tok::Word {
@@ -300,12 +338,72 @@ impl Parser {
     }
 
     fn parse_relation(&mut self) -> Result<Expr, String> {
-        let lhs = self.parse_additive()?;
-        if self.eat_sym('=') {
-            let rhs = self.parse_relation()?;
-            return Ok(Expr::Eq(Box::new(lhs), Box::new(rhs)));
+        let mut items = vec![self.parse_additive()?];
+        let mut ops = Vec::new();
+        while let Some(Tok::Sym(c @ ('=' | '<' | '>' | '≤' | '≥' | '≠' | '≈'))) =
+            self.peek().cloned()
+        {
+            self.pos += 1;
+            ops.push(c);
+            items.push(self.parse_additive()?);
         }
-        Ok(lhs)
+        if ops.is_empty() {
+            return Ok(items.pop().unwrap_or(Expr::Num(f64::NAN)));
+        }
+        // `x ≈ 11` is `x = 11`; otherwise an approximation ends the chain:
+        // `x = 1/3 ≈ 0.33` is `x = 1/3`.
+        if ops[0] == '≈' {
+            ops[0] = '=';
+        }
+        if let Some(k) = ops.iter().position(|&o| o == '≈') {
+            ops.truncate(k);
+            items.truncate(k + 1);
+        }
+        if ops.iter().all(|&o| o == '=') {
+            return Ok(Expr::Eq(items));
+        }
+        if ops.contains(&'=') {
+            return Err("mixed equality and inequality".into());
+        }
+        let mut rels: Vec<Expr> = ops
+            .iter()
+            .zip(items.windows(2))
+            .map(|(&op, w)| {
+                let (a, b) = (Box::new(w[0].clone()), Box::new(w[1].clone()));
+                match op {
+                    '<' => Expr::Rel {
+                        op: '<',
+                        lhs: a,
+                        rhs: b,
+                    },
+                    '>' => Expr::Rel {
+                        op: '<',
+                        lhs: b,
+                        rhs: a,
+                    },
+                    '≤' => Expr::Rel {
+                        op: '≤',
+                        lhs: a,
+                        rhs: b,
+                    },
+                    '≥' => Expr::Rel {
+                        op: '≤',
+                        lhs: b,
+                        rhs: a,
+                    },
+                    _ => Expr::Rel {
+                        op: '≠',
+                        lhs: a,
+                        rhs: b,
+                    },
+                }
+            })
+            .collect();
+        Ok(if rels.len() == 1 {
+            rels.pop().unwrap_or(Expr::Num(f64::NAN))
+        } else {
+            Expr::Chain(rels)
+        })
     }
 
     fn parse_additive(&mut self) -> Result<Expr, String> {
@@ -322,6 +420,12 @@ impl Parser {
             } else if self.eat_sym('-') {
                 let t = self.parse_term()?;
                 acc = Expr::Add(Box::new(acc), Box::new(Expr::Neg(Box::new(t))));
+            } else if self.eat_sym('±') {
+                // `a ± b` is the set {a + b, a - b}; see `lift_sets`.
+                let t = self.parse_term()?;
+                let plus = Expr::Add(Box::new(acc.clone()), Box::new(t.clone()));
+                let minus = Expr::Add(Box::new(acc), Box::new(Expr::Neg(Box::new(t))));
+                acc = Expr::Set(vec![plus, minus]);
             } else {
                 return Ok(acc);
             }
@@ -411,6 +515,18 @@ impl Parser {
 
     fn parse_power(&mut self) -> Result<Expr, String> {
         let mut base = self.parse_primary()?;
+        // `204_5`: a number written in base 5.
+        if let (Expr::Num(v), true) = (&base, self.peek_sym('_')) {
+            let digits = format_num(*v);
+            self.pos += 1;
+            let radix = match self.parse_arg()? {
+                Expr::Num(b) if (2.0..=36.0).contains(&b) && b.fract() == 0.0 => b as u32,
+                _ => return Err("bad number base".into()),
+            };
+            let value = u64::from_str_radix(&digits, radix)
+                .map_err(|e| format!("base-{radix} number: {e}"))?;
+            base = Expr::Num(value as f64);
+        }
         loop {
             if self.eat_sym('!') {
                 base = Expr::Factorial(Box::new(base));
@@ -451,6 +567,18 @@ impl Parser {
             Some(Tok::Word { .. }) => self.parse_primary(),
             _ => Err("expected an argument".into()),
         }
+    }
+
+    /// Skips a `{...}` group of raw tokens.
+    fn skip_group(&mut self) -> Result<(), String> {
+        self.expect_sym('{')?;
+        while !self.eat_sym('}') {
+            if self.peek().is_none() {
+                return Err("unclosed group".into());
+            }
+            self.pos += 1;
+        }
+        Ok(())
     }
 
     fn parse_group(&mut self) -> Result<Expr, String> {
@@ -498,6 +626,9 @@ impl Parser {
                 };
                 self.pos += 1;
                 if items.len() == 1 && open == '(' && close == ')' {
+                    return Ok(items.pop().unwrap_or(Expr::Num(f64::NAN)));
+                }
+                if items.len() == 1 && open == '[' && close == ']' {
                     return Ok(items.pop().unwrap_or(Expr::Num(f64::NAN)));
                 }
                 if items.len() == 1 {
@@ -623,16 +754,24 @@ impl Parser {
     }
 
     fn parse_matrix(&mut self) -> Result<Expr, String> {
-        let env = match self.parse_group()? {
-            Expr::Var(v) => v,
-            Expr::Mul(..) => "matrix".to_string(),
-            other => return Err(format!("bad environment {other:?}")),
+        self.expect_sym('{')?;
+        let env = match self.peek().cloned() {
+            Some(Tok::Word { text, .. }) => text,
+            _ => return Err("bad environment".into()),
         };
-        let _ = env;
+        self.pos += 1;
+        self.expect_sym('}')?;
+        if !env.ends_with("matrix") && env != "array" {
+            return Err(format!("unsupported environment {env}"));
+        }
+        if env == "array" {
+            // Column spec `{cc}` / `{c|c}`.
+            self.skip_group()?;
+        }
         let mut rows = vec![Vec::new()];
         loop {
             if self.eat_cmd("end") {
-                self.parse_group()?;
+                self.skip_group()?;
                 break;
             }
             let cell = self.parse_additive()?;
@@ -708,7 +847,70 @@ pub fn parse(s: &str) -> Result<Expr, String> {
     if p.pos != p.toks.len() {
         return Err(format!("trailing input at token {}", p.pos));
     }
-    Ok(e)
+    Ok(lift_sets(e))
+}
+
+/// Moves `±` sets out of arithmetic (`\frac{1 ± \sqrt5}{2}` becomes the set of both
+/// values) and flattens sets nested in sets (`\{1 ± \sqrt5, -2\}` has three members).
+pub fn lift_sets(e: Expr) -> Expr {
+    use Expr::*;
+    fn members(e: Expr) -> Vec<Expr> {
+        match e {
+            Set(items) => items,
+            other => vec![other],
+        }
+    }
+    fn product(a: Expr, b: Expr, f: &dyn Fn(Box<Expr>, Box<Expr>) -> Expr) -> Expr {
+        if !matches!(a, Set(_)) && !matches!(b, Set(_)) {
+            return f(Box::new(a), Box::new(b));
+        }
+        let (xs, ys) = (members(a), members(b));
+        let mut out = Vec::new();
+        for x in &xs {
+            for y in &ys {
+                out.push(f(Box::new(x.clone()), Box::new(y.clone())));
+            }
+        }
+        Set(out)
+    }
+    fn unary(a: Expr, f: &dyn Fn(Box<Expr>) -> Expr) -> Expr {
+        match a {
+            Set(items) => Set(items.into_iter().map(|x| f(Box::new(x))).collect()),
+            other => f(Box::new(other)),
+        }
+    }
+    match e {
+        Add(a, b) => product(lift_sets(*a), lift_sets(*b), &Add),
+        Mul(a, b) => product(lift_sets(*a), lift_sets(*b), &Mul),
+        Div(a, b) => product(lift_sets(*a), lift_sets(*b), &Div),
+        Pow(a, b) => product(lift_sets(*a), lift_sets(*b), &Pow),
+        Neg(a) => unary(lift_sets(*a), &Neg),
+        Factorial(a) => unary(lift_sets(*a), &Factorial),
+        Func(f, a) => unary(lift_sets(*a), &|x| Func(f.clone(), x)),
+        Set(items) => Set(items
+            .into_iter()
+            .flat_map(|x| members(lift_sets(x)))
+            .collect()),
+        Tuple { open, close, items } => Tuple {
+            open,
+            close,
+            items: items.into_iter().map(lift_sets).collect(),
+        },
+        Union(items) => Union(items.into_iter().map(lift_sets).collect()),
+        Eq(items) => Eq(items.into_iter().map(lift_sets).collect()),
+        Chain(items) => Chain(items.into_iter().map(lift_sets).collect()),
+        Rel { op, lhs, rhs } => Rel {
+            op,
+            lhs: Box::new(lift_sets(*lhs)),
+            rhs: Box::new(lift_sets(*rhs)),
+        },
+        Matrix(rows) => Matrix(
+            rows.into_iter()
+                .map(|r| r.into_iter().map(lift_sets).collect())
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 impl Expr {
@@ -720,17 +922,19 @@ impl Expr {
             }
             Expr::Num(_) | Expr::Text(_) => {}
             Expr::Neg(a) | Expr::Func(_, a) | Expr::Factorial(a) => a.vars(out),
-            Expr::Add(a, b)
-            | Expr::Mul(a, b)
-            | Expr::Div(a, b)
-            | Expr::Pow(a, b)
-            | Expr::Eq(a, b) => {
+            Expr::Rel { lhs: a, rhs: b, .. } => {
                 a.vars(out);
                 b.vars(out);
             }
-            Expr::Tuple { items, .. } | Expr::Set(items) | Expr::Union(items) => {
-                items.iter().for_each(|i| i.vars(out))
+            Expr::Add(a, b) | Expr::Mul(a, b) | Expr::Div(a, b) | Expr::Pow(a, b) => {
+                a.vars(out);
+                b.vars(out);
             }
+            Expr::Tuple { items, .. }
+            | Expr::Set(items)
+            | Expr::Union(items)
+            | Expr::Eq(items)
+            | Expr::Chain(items) => items.iter().for_each(|i| i.vars(out)),
             Expr::Matrix(rows) => rows.iter().flatten().for_each(|i| i.vars(out)),
         }
     }
