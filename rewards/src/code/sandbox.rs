@@ -280,7 +280,11 @@ impl ChildPlan {
                     0 as libc::c_uint,
                 );
                 let mut status = 0;
-                while libc::waitpid(pid, &mut status, 0) < 0 {}
+                while libc::waitpid(pid, &mut status, 0) < 0 {
+                    if *libc::__errno_location() != libc::EINTR {
+                        libc::_exit(125);
+                    }
+                }
                 if libc::WIFEXITED(status) {
                     libc::_exit(libc::WEXITSTATUS(status));
                 }
@@ -289,11 +293,10 @@ impl ChildPlan {
                 libc::kill(libc::getpid(), sig);
                 libc::_exit(128 + sig);
             }
-            // If the waiting parent is killed (timeout), take the namespace down with it.
+            // If the waiting parent is killed (timeout), take the namespace down with it. (Were
+            // it killed before this line, the run's cgroup clean-up still kills this process,
+            // and the process-group kill reaches it too.)
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-            if libc::getppid() == 1 {
-                libc::_exit(137);
-            }
             if self.is_root {
                 for cap in 0..64 {
                     libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong);
