@@ -62,6 +62,14 @@ fn formats_table() {
         (he("    return a - b\n"), 0.0),
         (he("    return a +\n"), 0.0), // syntax error
         (he("```python\ndef add(a, b):\n    return b + a\n```"), 1.0), // full function in a fence
+        // A full function relying on the prompt's import.
+        (
+            Sample::new("def add(a, b):\n    return int(math.fsum([a, b]))\n")
+                .with_prompt(format!("import math\n\n{HE_PROMPT}"))
+                .with("tests", HE_TESTS)
+                .with("entry_point", "add"),
+            1.0,
+        ),
         (mbpp("def sq(x):\n    return x * x\n"), 1.0),
         (mbpp("def sq(x):\n    return x * 2\n"), 0.0),
         (

@@ -1,7 +1,8 @@
 //! Verifiable code reward: runs Python completions against the task's tests in a sandboxed
 //! child process (see [`sandbox`]). Test formats, chosen from the sample's `tests` field:
 //! - HumanEval: a string defining `check(candidate)` plus `entry_point`; the program is
-//!   `prompt + completion` (or the completion alone when it defines the entry point),
+//!   `prompt + completion` (a completion that defines the entry point itself goes after the
+//!   whole prompt, so the prompt's imports and helpers stay available),
 //!   then the tests, then `check(entry_point)`. One unit: 1 or 0.
 //! - MBPP: a list of assert lines, each run after the program; all pass = 1, or the fraction
 //!   passed with `partial_credit`.
@@ -290,10 +291,14 @@ impl CodeReward {
             s.completion.clone()
         };
         let defines = entry_point.is_some_and(|ep| code.contains(&format!("def {ep}(")));
-        if !s.prompt.is_empty() && !defines && entry_point.is_some() {
-            format!("{}{}", s.prompt, code)
-        } else {
+        if s.prompt.is_empty() || entry_point.is_none() {
             code
+        } else if defines {
+            // A whole function: keep the prompt before it for its imports and helpers (the
+            // prompt's own stub, a docstring-only body, is valid Python and gets redefined).
+            format!("{}\n{}", s.prompt, code)
+        } else {
+            format!("{}{}", s.prompt, code)
         }
     }
 
