@@ -115,7 +115,10 @@ impl WeightedRewards {
                     .iter()
                     .map(|s| match s {
                         Ok(v) if v.is_finite() => *v,
-                        Ok(_) => e.failure_score,
+                        Ok(_) => {
+                            *failures.entry(FailureKind::MalformedReply).or_default() += 1;
+                            e.failure_score
+                        }
                         Err(f) => {
                             *failures.entry(f.kind()).or_default() += 1;
                             e.failure_score

@@ -353,3 +353,51 @@ for line in sys.stdin:
     )
     .is_err());
 }
+
+/// Kills the child when dropped, so a failing assertion leaves no server behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn shipped_python_http_example() {
+    use std::io::BufRead;
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/rewards/http_reward.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(&script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _guard = KillOnDrop(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().parse().unwrap();
+    let r = HttpReward::new(
+        "short",
+        HttpConfig {
+            url: format!("http://127.0.0.1:{port}/"),
+            api_key_env: None,
+            batch_size: 2,
+            timeout_s: 10.0,
+            max_retries: 1,
+            backoff_ms: 50,
+            concurrency: 2,
+        },
+    )
+    .unwrap();
+    let out = r.score_batch(&[
+        Sample::new("one"),
+        Sample::new("one two three"),
+        Sample::new(""),
+    ]);
+    assert_eq!(out, vec![Ok(0.5), Ok(0.25), Ok(1.0)]);
+}
