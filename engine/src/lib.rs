@@ -10,10 +10,12 @@ pub mod gguf;
 pub mod logprobs;
 pub mod model;
 pub mod pretrained;
+pub mod sample;
 pub mod tokenizer;
 pub mod weights;
 
 pub use error::{Error, Result};
 pub use model::{KvCache, Llama, ModelConfig};
 pub use pretrained::{LoadOptions, Pretrained};
+pub use sample::{FinishReason, Sample};
 pub use tokenizer::Tokenizer;
