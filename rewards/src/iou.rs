@@ -95,15 +95,21 @@ pub fn giou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
     inter / union - (hull - union) / hull
 }
 
-/// Parses boxes from text: JSON-style `[x1, y1, x2, y2]` or `(x1, y1, x2, y2)`, with an
-/// optional fifth number or a nearby `"confidence"`/`"score"`/`"conf"` key as confidence.
+/// Parses boxes from text: JSON-style `[x1, y1, x2, y2]`, `(x1, y1, x2, y2)` or the
+/// two-corner form `(x1,y1),(x2,y2)`, with an optional fifth number or a nearby
+/// `"confidence"`/`"score"`/`"conf"` key as confidence.
 pub fn parse_boxes(text: &str) -> Vec<BBox> {
     static BOX: OnceLock<Regex> = OnceLock::new();
     static CONF: OnceLock<Regex> = OnceLock::new();
     const N: &str = r"\s*(-?\d+(?:\.\d+)?)\s*";
     // Constant patterns, covered by this module's tests.
     let bx = BOX.get_or_init(|| {
-        Regex::new(&format!(r"[\[(]{N},{N},{N},{N}(?:,{N})?[\])]")).expect("valid regex")
+        // `[x1, y1, x2, y2(, conf)]`, or the two-corner form `(x1,y1),(x2,y2)` that Qwen-VL
+        // style models write between box tokens.
+        Regex::new(&format!(
+            r"[\[(]{N},{N},{N},{N}(?:,{N})?[\])]|\({N},{N}\)\s*,?\s*\({N},{N}\)"
+        ))
+        .expect("valid regex")
     });
     let conf = CONF.get_or_init(|| {
         Regex::new(r#"["']?(?:confidence|score|conf)["']?\s*[:=]\s*(-?\d+(?:\.\d+)?)"#)
@@ -113,7 +119,12 @@ pub fn parse_boxes(text: &str) -> Vec<BBox> {
     let mut out = Vec::new();
     for c in bx.captures_iter(scope) {
         let n = |i: usize| c.get(i).and_then(|m| m.as_str().parse::<f64>().ok());
-        let (Some(x1), Some(y1), Some(x2), Some(y2)) = (n(1), n(2), n(3), n(4)) else {
+        let corners = if c.get(1).is_some() {
+            (n(1), n(2), n(3), n(4))
+        } else {
+            (n(6), n(7), n(8), n(9))
+        };
+        let (Some(x1), Some(y1), Some(x2), Some(y2)) = corners else {
             continue;
         };
         let mut confidence = n(5);

@@ -48,6 +48,12 @@ fn box_parsing_forms() {
     assert_eq!(b.len(), 2);
     assert_eq!(b[1].confidence, Some(0.3));
     assert!(parse_boxes("[1, 2, 3]").is_empty());
+    let b = parse_boxes(
+        "<|object_ref_start|>dog<|object_ref_end|><|box_start|>(12,30),(140, 200)<|box_end|>",
+    );
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].xyxy, [12.0, 30.0, 140.0, 200.0]);
+    assert_eq!(b[0].confidence, None);
 }
 
 #[test]
