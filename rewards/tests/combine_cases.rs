@@ -211,3 +211,22 @@ fn shipped_example_config_builds() {
     let spec = load_spec("think_format", Some(std::path::Path::new(path))).unwrap();
     assert_eq!(spec.builder(), "format");
 }
+
+#[test]
+fn function_rewards() {
+    use oxrl_rewards::custom::FnReward;
+    let mut reg = Registry::default();
+    reg.register("has_please", |name, _opts| {
+        Ok(Arc::new(FnReward::new(name, |s: &Sample| {
+            Ok(if s.completion.contains("please") {
+                1.0
+            } else {
+                0.0
+            })
+        })))
+    });
+    let w = WeightedRewards::from_specs(&reg, &[RewardSpec::new("has_please")]).unwrap();
+    let out = w.score(&[Sample::new("yes please"), Sample::new("no")]);
+    assert_eq!(out.total, vec![1.0, 0.0]);
+    assert_eq!(out.rewards[0].name, "has_please");
+}

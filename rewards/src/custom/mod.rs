@@ -1,5 +1,6 @@
 //! Custom rewards in any language.
-//! 1. Rust: implement [`crate::Reward`] and [`crate::Registry::register`] it by name.
+//! 1. Rust: implement [`crate::Reward`] (or wrap a per-sample function in [`FnReward`]) and
+//!    [`crate::Registry::register`] it by name.
 //! 2. [`command::CommandReward`]: an external program started once and fed JSON lines.
 //! 3. [`http::HttpReward`]: an HTTP endpoint scoring batches.
 //!
@@ -9,9 +10,42 @@
 pub mod command;
 pub mod http;
 
+use rayon::prelude::*;
 use serde_json::Value;
 
-use crate::{RewardFailure, Score};
+use crate::{Reward, RewardFailure, Sample, Score};
+
+/// A reward from a per-sample function, scored in parallel with rayon.
+pub struct FnReward<F> {
+    name: String,
+    f: F,
+}
+
+impl<F> FnReward<F>
+where
+    F: Fn(&Sample) -> Score + Send + Sync,
+{
+    /// Wraps `f` under `name`.
+    pub fn new(name: &str, f: F) -> Self {
+        FnReward {
+            name: name.to_string(),
+            f,
+        }
+    }
+}
+
+impl<F> Reward for FnReward<F>
+where
+    F: Fn(&Sample) -> Score + Send + Sync,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn score_batch(&self, samples: &[Sample]) -> Vec<Score> {
+        samples.par_iter().map(|s| (self.f)(s)).collect()
+    }
+}
 
 /// Interprets one reply item: a number, `{"score": n}`, or `{"error": "..."}`.
 pub fn parse_reply(v: &Value) -> Score {
