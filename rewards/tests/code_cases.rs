@@ -295,3 +295,65 @@ fn memory_cap_covers_all_processes_of_a_run() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The sandbox as an unprivileged user: this test runs itself again as `nobody` (through
+/// `setpriv`, from a copy of the test binary that `nobody` may execute). Without root there
+/// are no cgroups, but a user namespace still gives the PID, mount and network namespaces.
+#[test]
+fn unprivileged_users_still_get_namespaces() {
+    const ROLE: &str = "OXRL_SANDBOX_UNPRIVILEGED_CHILD";
+    if let Some(escape) = std::env::var_os(ROLE) {
+        let escape = escape.to_string_lossy().to_string();
+        let sb = Sandbox::new(Limits {
+            timeout_s: 5.0,
+            ..Limits::default()
+        });
+        let script = format!(
+            "echo pid:$$\nif echo x > {escape} 2>/dev/null; then echo tmp:writable; else echo tmp:blocked; fi\n\
+             echo ok > own && echo own:$(cat own)\necho ifaces:$(grep -c : /proc/self/net/dev)\n"
+        );
+        let out = sb
+            .run(&RunSpec {
+                argv: vec!["/bin/sh".into(), "-c".into(), script],
+                ..RunSpec::default()
+            })
+            .unwrap();
+        println!("{:?} {:?}", sb.protections(), out.exit);
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+    let exe = dir.path().join("code_cases");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    let escape = format!("/tmp/oxrl-unprivileged-escape-{}", std::process::id());
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&exe)
+        .args([
+            "--exact",
+            "unprivileged_users_still_get_namespaces",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE, &escape)
+        .env("TMPDIR", dir.path())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("Protections { namespaces: true, cgroups: false } Code(0)"),
+        "{text}"
+    );
+    assert!(text.contains("pid:1\n"), "{text}");
+    assert!(text.contains("tmp:blocked"), "{text}");
+    assert!(text.contains("own:ok"), "{text}");
+    assert!(
+        text.contains("ifaces:1\n"),
+        "only loopback in its network namespace: {text}"
+    );
+    assert!(!std::path::Path::new(&escape).exists());
+}

@@ -6,9 +6,9 @@
 //!   `disk_bytes` mounted on it, so the program cannot fill the host's disk);
 //! - rlimits: CPU seconds, address space, file size, open files, no core dumps;
 //! - a new session (process group), killed as a whole on timeout and after every run;
-//! - where the OS allows (root, or unprivileged namespaces): new PID, mount, network, IPC
-//!   and UTS namespaces. The child is PID 1 of its namespace, so when it dies the kernel kills
-//!   every process it left; the network namespace has no interfaces up; every mount is
+//! - where the OS allows (root, or a user namespace for other users): new PID, mount,
+//!   network, IPC and UTS namespaces. The child is PID 1 of its namespace, so when it dies
+//!   the kernel kills every process it left; the network namespace has no interfaces up; every mount is
 //!   read-only except the run's own directory; all capabilities are dropped;
 //! - where cgroups are writable: per-run `pids.max` and memory limits (a fork bomb stops at
 //!   the process cap and the memory of all its processes together is capped);
@@ -156,6 +156,23 @@ struct ChildPlan {
     limits: Limits,
     namespaces: bool,
     is_root: bool,
+    /// For non-root users: `/proc/self/{setgroups,uid_map,gid_map}` and what to write there
+    /// to become root of a new user namespace (mapped to the caller's own ids).
+    userns: Vec<(CString, CString)>,
+}
+
+/// Writes `data` to `path`; async-signal-safe.
+unsafe fn write_file(path: &CString, data: &[u8]) -> std::io::Result<()> {
+    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let w = libc::write(fd, data.as_ptr().cast(), data.len());
+    libc::close(fd);
+    if w != data.len() as isize {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl ChildPlan {
@@ -166,13 +183,7 @@ impl ChildPlan {
     unsafe fn apply(&self) -> std::io::Result<()> {
         cvt(libc::setsid() as libc::c_long)?;
         for procs in &self.cgroup_procs {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let w = libc::write(fd, b"0".as_ptr().cast(), 1);
-            libc::close(fd);
-            cvt(w as libc::c_long)?;
+            write_file(procs, b"0")?;
         }
         let l = &self.limits;
         let set = |res, v: u64| {
@@ -192,12 +203,19 @@ impl ChildPlan {
             set(libc::RLIMIT_NPROC, l.max_processes)?;
         }
         if self.namespaces {
-            let flags = libc::CLONE_NEWNS
+            let mut flags = libc::CLONE_NEWNS
                 | libc::CLONE_NEWPID
                 | libc::CLONE_NEWNET
                 | libc::CLONE_NEWIPC
                 | libc::CLONE_NEWUTS;
+            if !self.is_root {
+                // Unprivileged: a user namespace first, where we are root of the others.
+                flags |= libc::CLONE_NEWUSER;
+            }
             cvt(libc::unshare(flags) as libc::c_long)?;
+            for (path, data) in &self.userns {
+                write_file(path, data.as_bytes())?;
+            }
             let none = std::ptr::null::<libc::c_char>();
             cvt(libc::mount(
                 none,
@@ -297,7 +315,8 @@ impl ChildPlan {
             // it killed before this line, the run's cgroup clean-up still kills this process,
             // and the process-group kill reaches it too.)
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-            if self.is_root {
+            {
+                // Root of the host or of our user namespace: drop every capability.
                 for cap in 0..64 {
                     libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong);
                 }
@@ -379,6 +398,11 @@ impl Sandbox {
             namespaces: AtomicBool::new(true),
             cgroups: AtomicBool::new(true),
         };
+        // Cgroups: usable when a run group can be made here.
+        match RunGroup::create(sb.limits.max_processes, sb.limits.memory_bytes) {
+            Some(g) => g.destroy(),
+            None => sb.cgroups.store(false, Ordering::SeqCst),
+        }
         // Probe: a trivial run with every protection; drop what the OS refuses.
         let probe = RunSpec {
             argv: vec!["/bin/sh".into(), "-c".into(), "exit 0".into()],
@@ -390,13 +414,6 @@ impl Sandbox {
             .unwrap_or(true)
         {
             sb.namespaces.store(false, Ordering::SeqCst);
-            if sb
-                .run(&probe)
-                .map(|o| o.exit != Exit::Code(0))
-                .unwrap_or(true)
-            {
-                sb.cgroups.store(false, Ordering::SeqCst);
-            }
         }
         sb
     }
@@ -447,6 +464,22 @@ impl Sandbox {
             CString::new(p.as_os_str().as_bytes())
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
         };
+        // SAFETY: geteuid/getegid have no preconditions.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let is_root = uid == 0;
+        let userns = if is_root {
+            Vec::new()
+        } else {
+            let c = |s: String| {
+                CString::new(s)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+            };
+            vec![
+                (c("/proc/self/setgroups".into())?, c("deny".into())?),
+                (c("/proc/self/uid_map".into())?, c(format!("0 {uid} 1"))?),
+                (c("/proc/self/gid_map".into())?, c(format!("0 {gid} 1"))?),
+            ]
+        };
         let plan = ChildPlan {
             dir: to_c(dir.path())?,
             tmpfs: to_c(Path::new("tmpfs"))?,
@@ -466,8 +499,8 @@ impl Sandbox {
             },
             limits: self.limits.clone(),
             namespaces,
-            // SAFETY: geteuid has no preconditions.
-            is_root: unsafe { libc::geteuid() } == 0,
+            is_root,
+            userns,
         };
         let mut cmd = Command::new(&program);
         cmd.args(&spec.argv[1..])
