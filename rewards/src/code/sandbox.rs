@@ -8,8 +8,8 @@
 //! - a new session (process group), killed as a whole on timeout and after every run;
 //! - where the OS allows (root, or a user namespace for other users): new PID, mount,
 //!   network, IPC and UTS namespaces. The child is PID 1 of its namespace, so when it dies
-//!   the kernel kills every process it left; the network namespace has no interfaces up; every mount is
-//!   read-only except the run's own directory; all capabilities are dropped;
+//!   the kernel kills every process it left; the network namespace has no interfaces up;
+//!   every mount is read-only except the run's own directory; all capabilities are dropped;
 //! - where cgroups are writable: per-run `pids.max` and memory limits (a fork bomb stops at
 //!   the process cap and the memory of all its processes together is capped);
 //! - stdout/stderr capped: past the cap the run is killed.
