@@ -1,46 +1,103 @@
 //! Key/value cache for incremental decoding, kept outside the (immutable) weights so that one
 //! model serves cached rollouts and full-sequence training alike.
+//!
+//! With a capacity the cache preallocates `[batch, kv_heads, capacity, head_dim]` buffers on
+//! first use and writes each step in place, so decoding n tokens copies O(n) rather than the
+//! O(n^2) of concatenating at every step.
 
 use tch::Tensor;
 
-/// Cached keys and values of every layer, `[batch, kv_heads, seq, head_dim]` each.
+#[derive(Debug)]
+struct LayerCache {
+    k: Tensor,
+    v: Tensor,
+}
+
+/// Cached keys and values of every layer.
 #[derive(Debug, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerCache>>,
+    len: i64,
+    capacity: Option<i64>,
 }
 
 impl KvCache {
-    /// An empty cache for a model with `num_layers` layers.
+    /// An empty cache that grows by concatenation.
     pub fn new(num_layers: usize) -> Self {
         Self {
             layers: (0..num_layers).map(|_| None).collect(),
+            len: 0,
+            capacity: None,
+        }
+    }
+
+    /// An empty cache with room for `capacity` positions, written in place.
+    pub fn with_capacity(num_layers: usize, capacity: usize) -> Self {
+        Self {
+            capacity: Some(capacity as i64),
+            ..Self::new(num_layers)
         }
     }
 
     /// Number of cached positions (0 when empty).
     pub fn seq_len(&self) -> i64 {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map_or(0, |(k, _)| k.size()[2])
+        self.len
     }
 
-    /// Appends this step's keys and values for `layer` and returns all of them.
+    /// Appends this step's keys and values for `layer` and returns all of them
+    /// (`[batch, kv_heads, len, head_dim]`). The last layer's append advances the length.
     pub(crate) fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
-        let (k, v) = match self.layers[layer].take() {
-            Some((pk, pv)) => (Tensor::cat(&[pk, k], 2), Tensor::cat(&[pv, v], 2)),
-            None => (k, v),
+        let t = k.size()[2];
+        let new_len = self.len + t;
+        let slot = &mut self.layers[layer];
+        let out = match (slot.as_mut(), self.capacity) {
+            (Some(c), Some(cap)) if new_len <= cap => {
+                c.k.narrow(2, self.len, t).copy_(&k);
+                c.v.narrow(2, self.len, t).copy_(&v);
+                (c.k.narrow(2, 0, new_len), c.v.narrow(2, 0, new_len))
+            }
+            (Some(c), _) => {
+                let k = Tensor::cat(&[c.k.narrow(2, 0, self.len), k], 2);
+                let v = Tensor::cat(&[c.v.narrow(2, 0, self.len), v], 2);
+                *c = LayerCache {
+                    k: k.shallow_clone(),
+                    v: v.shallow_clone(),
+                };
+                (k, v)
+            }
+            (None, Some(cap)) if t <= cap => {
+                let mut shape = k.size();
+                shape[2] = cap;
+                let c = LayerCache {
+                    k: Tensor::empty(shape.as_slice(), (k.kind(), k.device())),
+                    v: Tensor::empty(shape.as_slice(), (v.kind(), v.device())),
+                };
+                c.k.narrow(2, 0, t).copy_(&k);
+                c.v.narrow(2, 0, t).copy_(&v);
+                let out = (c.k.narrow(2, 0, t), c.v.narrow(2, 0, t));
+                *slot = Some(c);
+                out
+            }
+            (None, _) => {
+                *slot = Some(LayerCache {
+                    k: k.shallow_clone(),
+                    v: v.shallow_clone(),
+                });
+                (k, v)
+            }
         };
-        self.layers[layer] = Some((k.shallow_clone(), v.shallow_clone()));
-        (k, v)
+        if layer + 1 == self.layers.len() {
+            self.len = new_len;
+        }
+        out
     }
 
     /// Keeps only the rows `index` (int64 `[n]`) of every cached tensor: drops finished
     /// sequences or repeats a shared prompt prefill across its group.
     pub fn select_rows(&mut self, index: &Tensor) {
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.index_select(0, index);
-            *v = v.index_select(0, index);
+        for c in self.layers.iter_mut().flatten() {
+            c.k = c.k.index_select(0, index);
+            c.v = c.v.index_select(0, index);
         }
     }
 }

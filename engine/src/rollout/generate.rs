@@ -1,0 +1,250 @@
+//! Batched generation: each prompt is prefilled once and its KV cache shared across its group
+//! of `n` completions; every step samples all live sequences at once, and finished sequences
+//! leave the batch (the cache rows are compacted) so they stop costing compute.
+
+use tch::{Device, Kind, Tensor};
+
+use super::sampling::{sample, SamplingParams, SequenceRng};
+use super::stop::{hits_stop_string, StopConditions};
+use crate::error::{Error, Result};
+use crate::model::{KvCache, Llama};
+use crate::sample::FinishReason;
+use crate::tokenizer::Tokenizer;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    /// Prompt token ids, one entry per prompt.
+    pub prompts: Vec<Vec<u32>>,
+    /// Completions per prompt (the GRPO group size).
+    pub n: usize,
+    /// Token selection.
+    pub sampling: SamplingParams,
+    /// Upper bound on new tokens per completion.
+    pub max_tokens: usize,
+    /// When a completion ends early.
+    pub stop: StopConditions,
+    /// Seed; completion j of prompt i always draws from stream `i * n + j` of this seed.
+    pub seed: u64,
+}
+
+/// One finished completion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    /// Index into `GenerationRequest::prompts`.
+    pub prompt_index: usize,
+    /// Which of the prompt's `n` completions this is.
+    pub sample_index: usize,
+    /// The new tokens (including the stop token, if one ended it).
+    pub tokens: Vec<u32>,
+    /// Behaviour logprob of each new token (see [`super::sampling`]).
+    pub logprobs: Vec<f32>,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+}
+
+/// A sequence still generating.
+struct Live {
+    out: Generated,
+    position: i64,
+    rng: SequenceRng,
+}
+
+/// Generates all completions of `req`. `tokenizer` is needed only for stop strings.
+pub fn generate_batch(
+    model: &Llama,
+    req: &GenerationRequest,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<Vec<Generated>> {
+    validate(model, req, tokenizer)?;
+    tch::no_grad(|| run(model, req, tokenizer))
+}
+
+fn validate(model: &Llama, req: &GenerationRequest, tokenizer: Option<&Tokenizer>) -> Result<()> {
+    req.sampling.validate()?;
+    let context = model.config().max_position_embeddings;
+    for (i, p) in req.prompts.iter().enumerate() {
+        if p.is_empty() || p.len() >= context {
+            return Err(Error::Invalid(format!(
+                "prompt {i} has {} tokens; it must have between 1 and {} (the model's context is {context})",
+                p.len(),
+                context - 1
+            )));
+        }
+    }
+    if req.n == 0 {
+        return Err(Error::Invalid(
+            "n (completions per prompt) must be at least 1".into(),
+        ));
+    }
+    if !req.stop.strings.is_empty() && tokenizer.is_none() {
+        return Err(Error::Invalid("stop strings need a tokenizer".into()));
+    }
+    Ok(())
+}
+
+fn run(
+    model: &Llama,
+    req: &GenerationRequest,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<Vec<Generated>> {
+    let device = model.device();
+    let context = model.config().max_position_embeddings as i64;
+    let longest = req.prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let capacity = (longest + req.max_tokens).min(context as usize);
+    let mut cache = KvCache::with_capacity(model.config().num_hidden_layers, capacity);
+    let (logits, mut key_mask) = prefill(model, &req.prompts, &mut cache, device);
+    // Repeat each prompt's prefill across its group.
+    let group = Tensor::arange(req.prompts.len() as i64, (Kind::Int64, device))
+        .repeat_interleave_self_int(req.n as i64, 0, None);
+    let mut logits = logits.index_select(0, &group);
+    if req.n > 1 {
+        cache.select_rows(&group);
+        key_mask = key_mask.map(|m| m.index_select(0, &group));
+    }
+    let mut live = start_sequences(req);
+    let mut done = Vec::with_capacity(live.len());
+    if req.max_tokens == 0 {
+        return Ok(live
+            .into_iter()
+            .map(|l| finish(l, FinishReason::Length))
+            .collect());
+    }
+    loop {
+        let mut rngs: Vec<SequenceRng> = live.iter().map(|l| l.rng.clone()).collect();
+        let (tokens, logprobs) = sample(&logits, &req.sampling, &mut rngs);
+        let tokens = Vec::<i64>::try_from(tokens.to_device(Device::Cpu))?;
+        let logprobs = Vec::<f32>::try_from(logprobs.to_device(Device::Cpu))?;
+        let mut keep = Vec::with_capacity(live.len());
+        let mut still = Vec::with_capacity(live.len());
+        for (i, (mut seq, rng)) in live.into_iter().zip(rngs).enumerate() {
+            seq.rng = rng;
+            match advance(
+                &mut seq,
+                tokens[i] as u32,
+                logprobs[i],
+                req,
+                context,
+                tokenizer,
+            )? {
+                Some(reason) => done.push(finish(seq, reason)),
+                None => {
+                    keep.push(i as i64);
+                    still.push(seq);
+                }
+            }
+        }
+        if still.is_empty() {
+            break;
+        }
+        if keep.len() < tokens.len() {
+            let index = Tensor::from_slice(&keep).to_device(device);
+            cache.select_rows(&index);
+            key_mask = key_mask.map(|m| m.index_select(0, &index));
+        }
+        live = still;
+        logits = decode_step(model, &live, &mut cache, &mut key_mask, device);
+    }
+    done.sort_by_key(|g| (g.prompt_index, g.sample_index));
+    Ok(done)
+}
+
+/// Runs the left-padded prompts through the model; returns the last position's logits
+/// `[prompts, vocab]` and the key mask (None when no prompt is padded).
+fn prefill(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    cache: &mut KvCache,
+    device: Device,
+) -> (Tensor, Option<Tensor>) {
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(prompts.len() * longest);
+    let mut mask = Vec::with_capacity(prompts.len() * longest);
+    for p in prompts {
+        let pad = longest - p.len();
+        ids.extend(std::iter::repeat_n(0i64, pad).chain(p.iter().map(|&t| t as i64)));
+        mask.extend(std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, p.len())));
+    }
+    let shape = [prompts.len() as i64, longest as i64];
+    let tokens = Tensor::from_slice(&ids).view(shape).to_device(device);
+    let padded = mask.iter().any(|m| !m);
+    let mask = Tensor::from_slice(&mask).view(shape).to_device(device);
+    let positions = (mask.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0);
+    let key_mask = padded.then_some(mask);
+    let hidden = model.forward_hidden(&tokens, &positions, key_mask.as_ref(), Some(cache));
+    (model.logits(&hidden.select(1, -1)), key_mask)
+}
+
+fn start_sequences(req: &GenerationRequest) -> Vec<Live> {
+    let mut live = Vec::with_capacity(req.prompts.len() * req.n);
+    for (p, prompt) in req.prompts.iter().enumerate() {
+        for s in 0..req.n {
+            live.push(Live {
+                out: Generated {
+                    prompt_index: p,
+                    sample_index: s,
+                    tokens: Vec::with_capacity(req.max_tokens),
+                    logprobs: Vec::with_capacity(req.max_tokens),
+                    finish_reason: FinishReason::Length,
+                },
+                position: prompt.len() as i64,
+                rng: SequenceRng::new(req.seed, (p * req.n + s) as u64),
+            });
+        }
+    }
+    live
+}
+
+/// Records one sampled token; returns why the sequence ended, if it did.
+fn advance(
+    seq: &mut Live,
+    token: u32,
+    logprob: f32,
+    req: &GenerationRequest,
+    context: i64,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<Option<FinishReason>> {
+    seq.out.tokens.push(token);
+    seq.out.logprobs.push(logprob);
+    seq.position += 1;
+    if req.stop.token_ids.contains(&token) {
+        return Ok(Some(FinishReason::Stop));
+    }
+    if let Some(tok) = tokenizer {
+        if hits_stop_string(tok, &seq.out.tokens, &req.stop.strings)? {
+            return Ok(Some(FinishReason::StopString));
+        }
+    }
+    let full = seq.out.tokens.len() >= req.max_tokens || seq.position >= context;
+    Ok(full.then_some(FinishReason::Length))
+}
+
+fn finish(seq: Live, reason: FinishReason) -> Generated {
+    Generated {
+        finish_reason: reason,
+        ..seq.out
+    }
+}
+
+/// Feeds each live sequence's last token; returns next-token logits `[live, vocab]`.
+fn decode_step(
+    model: &Llama,
+    live: &[Live],
+    cache: &mut KvCache,
+    key_mask: &mut Option<Tensor>,
+    device: Device,
+) -> Tensor {
+    let last: Vec<i64> = live
+        .iter()
+        .map(|l| *l.out.tokens.last().expect("live sequences have a token") as i64)
+        .collect();
+    let pos: Vec<i64> = live.iter().map(|l| l.position - 1).collect();
+    let b = live.len() as i64;
+    let tokens = Tensor::from_slice(&last).view([b, 1]).to_device(device);
+    let positions = Tensor::from_slice(&pos).view([b, 1]).to_device(device);
+    if let Some(mask) = key_mask.as_mut() {
+        *mask = Tensor::cat(&[&*mask, &Tensor::ones([b, 1], (Kind::Bool, device))], 1);
+    }
+    let hidden = model.forward_hidden(&tokens, &positions, key_mask.as_ref(), Some(cache));
+    model.logits(&hidden.squeeze_dim(1))
+}

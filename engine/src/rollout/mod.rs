@@ -1,0 +1,10 @@
+//! The rollout engine: batched sampling with exact behaviour logprobs, and the worker pool
+//! that runs it beside the learner.
+
+pub mod generate;
+pub mod sampling;
+pub mod stop;
+
+pub use generate::{generate_batch, Generated, GenerationRequest};
+pub use sampling::SamplingParams;
+pub use stop::StopConditions;
