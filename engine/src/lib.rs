@@ -7,7 +7,6 @@ pub mod device;
 pub mod error;
 pub mod generate;
 pub mod gguf;
-pub mod learner;
 pub mod logprobs;
 pub mod model;
 pub mod pretrained;
