@@ -3,6 +3,7 @@
 mod generate;
 mod import;
 mod logprobs;
+mod reward;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,8 @@ enum Command {
     Logprobs(logprobs::Args),
     /// Convert a GGUF file into a Hugging Face model directory.
     Import(import::Args),
+    /// Score JSONL samples with a reward (one JSON line out per line in).
+    Reward(reward::Args),
 }
 
 /// Where the model comes from and how to hold it; shared by several commands.
@@ -57,5 +60,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Logprobs(args) => logprobs::run(args),
         Command::Import(args) => import::run(args),
+        Command::Reward(args) => reward::run(args),
     }
 }
