@@ -7,6 +7,7 @@ pub mod device;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod learner;
 pub mod logprobs;
 pub mod model;
 pub mod pretrained;

@@ -1,0 +1,150 @@
+//! The interface GRPO, TOPR, DPO and expert iteration share: choose and weight the samples of
+//! a batch once ([`Algorithm::prepare`]), then turn per-token log-probabilities of a
+//! micro-batch into a loss ([`Algorithm::loss`]). The [`Learner`](super::Learner) owns the
+//! model, micro-batching, reference log-probabilities and the optimizer.
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use super::metrics::Stats;
+use crate::error::Result;
+use crate::sample::Sample;
+
+/// How per-token losses become one scalar (TRL `loss_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossType {
+    /// Mean over sequences of each sequence's masked token mean (the GRPO paper).
+    #[default]
+    Grpo,
+    /// Masked token sum / masked tokens of the micro-batch, averaged over micro-batches
+    /// (TRL's `bnpo`: normalised by the local batch).
+    Bnpo,
+    /// Masked token sum / (sequences x `max_completion_length`) (Dr. GRPO).
+    DrGrpo,
+    /// Masked token sum / masked tokens of the whole optimizer-step batch (DAPO).
+    Dapo,
+}
+
+/// Sizes of the batch one optimizer step trains on, so that per-micro-batch losses add up
+/// to the loss of the whole batch (exact gradient accumulation).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepScale {
+    /// Sequences in the optimizer step.
+    pub sequences: usize,
+    /// Trained (masked) tokens in the optimizer step.
+    pub tokens: usize,
+    /// Micro-batches in the optimizer step.
+    pub micro_batches: usize,
+    /// Length Dr. GRPO divides by.
+    pub max_completion_length: usize,
+}
+
+impl StepScale {
+    /// The scale of a single micro-batch that is the whole step.
+    pub fn single(mask: &Tensor, max_completion_length: usize) -> Self {
+        Self {
+            sequences: mask.size()[0] as usize,
+            tokens: mask.sum(None::<Kind>).double_value(&[]) as usize,
+            micro_batches: 1,
+            max_completion_length,
+        }
+    }
+}
+
+/// Reduces a per-token loss to this micro-batch's share of the step loss.
+///
+/// # Shapes
+/// `per_token`, `mask`: `[B, T]`; returns a scalar.
+pub fn aggregate(per_token: &Tensor, mask: &Tensor, loss_type: LossType, s: &StepScale) -> Tensor {
+    let masked = per_token * mask;
+    match loss_type {
+        LossType::Grpo => {
+            let lens = mask.sum_dim_intlist(-1, false, None::<Kind>).clamp_min(1.0);
+            (masked.sum_dim_intlist(-1, false, None::<Kind>) / lens).sum(masked.kind())
+                / s.sequences.max(1) as f64
+        }
+        LossType::Bnpo => {
+            let tokens = mask.sum(mask.kind()).clamp_min(1.0);
+            masked.sum(masked.kind()) / tokens / s.micro_batches.max(1) as f64
+        }
+        LossType::DrGrpo => {
+            masked.sum(masked.kind()) / (s.sequences.max(1) * s.max_completion_length.max(1)) as f64
+        }
+        LossType::Dapo => masked.sum(masked.kind()) / s.tokens.max(1) as f64,
+    }
+}
+
+/// What a loss needs about one micro-batch.
+///
+/// # Shapes
+/// All `[B, T]` (rows x longest completion), float.
+#[derive(Debug)]
+pub struct LossInput<'a> {
+    /// Current policy log-probabilities (differentiable).
+    pub logp: &'a Tensor,
+    /// Behaviour-policy log-probabilities (mu, recorded by the sampler).
+    pub old_logp: &'a Tensor,
+    /// Reference log-probabilities, when the algorithm asked for them.
+    pub ref_logp: Option<&'a Tensor>,
+    /// 1 on trained tokens.
+    pub mask: &'a Tensor,
+    /// Per-token advantages (or per-sequence weights repeated over tokens) from `prepare`.
+    pub advantages: &'a Tensor,
+    /// Sizes of the optimizer step this micro-batch belongs to.
+    pub scale: StepScale,
+}
+
+/// A micro-batch loss and its metrics.
+#[derive(Debug)]
+pub struct LossOutput {
+    /// This micro-batch's share of the step loss (back-propagate it as is).
+    pub loss: Tensor,
+    /// Its policy-gradient part (without KL), same scaling.
+    pub policy_loss: f64,
+    /// Token- or pair-weighted metrics (KL, clip fractions, ratios, ...).
+    pub stats: Stats,
+}
+
+/// The samples an algorithm trains on, in training order, with their advantages.
+#[derive(Debug, Clone, Default)]
+pub struct Prepared {
+    /// Indices into the input batch, in the order to train (pairs adjacent for DPO).
+    pub order: Vec<usize>,
+    /// Per chosen sample, one advantage per completion token.
+    pub advantages: Vec<Vec<f32>>,
+}
+
+/// One learning algorithm.
+pub trait Algorithm: Send + std::fmt::Debug {
+    /// The algorithm's name (a metric label).
+    fn name(&self) -> &'static str;
+    /// Whether the loss needs reference-model log-probabilities.
+    fn needs_reference(&self) -> bool;
+    /// Items that must stay in one micro-batch (2 for DPO pairs).
+    fn unit(&self) -> usize {
+        1
+    }
+    /// Optimisation passes over one batch (TRL `num_iterations`, PPO epochs).
+    fn passes(&self) -> usize {
+        1
+    }
+    /// Completion length Dr. GRPO normalises by, if configured.
+    fn max_completion_length(&self) -> Option<usize> {
+        None
+    }
+    /// Picks the samples to train on and computes their advantages; records batch metrics.
+    fn prepare(&self, samples: &[Sample], stats: &mut Stats) -> Result<Prepared>;
+    /// The loss of one micro-batch.
+    fn loss(&self, input: &LossInput) -> LossOutput;
+}
+
+/// Masked mean, sum and count helpers for metrics.
+pub(crate) fn masked_sum(x: &Tensor, mask: &Tensor) -> f64 {
+    (x.detach() * mask).sum(None::<Kind>).double_value(&[])
+}
+
+/// Number of trained tokens in `mask`.
+pub(crate) fn mask_count(mask: &Tensor) -> f64 {
+    mask.sum(None::<Kind>).double_value(&[])
+}

@@ -1,0 +1,222 @@
+//! From [`Sample`]s to padded tensors, token-budget micro-batches, and the policy's
+//! per-token log-probabilities on completion tokens (logits only where a completion token is
+//! predicted).
+//!
+//! Rows are right-padded: with causal attention a real token never attends to a later pad,
+//! so no key mask is needed and each row's positions start at 0.
+
+use std::ops::Range;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::Llama;
+use crate::sample::Sample;
+
+/// A micro-batch of samples as tensors.
+///
+/// # Shapes
+/// `B` rows, `L` = longest prompt + completion, `T` = longest completion.
+#[derive(Debug)]
+pub struct Rows {
+    /// int64 `[B, L]`: prompt then completion ids, right-padded with 0.
+    pub tokens: Tensor,
+    /// int64 `[B, L]`: `0..L` per row.
+    pub positions: Tensor,
+    /// int64 `[B, T]`: the position whose output predicts each completion token.
+    pub predict_at: Tensor,
+    /// int64 `[B, T]`: the completion ids (0 on padding).
+    pub targets: Tensor,
+    /// float `[B, T]`: 1 where the loss applies (model tokens), 0 on env tokens and padding.
+    pub mask: Tensor,
+    /// float `[B, T]`: behaviour log-probabilities (0 on padding).
+    pub old_logp: Tensor,
+    /// Completion length of each row.
+    pub completion_lens: Vec<usize>,
+}
+
+impl Rows {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.completion_lens.len()
+    }
+
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.completion_lens.is_empty()
+    }
+}
+
+/// Checks that a sample is usable by the learner.
+pub fn validate(s: &Sample) -> Result<()> {
+    let n = s.completion_ids.len();
+    if s.prompt_ids.is_empty() {
+        return Err(Error::Invalid(
+            "learner: a sample has an empty prompt".into(),
+        ));
+    }
+    if s.loss_mask.len() != n || s.behaviour_logprobs.len() != n {
+        return Err(Error::Invalid(format!(
+            "learner: sample with {n} completion tokens has {} loss-mask and {} behaviour-logprob entries",
+            s.loss_mask.len(),
+            s.behaviour_logprobs.len()
+        )));
+    }
+    if !s.reward.is_finite() {
+        return Err(Error::Invalid(format!(
+            "learner: non-finite reward {}",
+            s.reward
+        )));
+    }
+    Ok(())
+}
+
+/// Pads `samples` into tensors on `device`.
+pub fn collate(samples: &[&Sample], device: Device) -> Result<Rows> {
+    if samples.is_empty() {
+        return Err(Error::Invalid("learner: empty micro-batch".into()));
+    }
+    for s in samples {
+        validate(s)?;
+    }
+    let b = samples.len();
+    let l = samples
+        .iter()
+        .map(|s| s.prompt_ids.len() + s.completion_ids.len())
+        .max()
+        .unwrap_or(1); // non-empty: checked above
+    let t = samples
+        .iter()
+        .map(|s| s.completion_ids.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let mut tokens = vec![0i64; b * l];
+    let mut predict_at = vec![0i64; b * t];
+    let mut targets = vec![0i64; b * t];
+    let mut mask = vec![0f32; b * t];
+    let mut old = vec![0f32; b * t];
+    for (i, s) in samples.iter().enumerate() {
+        let p = s.prompt_ids.len();
+        for (j, &id) in s.prompt_ids.iter().chain(&s.completion_ids).enumerate() {
+            tokens[i * l + j] = id as i64;
+        }
+        for j in 0..t {
+            // Padding predicts from the last prompt position: harmless, masked out.
+            predict_at[i * t + j] =
+                (p - 1 + j.min(s.completion_ids.len().saturating_sub(1))) as i64;
+        }
+        for (j, &id) in s.completion_ids.iter().enumerate() {
+            targets[i * t + j] = id as i64;
+            mask[i * t + j] = if s.loss_mask[j] { 1.0 } else { 0.0 };
+            old[i * t + j] = s.behaviour_logprobs[j];
+        }
+    }
+    let (b, l, t) = (b as i64, l as i64, t as i64);
+    Ok(Rows {
+        tokens: Tensor::from_slice(&tokens).view([b, l]).to_device(device),
+        positions: Tensor::arange(l, (Kind::Int64, device))
+            .unsqueeze(0)
+            .expand([b, l], false)
+            .contiguous(),
+        predict_at: Tensor::from_slice(&predict_at)
+            .view([b, t])
+            .to_device(device),
+        targets: Tensor::from_slice(&targets).view([b, t]).to_device(device),
+        mask: Tensor::from_slice(&mask).view([b, t]).to_device(device),
+        old_logp: Tensor::from_slice(&old).view([b, t]).to_device(device),
+        completion_lens: samples.iter().map(|s| s.completion_ids.len()).collect(),
+    })
+}
+
+/// The policy's view of a micro-batch.
+#[derive(Debug)]
+pub struct TokenLogprobs {
+    /// float `[B, T]`: `log pi(token)` (differentiable unless computed under `no_grad`).
+    pub logp: Tensor,
+    /// float `[B, T]`: entropy of the next-token distribution (detached).
+    pub entropy: Tensor,
+    /// `[B, T, H]`: the hidden states at the predicting positions (for a value head).
+    pub hidden: Tensor,
+}
+
+/// Per-token log-probabilities of the completion tokens under `model`, computing logits
+/// only at the positions that predict a completion token.
+///
+/// # Shapes
+/// returns `[B, T]` tensors as in [`Rows`].
+pub fn token_logprobs(model: &Llama, rows: &Rows) -> TokenLogprobs {
+    let hidden = model.forward_hidden(&rows.tokens, &rows.positions, None, None);
+    let h = hidden.size()[2];
+    let (b, t) = (rows.predict_at.size()[0], rows.predict_at.size()[1]);
+    let idx = rows.predict_at.unsqueeze(-1).expand([b, t, h], false);
+    let picked = hidden.gather(1, &idx, false);
+    let logp_all = model
+        .logits(&picked)
+        .to_kind(Kind::Float)
+        .log_softmax(-1, Kind::Float);
+    let logp = logp_all
+        .gather(2, &rows.targets.unsqueeze(-1), false)
+        .squeeze_dim(-1);
+    let entropy = tch::no_grad(|| {
+        let lp = logp_all.detach();
+        -(lp.exp() * &lp).sum_dim_intlist(-1, false, Kind::Float)
+    });
+    TokenLogprobs {
+        logp,
+        entropy,
+        hidden: picked,
+    }
+}
+
+/// Splits items into consecutive micro-batches whose padded size (rows x longest row) stays
+/// within `budget` tokens; `unit` items always stay together (2 for DPO pairs). A unit larger
+/// than the budget gets a micro-batch of its own. `None` = one micro-batch.
+pub fn micro_batches(lengths: &[usize], unit: usize, budget: Option<usize>) -> Vec<Range<usize>> {
+    let unit = unit.max(1);
+    let Some(budget) = budget else {
+        return if lengths.is_empty() {
+            vec![]
+        } else {
+            std::iter::once(0..lengths.len()).collect()
+        };
+    };
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut longest = 0;
+    let mut i = 0;
+    while i < lengths.len() {
+        let end = (i + unit).min(lengths.len());
+        let unit_longest = lengths[i..end].iter().copied().max().unwrap_or(0);
+        let new_longest = longest.max(unit_longest);
+        if end - start > unit && (end - start) * new_longest > budget {
+            out.push(start..i);
+            start = i;
+            longest = unit_longest;
+        } else {
+            longest = new_longest;
+        }
+        i = end;
+    }
+    if start < lengths.len() {
+        out.push(start..lengths.len());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn micro_batches_respect_budget_and_units() {
+        let lens = [4, 4, 4, 8, 2, 2];
+        assert_eq!(micro_batches(&lens, 1, None), vec![0..6]);
+        assert_eq!(micro_batches(&lens, 1, Some(12)), vec![0..3, 3..4, 4..6]);
+        assert_eq!(micro_batches(&lens, 2, Some(12)), vec![0..2, 2..4, 4..6]);
+        assert_eq!(
+            micro_batches(&lens, 1, Some(1)),
+            vec![0..1, 1..2, 2..3, 3..4, 4..5, 5..6]
+        );
+    }
+}

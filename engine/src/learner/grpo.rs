@@ -1,0 +1,212 @@
+//! GRPO — Group Relative Policy Optimization (Shao et al. 2024, arXiv 2402.03300) with the
+//! variants TRL's `GRPOTrainer` exposes: `scale_rewards` (Dr. GRPO, Liu et al. 2025), token-
+//! or sequence-level importance ratio (GSPO, Zheng et al. 2025), asymmetric clipping and
+//! dynamic sampling (DAPO, Yu et al. 2025), k3 KL to a reference, and the `grpo | bnpo |
+//! dr_grpo | dapo` aggregations. Formulas: `../shared/REFERENCE.md`, TRL
+//! `grpo_trainer.py::_compute_loss`.
+
+use serde::{Deserialize, Serialize};
+use tch::Kind;
+
+use super::advantages::{group_advantages, ScaleRewards};
+use super::algorithm::{
+    aggregate, mask_count, masked_sum, Algorithm, LossInput, LossOutput, LossType, Prepared,
+};
+use super::metrics::{self as m, Stats};
+use crate::error::{Error, Result};
+use crate::sample::Sample;
+
+/// Where the importance ratio is taken (TRL `importance_sampling_level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportanceSamplingLevel {
+    /// `exp(logp_t - old_t)` per token (GRPO).
+    #[default]
+    Token,
+    /// `exp(mean_t(logp - old))` per sequence, shared by its tokens (GSPO).
+    Sequence,
+}
+
+/// GRPO options (TRL `GRPOConfig` names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpoConfig {
+    /// How centred rewards are scaled.
+    pub scale_rewards: ScaleRewards,
+    /// How per-token losses are reduced.
+    pub loss_type: LossType,
+    /// Token or sequence importance ratio.
+    pub importance_sampling_level: ImportanceSamplingLevel,
+    /// Lower clip: ratio >= 1 - epsilon.
+    pub epsilon: f64,
+    /// Upper clip: ratio <= 1 + epsilon_high (DAPO uses 0.28); defaults to `epsilon`.
+    pub epsilon_high: Option<f64>,
+    /// Weight of the k3 KL to the reference (0 = no reference needed).
+    pub beta: f64,
+    /// Optimisation passes over each batch of rollouts (mu in the GRPO paper).
+    pub num_iterations: usize,
+    /// Dr. GRPO's normaliser; the batch's longest completion when unset.
+    pub max_completion_length: Option<usize>,
+    /// DAPO dynamic sampling: drop groups whose rewards are all equal (the trainer refills).
+    pub dynamic_sampling: bool,
+}
+
+impl Default for GrpoConfig {
+    fn default() -> Self {
+        Self {
+            scale_rewards: ScaleRewards::Group,
+            loss_type: LossType::Grpo,
+            importance_sampling_level: ImportanceSamplingLevel::Token,
+            epsilon: 0.2,
+            epsilon_high: None,
+            beta: 0.0,
+            num_iterations: 1,
+            max_completion_length: None,
+            dynamic_sampling: false,
+        }
+    }
+}
+
+impl GrpoConfig {
+    /// The upper clip epsilon.
+    pub fn eps_high(&self) -> f64 {
+        self.epsilon_high.unwrap_or(self.epsilon)
+    }
+}
+
+/// The GRPO algorithm.
+#[derive(Debug, Clone)]
+pub struct Grpo {
+    /// Its options.
+    pub cfg: GrpoConfig,
+}
+
+/// Indices of the samples in groups whose rewards are not all equal (what dynamic sampling
+/// keeps); the trainer keeps sampling until it has enough of them.
+pub fn informative(samples: &[Sample], scale: ScaleRewards) -> Vec<usize> {
+    let rewards: Vec<f64> = samples.iter().map(|s| s.reward).collect();
+    let ids: Vec<u64> = samples.iter().map(|s| s.group_id).collect();
+    let adv = group_advantages(&rewards, &ids, scale);
+    (0..samples.len()).filter(|&i| !adv.zero_std[i]).collect()
+}
+
+/// Reward mean/std metrics of a batch.
+pub(crate) fn reward_stats(samples: &[Sample], stats: &mut Stats) {
+    let n = samples.len().max(1) as f64;
+    let mean = samples.iter().map(|s| s.reward).sum::<f64>() / n;
+    let var = samples
+        .iter()
+        .map(|s| (s.reward - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    stats.set(m::REWARD_MEAN, mean);
+    stats.set(m::REWARD_STD, var.sqrt());
+    stats.set(m::SAMPLES, samples.len() as f64);
+}
+
+impl Algorithm for Grpo {
+    fn name(&self) -> &'static str {
+        "grpo"
+    }
+
+    fn needs_reference(&self) -> bool {
+        self.cfg.beta != 0.0
+    }
+
+    fn passes(&self) -> usize {
+        self.cfg.num_iterations.max(1)
+    }
+
+    fn max_completion_length(&self) -> Option<usize> {
+        self.cfg.max_completion_length
+    }
+
+    fn prepare(&self, samples: &[Sample], stats: &mut Stats) -> Result<Prepared> {
+        if !(self.cfg.epsilon >= 0.0 && self.cfg.eps_high() >= 0.0) {
+            return Err(Error::Invalid("grpo: epsilon must be >= 0".into()));
+        }
+        reward_stats(samples, stats);
+        let rewards: Vec<f64> = samples.iter().map(|s| s.reward).collect();
+        let ids: Vec<u64> = samples.iter().map(|s| s.group_id).collect();
+        let adv = group_advantages(&rewards, &ids, self.cfg.scale_rewards);
+        stats.set(m::FRAC_REWARD_ZERO_STD, adv.frac_zero_std);
+        let order: Vec<usize> = (0..samples.len())
+            .filter(|&i| !(self.cfg.dynamic_sampling && adv.zero_std[i]))
+            .collect();
+        stats.set(m::DROPPED_SAMPLES, (samples.len() - order.len()) as f64);
+        let advantages = order
+            .iter()
+            .map(|&i| vec![adv.advantages[i] as f32; samples[i].completion_ids.len()])
+            .collect();
+        Ok(Prepared { order, advantages })
+    }
+
+    fn loss(&self, input: &LossInput) -> LossOutput {
+        grpo_loss(&self.cfg, input)
+    }
+}
+
+/// The GRPO loss of one micro-batch.
+///
+/// `per_token = -min(r A, clip(r, 1 - eps_low, 1 + eps_high) A) + beta * k3`, reduced by
+/// `loss_type`.
+///
+/// # Shapes
+/// inputs `[B, T]`; the loss is a scalar.
+pub fn grpo_loss(cfg: &GrpoConfig, x: &LossInput) -> LossOutput {
+    let mask = x.mask;
+    let log_ratio = x.logp - x.old_logp;
+    let log_iw = match cfg.importance_sampling_level {
+        ImportanceSamplingLevel::Token => log_ratio,
+        ImportanceSamplingLevel::Sequence => {
+            let lens = mask.sum_dim_intlist(-1, true, None::<Kind>).clamp_min(1.0);
+            (log_ratio * mask).sum_dim_intlist(-1, true, None::<Kind>) / lens
+        }
+    };
+    let ratio = log_iw.exp();
+    let (lo, hi) = (1.0 - cfg.epsilon, 1.0 + cfg.eps_high());
+    let clipped = ratio.clamp(lo, hi);
+    let a = x.advantages;
+    let pg = -(&ratio * a).minimum(&(clipped * a));
+    let mut per_token = pg.shallow_clone();
+    let mut stats = Stats::default();
+    let tokens = mask_count(mask);
+    if cfg.beta != 0.0 {
+        let r = x
+            .ref_logp
+            .expect("grpo: beta != 0 needs reference logprobs")
+            - x.logp;
+        let kl = r.exp() - &r - 1.0;
+        stats.mean(m::KL, masked_sum(&kl, mask), tokens);
+        per_token += kl * cfg.beta;
+    }
+    let loss = aggregate(&per_token, mask, cfg.loss_type, &x.scale);
+    let policy_loss =
+        tch::no_grad(|| aggregate(&pg, mask, cfg.loss_type, &x.scale)).double_value(&[]);
+    tch::no_grad(|| {
+        let ratio = ratio.expand_as(mask).detach();
+        let low = ratio.lt(lo).logical_and(&a.lt(0.0)).to_kind(Kind::Float);
+        let high = ratio.gt(hi).logical_and(&a.gt(0.0)).to_kind(Kind::Float);
+        stats.mean(m::CLIP_FRACTION_LOW, masked_sum(&low, mask), tokens);
+        stats.mean(m::CLIP_FRACTION_HIGH, masked_sum(&high, mask), tokens);
+        stats.mean(m::CLIP_FRACTION, masked_sum(&(low + high), mask), tokens);
+        stats.mean(m::RATIO_MEAN, masked_sum(&ratio, mask), tokens);
+        stats.mean(m::ADVANTAGE_MEAN, masked_sum(a, mask), tokens);
+        if tokens > 0.0 {
+            let on = mask.gt(0.0);
+            stats.min(
+                m::RATIO_MIN,
+                ratio.masked_select(&on).min().double_value(&[]),
+            );
+            stats.max(
+                m::RATIO_MAX,
+                ratio.masked_select(&on).max().double_value(&[]),
+            );
+        }
+    });
+    LossOutput {
+        loss,
+        policy_loss,
+        stats,
+    }
+}

@@ -1,0 +1,376 @@
+//! The learner: one [`Learner::update`] turns a batch of scored [`Sample`]s into optimizer
+//! steps of the configured [`Algorithm`] — reference log-probabilities once per batch,
+//! `passes` x `mini_batches` optimizer steps, each accumulating gradients over micro-batches
+//! sized by a token budget so that their losses add up exactly to the step's loss.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use super::algorithm::{mask_count, masked_sum, Algorithm, LossInput, StepScale};
+use super::batch::{collate, micro_batches, token_logprobs, validate, Rows};
+use super::dpo::{Dpo, DpoConfig};
+use super::expert::{ExpertIteration, ExpertIterationConfig};
+use super::grpo::{Grpo, GrpoConfig};
+use super::metrics::{self as m, Metrics, Stats};
+use super::optim::{AdamW, OptimConfig};
+use super::topr::{Topr, ToprConfig};
+use crate::error::{Error, Result};
+use crate::model::Llama;
+use crate::sample::Sample;
+
+/// Which algorithm the learner runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlgorithmKind {
+    /// Group Relative Policy Optimization and its variants.
+    #[default]
+    Grpo,
+    /// Tapered Off-Policy REINFORCE.
+    Topr,
+    /// Direct Preference Optimization (offline pairs or online ranked samples).
+    Dpo,
+    /// Rejection-sampling fine-tuning.
+    ExpertIteration,
+}
+
+/// Learner options: `[learner]` in a run config, with one table per algorithm.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LearnerConfig {
+    /// The algorithm to run.
+    pub algorithm: AlgorithmKind,
+    /// `[learner.grpo]`.
+    pub grpo: GrpoConfig,
+    /// `[learner.topr]`.
+    pub topr: ToprConfig,
+    /// `[learner.dpo]`.
+    pub dpo: DpoConfig,
+    /// `[learner.expert_iteration]`.
+    pub expert_iteration: ExpertIterationConfig,
+    /// `[learner.optim]`: AdamW, schedule, clipping.
+    pub optim: OptimConfig,
+    /// Optimizer steps per pass over a batch (the batch is split into this many mini-batches;
+    /// verl's `ppo_mini_batch_size` expressed as a count). 0 is taken as 1.
+    pub mini_batches: usize,
+    /// Token budget of a micro-batch (rows x longest row); gradients are accumulated over
+    /// micro-batches. Unset = the whole mini-batch at once.
+    pub max_tokens_per_micro_batch: Option<usize>,
+}
+
+impl LearnerConfig {
+    /// The configured algorithm.
+    pub fn build_algorithm(&self) -> Box<dyn Algorithm> {
+        match self.algorithm {
+            AlgorithmKind::Grpo => Box::new(Grpo {
+                cfg: self.grpo.clone(),
+            }),
+            AlgorithmKind::Topr => Box::new(Topr {
+                cfg: self.topr.clone(),
+            }),
+            AlgorithmKind::Dpo => Box::new(Dpo {
+                cfg: self.dpo.clone(),
+            }),
+            AlgorithmKind::ExpertIteration => Box::new(ExpertIteration {
+                cfg: self.expert_iteration.clone(),
+            }),
+        }
+    }
+}
+
+/// A frozen copy of the initial policy.
+#[derive(Debug)]
+struct Reference {
+    _vs: VarStore,
+    model: Llama,
+    /// Cached per-sample reference logprobs (DPO: computed once per pair).
+    cache: Option<HashMap<u64, Vec<f32>>>,
+}
+
+/// Trains a policy.
+#[derive(Debug)]
+pub struct Learner {
+    cfg: LearnerConfig,
+    algorithm: Box<dyn Algorithm>,
+    vs: VarStore,
+    policy: Llama,
+    reference: Option<Reference>,
+    optimizer: AdamW,
+}
+
+fn sample_key(s: &Sample) -> u64 {
+    let mut h = DefaultHasher::new();
+    s.prompt_ids.hash(&mut h);
+    s.completion_ids.hash(&mut h);
+    h.finish()
+}
+
+/// Pads per-sample rows of per-token values to `[B, T]`.
+fn pad_rows(rows: &[&[f32]], t: i64, device: Device) -> Tensor {
+    let t = t as usize;
+    let mut out = vec![0f32; rows.len() * t];
+    for (i, r) in rows.iter().enumerate() {
+        out[i * t..i * t + r.len()].copy_from_slice(r);
+    }
+    Tensor::from_slice(&out)
+        .view([rows.len() as i64, t as i64])
+        .to_device(device)
+}
+
+impl Learner {
+    /// A learner for `policy` (whose parameters live in `vs`). All trainable variables of
+    /// `vs` are optimised; when the algorithm needs a reference, a frozen copy of the current
+    /// weights is made now.
+    pub fn new(vs: VarStore, policy: Llama, cfg: LearnerConfig) -> Result<Self> {
+        let algorithm = cfg.build_algorithm();
+        let reference = if algorithm.needs_reference() {
+            let mut rvs = VarStore::new(vs.device());
+            let model = Llama::new(&rvs.root(), policy.config());
+            if let Some(kind) = vs.variables().values().next().map(|t| t.kind()) {
+                rvs.set_kind(kind);
+            }
+            rvs.copy(&vs)?;
+            rvs.freeze();
+            let cache = (cfg.algorithm == AlgorithmKind::Dpo).then(HashMap::new);
+            Some(Reference {
+                _vs: rvs,
+                model,
+                cache,
+            })
+        } else {
+            None
+        };
+        let params = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        Ok(Self {
+            cfg,
+            algorithm,
+            vs,
+            policy,
+            reference,
+            optimizer: AdamW::new(params),
+        })
+    }
+
+    /// The policy being trained.
+    pub fn policy(&self) -> &Llama {
+        &self.policy
+    }
+
+    /// The policy's variables (to save or to copy into rollout workers).
+    pub fn var_store(&self) -> &VarStore {
+        &self.vs
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LearnerConfig {
+        &self.cfg
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn steps(&self) -> usize {
+        self.optimizer.steps()
+    }
+
+    /// Per-token log-probabilities of each sample's completion under the current policy.
+    pub fn logprobs(&self, samples: &[Sample]) -> Result<Vec<Vec<f32>>> {
+        let refs: Vec<&Sample> = samples.iter().collect();
+        self.logprobs_with(&self.policy, &refs)
+    }
+
+    fn logprobs_with(&self, model: &Llama, samples: &[&Sample]) -> Result<Vec<Vec<f32>>> {
+        let lens: Vec<usize> = samples
+            .iter()
+            .map(|s| s.prompt_ids.len() + s.completion_ids.len())
+            .collect();
+        let mut out = Vec::with_capacity(samples.len());
+        for r in micro_batches(&lens, 1, self.cfg.max_tokens_per_micro_batch) {
+            let rows = collate(&samples[r.clone()], model.device())?;
+            let logp = tch::no_grad(|| token_logprobs(model, &rows).logp)
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float);
+            for (i, s) in samples[r].iter().enumerate() {
+                let row = Vec::<f32>::try_from(logp.get(i as i64))?;
+                out.push(row[..s.completion_ids.len()].to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reference logprobs of `samples` (cached when the reference keeps a cache).
+    fn reference_logprobs(&mut self, samples: &[&Sample]) -> Result<Vec<Vec<f32>>> {
+        let reference = self
+            .reference
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("learner: no reference model".into()))?;
+        let Some(cache) = &reference.cache else {
+            return self.logprobs_with(&reference.model, samples);
+        };
+        let missing: Vec<&Sample> = samples
+            .iter()
+            .copied()
+            .filter(|s| !cache.contains_key(&sample_key(s)))
+            .collect();
+        let fresh = self.logprobs_with(&reference.model, &missing)?;
+        let cache = self
+            .reference
+            .as_mut()
+            .and_then(|r| r.cache.as_mut())
+            .expect("checked above");
+        for (s, lp) in missing.iter().zip(fresh) {
+            cache.insert(sample_key(s), lp);
+        }
+        Ok(samples
+            .iter()
+            .map(|s| cache[&sample_key(s)].clone())
+            .collect())
+    }
+
+    /// One learner update on a batch of scored samples; returns the update's metrics
+    /// (names in [`metrics`](super::metrics)).
+    pub fn update(&mut self, samples: &[Sample]) -> Result<Metrics> {
+        let mut stats = Stats::default();
+        for s in samples {
+            validate(s)?;
+        }
+        let prepared = self.algorithm.prepare(samples, &mut stats)?;
+        let chosen: Vec<&Sample> = prepared.order.iter().map(|&i| &samples[i]).collect();
+        if chosen.is_empty() {
+            stats.set(m::OPTIMIZER_STEPS, 0.0);
+            stats.set(m::TRAINED_TOKENS, 0.0);
+            return Ok(stats.finish());
+        }
+        let refs = if self.algorithm.needs_reference() {
+            Some(self.reference_logprobs(&chosen)?)
+        } else {
+            None
+        };
+        let unit = self.algorithm.unit();
+        let max_len = self.algorithm.max_completion_length().unwrap_or_else(|| {
+            chosen
+                .iter()
+                .map(|s| s.completion_ids.len())
+                .max()
+                .unwrap_or(1)
+        });
+        let minis = split_even(chosen.len(), unit, self.cfg.mini_batches.max(1));
+        let mut steps = 0;
+        for _pass in 0..self.algorithm.passes() {
+            for mini in &minis {
+                self.optimizer_step(
+                    &chosen[mini.clone()],
+                    &prepared.advantages[mini.clone()],
+                    refs.as_ref().map(|r| &r[mini.clone()]),
+                    max_len,
+                    &mut stats,
+                )?;
+                steps += 1;
+            }
+        }
+        stats.set(m::OPTIMIZER_STEPS, steps as f64);
+        let tokens: usize = chosen.iter().map(|s| s.trained_tokens()).sum();
+        stats.set(m::TRAINED_TOKENS, tokens as f64);
+        Ok(stats.finish())
+    }
+
+    fn optimizer_step(
+        &mut self,
+        samples: &[&Sample],
+        advantages: &[Vec<f32>],
+        refs: Option<&[Vec<f32>]>,
+        max_completion_length: usize,
+        stats: &mut Stats,
+    ) -> Result<()> {
+        let lens: Vec<usize> = samples
+            .iter()
+            .map(|s| s.prompt_ids.len() + s.completion_ids.len())
+            .collect();
+        let micros = micro_batches(
+            &lens,
+            self.algorithm.unit(),
+            self.cfg.max_tokens_per_micro_batch,
+        );
+        let scale = StepScale {
+            sequences: samples.len(),
+            tokens: samples.iter().map(|s| s.trained_tokens()).sum(),
+            micro_batches: micros.len(),
+            max_completion_length,
+        };
+        self.optimizer.zero_grad();
+        let (mut loss_sum, mut pg_sum) = (0.0, 0.0);
+        for r in micros {
+            let (loss, pg) = self.micro_step(samples, advantages, refs, r, scale, stats)?;
+            loss_sum += loss;
+            pg_sum += pg;
+        }
+        let grad_norm = self.optimizer.clip_grad_norm(self.cfg.optim.max_grad_norm);
+        let lr = self.cfg.optim.lr_at(self.optimizer.steps());
+        self.optimizer.step(lr, &self.cfg.optim);
+        stats.mean(m::LOSS, loss_sum, 1.0);
+        stats.mean(m::POLICY_LOSS, pg_sum, 1.0);
+        stats.mean(m::GRAD_NORM, grad_norm, 1.0);
+        stats.set(m::LEARNING_RATE, lr);
+        Ok(())
+    }
+
+    fn micro_step(
+        &mut self,
+        samples: &[&Sample],
+        advantages: &[Vec<f32>],
+        refs: Option<&[Vec<f32>]>,
+        r: Range<usize>,
+        scale: StepScale,
+        stats: &mut Stats,
+    ) -> Result<(f64, f64)> {
+        let device = self.policy.device();
+        let rows: Rows = collate(&samples[r.clone()], device)?;
+        let t = rows.mask.size()[1];
+        let adv: Vec<&[f32]> = advantages[r.clone()].iter().map(|a| a.as_slice()).collect();
+        let adv = pad_rows(&adv, t, device);
+        let ref_logp = refs.map(|refs| {
+            let rr: Vec<&[f32]> = refs[r.clone()].iter().map(|a| a.as_slice()).collect();
+            pad_rows(&rr, t, device)
+        });
+        let tl = token_logprobs(&self.policy, &rows);
+        let out = self.algorithm.loss(&LossInput {
+            logp: &tl.logp,
+            old_logp: &rows.old_logp,
+            ref_logp: ref_logp.as_ref(),
+            mask: &rows.mask,
+            advantages: &adv,
+            scale,
+        });
+        if !out.loss.requires_grad() {
+            return Err(Error::Invalid(
+                "learner: the loss does not depend on any trainable parameter".into(),
+            ));
+        }
+        out.loss.backward();
+        stats.merge(&out.stats);
+        let tokens = mask_count(&rows.mask);
+        stats.mean(m::ENTROPY, masked_sum(&tl.entropy, &rows.mask), tokens);
+        Ok((out.loss.double_value(&[]), out.policy_loss))
+    }
+}
+
+/// Splits `n` items (in units of `unit`) into `parts` nearly equal consecutive ranges.
+fn split_even(n: usize, unit: usize, parts: usize) -> Vec<Range<usize>> {
+    let units = n.div_ceil(unit);
+    let parts = parts.min(units).max(1);
+    (0..parts)
+        .map(|p| {
+            let a = (units * p / parts * unit).min(n);
+            let b = (units * (p + 1) / parts * unit).min(n);
+            a..b
+        })
+        .filter(|r| !r.is_empty())
+        .collect()
+}

@@ -1,0 +1,162 @@
+//! Metric names every update reports (Prometheus conventions of `../shared/REFERENCE.md`:
+//! prefix `oxrl_`, base units in the name) and the small accumulator that averages them over
+//! micro-batches. TRL/verl names are given beside each constant.
+
+use std::collections::BTreeMap;
+
+/// Total loss that was back-propagated (TRL `loss`).
+pub const LOSS: &str = "oxrl_learner_loss";
+/// Policy-gradient part of the loss (verl `actor/pg_loss`).
+pub const POLICY_LOSS: &str = "oxrl_learner_policy_loss";
+/// Critic loss (verl `critic/vf_loss`); PPO only.
+pub const VALUE_LOSS: &str = "oxrl_learner_value_loss";
+/// Mean per-token KL to the reference (TRL `kl`), k3 estimator unless the algorithm says.
+pub const KL: &str = "oxrl_learner_kl";
+/// Mean per-token entropy of the policy on trained tokens (TRL `entropy`).
+pub const ENTROPY: &str = "oxrl_learner_entropy";
+/// Fraction of tokens clipped at `1 - eps_low` with negative advantage (TRL
+/// `clip_ratio/low_mean`).
+pub const CLIP_FRACTION_LOW: &str = "oxrl_learner_clip_fraction_low";
+/// Fraction of tokens clipped at `1 + eps_high` with positive advantage (TRL
+/// `clip_ratio/high_mean`).
+pub const CLIP_FRACTION_HIGH: &str = "oxrl_learner_clip_fraction_high";
+/// Fraction of tokens clipped either way (TRL `clip_ratio/region_mean`, verl `actor/pg_clipfrac`).
+pub const CLIP_FRACTION: &str = "oxrl_learner_clip_fraction";
+/// Fraction of value predictions clipped (verl `critic/vf_clipfrac`); PPO only.
+pub const VALUE_CLIP_FRACTION: &str = "oxrl_learner_value_clip_fraction";
+/// Mean importance ratio pi/mu over trained tokens.
+pub const RATIO_MEAN: &str = "oxrl_learner_ratio_mean";
+/// Smallest importance ratio seen.
+pub const RATIO_MIN: &str = "oxrl_learner_ratio_min";
+/// Largest importance ratio seen.
+pub const RATIO_MAX: &str = "oxrl_learner_ratio_max";
+/// Global gradient L2 norm before clipping (TRL `grad_norm`), mean over optimizer steps.
+pub const GRAD_NORM: &str = "oxrl_learner_grad_norm";
+/// Learning rate of the last optimizer step (TRL `learning_rate`).
+pub const LEARNING_RATE: &str = "oxrl_learner_learning_rate";
+/// Completion tokens that counted in the loss in this update (one pass).
+pub const TRAINED_TOKENS: &str = "oxrl_learner_trained_tokens";
+/// Optimizer steps taken in this update.
+pub const OPTIMIZER_STEPS: &str = "oxrl_learner_optimizer_steps";
+/// Samples used by this update.
+pub const SAMPLES: &str = "oxrl_learner_samples";
+/// Mean reward of the batch (TRL `reward`).
+pub const REWARD_MEAN: &str = "oxrl_learner_reward_mean";
+/// Standard deviation of the batch rewards (TRL `reward_std`).
+pub const REWARD_STD: &str = "oxrl_learner_reward_std";
+/// Fraction of groups whose rewards are all equal (TRL `frac_reward_zero_std`).
+pub const FRAC_REWARD_ZERO_STD: &str = "oxrl_learner_frac_reward_zero_std";
+/// Mean advantage over trained tokens.
+pub const ADVANTAGE_MEAN: &str = "oxrl_learner_advantage_mean";
+/// Samples dropped by dynamic sampling or filtering in this update.
+pub const DROPPED_SAMPLES: &str = "oxrl_learner_dropped_samples";
+/// DPO: mean `beta * (logp - ref)` of the chosen completions (TRL `rewards/chosen`).
+pub const DPO_REWARD_CHOSEN: &str = "oxrl_learner_dpo_rewards_chosen";
+/// DPO: mean `beta * (logp - ref)` of the rejected completions (TRL `rewards/rejected`).
+pub const DPO_REWARD_REJECTED: &str = "oxrl_learner_dpo_rewards_rejected";
+/// DPO: fraction of pairs whose chosen implicit reward beats the rejected (TRL
+/// `rewards/accuracies`).
+pub const DPO_ACCURACY: &str = "oxrl_learner_dpo_rewards_accuracy";
+/// DPO: mean chosen minus rejected implicit reward (TRL `rewards/margins`).
+pub const DPO_MARGIN: &str = "oxrl_learner_dpo_rewards_margin";
+/// TOPR: fraction of trajectories in the positive (untruncated) set.
+pub const TOPR_POSITIVE_FRACTION: &str = "oxrl_learner_topr_positive_fraction";
+
+/// Named metric values of one update.
+pub type Metrics = BTreeMap<&'static str, f64>;
+
+/// How one metric combines across micro-batches.
+#[derive(Debug, Clone, Copy)]
+enum Acc {
+    Mean { sum: f64, weight: f64 },
+    Min(f64),
+    Max(f64),
+    Sum(f64),
+    Last(f64),
+}
+
+/// Accumulates metrics over micro-batches and optimizer steps.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    values: BTreeMap<&'static str, Acc>,
+}
+
+impl Stats {
+    /// Adds `sum` over `weight` items to a weighted mean.
+    pub fn mean(&mut self, name: &'static str, sum: f64, weight: f64) {
+        let e = self.values.entry(name).or_insert(Acc::Mean {
+            sum: 0.0,
+            weight: 0.0,
+        });
+        if let Acc::Mean { sum: s, weight: w } = e {
+            *s += sum;
+            *w += weight;
+        }
+    }
+
+    /// Keeps the smallest value.
+    pub fn min(&mut self, name: &'static str, v: f64) {
+        let e = self.values.entry(name).or_insert(Acc::Min(f64::INFINITY));
+        if let Acc::Min(m) = e {
+            *m = m.min(v);
+        }
+    }
+
+    /// Keeps the largest value.
+    pub fn max(&mut self, name: &'static str, v: f64) {
+        let e = self
+            .values
+            .entry(name)
+            .or_insert(Acc::Max(f64::NEG_INFINITY));
+        if let Acc::Max(m) = e {
+            *m = m.max(v);
+        }
+    }
+
+    /// Adds to a total.
+    pub fn sum(&mut self, name: &'static str, v: f64) {
+        let e = self.values.entry(name).or_insert(Acc::Sum(0.0));
+        if let Acc::Sum(m) = e {
+            *m += v;
+        }
+    }
+
+    /// Overwrites the value.
+    pub fn set(&mut self, name: &'static str, v: f64) {
+        self.values.insert(name, Acc::Last(v));
+    }
+
+    /// Merges another accumulator into this one.
+    pub fn merge(&mut self, other: &Stats) {
+        for (&name, acc) in &other.values {
+            match *acc {
+                Acc::Mean { sum, weight } => self.mean(name, sum, weight),
+                Acc::Min(v) => self.min(name, v),
+                Acc::Max(v) => self.max(name, v),
+                Acc::Sum(v) => self.sum(name, v),
+                Acc::Last(v) => self.set(name, v),
+            }
+        }
+    }
+
+    /// The final values (means with zero weight report 0; empty min/max are left out).
+    pub fn finish(&self) -> Metrics {
+        self.values
+            .iter()
+            .filter_map(|(&name, acc)| {
+                let v = match *acc {
+                    Acc::Mean { sum, weight } => {
+                        if weight > 0.0 {
+                            sum / weight
+                        } else {
+                            0.0
+                        }
+                    }
+                    Acc::Min(v) | Acc::Max(v) if !v.is_finite() => return None,
+                    Acc::Min(v) | Acc::Max(v) | Acc::Sum(v) | Acc::Last(v) => v,
+                };
+                Some((name, v))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,24 @@
+//! The learner: GRPO, TOPR, DPO and expert iteration as peers behind one [`Algorithm`]
+//! trait, AdamW with schedules and clipping, token-budget micro-batches with exact gradient
+//! accumulation, and a frozen reference model. See `docs/learner.md`.
+//!
+//! ```text
+//! let mut learner = Learner::new(vs, policy, learner_config)?;
+//! let metrics = learner.update(&samples)?; // samples: scored rollouts (or DPO pairs)
+//! ```
+
+pub mod advantages;
+pub mod algorithm;
+pub mod batch;
+pub mod dpo;
+pub mod expert;
+pub mod grpo;
+#[allow(clippy::module_inception)]
+mod learner;
+pub mod metrics;
+pub mod optim;
+pub mod topr;
+
+pub use algorithm::{Algorithm, LossInput, LossOutput, LossType, Prepared, StepScale};
+pub use learner::{AlgorithmKind, Learner, LearnerConfig};
+pub use metrics::{Metrics, Stats};

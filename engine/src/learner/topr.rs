@@ -1,0 +1,165 @@
+//! TOPR — Tapered Off-Policy REINFORCE (Le Roux et al. 2025, arXiv 2503.14286).
+//!
+//! Per trajectory, with `R = reward - baseline`:
+//! `loss = -sg(alpha) * R * log pi(tau)`, `alpha = 1` if `R >= 0`, else
+//! `clip(pi(tau) / mu(tau), 0, 1)`; the batch loss is the mean over trajectories. The ratio
+//! is the paper's trajectory ratio, `exp(sum_t (logp_t - mu_t))` over trained tokens (some
+//! implementations clamp per token instead; see docs/learner.md). No KL, no critic, no clip
+//! epsilon; `mu` is the behaviour policy recorded in each sample, so it runs on fresh
+//! rollouts and fully offline on scored samples with their behaviour logprobs.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use super::algorithm::{Algorithm, LossInput, LossOutput, Prepared};
+use super::grpo::reward_stats;
+use super::metrics::{self as m, Stats};
+use crate::error::Result;
+use crate::sample::Sample;
+
+/// A named baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NamedBaseline {
+    /// The mean reward of the sample's group.
+    GroupMean,
+    /// The mean reward of the batch.
+    BatchMean,
+}
+
+/// The baseline subtracted from rewards: a number (`baseline = 0.5`) or a name
+/// (`baseline = "group_mean"`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Baseline {
+    /// A constant.
+    Constant(f64),
+    /// Computed from the batch.
+    Named(NamedBaseline),
+}
+
+impl Default for Baseline {
+    fn default() -> Self {
+        Baseline::Constant(0.0)
+    }
+}
+
+/// TOPR options.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ToprConfig {
+    /// Subtracted from each reward; sets the effective share of positive examples.
+    pub baseline: Baseline,
+}
+
+/// The TOPR algorithm.
+#[derive(Debug, Clone)]
+pub struct Topr {
+    /// Its options.
+    pub cfg: ToprConfig,
+}
+
+/// `reward - baseline` per sample.
+pub fn centred_rewards(samples: &[Sample], baseline: Baseline) -> Vec<f64> {
+    match baseline {
+        Baseline::Constant(c) => samples.iter().map(|s| s.reward - c).collect(),
+        Baseline::Named(NamedBaseline::BatchMean) => {
+            let mean = samples.iter().map(|s| s.reward).sum::<f64>() / samples.len().max(1) as f64;
+            samples.iter().map(|s| s.reward - mean).collect()
+        }
+        Baseline::Named(NamedBaseline::GroupMean) => {
+            let mut groups: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+            for s in samples {
+                let e = groups.entry(s.group_id).or_default();
+                e.0 += s.reward;
+                e.1 += 1.0;
+            }
+            samples
+                .iter()
+                .map(|s| {
+                    let (sum, n) = groups[&s.group_id];
+                    s.reward - sum / n
+                })
+                .collect()
+        }
+    }
+}
+
+impl Algorithm for Topr {
+    fn name(&self) -> &'static str {
+        "topr"
+    }
+
+    fn needs_reference(&self) -> bool {
+        false
+    }
+
+    fn prepare(&self, samples: &[Sample], stats: &mut Stats) -> Result<Prepared> {
+        reward_stats(samples, stats);
+        let r = centred_rewards(samples, self.cfg.baseline);
+        Ok(Prepared {
+            order: (0..samples.len()).collect(),
+            advantages: samples
+                .iter()
+                .zip(&r)
+                .map(|(s, &r)| vec![r as f32; s.completion_ids.len()])
+                .collect(),
+        })
+    }
+
+    fn loss(&self, input: &LossInput) -> LossOutput {
+        topr_loss(input)
+    }
+}
+
+/// The TOPR loss of one micro-batch: sum over its trajectories of
+/// `-sg(alpha) R log pi(tau)`, divided by the step's number of trajectories.
+/// `input.advantages` holds `R` repeated over each row's tokens.
+///
+/// # Shapes
+/// inputs `[B, T]`; the loss is a scalar.
+pub fn topr_loss(x: &LossInput) -> LossOutput {
+    let mask = x.mask;
+    let seq_logp = (x.logp * mask).sum_dim_intlist(-1, false, None::<Kind>);
+    let r = x.advantages.select(1, 0);
+    let (alpha, ratio) = tch::no_grad(|| {
+        let log_ratio =
+            ((x.logp.detach() - x.old_logp) * mask).sum_dim_intlist(-1, false, None::<Kind>);
+        let ratio = log_ratio.exp();
+        let alpha = Tensor::ones_like(&ratio).where_self(&r.ge(0.0), &ratio.clamp(0.0, 1.0));
+        (alpha, ratio)
+    });
+    let per_seq = -(&alpha * &r * &seq_logp);
+    let n = x.scale.sequences.max(1) as f64;
+    let loss = per_seq.sum(per_seq.kind()) / n;
+    let mut stats = Stats::default();
+    let rows = r.size()[0] as f64;
+    tch::no_grad(|| {
+        let pos = r.ge(0.0).to_kind(Kind::Float);
+        stats.mean(
+            m::TOPR_POSITIVE_FRACTION,
+            pos.sum(None::<Kind>).double_value(&[]),
+            rows,
+        );
+        stats.mean(
+            m::RATIO_MEAN,
+            ratio.sum(None::<Kind>).double_value(&[]),
+            rows,
+        );
+        stats.min(m::RATIO_MIN, ratio.min().double_value(&[]));
+        stats.max(m::RATIO_MAX, ratio.max().double_value(&[]));
+        stats.mean(
+            m::ADVANTAGE_MEAN,
+            r.sum(None::<Kind>).double_value(&[]),
+            rows,
+        );
+    });
+    let policy_loss = loss.double_value(&[]);
+    LossOutput {
+        loss,
+        policy_loss,
+        stats,
+    }
+}
