@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::algorithm::{Algorithm, LossInput, LossOutput, Prepared};
+use super::grpo::reward_stats;
 use super::metrics::{self as m, Stats};
 use crate::error::{Error, Result};
 use crate::sample::{FinishReason, Sample};
@@ -103,6 +104,7 @@ impl Algorithm for Dpo {
         if self.cfg.beta <= 0.0 {
             return Err(Error::Invalid("dpo: beta must be > 0".into()));
         }
+        reward_stats(samples, stats);
         let mut groups: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
         for (i, s) in samples.iter().enumerate() {
             groups.entry(s.group_id).or_default().push(i);
