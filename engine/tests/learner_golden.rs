@@ -8,7 +8,9 @@ use oxrl::learner::algorithm::{aggregate, LossInput, LossType, StepScale};
 use oxrl::learner::dpo::{dpo_loss, DpoConfig, DpoLoss};
 use oxrl::learner::grpo::{grpo_loss, GrpoConfig, ImportanceSamplingLevel};
 use oxrl::learner::optim::{AdamW, OptimConfig};
+use oxrl::learner::ppo::{ppo_loss, ppo_targets, PpoConfig};
 use oxrl::learner::topr::topr_loss;
+use oxrl::{FinishReason, Sample};
 use serde_json::Value;
 use tch::{Kind, Tensor};
 
@@ -97,6 +99,9 @@ fn grpo_losses_and_gradients_match_golden() {
                 ref_logp: Some(&f.reference),
                 mask: &f.mask,
                 advantages: &adv_t,
+                values: None,
+                old_values: None,
+                returns: None,
                 scale: StepScale::single(&f.mask, cfg.max_completion_length.unwrap()),
             },
         );
@@ -143,6 +148,9 @@ fn topr_loss_and_gradient_match_golden() {
             ref_logp: None,
             mask: &f.mask,
             advantages: &adv,
+            values: None,
+            old_values: None,
+            returns: None,
             scale: StepScale::single(&f.mask, 1),
         });
         check(&format!("topr baseline {baseline}"), &out.loss, &leaf, case);
@@ -171,6 +179,9 @@ fn dpo_losses_and_gradients_match_golden() {
                 ref_logp: Some(&f.reference),
                 mask: &f.mask,
                 advantages: &zeros,
+                values: None,
+                old_values: None,
+                returns: None,
                 scale: StepScale::single(&f.mask, 1),
             },
         );
@@ -244,4 +255,81 @@ fn micro_batch_losses_add_up_to_the_batch_loss() {
             assert!((parts - full).abs() < 1e-9, "{lt:?}: {parts} vs {full}");
         }
     }
+}
+
+#[test]
+fn ppo_targets_match_golden() {
+    let g = golden();
+    let mut n = 0;
+    for case in g["cases"].as_array().unwrap() {
+        if case["algorithm"] != "ppo_targets" {
+            continue;
+        }
+        let cfg: PpoConfig = serde_json::from_value(case["config"].clone()).unwrap();
+        let mut samples = Vec::new();
+        let (mut refs, mut values) = (Vec::new(), Vec::new());
+        for s in case["samples"].as_array().unwrap() {
+            let f32s = |k: &str| -> Vec<f32> { vec1(&s[k]).iter().map(|&x| x as f32).collect() };
+            let mask: Vec<u8> = serde_json::from_value(s["loss_mask"].clone()).unwrap();
+            samples.push(Sample {
+                prompt_ids: vec![1],
+                completion_ids: vec![3; mask.len()],
+                loss_mask: mask.iter().map(|&b| b == 1).collect(),
+                behaviour_logprobs: f32s("behaviour"),
+                policy_version: 0,
+                group_id: 0,
+                finish_reason: FinishReason::Stop,
+                reward: s["reward"].as_f64().unwrap(),
+                rewards: Default::default(),
+                metadata: Value::Null,
+            });
+            refs.push(f32s("ref"));
+            values.push(f32s("values"));
+        }
+        let t = ppo_targets(&cfg, &samples, &refs, &values);
+        let want_adv: Vec<Vec<f64>> = serde_json::from_value(case["advantages"].clone()).unwrap();
+        let want_ret: Vec<Vec<f64>> = serde_json::from_value(case["returns"].clone()).unwrap();
+        for (got, want) in [(&t.advantages, &want_adv), (&t.returns, &want_ret)] {
+            for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+                assert!((*g as f64 - w).abs() < 1e-5, "{cfg:?}: {g} vs {w}");
+            }
+            assert_eq!(got.iter().flatten().count(), want.iter().flatten().count());
+        }
+        n += 1;
+    }
+    assert_eq!(n, 2);
+}
+
+#[test]
+fn ppo_loss_and_gradients_match_golden() {
+    let g = golden();
+    let f = fixture(&g);
+    let mut n = 0;
+    for case in g["cases"].as_array().unwrap() {
+        if case["algorithm"] != "ppo" {
+            continue;
+        }
+        let cfg: PpoConfig = serde_json::from_value(case["config"].clone()).unwrap();
+        let leaf = f.logp.copy().set_requires_grad(true);
+        let values = tensor(&g["ppo_values"]).set_requires_grad(true);
+        let out = ppo_loss(
+            &cfg,
+            &LossInput {
+                logp: &leaf,
+                old_logp: &f.old,
+                ref_logp: None,
+                mask: &f.mask,
+                advantages: &tensor(&g["ppo_advantages"]),
+                values: Some(&values),
+                old_values: Some(&tensor(&g["ppo_old_values"])),
+                returns: Some(&tensor(&g["ppo_returns"])),
+                scale: StepScale::single(&f.mask, 1),
+            },
+        );
+        check(&format!("{cfg:?}"), &out.loss, &leaf, case);
+        let d = max_diff(&values.grad(), &tensor(&case["value_grad"]));
+        assert!(d < TOL, "{cfg:?}: value gradient differs by {d}");
+        n += 1;
+    }
+    assert_eq!(n, 2);
 }

@@ -91,8 +91,23 @@ pub struct LossInput<'a> {
     pub mask: &'a Tensor,
     /// Per-token advantages (or per-sequence weights repeated over tokens) from `prepare`.
     pub advantages: &'a Tensor,
+    /// Critic values (differentiable), for algorithms with a critic.
+    pub values: Option<&'a Tensor>,
+    /// Critic values at rollout time (value clipping).
+    pub old_values: Option<&'a Tensor>,
+    /// Value targets.
+    pub returns: Option<&'a Tensor>,
     /// Sizes of the optimizer step this micro-batch belongs to.
     pub scale: StepScale,
+}
+
+/// Per-sample data the learner computes before `prepare` (in input order).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchContext<'a> {
+    /// Reference log-probabilities per completion token, when the algorithm needs them.
+    pub reference: Option<&'a [Vec<f32>]>,
+    /// Critic values per completion token, when the algorithm has a critic.
+    pub values: Option<&'a [Vec<f32>]>,
 }
 
 /// A micro-batch loss and its metrics.
@@ -113,6 +128,10 @@ pub struct Prepared {
     pub order: Vec<usize>,
     /// Per chosen sample, one advantage per completion token.
     pub advantages: Vec<Vec<f32>>,
+    /// Per chosen sample, value targets (algorithms with a critic).
+    pub returns: Option<Vec<Vec<f32>>>,
+    /// Per chosen sample, the critic's values at rollout time.
+    pub old_values: Option<Vec<Vec<f32>>>,
 }
 
 /// One learning algorithm.
@@ -121,6 +140,10 @@ pub trait Algorithm: Send + std::fmt::Debug {
     fn name(&self) -> &'static str;
     /// Whether the loss needs reference-model log-probabilities.
     fn needs_reference(&self) -> bool;
+    /// Whether the algorithm trains a critic (value model).
+    fn needs_critic(&self) -> bool {
+        false
+    }
     /// Items that must stay in one micro-batch (2 for DPO pairs).
     fn unit(&self) -> usize {
         1
@@ -134,7 +157,12 @@ pub trait Algorithm: Send + std::fmt::Debug {
         None
     }
     /// Picks the samples to train on and computes their advantages; records batch metrics.
-    fn prepare(&self, samples: &[Sample], stats: &mut Stats) -> Result<Prepared>;
+    fn prepare(
+        &self,
+        samples: &[Sample],
+        ctx: &BatchContext,
+        stats: &mut Stats,
+    ) -> Result<Prepared>;
     /// The loss of one micro-batch.
     fn loss(&self, input: &LossInput) -> LossOutput;
 }

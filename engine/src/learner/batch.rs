@@ -146,11 +146,7 @@ pub struct TokenLogprobs {
 /// # Shapes
 /// returns `[B, T]` tensors as in [`Rows`].
 pub fn token_logprobs(model: &Llama, rows: &Rows) -> TokenLogprobs {
-    let hidden = model.forward_hidden(&rows.tokens, &rows.positions, None, None);
-    let h = hidden.size()[2];
-    let (b, t) = (rows.predict_at.size()[0], rows.predict_at.size()[1]);
-    let idx = rows.predict_at.unsqueeze(-1).expand([b, t, h], false);
-    let picked = hidden.gather(1, &idx, false);
+    let picked = predicting_hidden(model, rows);
     let logp_all = model
         .logits(&picked)
         .to_kind(Kind::Float)
@@ -167,6 +163,18 @@ pub fn token_logprobs(model: &Llama, rows: &Rows) -> TokenLogprobs {
         entropy,
         hidden: picked,
     }
+}
+
+/// Final hidden states at the positions that predict each completion token.
+///
+/// # Shapes
+/// returns `[B, T, hidden]`.
+pub fn predicting_hidden(model: &Llama, rows: &Rows) -> Tensor {
+    let hidden = model.forward_hidden(&rows.tokens, &rows.positions, None, None);
+    let h = hidden.size()[2];
+    let (b, t) = (rows.predict_at.size()[0], rows.predict_at.size()[1]);
+    let idx = rows.predict_at.unsqueeze(-1).expand([b, t, h], false);
+    hidden.gather(1, &idx, false)
 }
 
 /// Splits items into consecutive micro-batches whose padded size (rows x longest row) stays

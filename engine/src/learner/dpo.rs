@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::algorithm::{Algorithm, LossInput, LossOutput, Prepared};
+use super::algorithm::{Algorithm, BatchContext, LossInput, LossOutput, Prepared};
 use super::grpo::reward_stats;
 use super::metrics::{self as m, Stats};
 use crate::error::{Error, Result};
@@ -100,7 +100,12 @@ impl Algorithm for Dpo {
         self.cfg.num_iterations.max(1)
     }
 
-    fn prepare(&self, samples: &[Sample], stats: &mut Stats) -> Result<Prepared> {
+    fn prepare(
+        &self,
+        samples: &[Sample],
+        _ctx: &BatchContext,
+        stats: &mut Stats,
+    ) -> Result<Prepared> {
         if self.cfg.beta <= 0.0 {
             return Err(Error::Invalid("dpo: beta must be > 0".into()));
         }
@@ -138,7 +143,11 @@ impl Algorithm for Dpo {
             .iter()
             .map(|&i| vec![0.0; samples[i].completion_ids.len()])
             .collect();
-        Ok(Prepared { order, advantages })
+        Ok(Prepared {
+            order,
+            advantages,
+            ..Default::default()
+        })
     }
 
     fn loss(&self, input: &LossInput) -> LossOutput {

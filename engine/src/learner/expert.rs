@@ -5,7 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::algorithm::{aggregate, Algorithm, LossInput, LossOutput, LossType, Prepared};
+use super::algorithm::{
+    aggregate, Algorithm, BatchContext, LossInput, LossOutput, LossType, Prepared,
+};
 use super::grpo::reward_stats;
 use super::metrics::{self as m, Stats};
 use crate::error::Result;
@@ -50,7 +52,12 @@ impl Algorithm for ExpertIteration {
         self.cfg.num_iterations.max(1)
     }
 
-    fn prepare(&self, samples: &[Sample], stats: &mut Stats) -> Result<Prepared> {
+    fn prepare(
+        &self,
+        samples: &[Sample],
+        _ctx: &BatchContext,
+        stats: &mut Stats,
+    ) -> Result<Prepared> {
         reward_stats(samples, stats);
         let order: Vec<usize> = (0..samples.len())
             .filter(|&i| samples[i].reward >= self.cfg.min_reward)
@@ -60,7 +67,11 @@ impl Algorithm for ExpertIteration {
             .iter()
             .map(|&i| vec![1.0; samples[i].completion_ids.len()])
             .collect();
-        Ok(Prepared { order, advantages })
+        Ok(Prepared {
+            order,
+            advantages,
+            ..Default::default()
+        })
     }
 
     /// Token-mean negative log-likelihood over the step's kept tokens.

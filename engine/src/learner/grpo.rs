@@ -10,7 +10,8 @@ use tch::Kind;
 
 use super::advantages::{group_advantages, ScaleRewards};
 use super::algorithm::{
-    aggregate, mask_count, masked_sum, Algorithm, LossInput, LossOutput, LossType, Prepared,
+    aggregate, mask_count, masked_sum, Algorithm, BatchContext, LossInput, LossOutput, LossType,
+    Prepared,
 };
 use super::metrics::{self as m, Stats};
 use crate::error::{Error, Result};
@@ -121,7 +122,12 @@ impl Algorithm for Grpo {
         self.cfg.max_completion_length
     }
 
-    fn prepare(&self, samples: &[Sample], stats: &mut Stats) -> Result<Prepared> {
+    fn prepare(
+        &self,
+        samples: &[Sample],
+        _ctx: &BatchContext,
+        stats: &mut Stats,
+    ) -> Result<Prepared> {
         if !(self.cfg.epsilon >= 0.0 && self.cfg.eps_high() >= 0.0) {
             return Err(Error::Invalid("grpo: epsilon must be >= 0".into()));
         }
@@ -138,7 +144,11 @@ impl Algorithm for Grpo {
             .iter()
             .map(|&i| vec![adv.advantages[i] as f32; samples[i].completion_ids.len()])
             .collect();
-        Ok(Prepared { order, advantages })
+        Ok(Prepared {
+            order,
+            advantages,
+            ..Default::default()
+        })
     }
 
     fn loss(&self, input: &LossInput) -> LossOutput {

@@ -12,13 +12,14 @@ use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use super::algorithm::{mask_count, masked_sum, Algorithm, LossInput, StepScale};
+use super::algorithm::{mask_count, masked_sum, Algorithm, BatchContext, LossInput, StepScale};
 use super::batch::{collate, micro_batches, token_logprobs, validate, Rows};
 use super::dpo::{Dpo, DpoConfig};
 use super::expert::{ExpertIteration, ExpertIterationConfig};
 use super::grpo::{Grpo, GrpoConfig};
 use super::metrics::{self as m, Metrics, Stats};
 use super::optim::{AdamW, OptimConfig};
+use super::ppo::{Critic, Ppo, PpoConfig};
 use super::topr::{Topr, ToprConfig};
 use crate::error::{Error, Result};
 use crate::model::Llama;
@@ -37,6 +38,8 @@ pub enum AlgorithmKind {
     Dpo,
     /// Rejection-sampling fine-tuning.
     ExpertIteration,
+    /// PPO with a critic.
+    Ppo,
 }
 
 /// Learner options: `[learner]` in a run config, with one table per algorithm.
@@ -53,6 +56,8 @@ pub struct LearnerConfig {
     pub dpo: DpoConfig,
     /// `[learner.expert_iteration]`.
     pub expert_iteration: ExpertIterationConfig,
+    /// `[learner.ppo]`.
+    pub ppo: PpoConfig,
     /// `[learner.optim]`: AdamW, schedule, clipping.
     pub optim: OptimConfig,
     /// Optimizer steps per pass over a batch (the batch is split into this many mini-batches;
@@ -79,6 +84,9 @@ impl LearnerConfig {
             AlgorithmKind::ExpertIteration => Box::new(ExpertIteration {
                 cfg: self.expert_iteration.clone(),
             }),
+            AlgorithmKind::Ppo => Box::new(Ppo {
+                cfg: self.ppo.clone(),
+            }),
         }
     }
 }
@@ -100,6 +108,7 @@ pub struct Learner {
     vs: VarStore,
     policy: Llama,
     reference: Option<Reference>,
+    critic: Option<Critic>,
     optimizer: AdamW,
 }
 
@@ -145,17 +154,31 @@ impl Learner {
         } else {
             None
         };
-        let params = vs
+        let critic = if algorithm.needs_critic() {
+            Some(Critic::from_policy(&vs, &policy)?)
+        } else {
+            None
+        };
+        let mut params: Vec<(String, Tensor)> = vs
             .variables()
             .into_iter()
             .filter(|(_, t)| t.requires_grad())
             .collect();
+        if let Some(c) = &critic {
+            params.extend(
+                c.vs.variables()
+                    .into_iter()
+                    .filter(|(_, t)| t.requires_grad())
+                    .map(|(n, t)| (format!("critic.{n}"), t)),
+            );
+        }
         Ok(Self {
             cfg,
             algorithm,
             vs,
             policy,
             reference,
+            critic,
             optimizer: AdamW::new(params),
         })
     }
@@ -205,6 +228,28 @@ impl Learner {
         Ok(out)
     }
 
+    /// Critic values per completion token of `samples` (PPO only).
+    pub fn values(&self, samples: &[&Sample]) -> Result<Vec<Vec<f32>>> {
+        let critic = self
+            .critic
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("learner: no critic".into()))?;
+        let mut out = Vec::with_capacity(samples.len());
+        let lens: Vec<usize> = samples
+            .iter()
+            .map(|s| s.prompt_ids.len() + s.completion_ids.len())
+            .collect();
+        for r in micro_batches(&lens, 1, self.cfg.max_tokens_per_micro_batch) {
+            let rows = collate(&samples[r.clone()], critic.vs.device())?;
+            let v = tch::no_grad(|| critic.values(&rows)).to_device(Device::Cpu);
+            for (i, s) in samples[r].iter().enumerate() {
+                let row = Vec::<f32>::try_from(v.get(i as i64))?;
+                out.push(row[..s.completion_ids.len()].to_vec());
+            }
+        }
+        Ok(out)
+    }
+
     /// Reference logprobs of `samples` (cached when the reference keeps a cache).
     fn reference_logprobs(&mut self, samples: &[&Sample]) -> Result<Vec<Vec<f32>>> {
         let reference = self
@@ -241,17 +286,33 @@ impl Learner {
         for s in samples {
             validate(s)?;
         }
-        let prepared = self.algorithm.prepare(samples, &mut stats)?;
+        let all: Vec<&Sample> = samples.iter().collect();
+        let all_refs = if self.algorithm.needs_reference() && !samples.is_empty() {
+            Some(self.reference_logprobs(&all)?)
+        } else {
+            None
+        };
+        let all_values = if self.critic.is_some() && !samples.is_empty() {
+            Some(self.values(&all)?)
+        } else {
+            None
+        };
+        let ctx = BatchContext {
+            reference: all_refs.as_deref(),
+            values: all_values.as_deref(),
+        };
+        let prepared = self.algorithm.prepare(samples, &ctx, &mut stats)?;
         let chosen: Vec<&Sample> = prepared.order.iter().map(|&i| &samples[i]).collect();
         if chosen.is_empty() {
             stats.set(m::OPTIMIZER_STEPS, 0.0);
             stats.set(m::TRAINED_TOKENS, 0.0);
             return Ok(stats.finish());
         }
-        let refs = if self.algorithm.needs_reference() {
-            Some(self.reference_logprobs(&chosen)?)
-        } else {
-            None
+        let refs: Option<Vec<Vec<f32>>> =
+            all_refs.map(|r| prepared.order.iter().map(|&i| r[i].clone()).collect());
+        let targets = match (&prepared.returns, &prepared.old_values) {
+            (Some(r), Some(v)) => Some((r.as_slice(), v.as_slice())),
+            _ => None,
         };
         let unit = self.algorithm.unit();
         let max_len = self.algorithm.max_completion_length().unwrap_or_else(|| {
@@ -265,13 +326,13 @@ impl Learner {
         let mut steps = 0;
         for _pass in 0..self.algorithm.passes() {
             for mini in &minis {
-                self.optimizer_step(
-                    &chosen[mini.clone()],
-                    &prepared.advantages[mini.clone()],
-                    refs.as_ref().map(|r| &r[mini.clone()]),
-                    max_len,
-                    &mut stats,
-                )?;
+                let part = Part {
+                    samples: &chosen[mini.clone()],
+                    advantages: &prepared.advantages[mini.clone()],
+                    refs: refs.as_ref().map(|r| &r[mini.clone()]),
+                    targets: targets.map(|(r, v)| (&r[mini.clone()], &v[mini.clone()])),
+                };
+                self.optimizer_step(&part, max_len, &mut stats)?;
                 steps += 1;
             }
         }
@@ -283,12 +344,11 @@ impl Learner {
 
     fn optimizer_step(
         &mut self,
-        samples: &[&Sample],
-        advantages: &[Vec<f32>],
-        refs: Option<&[Vec<f32>]>,
+        part: &Part,
         max_completion_length: usize,
         stats: &mut Stats,
     ) -> Result<()> {
+        let samples = part.samples;
         let lens: Vec<usize> = samples
             .iter()
             .map(|s| s.prompt_ids.len() + s.completion_ids.len())
@@ -307,7 +367,7 @@ impl Learner {
         self.optimizer.zero_grad();
         let (mut loss_sum, mut pg_sum) = (0.0, 0.0);
         for r in micros {
-            let (loss, pg) = self.micro_step(samples, advantages, refs, r, scale, stats)?;
+            let (loss, pg) = self.micro_step(part, r, scale, stats)?;
             loss_sum += loss;
             pg_sum += pg;
         }
@@ -323,22 +383,23 @@ impl Learner {
 
     fn micro_step(
         &mut self,
-        samples: &[&Sample],
-        advantages: &[Vec<f32>],
-        refs: Option<&[Vec<f32>]>,
+        part: &Part,
         r: Range<usize>,
         scale: StepScale,
         stats: &mut Stats,
     ) -> Result<(f64, f64)> {
         let device = self.policy.device();
-        let rows: Rows = collate(&samples[r.clone()], device)?;
+        let rows: Rows = collate(&part.samples[r.clone()], device)?;
         let t = rows.mask.size()[1];
-        let adv: Vec<&[f32]> = advantages[r.clone()].iter().map(|a| a.as_slice()).collect();
-        let adv = pad_rows(&adv, t, device);
-        let ref_logp = refs.map(|refs| {
-            let rr: Vec<&[f32]> = refs[r.clone()].iter().map(|a| a.as_slice()).collect();
+        let pad = |v: &[Vec<f32>]| {
+            let rr: Vec<&[f32]> = v[r.clone()].iter().map(|a| a.as_slice()).collect();
             pad_rows(&rr, t, device)
-        });
+        };
+        let adv = pad(part.advantages);
+        let ref_logp = part.refs.map(pad);
+        let returns = part.targets.map(|(ret, _)| pad(ret));
+        let old_values = part.targets.map(|(_, v)| pad(v));
+        let values = self.critic.as_ref().map(|c| c.values(&rows));
         let tl = token_logprobs(&self.policy, &rows);
         let out = self.algorithm.loss(&LossInput {
             logp: &tl.logp,
@@ -346,6 +407,9 @@ impl Learner {
             ref_logp: ref_logp.as_ref(),
             mask: &rows.mask,
             advantages: &adv,
+            values: values.as_ref(),
+            old_values: old_values.as_ref(),
+            returns: returns.as_ref(),
             scale,
         });
         if !out.loss.requires_grad() {
@@ -359,6 +423,18 @@ impl Learner {
         stats.mean(m::ENTROPY, masked_sum(&tl.entropy, &rows.mask), tokens);
         Ok((out.loss.double_value(&[]), out.policy_loss))
     }
+}
+
+/// Per-sample (returns, old values).
+type Targets<'a> = (&'a [Vec<f32>], &'a [Vec<f32>]);
+
+/// The slice of a prepared batch one optimizer step trains on.
+struct Part<'a> {
+    samples: &'a [&'a Sample],
+    advantages: &'a [Vec<f32>],
+    refs: Option<&'a [Vec<f32>]>,
+    /// (returns, old values) for algorithms with a critic.
+    targets: Option<Targets<'a>>,
 }
 
 /// Splits `n` items (in units of `unit`) into `parts` nearly equal consecutive ranges.

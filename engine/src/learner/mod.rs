@@ -17,8 +17,11 @@ pub mod grpo;
 mod learner;
 pub mod metrics;
 pub mod optim;
+pub mod ppo;
 pub mod topr;
 
-pub use algorithm::{Algorithm, LossInput, LossOutput, LossType, Prepared, StepScale};
+pub use algorithm::{
+    Algorithm, BatchContext, LossInput, LossOutput, LossType, Prepared, StepScale,
+};
 pub use learner::{AlgorithmKind, Learner, LearnerConfig};
 pub use metrics::{Metrics, Stats};

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::algorithm::{Algorithm, LossInput, LossOutput, Prepared};
+use super::algorithm::{Algorithm, BatchContext, LossInput, LossOutput, Prepared};
 use super::grpo::reward_stats;
 use super::metrics::{self as m, Stats};
 use crate::error::Result;
@@ -96,7 +96,12 @@ impl Algorithm for Topr {
         false
     }
 
-    fn prepare(&self, samples: &[Sample], stats: &mut Stats) -> Result<Prepared> {
+    fn prepare(
+        &self,
+        samples: &[Sample],
+        _ctx: &BatchContext,
+        stats: &mut Stats,
+    ) -> Result<Prepared> {
         reward_stats(samples, stats);
         let r = centred_rewards(samples, self.cfg.baseline);
         Ok(Prepared {
@@ -106,6 +111,7 @@ impl Algorithm for Topr {
                 .zip(&r)
                 .map(|(s, &r)| vec![r as f32; s.completion_ids.len()])
                 .collect(),
+            ..Default::default()
         })
     }
 
