@@ -1,5 +1,6 @@
 //! The `oxrl` command line.
 
+mod bench;
 mod generate;
 mod import;
 mod logprobs;
@@ -26,6 +27,9 @@ enum Command {
     Logprobs(logprobs::Args),
     /// Convert a GGUF file into a Hugging Face model directory.
     Import(import::Args),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench::Bench),
     /// Score JSONL samples with a reward (one JSON line out per line in).
     Reward(reward::Args),
 }
@@ -61,5 +65,6 @@ pub fn run() -> anyhow::Result<()> {
         Command::Logprobs(args) => logprobs::run(args),
         Command::Import(args) => import::run(args),
         Command::Reward(args) => reward::run(args),
+        Command::Bench(bench) => bench::run(bench),
     }
 }

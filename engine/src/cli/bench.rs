@@ -1,0 +1,123 @@
+//! `oxrl bench rollout`: rollout throughput on fixed prompts, EOS ignored so every completion
+//! has exactly `--max-tokens` tokens, next to the memory-bandwidth floor of a decode step.
+
+use std::time::Instant;
+
+use tch::{Device, Kind, Tensor};
+
+use super::ModelArgs;
+use crate::rollout::{generate_batch, GenerationRequest, SamplingParams, StopConditions};
+
+/// Prompts shared with bench/hf_rollout.py; cycled to fill the batch.
+pub const PROMPTS: [&str; 8] = [
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
+    "Write a short story about a robot who learns to paint.",
+    "Explain why the sky is blue in simple terms.",
+    "def fibonacci(n):",
+    "The three most important inventions of the twentieth century are",
+    "Question: What is 17 times 23? Answer:",
+    "List five fruits that are red:",
+    "Once upon a time in a small village by the sea,",
+];
+
+#[derive(Debug, clap::Subcommand)]
+pub(super) enum Bench {
+    /// Batched sampling throughput.
+    Rollout(RolloutArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct RolloutArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Completions generated at once.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// New tokens per completion (EOS is ignored).
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// libtorch intra-op threads (default: libtorch's choice).
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// Timed repetitions (the best is reported).
+    #[arg(long, default_value_t = 2)]
+    repeats: usize,
+}
+
+pub(super) fn run(bench: Bench) -> anyhow::Result<()> {
+    let Bench::Rollout(args) = bench;
+    if let Some(t) = args.threads {
+        tch::set_num_threads(t);
+    }
+    let loaded = args.model.load()?;
+    let prompts = PROMPTS
+        .iter()
+        .cycle()
+        .take(args.batch)
+        .map(|p| loaded.tokenizer.encode(p, false))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut req = GenerationRequest {
+        prompts,
+        n: 1,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            ..Default::default()
+        },
+        max_tokens: 4,
+        stop: StopConditions::default(),
+        seed: 0,
+    };
+    generate_batch(&loaded.model, &req, None)?; // warm-up
+    req.max_tokens = args.max_tokens;
+    let mut best = f64::INFINITY;
+    for _ in 0..args.repeats.max(1) {
+        let start = Instant::now();
+        let out = generate_batch(&loaded.model, &req, None)?;
+        best = best.min(start.elapsed().as_secs_f64());
+        assert!(
+            out.iter().all(|g| g.tokens.len() == args.max_tokens),
+            "EOS is ignored"
+        );
+    }
+    let tokens = (args.batch * args.max_tokens) as f64;
+    let model_bytes = param_bytes(&loaded.vs);
+    let bandwidth = copy_bandwidth(loaded.model.device());
+    let floor = args.batch as f64 * bandwidth / model_bytes;
+    println!(
+        "threads={} batch={} max_tokens={}",
+        tch::get_num_threads(),
+        args.batch,
+        args.max_tokens
+    );
+    println!("model_bytes={model_bytes:.0} copy_bandwidth_bytes_per_s={bandwidth:.3e}");
+    println!("bandwidth_floor_tokens_per_s={floor:.1} (one read of the weights per decode step)");
+    println!("seconds={best:.3}");
+    println!("tokens_per_s={:.1}", tokens / best);
+    Ok(())
+}
+
+fn param_bytes(vs: &tch::nn::VarStore) -> f64 {
+    vs.trainable_variables()
+        .iter()
+        .map(|t| (t.numel() * t.kind().elt_size_in_bytes()) as f64)
+        .sum()
+}
+
+/// Bytes per second of a large device-to-device copy (read + write counted once, as a
+/// decode step reads each weight once).
+fn copy_bandwidth(device: Device) -> f64 {
+    let n = 64 * 1024 * 1024; // 256 MB of f32: larger than any cache
+    let src = Tensor::ones([n], (Kind::Float, device));
+    let mut dst = Tensor::empty([n], (Kind::Float, device));
+    dst.copy_(&src);
+    let reps = 5;
+    let start = Instant::now();
+    for _ in 0..reps {
+        dst.copy_(&src);
+    }
+    let _ = dst.sum(Kind::Float).double_value(&[]); // synchronise on CUDA
+    (reps * n * 4) as f64 / start.elapsed().as_secs_f64()
+}
