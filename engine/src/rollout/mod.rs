@@ -2,9 +2,11 @@
 //! that runs it beside the learner.
 
 pub mod generate;
+pub mod pool;
 pub mod sampling;
 pub mod stop;
 
 pub use generate::{generate_batch, Generated, GenerationRequest};
+pub use pool::{RolloutPool, RolloutResult, Staleness, WeightUpdate, WorkerModel};
 pub use sampling::SamplingParams;
 pub use stop::StopConditions;
