@@ -17,8 +17,10 @@ build:
 lint:
 	$(SETUP) && cargo fmt --all --check && cargo clippy --workspace --all-targets -- -D warnings
 
+# One libtorch thread per test: cargo runs tests in parallel, and OpenMP threads
+# oversubscribing the cores slow every test down many times over.
 test: lint
-	$(SETUP) && cargo test --workspace
+	$(SETUP) && OMP_NUM_THREADS=1 cargo test --workspace
 
 # Imports the bundled GGUF into the model cache as an HF directory (once).
 model: build
