@@ -14,12 +14,15 @@ shift $(( $# > 2 ? 2 : $# )) || true
 BATCHES=("${@:-8 32}")
 OXRL=./target/release/oxrl
 [[ -x $OXRL ]] || { echo "build first: make build" >&2; exit 1; }
+# Both sides load the same dense HF directory (transformers keeps GGUF weights packed).
+MODEL="${MODEL:-$OXRL_CACHE/models/SmolLM2-135M-Instruct}"
+[[ -f $MODEL/model.safetensors ]] || "$OXRL" import "$OXRL_SMOLLM2_GGUF" "$MODEL"
 printf "%6s %12s %12s %7s %16s\n" batch "oxrl tok/s" "hf tok/s" ratio "bw floor tok/s"
 for B in ${BATCHES[@]}; do
-    out=$("$OXRL" bench rollout --model "$OXRL_SMOLLM2_GGUF" --batch "$B" --max-tokens "$N" --threads "$THREADS" --dtype "$DTYPE")
+    out=$("$OXRL" bench rollout --model "$MODEL" --batch "$B" --max-tokens "$N" --threads "$THREADS" --dtype "$DTYPE")
     ours=$(sed -n 's/^tokens_per_s=//p' <<<"$out")
     floor=$(sed -n 's/^bandwidth_floor_tokens_per_s=\([0-9.]*\).*/\1/p' <<<"$out")
-    hf=$("$OXRL_PYTHON" bench/hf_rollout.py "$OXRL_SMOLLM2_GGUF" "$B" "$N" "$THREADS" 1.0 "$DTYPE" | sed -n 's/^tokens_per_s=//p')
+    hf=$("$OXRL_PYTHON" bench/hf_rollout.py "$MODEL" "$B" "$N" "$THREADS" 1.0 "$DTYPE" | sed -n 's/^tokens_per_s=//p')
     printf "%6s %12s %12s %7.2f %16s\n" "$B" "$ours" "$hf" "$(echo "$ours / $hf" | bc -l)" "$floor"
 done
 echo "new_tokens=$N threads=$THREADS dtype=$DTYPE device=cpu"
