@@ -91,11 +91,12 @@ impl LearnerConfig {
     }
 }
 
-/// A frozen copy of the initial policy.
+/// The frozen reference: a copy of the initial policy, or (LoRA) the policy's own base
+/// weights with adapters off.
 #[derive(Debug)]
 struct Reference {
-    _vs: VarStore,
-    model: Llama,
+    /// `None`: use the policy with adapters off.
+    copy: Option<(VarStore, Llama)>,
     /// Cached per-sample reference logprobs (DPO: computed once per pair).
     cache: Option<HashMap<u64, Vec<f32>>>,
 }
@@ -137,7 +138,12 @@ impl Learner {
     /// weights is made now.
     pub fn new(vs: VarStore, policy: Llama, cfg: LearnerConfig) -> Result<Self> {
         let algorithm = cfg.build_algorithm();
-        let reference = if algorithm.needs_reference() {
+        let reference = if algorithm.needs_reference() && policy.has_adapters() {
+            Some(Reference {
+                copy: None,
+                cache: (cfg.algorithm == AlgorithmKind::Dpo).then(HashMap::new),
+            })
+        } else if algorithm.needs_reference() {
             let mut rvs = VarStore::new(vs.device());
             let model = Llama::new(&rvs.root(), policy.config());
             if let Some(kind) = vs.variables().values().next().map(|t| t.kind()) {
@@ -147,8 +153,7 @@ impl Learner {
             rvs.freeze();
             let cache = (cfg.algorithm == AlgorithmKind::Dpo).then(HashMap::new);
             Some(Reference {
-                _vs: rvs,
-                model,
+                copy: Some((rvs, model)),
                 cache,
             })
         } else {
@@ -256,15 +261,24 @@ impl Learner {
             .reference
             .as_ref()
             .ok_or_else(|| Error::Invalid("learner: no reference model".into()))?;
+        let run = |samples: &[&Sample]| match &reference.copy {
+            Some((_, model)) => self.logprobs_with(model, samples),
+            None => {
+                self.policy.set_adapters_enabled(false);
+                let out = self.logprobs_with(&self.policy, samples);
+                self.policy.set_adapters_enabled(true);
+                out
+            }
+        };
         let Some(cache) = &reference.cache else {
-            return self.logprobs_with(&reference.model, samples);
+            return run(samples);
         };
         let missing: Vec<&Sample> = samples
             .iter()
             .copied()
             .filter(|s| !cache.contains_key(&sample_key(s)))
             .collect();
-        let fresh = self.logprobs_with(&reference.model, &missing)?;
+        let fresh = run(&missing)?;
         let cache = self
             .reference
             .as_mut()
@@ -400,7 +414,9 @@ impl Learner {
         let returns = part.targets.map(|(ret, _)| pad(ret));
         let old_values = part.targets.map(|(_, v)| pad(v));
         let values = self.critic.as_ref().map(|c| c.values(&rows));
+        self.policy.set_training(true);
         let tl = token_logprobs(&self.policy, &rows);
+        self.policy.set_training(false);
         let out = self.algorithm.loss(&LossInput {
             logp: &tl.logp,
             old_logp: &rows.old_logp,

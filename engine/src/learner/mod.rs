@@ -15,6 +15,7 @@ pub mod expert;
 pub mod grpo;
 #[allow(clippy::module_inception)]
 mod learner;
+pub mod lora;
 pub mod metrics;
 pub mod optim;
 pub mod ppo;

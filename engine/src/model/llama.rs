@@ -3,6 +3,13 @@
 //! bias, tied or separate `lm_head`. Mirrors transformers' `modeling_llama.py`; parameter
 //! paths are the HF checkpoint keys (`model.layers.{i}.self_attn.q_proj.weight`), so loading
 //! is by name.
+//!
+//! Optional LoRA adapters (Hu et al. 2021, PEFT naming: `{proj}.lora_A.weight` `[r, in]`,
+//! `{proj}.lora_B.weight` `[out, r]`, output `W x + (alpha / r) B A dropout(x)`) can sit on any
+//! projection; one shared switch turns them off (the frozen base is the reference model).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
@@ -37,21 +44,105 @@ impl RmsNorm {
     }
 }
 
-fn linear(p: &nn::Path, name: &str, input: usize, output: usize, bias: bool) -> nn::Linear {
+/// Which projections get LoRA adapters, and their shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSpec {
+    /// Rank.
+    pub r: i64,
+    /// Scale numerator: the update is `alpha / r * B A`.
+    pub alpha: f64,
+    /// Dropout on the adapter input while training.
+    pub dropout: f64,
+    /// Projection names (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`,
+    /// `down_proj`).
+    pub target_modules: Vec<String>,
+}
+
+/// Switches shared by all adapters of one model.
+#[derive(Debug, Default)]
+pub struct AdapterSwitch {
+    disabled: AtomicBool,
+    training: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Lora {
+    a: Tensor,
+    b: Tensor,
+    scaling: f64,
+    dropout: f64,
+    switch: Arc<AdapterSwitch>,
+}
+
+/// A linear projection, optionally with a LoRA adapter.
+#[derive(Debug)]
+pub struct Linear {
+    base: nn::Linear,
+    lora: Option<Lora>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let y = self.base.forward(x);
+        match &self.lora {
+            Some(l) if !l.switch.disabled.load(Ordering::Relaxed) => {
+                let train = l.switch.training.load(Ordering::Relaxed);
+                let h = if l.dropout > 0.0 && train {
+                    x.dropout(l.dropout, true)
+                } else {
+                    x.shallow_clone()
+                };
+                y + h.linear::<Tensor>(&l.a, None).linear::<Tensor>(&l.b, None) * l.scaling
+            }
+            _ => y,
+        }
+    }
+}
+
+/// What building a layer needs besides the config: the adapters to create, if any.
+#[derive(Debug, Clone, Copy)]
+struct Build<'a> {
+    lora: Option<(&'a LoraSpec, &'a Arc<AdapterSwitch>)>,
+}
+
+fn linear(
+    p: &nn::Path,
+    name: &str,
+    input: usize,
+    output: usize,
+    bias: bool,
+    build: Build,
+) -> Linear {
     let cfg = nn::LinearConfig {
         bias,
         ..Default::default()
     };
-    nn::linear(p / name, input as i64, output as i64, cfg)
+    let base = nn::linear(p / name, input as i64, output as i64, cfg);
+    let lora = build.lora.and_then(|(spec, switch)| {
+        if !spec.target_modules.iter().any(|m| m == name) {
+            return None;
+        }
+        let bound = 1.0 / (input as f64).sqrt(); // PEFT: kaiming_uniform(a = sqrt(5))
+        let a = (p / name / "lora_A").uniform("weight", &[spec.r, input as i64], -bound, bound);
+        let b = (p / name / "lora_B").zeros("weight", &[output as i64, spec.r]);
+        Some(Lora {
+            a,
+            b,
+            scaling: spec.alpha / spec.r as f64,
+            dropout: spec.dropout,
+            switch: Arc::clone(switch),
+        })
+    });
+    Linear { base, lora }
 }
 
 /// Grouped-query self-attention.
 #[derive(Debug)]
 pub struct Attention {
-    q_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    o_proj: nn::Linear,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
     num_heads: i64,
     num_kv_heads: i64,
     head_dim: i64,
@@ -60,13 +151,17 @@ pub struct Attention {
 impl Attention {
     /// The `self_attn` block at `p`.
     pub fn new(p: nn::Path, cfg: &ModelConfig) -> Self {
+        Self::build(p, cfg, Build { lora: None })
+    }
+
+    fn build(p: nn::Path, cfg: &ModelConfig, b: Build) -> Self {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim());
         let (nq, nkv) = (cfg.num_attention_heads, cfg.num_kv_heads());
         Self {
-            q_proj: linear(&p, "q_proj", h, nq * hd, cfg.qkv_bias()),
-            k_proj: linear(&p, "k_proj", h, nkv * hd, cfg.qkv_bias()),
-            v_proj: linear(&p, "v_proj", h, nkv * hd, cfg.qkv_bias()),
-            o_proj: linear(&p, "o_proj", nq * hd, h, cfg.o_bias()),
+            q_proj: linear(&p, "q_proj", h, nq * hd, cfg.qkv_bias(), b),
+            k_proj: linear(&p, "k_proj", h, nkv * hd, cfg.qkv_bias(), b),
+            v_proj: linear(&p, "v_proj", h, nkv * hd, cfg.qkv_bias(), b),
+            o_proj: linear(&p, "o_proj", nq * hd, h, cfg.o_bias(), b),
             num_heads: nq as i64,
             num_kv_heads: nkv as i64,
             head_dim: hd as i64,
@@ -79,7 +174,7 @@ impl Attention {
     ///   (true = may attend)
     fn forward(&self, x: &Tensor, ctx: &mut LayerContext) -> Tensor {
         let (b, t, _) = x.size3().expect("attention input is [batch, seq, hidden]");
-        let heads = |proj: &nn::Linear, n: i64| {
+        let heads = |proj: &Linear, n: i64| {
             proj.forward(x)
                 .view([b, t, n, self.head_dim])
                 .transpose(1, 2)
@@ -109,19 +204,23 @@ impl Attention {
 /// SwiGLU feed-forward block: `down(silu(gate(x)) * up(x))`.
 #[derive(Debug)]
 pub struct Mlp {
-    gate_proj: nn::Linear,
-    up_proj: nn::Linear,
-    down_proj: nn::Linear,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
 }
 
 impl Mlp {
     /// The `mlp` block at `p`.
     pub fn new(p: nn::Path, cfg: &ModelConfig) -> Self {
+        Self::build(p, cfg, Build { lora: None })
+    }
+
+    fn build(p: nn::Path, cfg: &ModelConfig, b: Build) -> Self {
         let (h, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         Self {
-            gate_proj: linear(&p, "gate_proj", h, i, bias),
-            up_proj: linear(&p, "up_proj", h, i, bias),
-            down_proj: linear(&p, "down_proj", i, h, bias),
+            gate_proj: linear(&p, "gate_proj", h, i, bias, b),
+            up_proj: linear(&p, "up_proj", h, i, bias, b),
+            down_proj: linear(&p, "down_proj", i, h, bias, b),
         }
     }
 
@@ -143,16 +242,20 @@ pub struct DecoderLayer {
 impl DecoderLayer {
     /// The layer at `p` (`model.layers.{i}`).
     pub fn new(p: nn::Path, cfg: &ModelConfig) -> Self {
+        Self::build(p, cfg, Build { lora: None })
+    }
+
+    fn build(p: nn::Path, cfg: &ModelConfig, b: Build) -> Self {
         let h = cfg.hidden_size as i64;
         Self {
             input_layernorm: RmsNorm::new(&p / "input_layernorm", h, cfg.rms_norm_eps),
-            self_attn: Attention::new(&p / "self_attn", cfg),
+            self_attn: Attention::build(&p / "self_attn", cfg, b),
             post_attention_layernorm: RmsNorm::new(
                 &p / "post_attention_layernorm",
                 h,
                 cfg.rms_norm_eps,
             ),
-            mlp: Mlp::new(&p / "mlp", cfg),
+            mlp: Mlp::build(&p / "mlp", cfg, b),
         }
     }
 
@@ -183,17 +286,28 @@ pub struct Llama {
     norm: RmsNorm,
     lm_head: Tensor,
     rope: Rope,
+    adapters: Option<Arc<AdapterSwitch>>,
 }
 
 impl Llama {
     /// Creates the parameters under `root` (normally a `VarStore`'s root); with tied
     /// embeddings `lm_head` shares `model.embed_tokens.weight`.
     pub fn new(root: &nn::Path, cfg: &ModelConfig) -> Self {
+        Self::with_lora(root, cfg, None)
+    }
+
+    /// Like [`new`](Self::new), with LoRA adapters on the projections `lora` names
+    /// (`lora_B` starts at zero, so the model's outputs are unchanged until it is trained).
+    pub fn with_lora(root: &nn::Path, cfg: &ModelConfig, lora: Option<&LoraSpec>) -> Self {
         let model = root / "model";
         let (vocab, h) = (cfg.vocab_size as i64, cfg.hidden_size as i64);
         let embed_tokens = (&model / "embed_tokens").randn("weight", &[vocab, h], 0.0, 0.02);
+        let switch = lora.map(|_| Arc::new(AdapterSwitch::default()));
+        let build = Build {
+            lora: lora.zip(switch.as_ref()),
+        };
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::new(&model / "layers" / i, cfg))
+            .map(|i| DecoderLayer::build(&model / "layers" / i, cfg, build))
             .collect();
         let lm_head = if cfg.tie_word_embeddings {
             embed_tokens.shallow_clone()
@@ -207,6 +321,26 @@ impl Llama {
             norm: RmsNorm::new(&model / "norm", h, cfg.rms_norm_eps),
             lm_head,
             rope: Rope::new(cfg, root.device()),
+            adapters: switch,
+        }
+    }
+
+    /// Whether the model carries LoRA adapters.
+    pub fn has_adapters(&self) -> bool {
+        self.adapters.is_some()
+    }
+
+    /// Turns the adapters on or off (off = the frozen base model); no-op without adapters.
+    pub fn set_adapters_enabled(&self, enabled: bool) {
+        if let Some(s) = &self.adapters {
+            s.disabled.store(!enabled, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether adapter dropout is active (training forward passes).
+    pub fn set_training(&self, training: bool) {
+        if let Some(s) = &self.adapters {
+            s.training.store(training, Ordering::Relaxed);
         }
     }
 
