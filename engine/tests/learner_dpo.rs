@@ -5,19 +5,19 @@
 mod learner_support;
 
 use learner_support::*;
+use oxrl::learner::data::read_preference_jsonl;
 use oxrl::learner::dpo::{pair_samples, DpoLoss};
 use oxrl::learner::metrics as m;
 use oxrl::learner::{AlgorithmKind, Learner, LearnerConfig};
 use oxrl::Sample;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-/// One line of the offline preference file (token ids; a tokenizer would make these from
-/// text).
-#[derive(Serialize, Deserialize)]
+/// One line of the offline preference file (token ids; text lines need a tokenizer).
+#[derive(Serialize)]
 struct Pair {
-    prompt: Vec<u32>,
-    chosen: Vec<u32>,
-    rejected: Vec<u32>,
+    prompt_ids: Vec<u32>,
+    chosen_ids: Vec<u32>,
+    rejected_ids: Vec<u32>,
 }
 
 /// Deterministic pseudo-random wrong completions.
@@ -38,9 +38,9 @@ fn pairs(range: std::ops::Range<u32>) -> Vec<Pair> {
         .into_iter()
         .flat_map(|d| {
             range.clone().map(move |k| Pair {
-                prompt: prompt(d),
-                chosen: vec![target(d); COMPLETION],
-                rejected: wrong(d, k),
+                prompt_ids: prompt(d),
+                chosen_ids: vec![target(d); COMPLETION],
+                rejected_ids: wrong(d, k),
             })
         })
         .collect()
@@ -50,7 +50,7 @@ fn to_samples(pairs: &[Pair]) -> Vec<Sample> {
     pairs
         .iter()
         .enumerate()
-        .flat_map(|(i, p)| pair_samples(&p.prompt, &p.chosen, &p.rejected, i as u64))
+        .flat_map(|(i, p)| pair_samples(&p.prompt_ids, &p.chosen_ids, &p.rejected_ids, i as u64))
         .collect()
 }
 
@@ -70,12 +70,8 @@ fn offline(loss_type: DpoLoss, beta: f64, label_smoothing: f64) {
         .map(|p| serde_json::to_string(p).unwrap() + "\n")
         .collect();
     std::fs::write(&path, text).unwrap();
-    let train: Vec<Pair> = std::fs::read_to_string(&path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let train = to_samples(&train);
+    let train = read_preference_jsonl(&path, None).unwrap();
+    assert_eq!(train.len(), 2 * 8 * DIGITS as usize);
     let held_out = to_samples(&pairs(100..104));
 
     let (vs, model) = tiny(7);

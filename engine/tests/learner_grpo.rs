@@ -93,3 +93,29 @@ fn micro_batches_accumulate_exactly() {
         assert!(whole[m::GRAD_NORM] > 0.0);
     }
 }
+
+#[test]
+fn env_tokens_are_excluded_and_bad_samples_rejected() {
+    let (vs, model) = tiny(3);
+    let mut batch = rollout(&model, &all_digits(), 4, 5);
+    // The middle token of each completion becomes an environment token; its recorded
+    // logprob (0, as the rollout engine writes for env tokens) must not matter.
+    for s in &mut batch {
+        s.loss_mask[1] = false;
+        s.behaviour_logprobs[1] = 0.0;
+    }
+    let mut cfg = grpo_config(LossType::Dapo);
+    cfg.grpo.num_iterations = 1;
+    let mut learner = Learner::new(vs, model, cfg).unwrap();
+    let metrics = learner.update(&batch).unwrap();
+    assert_eq!(metrics[m::TRAINED_TOKENS], (batch.len() * 2) as f64);
+    // On-policy first step: the learner's logprobs equal the sampler's on trained tokens.
+    assert!((metrics[m::RATIO_MEAN] - 1.0).abs() < 1e-4, "{metrics:?}");
+    assert!(metrics[m::RATIO_MAX] < 1.0 + 1e-4 && metrics[m::RATIO_MIN] > 1.0 - 1e-4);
+    let mut bad = batch[0].clone();
+    bad.loss_mask.pop();
+    assert!(learner.update(&[bad]).is_err());
+    let mut bad = batch[0].clone();
+    bad.reward = f64::NAN;
+    assert!(learner.update(&[bad]).is_err());
+}

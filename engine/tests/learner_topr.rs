@@ -5,10 +5,10 @@
 mod learner_support;
 
 use learner_support::*;
+use oxrl::learner::data::read_samples_jsonl;
 use oxrl::learner::metrics as m;
 use oxrl::learner::topr::{Baseline, NamedBaseline};
 use oxrl::learner::{AlgorithmKind, Learner, LearnerConfig};
-use oxrl::Sample;
 
 fn topr_config(baseline: Baseline) -> LearnerConfig {
     let mut cfg = LearnerConfig {
@@ -60,11 +60,7 @@ fn topr_learns_fully_offline_from_jsonl() {
         .map(|s| serde_json::to_string(s).unwrap() + "\n")
         .collect();
     std::fs::write(&path, text).unwrap();
-    let data: Vec<Sample> = std::fs::read_to_string(&path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let data = read_samples_jsonl(&path).unwrap();
     let hits = data.iter().filter(|s| s.reward > 0.0).count();
     eprintln!(
         "offline data: {} samples, {hits} with reward > 0",

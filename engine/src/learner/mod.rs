@@ -10,6 +10,7 @@
 pub mod advantages;
 pub mod algorithm;
 pub mod batch;
+pub mod data;
 pub mod dpo;
 pub mod expert;
 pub mod grpo;
