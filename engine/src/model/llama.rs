@@ -179,12 +179,8 @@ impl Attention {
                 .view([b, t, n, self.head_dim])
                 .transpose(1, 2)
         };
-        let q = ctx
-            .rope
-            .apply(&heads(&self.q_proj, self.num_heads), ctx.positions);
-        let k = ctx
-            .rope
-            .apply(&heads(&self.k_proj, self.num_kv_heads), ctx.positions);
+        let q = Rope::rotate(&heads(&self.q_proj, self.num_heads), ctx.cos, ctx.sin);
+        let k = Rope::rotate(&heads(&self.k_proj, self.num_kv_heads), ctx.cos, ctx.sin);
         let v = heads(&self.v_proj, self.num_kv_heads);
         let (k, v) = match ctx.cache.as_deref_mut() {
             Some(cache) => cache.append(ctx.layer, k, v),
@@ -270,8 +266,9 @@ impl DecoderLayer {
 
 /// What every layer of one forward pass shares.
 struct LayerContext<'a> {
-    rope: &'a Rope,
-    positions: &'a Tensor,
+    /// RoPE tables for this call's positions, computed once for all layers.
+    cos: &'a Tensor,
+    sin: &'a Tensor,
     mask: Option<&'a Tensor>,
     cache: Option<&'a mut KvCache>,
     layer: usize,
@@ -379,10 +376,11 @@ impl Llama {
         let t = tokens.size()[1];
         let mask = attention_mask(past, t, key_mask, tokens.device());
         let mut x = self.embed_tokens.embedding_lookup(tokens);
+        let (cos, sin) = self.rope.cos_sin(positions, x.kind());
         for (i, layer) in self.layers.iter().enumerate() {
             let mut ctx = LayerContext {
-                rope: &self.rope,
-                positions,
+                cos: &cos,
+                sin: &sin,
                 mask: mask.as_ref(),
                 cache: cache.as_deref_mut(),
                 layer: i,

@@ -30,7 +30,13 @@ impl Rope {
     /// - returns the shape of `x`.
     pub fn apply(&self, x: &Tensor, positions: &Tensor) -> Tensor {
         let (cos, sin) = self.cos_sin(positions, x.kind());
-        x * &cos + rotate_half(x) * &sin
+        Self::rotate(x, &cos, &sin)
+    }
+
+    /// Rotates `x` (`[batch, heads, seq, head_dim]`) by precomputed [`cos_sin`](Self::cos_sin)
+    /// tables, so one forward pass computes them once for all layers.
+    pub fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        x * cos + rotate_half(x) * sin
     }
 
     /// `cos` and `sin` tables `[batch, 1, seq, head_dim]` for `positions`, computed in f32
