@@ -208,6 +208,24 @@ impl Learner {
         self.optimizer.steps()
     }
 
+    /// Saves the optimizer state (moments, step) for resuming; the weights are saved with
+    /// the model (`pretrained::save_model_dir`), the critic's with [`critic_var_store`].
+    ///
+    /// [`critic_var_store`]: Self::critic_var_store
+    pub fn save_optimizer(&self, path: &std::path::Path) -> Result<()> {
+        self.optimizer.save(path)
+    }
+
+    /// Restores the optimizer state written by [`save_optimizer`](Self::save_optimizer).
+    pub fn load_optimizer(&mut self, path: &std::path::Path) -> Result<()> {
+        self.optimizer.load(path)
+    }
+
+    /// The critic's variables (PPO), to checkpoint them.
+    pub fn critic_var_store(&self) -> Option<&VarStore> {
+        self.critic.as_ref().map(|c| &c.vs)
+    }
+
     /// Per-token log-probabilities of each sample's completion under the current policy.
     pub fn logprobs(&self, samples: &[Sample]) -> Result<Vec<Vec<f32>>> {
         let refs: Vec<&Sample> = samples.iter().collect();

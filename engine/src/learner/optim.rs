@@ -3,8 +3,13 @@
 //! `Trainer`), learning-rate schedules (HF `get_{constant,linear,cosine}_schedule_with_warmup`)
 //! and global-norm gradient clipping (`torch.nn.utils.clip_grad_norm_`).
 
+use std::collections::HashMap;
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
 
 /// Learning-rate schedule after warmup (HF `lr_scheduler_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -139,6 +144,65 @@ impl AdamW {
     /// Names of the tracked parameters.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.params.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// Writes the moments and the step count to a safetensors file (`{name}.exp_avg`,
+    /// `{name}.exp_avg_sq`, `step`), so a resumed run continues exactly.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors: Vec<(String, Tensor)> =
+            vec![("step".to_string(), Tensor::from_slice(&[self.step as i64]))];
+        for (name, p) in &self.params {
+            tensors.push((
+                format!("{name}.exp_avg"),
+                p.exp_avg.to_device(tch::Device::Cpu),
+            ));
+            tensors.push((
+                format!("{name}.exp_avg_sq"),
+                p.exp_avg_sq.to_device(tch::Device::Cpu),
+            ));
+        }
+        Tensor::write_safetensors(&tensors, path)
+            .map_err(|e| Error::bad_file(path, format!("cannot write: {e}")))
+    }
+
+    /// Restores what [`save`](Self::save) wrote; every tracked parameter must be present
+    /// with its shape.
+    pub fn load(&mut self, path: &Path) -> Result<()> {
+        let file: HashMap<String, Tensor> = Tensor::read_safetensors(path)
+            .map_err(|e| Error::bad_file(path, format!("cannot read: {e}")))?
+            .into_iter()
+            .collect();
+        let get = |key: &str, like: &Tensor| -> Result<Tensor> {
+            let t = file
+                .get(key)
+                .ok_or_else(|| Error::bad_file(path, format!("missing {key}")))?;
+            if t.size() != like.size() {
+                return Err(Error::bad_file(
+                    path,
+                    format!("{key}: shape {:?}, expected {:?}", t.size(), like.size()),
+                ));
+            }
+            Ok(t.to_kind(like.kind()).to_device(like.device()))
+        };
+        let step = file
+            .get("step")
+            .ok_or_else(|| Error::bad_file(path, "missing step"))?
+            .int64_value(&[0]);
+        let mut loaded = Vec::with_capacity(self.params.len());
+        for (name, p) in &self.params {
+            loaded.push((
+                get(&format!("{name}.exp_avg"), &p.exp_avg)?,
+                get(&format!("{name}.exp_avg_sq"), &p.exp_avg_sq)?,
+            ));
+        }
+        tch::no_grad(|| {
+            for ((_, p), (m, v)) in self.params.iter_mut().zip(loaded) {
+                p.exp_avg.copy_(&m);
+                p.exp_avg_sq.copy_(&v);
+            }
+        });
+        self.step = step.max(0) as usize;
+        Ok(())
     }
 
     /// Clears the gradients.
