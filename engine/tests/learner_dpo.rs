@@ -114,21 +114,25 @@ fn offline(loss_type: DpoLoss, beta: f64, label_smoothing: f64) {
 
 #[test]
 fn offline_dpo_sigmoid_learns_preferences() {
+    let _serial = serial();
     offline(DpoLoss::Sigmoid, 0.1, 0.0);
 }
 
 #[test]
 fn offline_cdpo_learns_preferences() {
+    let _serial = serial();
     offline(DpoLoss::Sigmoid, 0.1, 0.1);
 }
 
 #[test]
 fn offline_ipo_learns_preferences() {
+    let _serial = serial();
     offline(DpoLoss::Ipo, 0.1, 0.0);
 }
 
 #[test]
 fn online_dpo_raises_reward() {
+    let _serial = serial();
     let (vs, model) = tiny(7);
     let before = mean_reward(&model, 32, 1000);
     let mut cfg = LearnerConfig {

@@ -9,6 +9,7 @@ use oxrl::learner::{AlgorithmKind, Learner, LearnerConfig};
 
 #[test]
 fn expert_iteration_raises_reward() {
+    let _serial = serial();
     let (vs, model) = tiny(7);
     let before = mean_reward(&model, 32, 1000);
     let mut cfg = LearnerConfig {

@@ -47,6 +47,7 @@ fn train(cfg: LearnerConfig, steps: usize) -> (f64, f64) {
 
 #[test]
 fn grpo_raises_reward() {
+    let _serial = serial();
     let (before, after) = train(grpo_config(LossType::Grpo), 30);
     assert!(
         before < 0.15,
@@ -57,6 +58,7 @@ fn grpo_raises_reward() {
 
 #[test]
 fn dapo_with_kl_and_sequence_ratio_raises_reward() {
+    let _serial = serial();
     let mut cfg = grpo_config(LossType::Dapo);
     cfg.grpo.beta = 0.01;
     cfg.grpo.importance_sampling_level = oxrl::learner::grpo::ImportanceSamplingLevel::Sequence;
@@ -67,6 +69,7 @@ fn dapo_with_kl_and_sequence_ratio_raises_reward() {
 
 #[test]
 fn micro_batches_accumulate_exactly() {
+    let _serial = serial();
     let batch = {
         let (_vs, model) = tiny(3);
         rollout(&model, &all_digits(), 4, 5)
@@ -96,6 +99,7 @@ fn micro_batches_accumulate_exactly() {
 
 #[test]
 fn env_tokens_are_excluded_and_bad_samples_rejected() {
+    let _serial = serial();
     let (vs, model) = tiny(3);
     let mut batch = rollout(&model, &all_digits(), 4, 5);
     // The middle token of each completion becomes an environment token; its recorded
@@ -122,6 +126,7 @@ fn env_tokens_are_excluded_and_bad_samples_rejected() {
 
 #[test]
 fn resumed_optimizer_continues_exactly() {
+    let _serial = serial();
     let batches: Vec<_> = {
         let (_vs, model) = tiny(4);
         (0..3)

@@ -46,6 +46,7 @@ fn snapshot(vs: &VarStore) -> Vec<(String, Tensor)> {
 
 #[test]
 fn lora_grpo_trains_only_adapters_and_raises_reward() {
+    let _serial = serial();
     let (base_vs, base) = tiny(7);
     let (vs, policy) = with_adapters(&base_vs, &config(), &lora_config()).unwrap();
     reset_adapters(&vs, 11);
@@ -109,6 +110,7 @@ fn lora_grpo_trains_only_adapters_and_raises_reward() {
 
 #[test]
 fn merged_export_equals_adapted_model() {
+    let _serial = serial();
     let (base_vs, _base) = tiny(5);
     let lora = LoraConfig {
         target_modules: vec!["q_proj".into(), "v_proj".into(), "down_proj".into()],
@@ -140,6 +142,7 @@ fn merged_export_equals_adapted_model() {
 
 #[test]
 fn lora_config_is_checked() {
+    let _serial = serial();
     let bad = LoraConfig {
         target_modules: vec!["qproj".into()],
         ..Default::default()

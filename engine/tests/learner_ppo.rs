@@ -11,6 +11,7 @@ use oxrl::learner::{AlgorithmKind, Learner, LearnerConfig};
 
 #[test]
 fn ppo_raises_reward() {
+    let _serial = serial();
     let (vs, model) = tiny(7);
     let before = mean_reward(&model, 32, 1000);
     let mut cfg = LearnerConfig {

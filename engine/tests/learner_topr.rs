@@ -22,6 +22,7 @@ fn topr_config(baseline: Baseline) -> LearnerConfig {
 
 #[test]
 fn topr_raises_reward_on_fresh_rollouts() {
+    let _serial = serial();
     let (vs, model) = tiny(7);
     let before = mean_reward(&model, 32, 1000);
     let mut learner = Learner::new(
@@ -49,10 +50,11 @@ fn topr_raises_reward_on_fresh_rollouts() {
 
 #[test]
 fn topr_learns_fully_offline_from_jsonl() {
+    let _serial = serial();
     let (vs, model) = tiny(7);
     let before = mean_reward(&model, 32, 1000);
-    // A fixed dataset from the initial policy: 64 samples per digit, scored.
-    let data = rollout(&model, &all_digits(), 64, 99);
+    // A fixed dataset from the initial policy: 128 samples per digit, scored.
+    let data = rollout(&model, &all_digits(), 128, 99);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("scored.jsonl");
     let text: String = data
@@ -69,12 +71,12 @@ fn topr_learns_fully_offline_from_jsonl() {
     // Baseline 0.1: misses get R = -0.1 (their weight truncated as the policy moves away),
     // hits keep weight 1 however unlikely they become.
     let mut learner = Learner::new(vs, model, topr_config(Baseline::Constant(0.1))).unwrap();
-    for epoch in 0..20 {
+    for epoch in 0..10 {
         for chunk in data.chunks(192) {
             let metrics = learner.update(chunk).unwrap();
             assert!(metrics[m::RATIO_MAX].is_finite());
         }
-        if epoch % 5 == 0 {
+        if epoch % 3 == 0 {
             eprintln!(
                 "epoch {epoch}: reward {:.3}",
                 mean_reward(learner.policy(), 16, 3000)

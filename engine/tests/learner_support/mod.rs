@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
 
 use oxrl::model::random::randomize;
 use oxrl::{FinishReason, Llama, ModelConfig, Sample};
@@ -16,6 +17,14 @@ use tch::{Device, Kind, Tensor};
 pub const VOCAB: usize = 24;
 pub const DIGITS: u32 = 6;
 pub const COMPLETION: usize = 3;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Tests in one binary run on parallel threads but share libtorch's global RNG; each test
+/// holds this guard so seeded sampling stays deterministic.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 pub fn config() -> ModelConfig {
     serde_json::from_str(&format!(
