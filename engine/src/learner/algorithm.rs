@@ -15,14 +15,15 @@ use crate::sample::Sample;
 #[serde(rename_all = "snake_case")]
 pub enum LossType {
     /// Mean over sequences of each sequence's masked token mean (the GRPO paper).
-    #[default]
     Grpo,
     /// Masked token sum / masked tokens of the micro-batch, averaged over micro-batches
     /// (TRL's `bnpo`: normalised by the local batch).
     Bnpo,
     /// Masked token sum / (sequences x `max_completion_length`) (Dr. GRPO).
     DrGrpo,
-    /// Masked token sum / masked tokens of the whole optimizer-step batch (DAPO).
+    /// Masked token sum / masked tokens of the whole optimizer-step batch (DAPO; TRL's
+    /// default).
+    #[default]
     Dapo,
 }
 

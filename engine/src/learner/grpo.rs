@@ -56,7 +56,7 @@ impl Default for GrpoConfig {
     fn default() -> Self {
         Self {
             scale_rewards: ScaleRewards::Group,
-            loss_type: LossType::Grpo,
+            loss_type: LossType::Dapo,
             importance_sampling_level: ImportanceSamplingLevel::Token,
             epsilon: 0.2,
             epsilon_high: None,
