@@ -14,7 +14,7 @@ use tch::{Device, Kind};
 fn padded_rows_match_single_sequence_logprobs() {
     let _serial = serial();
     let (_vs, model) = tiny(2);
-    let mut samples = vec![
+    let mut samples = [
         sample(&[1, 2], &[7, 7, 3, 9, 4], vec![0.0; 5], 0),
         sample(&[1, 3, 5, 6, 2], &[8], vec![0.0; 1], 0),
         sample(&[1, 4, 4], &[9, 9, 9], vec![0.0; 3], 1),
