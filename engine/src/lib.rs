@@ -14,6 +14,7 @@ pub mod pretrained;
 pub mod rollout;
 pub mod sample;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -5,6 +5,7 @@ mod generate;
 mod import;
 mod logprobs;
 mod reward;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +22,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a training run from a TOML config.
+    Train(train::TrainArgs),
+    /// Run-config tools.
+    #[command(subcommand)]
+    Config(train::ConfigCommand),
     /// Generate a completion for one prompt.
     Generate(generate::Args),
     /// Per-token logprobs of completions given prompts (JSONL in, JSONL out).
@@ -61,6 +67,8 @@ impl ModelArgs {
 /// Parses the command line and runs the command.
 pub fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Train(args) => train::train(args),
+        Command::Config(cmd) => train::config(cmd),
         Command::Generate(args) => generate::run(args),
         Command::Logprobs(args) => logprobs::run(args),
         Command::Import(args) => import::run(args),

@@ -1,0 +1,46 @@
+//! `oxrl train` and `oxrl config check`.
+
+use std::path::PathBuf;
+
+use crate::train::{RunConfig, Trainer};
+
+#[derive(Debug, clap::Args)]
+pub(super) struct TrainArgs {
+    /// The run config (TOML).
+    config: PathBuf,
+    /// Override a config key: `--set learner.optim.lr=1e-6` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(super) enum ConfigCommand {
+    /// Validate a run config without running it.
+    Check(TrainArgs),
+}
+
+pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let cfg = RunConfig::load(&args.config, &args.overrides)?;
+    let out = cfg.output_dir.clone();
+    let reports = Trainer::new(cfg)?.run()?;
+    let first = reports.first().map_or(0.0, |r| r.reward_mean);
+    let last = reports.last().map_or(0.0, |r| r.reward_mean);
+    eprintln!(
+        "done: {} steps, reward {first:.3} -> {last:.3}; logs and final model in {}",
+        reports.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+pub(super) fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
+    let ConfigCommand::Check(args) = cmd;
+    let cfg = RunConfig::load(&args.config, &args.overrides)?;
+    println!(
+        "{}: ok ({} steps, algorithm {:?})",
+        args.config.display(),
+        cfg.steps,
+        cfg.learner.algorithm
+    );
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! The run config: one TOML file describing a training run. Every table rejects unknown keys;
+//! `--set a.b=value` overrides are applied to the TOML tree before it is typed; `${VAR}` in a
+//! string is replaced by the environment variable (the bundled model's path, API keys).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use oxrl_envs::EnvConfig;
+use oxrl_rewards::RewardSpec;
+use serde::{Deserialize, Serialize};
+
+use crate::learner::LearnerConfig;
+use crate::rollout::SamplingParams;
+
+/// A whole run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Seed of sampling, data order and initialisation.
+    #[serde(default)]
+    pub seed: u64,
+    /// Training steps (one rollout batch and one learner update each).
+    pub steps: usize,
+    /// Where logs and checkpoints go (relative to the config file).
+    pub output_dir: PathBuf,
+    /// `[model]`.
+    pub model: ModelSection,
+    /// `[env]`: the task and its data.
+    pub env: EnvConfig,
+    /// `[[rewards]]`: named, weighted rewards.
+    #[serde(default)]
+    pub rewards: Vec<RewardSpec>,
+    /// `[rollout]`.
+    pub rollout: RolloutSection,
+    /// `[learner]`.
+    #[serde(default)]
+    pub learner: LearnerConfig,
+    /// `[log]`.
+    #[serde(default)]
+    pub log: LogSection,
+    /// The config file's directory: relative paths in it resolve against this.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// HF directory or GGUF file (weights and tokenizer).
+    pub path: PathBuf,
+    /// f32, bf16 or f16.
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// cpu, cuda, cuda:N or auto.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Replace the weights by a randomly initialised model of this shape (keeping the
+    /// tokenizer of `path`): for smoke tests.
+    #[serde(default)]
+    pub random: Option<RandomModel>,
+}
+
+/// The shape of a random model (`[model.random]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RandomModel {
+    /// Model width.
+    pub hidden_size: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads.
+    pub num_key_value_heads: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+}
+
+fn default_dtype() -> String {
+    "f32".into()
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+
+/// `[rollout]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSection {
+    /// Prompts per step.
+    pub prompts_per_step: usize,
+    /// Completions per prompt (the GRPO group).
+    pub group_size: usize,
+    /// New tokens per completion at most.
+    pub max_tokens: usize,
+    /// `[rollout.sampling]`.
+    #[serde(default)]
+    pub sampling: SamplingParams,
+    /// Strings that end a completion (besides the tokenizer's EOS tokens).
+    #[serde(default)]
+    pub stop_strings: Vec<String>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// Write one sample (prompt, completion, reward, advantage) per group every N steps.
+    pub samples_every: usize,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self { samples_every: 10 }
+    }
+}
+
+impl RunConfig {
+    /// Reads `path`, applies `overrides` (`a.b=value`, value parsed as TOML, else a string),
+    /// expands `${VAR}`, and checks the result. Every error names the file and the key.
+    pub fn load(path: &Path, overrides: &[String]) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut tree: toml::Value = text
+            .parse()
+            .with_context(|| format!("{}: invalid TOML", path.display()))?;
+        for o in overrides {
+            set(&mut tree, o).with_context(|| format!("--set {o}"))?;
+        }
+        expand_env(&mut tree).with_context(|| path.display().to_string())?;
+        let mut cfg: RunConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
+            anyhow::anyhow!("{}: key `{}`: {}", path.display(), e.path(), e.inner())
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.base_dir = base.to_owned();
+        cfg.output_dir = base.join(&cfg.output_dir);
+        cfg.model.path = base.join(&cfg.model.path);
+        cfg.validate().with_context(|| path.display().to_string())?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.rollout.prompts_per_step == 0 || self.rollout.group_size == 0 {
+            bail!("rollout.prompts_per_step and rollout.group_size must be at least 1");
+        }
+        self.rollout.sampling.validate()?;
+        // The learner scores completions at temperature 1; a tempered sampler would make
+        // every importance ratio off-policy by construction.
+        let t = self.rollout.sampling.temperature;
+        if t != 1.0 {
+            bail!("rollout.sampling.temperature = {t}: the learner computes logprobs at temperature 1, so only 1.0 is supported for training");
+        }
+        if self.rewards.is_empty() {
+            bail!("no [[rewards]]: a run needs at least one reward");
+        }
+        Ok(())
+    }
+}
+
+/// Applies `a.b.c=value` to the TOML tree, creating tables as needed.
+fn set(tree: &mut toml::Value, assignment: &str) -> anyhow::Result<()> {
+    let (key, raw) = assignment.split_once('=').context("expected key=value")?;
+    let value: toml::Value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    let mut node = tree;
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let table = node
+            .as_table_mut()
+            .with_context(|| format!("{} is not a table", parts[..i].join(".")))?;
+        if i + 1 == parts.len() {
+            table.insert((*part).to_owned(), value);
+            return Ok(());
+        }
+        node = table
+            .entry(*part)
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    Ok(())
+}
+
+/// Replaces `${NAME}` in every string by the environment variable NAME.
+fn expand_env(value: &mut toml::Value) -> anyhow::Result<()> {
+    match value {
+        toml::Value::String(s) => {
+            while let Some(start) = s.find("${") {
+                let end = s[start..]
+                    .find('}')
+                    .map(|e| start + e)
+                    .context("unclosed ${")?;
+                let name = &s[start + 2..end];
+                let var = std::env::var(name)
+                    .with_context(|| format!("environment variable {name} is not set"))?;
+                s.replace_range(start..=end, &var);
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().try_for_each(expand_env)?,
+        toml::Value::Table(t) => t.iter_mut().try_for_each(|(_, v)| expand_env(v))?,
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_parse_values_and_create_tables() {
+        let mut tree: toml::Value = "a = 1\n[b]\nc = 'x'".parse().unwrap();
+        set(&mut tree, "b.c=2.5").unwrap();
+        set(&mut tree, "d.e=hello").unwrap();
+        set(&mut tree, "f=true").unwrap();
+        assert_eq!(tree["b"]["c"].as_float(), Some(2.5));
+        assert_eq!(tree["d"]["e"].as_str(), Some("hello"));
+        assert_eq!(tree["f"].as_bool(), Some(true));
+        assert!(set(&mut tree, "a.x=1")
+            .unwrap_err()
+            .to_string()
+            .contains("a is not a table"));
+    }
+
+    #[test]
+    fn env_vars_expand_and_missing_ones_are_named() {
+        std::env::set_var("OXRL_TEST_VAR", "/models/x");
+        let mut tree: toml::Value = "p = '${OXRL_TEST_VAR}/y'".parse().unwrap();
+        expand_env(&mut tree).unwrap();
+        assert_eq!(tree["p"].as_str(), Some("/models/x/y"));
+        let mut bad: toml::Value = "p = '${OXRL_NOT_SET_ANYWHERE}'".parse().unwrap();
+        assert!(expand_env(&mut bad)
+            .unwrap_err()
+            .to_string()
+            .contains("OXRL_NOT_SET_ANYWHERE"));
+    }
+}

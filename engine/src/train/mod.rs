@@ -1,0 +1,8 @@
+//! `oxrl train`: the run config and the training loop that ties rollouts, rewards and the
+//! learner together.
+
+pub mod config;
+pub mod trainer;
+
+pub use config::RunConfig;
+pub use trainer::{StepReport, Trainer};

@@ -1,0 +1,332 @@
+//! The training loop: rollouts -> rewards -> learner update, one step at a time, with a JSONL
+//! metrics log, sample dumps and a final HF-format model.
+//!
+//! Synchronous for now: the rollout runs on the learner's own parameters (no copy), then the
+//! learner updates them. Checkpoint/resume, async rollouts and the metrics endpoint are next.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+use oxrl_envs::{LoadedEnv, Row, Sampler};
+use oxrl_rewards::{CombinedScores, Registry, WeightedRewards};
+use serde_json::{json, Map, Value};
+use tch::nn::VarStore;
+
+use super::config::RunConfig;
+use crate::device::{parse_device, parse_kind};
+use crate::learner::{metrics, Learner};
+use crate::model::random::randomize;
+use crate::model::{Llama, ModelConfig};
+use crate::pretrained::{save_model_dir, LoadOptions, Pretrained};
+use crate::rollout::{generate_batch, Generated, GenerationRequest, StopConditions};
+use crate::sample::Sample;
+use crate::tokenizer::Tokenizer;
+
+/// Everything a run holds.
+pub struct Trainer {
+    cfg: RunConfig,
+    env: LoadedEnv,
+    rewards: WeightedRewards,
+    learner: Learner,
+    tokenizer: Tokenizer,
+    sampler: Sampler,
+    metrics_log: std::fs::File,
+    samples_log: std::fs::File,
+}
+
+/// What one step produced, for logs and tests.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    /// 0-based step.
+    pub step: usize,
+    /// Mean total reward of the step's completions.
+    pub reward_mean: f64,
+    /// The JSON line written to `metrics.jsonl`.
+    pub line: Value,
+}
+
+impl Trainer {
+    /// Loads the model, environment, rewards and learner of `cfg`.
+    pub fn new(cfg: RunConfig) -> anyhow::Result<Self> {
+        tch::manual_seed(cfg.seed as i64);
+        let opts = LoadOptions {
+            device: parse_device(&cfg.model.device)?,
+            kind: parse_kind(&cfg.model.dtype)?,
+        };
+        let loaded = Pretrained::load(&cfg.model.path, opts)
+            .with_context(|| format!("loading model {}", cfg.model.path.display()))?;
+        let (vs, model) = match &cfg.model.random {
+            Some(shape) => random_model(
+                loaded.model.config(),
+                shape,
+                &loaded.tokenizer,
+                cfg.seed,
+                opts,
+            ),
+            None => (loaded.vs, loaded.model),
+        };
+        let template = loaded.tokenizer.chat_template().cloned();
+        let env =
+            LoadedEnv::from_config(&cfg.env, &cfg.base_dir, template).context("building [env]")?;
+        let rewards = WeightedRewards::from_specs(&Registry::default(), &cfg.rewards)
+            .context("building [[rewards]]")?;
+        let learner = Learner::new(vs, model, cfg.learner.clone()).context("building [learner]")?;
+        let sampler = env.sampler(None)?;
+        std::fs::create_dir_all(&cfg.output_dir)
+            .with_context(|| format!("creating {}", cfg.output_dir.display()))?;
+        let resolved = toml::to_string_pretty(&cfg).context("serializing the resolved config")?;
+        std::fs::write(cfg.output_dir.join("config.toml"), resolved)?;
+        let open = |name: &str| {
+            let path = cfg.output_dir.join(name);
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
+        };
+        Ok(Self {
+            metrics_log: open("metrics.jsonl")?,
+            samples_log: open("samples.jsonl")?,
+            tokenizer: loaded.tokenizer,
+            cfg,
+            env,
+            rewards,
+            learner,
+            sampler,
+        })
+    }
+
+    /// Runs every step, then writes the final model to `output_dir/final`.
+    pub fn run(&mut self) -> anyhow::Result<Vec<StepReport>> {
+        let mut reports = Vec::with_capacity(self.cfg.steps);
+        for step in 0..self.cfg.steps {
+            let report = self.step(step).with_context(|| format!("step {step}"))?;
+            eprintln!(
+                "step {}/{} reward {:.3} loss {:.4} ({:.1}s)",
+                step + 1,
+                self.cfg.steps,
+                report.reward_mean,
+                report.line[metrics::LOSS].as_f64().unwrap_or(f64::NAN),
+                report.line["time/step_seconds"].as_f64().unwrap_or(0.0)
+            );
+            reports.push(report);
+        }
+        self.save(&self.cfg.output_dir.join("final"))?;
+        Ok(reports)
+    }
+
+    /// One step: sample prompts, generate, score, update.
+    pub fn step(&mut self, step: usize) -> anyhow::Result<StepReport> {
+        let start = Instant::now();
+        let rows: Vec<Row> = self
+            .sampler
+            .next_indices(self.cfg.rollout.prompts_per_step)
+            .into_iter()
+            .map(|i| self.env.train().rows()[i].clone())
+            .collect();
+        let prompts = rows
+            .iter()
+            .map(|r| Ok(self.tokenizer.encode(&self.env.prompt(r)?, false)?))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let request = GenerationRequest {
+            prompts,
+            n: self.cfg.rollout.group_size,
+            sampling: self.cfg.rollout.sampling.clone(),
+            max_tokens: self.cfg.rollout.max_tokens,
+            stop: StopConditions {
+                token_ids: self.tokenizer.eos_token_ids().to_vec(),
+                strings: self.cfg.rollout.stop_strings.clone(),
+            },
+            seed: self
+                .cfg
+                .seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add(step as u64),
+        };
+        let generated = generate_batch(self.learner.policy(), &request, Some(&self.tokenizer))?;
+        let generate_secs = start.elapsed().as_secs_f64();
+        let texts = generated
+            .iter()
+            .map(|g| Ok(self.tokenizer.decode(&g.tokens, true)?))
+            .collect::<anyhow::Result<Vec<String>>>()?;
+        let reward_start = Instant::now();
+        let reward_samples = generated
+            .iter()
+            .zip(&texts)
+            .map(|(g, text)| serde_json::from_value(rows[g.prompt_index].with_completion(text)))
+            .collect::<Result<Vec<oxrl_rewards::Sample>, _>>()?;
+        let scores = self.rewards.score(&reward_samples);
+        let reward_secs = reward_start.elapsed().as_secs_f64();
+        let samples = to_samples(&request, &generated, &scores, &rows, step);
+        let update_start = Instant::now();
+        let learner_metrics = self.learner.update(&samples)?;
+        let update_secs = update_start.elapsed().as_secs_f64();
+
+        let mut line = Map::new();
+        line.insert("step".into(), json!(step));
+        for (k, v) in &learner_metrics {
+            line.insert((*k).into(), json!(v));
+        }
+        add_reward_metrics(&mut line, &scores);
+        add_length_metrics(&mut line, &generated, self.cfg.rollout.max_tokens);
+        let tokens: usize = generated.iter().map(|g| g.tokens.len()).sum();
+        line.insert(
+            "rollout/tokens_per_second".into(),
+            json!(tokens as f64 / generate_secs),
+        );
+        line.insert("time/generate_seconds".into(), json!(generate_secs));
+        line.insert("time/reward_seconds".into(), json!(reward_secs));
+        line.insert("time/update_seconds".into(), json!(update_secs));
+        line.insert(
+            "time/step_seconds".into(),
+            json!(start.elapsed().as_secs_f64()),
+        );
+        let line = Value::Object(line);
+        writeln!(self.metrics_log, "{line}")?;
+        if self.cfg.log.samples_every > 0 && step.is_multiple_of(self.cfg.log.samples_every) {
+            self.dump_samples(step, &rows, &generated, &texts, &scores)?;
+        }
+        let reward_mean = mean(&scores.total);
+        Ok(StepReport {
+            step,
+            reward_mean,
+            line,
+        })
+    }
+
+    /// Writes the first completion of every group with its prompt and rewards.
+    fn dump_samples(
+        &mut self,
+        step: usize,
+        rows: &[Row],
+        generated: &[Generated],
+        texts: &[String],
+        scores: &CombinedScores,
+    ) -> anyhow::Result<()> {
+        for (i, (g, text)) in generated
+            .iter()
+            .zip(texts)
+            .enumerate()
+            .filter(|(_, (g, _))| g.sample_index == 0)
+        {
+            let prompt = rows[g.prompt_index]
+                .get("prompt")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let rewards: Map<String, Value> = scores
+                .rewards
+                .iter()
+                .map(|r| (r.name.clone(), json!(r.values[i])))
+                .collect();
+            let row = json!({"step": step, "prompt": prompt, "completion": text,
+                             "reward": scores.total[i], "rewards": rewards, "finish_reason": g.finish_reason});
+            writeln!(self.samples_log, "{row}")?;
+        }
+        Ok(())
+    }
+
+    /// Writes the policy as an HF directory (config, weights, tokenizer).
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        save_model_dir(
+            self.learner.var_store(),
+            self.learner.policy().config(),
+            dir,
+            None,
+        )?;
+        self.tokenizer
+            .inner()
+            .save(dir.join("tokenizer.json"), false)
+            .map_err(|e| anyhow::anyhow!("writing tokenizer.json: {e}"))?;
+        if let Some(t) = self.tokenizer.chat_template() {
+            std::fs::write(dir.join("chat_template.jinja"), t.source())?;
+        }
+        Ok(())
+    }
+}
+
+/// A randomly initialised model of `shape`, with the vocabulary of `tokenizer`.
+fn random_model(
+    base: &ModelConfig,
+    shape: &super::config::RandomModel,
+    tokenizer: &Tokenizer,
+    seed: u64,
+    opts: LoadOptions,
+) -> (VarStore, Llama) {
+    let mut cfg = base.clone();
+    cfg.vocab_size = tokenizer.vocab_size().max(base.vocab_size);
+    cfg.hidden_size = shape.hidden_size;
+    cfg.num_hidden_layers = shape.num_hidden_layers;
+    cfg.num_attention_heads = shape.num_attention_heads;
+    cfg.num_key_value_heads = Some(shape.num_key_value_heads);
+    cfg.intermediate_size = shape.intermediate_size;
+    cfg.head_dim = None;
+    let mut vs = VarStore::new(opts.device);
+    let model = Llama::new(&vs.root(), &cfg);
+    randomize(&vs, seed as i64, 0.02);
+    if opts.kind != tch::Kind::Float {
+        vs.set_kind(opts.kind);
+    }
+    (vs, model)
+}
+
+fn to_samples(
+    req: &GenerationRequest,
+    generated: &[Generated],
+    scores: &CombinedScores,
+    rows: &[Row],
+    step: usize,
+) -> Vec<Sample> {
+    generated
+        .iter()
+        .enumerate()
+        .map(|(i, g)| Sample {
+            prompt_ids: req.prompts[g.prompt_index].clone(),
+            completion_ids: g.tokens.clone(),
+            loss_mask: vec![true; g.tokens.len()],
+            behaviour_logprobs: g.logprobs.clone(),
+            policy_version: step as u64,
+            group_id: (step * req.prompts.len() + g.prompt_index) as u64,
+            finish_reason: g.finish_reason,
+            reward: scores.total[i],
+            rewards: scores
+                .rewards
+                .iter()
+                .map(|r| (r.name.clone(), r.values[i]))
+                .collect(),
+            metadata: rows[g.prompt_index].to_value(),
+        })
+        .collect()
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len().max(1) as f64
+}
+
+fn add_reward_metrics(line: &mut Map<String, Value>, scores: &CombinedScores) {
+    let m = mean(&scores.total);
+    let std = (scores.total.iter().map(|x| (x - m).powi(2)).sum::<f64>()
+        / scores.total.len().max(1) as f64)
+        .sqrt();
+    line.insert("reward".into(), json!(m));
+    line.insert("reward_std".into(), json!(std));
+    for r in &scores.rewards {
+        line.insert(format!("rewards/{}/mean", r.name), json!(r.mean()));
+        let failures: usize = r.failures.values().sum();
+        line.insert(format!("rewards/{}/failures", r.name), json!(failures));
+    }
+}
+
+fn add_length_metrics(line: &mut Map<String, Value>, generated: &[Generated], max_tokens: usize) {
+    let lengths: Vec<f64> = generated.iter().map(|g| g.tokens.len() as f64).collect();
+    let clipped = generated
+        .iter()
+        .filter(|g| g.tokens.len() >= max_tokens)
+        .count();
+    line.insert("completions/mean_length".into(), json!(mean(&lengths)));
+    line.insert(
+        "completions/max_length".into(),
+        json!(lengths.iter().cloned().fold(0.0, f64::max)),
+    );
+    line.insert(
+        "completions/clipped_ratio".into(),
+        json!(clipped as f64 / generated.len().max(1) as f64),
+    );
+}
