@@ -28,10 +28,6 @@ model: build
 	    ./target/release/oxrl import "$$OXRL_SMOLLM2_GGUF" "$(SMOLLM2_DIR)"; \
 	else echo "model cache: $(SMOLLM2_DIR)"; fi
 
-# The trainer (`oxrl train`) is not built yet; until it is, this runs the nearest working
-# thing — the bundled model answering a math question — and says so.
+# The default run: GRPO on arithmetic with the bundled model (configs/grpo_math.toml).
 train: model
-	@echo "NOTE: 'oxrl train' does not exist yet; running generation with the bundled model instead."
-	$(SETUP) && ./target/release/oxrl generate --model "$(SMOLLM2_DIR)" --chat \
-	    --prompt "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?" \
-	    --max-tokens 128
+	$(SETUP) && ./target/release/oxrl train configs/grpo_math.toml
