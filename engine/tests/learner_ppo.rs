@@ -23,6 +23,7 @@ fn ppo_raises_reward() {
     cfg.ppo.num_ppo_epochs = 2;
     cfg.ppo.vf_coef = 0.5;
     cfg.mini_batches = 2;
+    cfg.shuffle = true; // different mini-batches in each PPO epoch
     cfg.optim.lr = 3e-3;
     let mut learner = Learner::new(vs, model, cfg).unwrap();
     let mut first_vf = None;

@@ -66,6 +66,11 @@ pub struct LearnerConfig {
     /// Token budget of a micro-batch (rows x longest row); gradients are accumulated over
     /// micro-batches. Unset = the whole mini-batch at once.
     pub max_tokens_per_micro_batch: Option<usize>,
+    /// Reshuffle the samples (DPO pairs stay together) before each pass, so mini-batches
+    /// differ between passes (verl `shuffle`).
+    pub shuffle: bool,
+    /// Seed of that shuffle.
+    pub seed: u64,
 }
 
 impl LearnerConfig {
@@ -356,13 +361,28 @@ impl Learner {
         });
         let minis = split_even(chosen.len(), unit, self.cfg.mini_batches.max(1));
         let mut steps = 0;
-        for _pass in 0..self.algorithm.passes() {
+        for pass in 0..self.algorithm.passes() {
+            // Optionally reshuffle (whole units) so mini-batches differ between passes.
+            let perm = if self.cfg.shuffle {
+                let seed = self.cfg.seed ^ ((self.steps() as u64) << 20) ^ pass as u64;
+                unit_permutation(chosen.len(), unit, seed)
+            } else {
+                (0..chosen.len()).collect()
+            };
+            let pick =
+                |v: &[Vec<f32>]| -> Vec<Vec<f32>> { perm.iter().map(|&i| v[i].clone()).collect() };
+            let samples_p: Vec<&Sample> = perm.iter().map(|&i| chosen[i]).collect();
+            let adv_p = pick(&prepared.advantages);
+            let refs_p = refs.as_deref().map(pick);
+            let targets_p = targets.map(|(r, v)| (pick(r), pick(v)));
             for mini in &minis {
                 let part = Part {
-                    samples: &chosen[mini.clone()],
-                    advantages: &prepared.advantages[mini.clone()],
-                    refs: refs.as_ref().map(|r| &r[mini.clone()]),
-                    targets: targets.map(|(r, v)| (&r[mini.clone()], &v[mini.clone()])),
+                    samples: &samples_p[mini.clone()],
+                    advantages: &adv_p[mini.clone()],
+                    refs: refs_p.as_ref().map(|r| &r[mini.clone()]),
+                    targets: targets_p
+                        .as_ref()
+                        .map(|(r, v)| (&r[mini.clone()], &v[mini.clone()])),
                 };
                 self.optimizer_step(&part, max_len, &mut stats)?;
                 steps += 1;
@@ -471,6 +491,29 @@ struct Part<'a> {
     targets: Option<Targets<'a>>,
 }
 
+/// A seeded permutation of `0..n` that moves whole units of `unit` consecutive items
+/// (splitmix64 + Fisher-Yates; no global RNG involved).
+fn unit_permutation(n: usize, unit: usize, seed: u64) -> Vec<usize> {
+    let units = n.div_ceil(unit.max(1));
+    let mut order: Vec<usize> = (0..units).collect();
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    for i in (1..units).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+        .into_iter()
+        .flat_map(|u| (u * unit..((u + 1) * unit).min(n)).collect::<Vec<_>>())
+        .collect()
+}
+
 /// Splits `n` items (in units of `unit`) into `parts` nearly equal consecutive ranges.
 fn split_even(n: usize, unit: usize, parts: usize) -> Vec<Range<usize>> {
     let units = n.div_ceil(unit);
@@ -483,4 +526,30 @@ fn split_even(n: usize, unit: usize, parts: usize) -> Vec<Range<usize>> {
         })
         .filter(|r| !r.is_empty())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_permutation_moves_whole_units() {
+        let p = unit_permutation(7, 2, 42);
+        let mut sorted = p.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..7).collect::<Vec<_>>());
+        let mut i = 0;
+        while i < p.len() {
+            assert_eq!(p[i] % 2, 0, "units start on even items: {p:?}");
+            if p[i] + 1 < 7 {
+                assert_eq!(p[i + 1], p[i] + 1, "{p:?}");
+                i += 2;
+            } else {
+                i += 1;
+            }
+        }
+        assert_ne!(unit_permutation(40, 1, 1), (0..40).collect::<Vec<_>>());
+        assert_eq!(unit_permutation(40, 1, 1), unit_permutation(40, 1, 1));
+        assert_eq!(split_even(7, 2, 2), vec![0..4, 4..7]);
+    }
 }
