@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::train::{RunConfig, Trainer};
+use crate::train::{Resume, RunConfig, Trainer};
 
 #[derive(Debug, clap::Args)]
 pub(super) struct TrainArgs {
@@ -11,6 +11,10 @@ pub(super) struct TrainArgs {
     /// Override a config key: `--set learner.optim.lr=1e-6` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    /// Continue from a checkpoint: `auto` (the newest in the run's output directory, or a
+    /// fresh start if none) or a checkpoint directory.
+    #[arg(long)]
+    resume: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -22,7 +26,12 @@ pub(super) enum ConfigCommand {
 pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
     let cfg = RunConfig::load(&args.config, &args.overrides)?;
     let out = cfg.output_dir.clone();
-    let reports = Trainer::new(cfg)?.run()?;
+    let resume = match args.resume.as_deref() {
+        None => Resume::No,
+        Some("auto") => Resume::Auto,
+        Some(dir) => Resume::Dir(dir.into()),
+    };
+    let reports = Trainer::new(cfg, resume)?.run()?;
     let first = reports.first().map_or(0.0, |r| r.reward_mean);
     let last = reports.last().map_or(0.0, |r| r.reward_mean);
     eprintln!(

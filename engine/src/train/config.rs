@@ -38,6 +38,9 @@ pub struct RunConfig {
     /// `[log]`.
     #[serde(default)]
     pub log: LogSection,
+    /// `[checkpoint]`.
+    #[serde(default)]
+    pub checkpoint: CheckpointSection,
     /// The config file's directory: relative paths in it resolve against this.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -113,6 +116,25 @@ pub struct LogSection {
 impl Default for LogSection {
     fn default() -> Self {
         Self { samples_every: 10 }
+    }
+}
+
+/// `[checkpoint]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointSection {
+    /// Save every N steps (and after the last step); 0 = only after the last step.
+    pub every: usize,
+    /// Checkpoints kept on disk (the newest).
+    pub keep_last: usize,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        Self {
+            every: 10,
+            keep_last: 2,
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! `oxrl train`: the run config and the training loop that ties rollouts, rewards and the
 //! learner together.
 
+pub mod checkpoint;
 pub mod config;
 pub mod trainer;
 
 pub use config::RunConfig;
-pub use trainer::{StepReport, Trainer};
+pub use trainer::{Resume, StepReport, Trainer};

@@ -2,10 +2,14 @@
 //! metrics log, sample dumps and a final HF-format model.
 //!
 //! Synchronous for now: the rollout runs on the learner's own parameters (no copy), then the
-//! learner updates them. Checkpoint/resume, async rollouts and the metrics endpoint are next.
+//! learner updates them. Checkpoints are written every `checkpoint.every` steps, after the last
+//! step, and when SIGINT/SIGTERM arrive (the run then stops cleanly); `--resume` continues from
+//! the newest one exactly. Async rollouts and the metrics endpoint are next.
 
-use std::io::Write;
-use std::path::Path;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -14,6 +18,7 @@ use oxrl_rewards::{CombinedScores, Registry, WeightedRewards};
 use serde_json::{json, Map, Value};
 use tch::nn::VarStore;
 
+use super::checkpoint::{self, TrainState};
 use super::config::RunConfig;
 use crate::device::{parse_device, parse_kind};
 use crate::learner::{metrics, Learner};
@@ -34,6 +39,19 @@ pub struct Trainer {
     sampler: Sampler,
     metrics_log: std::fs::File,
     samples_log: std::fs::File,
+    next_step: usize,
+    stop: Arc<AtomicBool>,
+}
+
+/// Where to continue from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resume {
+    /// Start fresh.
+    No,
+    /// The newest checkpoint in the run's output directory, if there is one.
+    Auto,
+    /// This checkpoint directory.
+    Dir(PathBuf),
 }
 
 /// What one step produced, for logs and tests.
@@ -48,8 +66,9 @@ pub struct StepReport {
 }
 
 impl Trainer {
-    /// Loads the model, environment, rewards and learner of `cfg`.
-    pub fn new(cfg: RunConfig) -> anyhow::Result<Self> {
+    /// Loads the model, environment, rewards and learner of `cfg`, then the checkpoint
+    /// `resume` names, if any.
+    pub fn new(cfg: RunConfig, resume: Resume) -> anyhow::Result<Self> {
         tch::manual_seed(cfg.seed as i64);
         let opts = LoadOptions {
             device: parse_device(&cfg.model.device)?,
@@ -72,19 +91,39 @@ impl Trainer {
             LoadedEnv::from_config(&cfg.env, &cfg.base_dir, template).context("building [env]")?;
         let rewards = WeightedRewards::from_specs(&Registry::default(), &cfg.rewards)
             .context("building [[rewards]]")?;
-        let learner = Learner::new(vs, model, cfg.learner.clone()).context("building [learner]")?;
-        let sampler = env.sampler(None)?;
+        let mut learner =
+            Learner::new(vs, model, cfg.learner.clone()).context("building [learner]")?;
+        let from = match resume {
+            Resume::No => None,
+            Resume::Auto => checkpoint::list(&checkpoint::root(&cfg.output_dir))?.pop(),
+            Resume::Dir(dir) => Some(dir),
+        };
+        let state = match &from {
+            Some(dir) => {
+                let state = checkpoint::restore(dir, &mut learner)
+                    .with_context(|| format!("resuming from {}", dir.display()))?;
+                eprintln!("resuming from {} (step {})", dir.display(), state.next_step);
+                Some(state)
+            }
+            None => None,
+        };
+        let next_step = state.as_ref().map_or(0, |s| s.next_step);
+        let sampler = env.sampler(state.map(|s| s.cursor))?;
         std::fs::create_dir_all(&cfg.output_dir)
             .with_context(|| format!("creating {}", cfg.output_dir.display()))?;
         let resolved = toml::to_string_pretty(&cfg).context("serializing the resolved config")?;
         std::fs::write(cfg.output_dir.join("config.toml"), resolved)?;
-        let open = |name: &str| {
-            let path = cfg.output_dir.join(name);
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
-        };
+        let open = |name: &str| open_log(&cfg.output_dir.join(name), next_step);
+        let stop = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(signal, stop.clone())
+                .context("installing signal handlers")?;
+        }
         Ok(Self {
             metrics_log: open("metrics.jsonl")?,
             samples_log: open("samples.jsonl")?,
+            next_step,
+            stop,
             tokenizer: loaded.tokenizer,
             cfg,
             env,
@@ -94,11 +133,22 @@ impl Trainer {
         })
     }
 
-    /// Runs every step, then writes the final model to `output_dir/final`.
+    /// Runs the remaining steps, checkpointing as configured, then writes the final model to
+    /// `output_dir/final`. A SIGINT/SIGTERM ends the run after the current step, with a
+    /// checkpoint.
     pub fn run(&mut self) -> anyhow::Result<Vec<StepReport>> {
         let mut reports = Vec::with_capacity(self.cfg.steps);
-        for step in 0..self.cfg.steps {
+        for step in self.next_step..self.cfg.steps {
             let report = self.step(step).with_context(|| format!("step {step}"))?;
+            self.next_step = step + 1;
+            let every = self.cfg.checkpoint.every;
+            let interrupted = self.stop.load(Ordering::Relaxed);
+            if interrupted
+                || self.next_step == self.cfg.steps
+                || (every > 0 && self.next_step.is_multiple_of(every))
+            {
+                self.checkpoint()?;
+            }
             eprintln!(
                 "step {}/{} reward {:.3} loss {:.4} ({:.1}s)",
                 step + 1,
@@ -108,9 +158,26 @@ impl Trainer {
                 report.line["time/step_seconds"].as_f64().unwrap_or(0.0)
             );
             reports.push(report);
+            if interrupted {
+                eprintln!(
+                    "interrupted: checkpoint saved after step {}; continue with --resume auto",
+                    step + 1
+                );
+                return Ok(reports);
+            }
         }
         self.save(&self.cfg.output_dir.join("final"))?;
         Ok(reports)
+    }
+
+    /// Writes a checkpoint of the current state.
+    pub fn checkpoint(&self) -> anyhow::Result<PathBuf> {
+        let state = TrainState {
+            next_step: self.next_step,
+            cursor: self.sampler.cursor().clone(),
+        };
+        let root = checkpoint::root(&self.cfg.output_dir);
+        checkpoint::save(&root, &self.learner, &state, self.cfg.checkpoint.keep_last)
     }
 
     /// One step: sample prompts, generate, score, update.
@@ -240,6 +307,30 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+/// Opens a JSONL log for appending, first dropping lines of steps at or after `next_step`
+/// (written by a run that was killed before its next checkpoint).
+fn open_log(path: &Path, next_step: usize) -> anyhow::Result<std::fs::File> {
+    let kept: Vec<String> = match std::fs::File::open(path) {
+        Ok(f) if next_step > 0 => std::io::BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| {
+                serde_json::from_str::<Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| (s as usize) < next_step)
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    for line in kept {
+        writeln!(file, "{line}")?;
+    }
+    Ok(file)
 }
 
 /// A randomly initialised model of `shape`, with the vocabulary of `tokenizer`.

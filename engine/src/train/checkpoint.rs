@@ -1,0 +1,114 @@
+//! Checkpoints: everything needed to continue a run exactly — policy (and critic) weights,
+//! optimizer moments, the data cursor and the step — written to a temporary directory and
+//! renamed into place, so a run killed at any moment leaves either the old or the new
+//! checkpoint, never half of one. The rollout RNG needs no saving: each step's sampling seed is
+//! derived from the run seed and the step number.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use oxrl_envs::Cursor;
+use serde::{Deserialize, Serialize};
+
+use crate::learner::Learner;
+use crate::weights;
+
+const STATE: &str = "state.json";
+const MODEL: &str = "model.safetensors";
+const CRITIC: &str = "critic.safetensors";
+const OPTIMIZER: &str = "optimizer.safetensors";
+
+/// The loop's own state at a step boundary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// The next step to run.
+    pub next_step: usize,
+    /// The data sampler's position.
+    pub cursor: Cursor,
+}
+
+/// Where a run's checkpoints live.
+pub fn root(output_dir: &Path) -> PathBuf {
+    output_dir.join("checkpoints")
+}
+
+/// Writes a checkpoint for `state` and keeps only the newest `keep_last`.
+pub fn save(
+    root: &Path,
+    learner: &Learner,
+    state: &TrainState,
+    keep_last: usize,
+) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let name = format!("step-{:08}", state.next_step);
+    let tmp = root.join(format!(".tmp-{name}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    weights::save_safetensors(learner.var_store(), &tmp.join(MODEL), None)?;
+    if let Some(critic) = learner.critic_var_store() {
+        weights::save_safetensors(critic, &tmp.join(CRITIC), None)?;
+    }
+    learner.save_optimizer(&tmp.join(OPTIMIZER))?;
+    // state.json last: a directory with it is complete.
+    std::fs::write(tmp.join(STATE), serde_json::to_string_pretty(state)?)?;
+    let dir = root.join(&name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::rename(&tmp, &dir).with_context(|| format!("publishing {}", dir.display()))?;
+    prune(root, keep_last.max(1))?;
+    Ok(dir)
+}
+
+/// Complete checkpoints under `root`, oldest first.
+pub fn list(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Ok(Vec::new());
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+        })
+        .filter(|p| p.join(STATE).exists())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
+fn prune(root: &Path, keep_last: usize) -> anyhow::Result<()> {
+    let dirs = list(root)?;
+    for old in &dirs[..dirs.len().saturating_sub(keep_last)] {
+        std::fs::remove_dir_all(old).with_context(|| format!("removing {}", old.display()))?;
+    }
+    Ok(())
+}
+
+/// Loads a checkpoint into `learner` and returns the loop state it recorded.
+pub fn restore(dir: &Path, learner: &mut Learner) -> anyhow::Result<TrainState> {
+    let state_path = dir.join(STATE);
+    let text = std::fs::read_to_string(&state_path)
+        .with_context(|| format!("{} is not a checkpoint", dir.display()))?;
+    let state: TrainState =
+        serde_json::from_str(&text).with_context(|| state_path.display().to_string())?;
+    load_weights(learner.var_store(), &dir.join(MODEL))?;
+    if let Some(critic) = learner.critic_var_store() {
+        load_weights(critic, &dir.join(CRITIC))?;
+    }
+    learner.load_optimizer(&dir.join(OPTIMIZER))?;
+    Ok(state)
+}
+
+fn load_weights(vs: &tch::nn::VarStore, path: &Path) -> anyhow::Result<()> {
+    let report = weights::load_into(vs, weights::read_safetensors(path)?);
+    anyhow::ensure!(
+        report.is_complete(),
+        "{}: {}",
+        path.display(),
+        report.describe()
+    );
+    Ok(())
+}

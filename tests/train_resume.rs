@@ -1,0 +1,128 @@
+//! Checkpoints resume exactly: a run killed with SIGKILL at any moment, or stopped with
+//! SIGTERM, continues with `--resume auto` to the same final weights and the same per-step
+//! metrics as an uninterrupted run with the same seed.
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use oxrl_tests::oxrl_bin;
+use serde_json::Value;
+use tch::Tensor;
+
+const STEPS: &str = "steps=10";
+
+fn train(out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(oxrl_bin());
+    cmd.arg("train")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml"))
+        .args(["--set", STEPS, "--set", "checkpoint.every=2", "--set"])
+        .arg(format!("output_dir={}", out.display()))
+        .args(extra);
+    cmd
+}
+
+fn run(out: &Path, extra: &[&str]) {
+    assert!(train(out, extra).status().unwrap().success());
+}
+
+/// Waits until the run has written its first checkpoint, then returns.
+fn wait_for_checkpoint(child: &mut Child, out: &Path) {
+    let first = out.join("checkpoints/step-00000002/state.json");
+    let start = Instant::now();
+    while !first.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run ended before its first checkpoint"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint after 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn weights(dir: &Path) -> Vec<(String, Tensor)> {
+    let mut t = Tensor::read_safetensors(dir.join("final/model.safetensors")).unwrap();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+/// Per step: (step, reward, loss) from metrics.jsonl.
+fn metrics(dir: &Path) -> Vec<(u64, f64, f64)> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["step"].as_u64().unwrap(),
+                v["reward"].as_f64().unwrap(),
+                v["oxrl_learner_loss"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect()
+}
+
+fn assert_same_run(a: &Path, b: &Path) {
+    let (wa, wb) = (weights(a), weights(b));
+    assert_eq!(wa.len(), wb.len());
+    for ((na, ta), (nb, tb)) in wa.iter().zip(&wb) {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs from the uninterrupted run");
+    }
+    assert_eq!(metrics(a), metrics(b));
+    assert_eq!(metrics(a).len(), 10);
+}
+
+#[test]
+fn killed_and_terminated_runs_resume_to_the_same_state() {
+    let reference = tempfile::tempdir().unwrap();
+    run(reference.path(), &[]);
+    // The reference run changed the weights, so equality below is not vacuous.
+    let random_init = tempfile::tempdir().unwrap();
+    run(random_init.path(), &["--set", "steps=1"]);
+    assert!(weights(reference.path())
+        .iter()
+        .zip(weights(random_init.path()))
+        .any(|(a, b)| !a.1.equal(&b.1)));
+
+    let killed = tempfile::tempdir().unwrap();
+    let mut child = train(killed.path(), &[]).spawn().unwrap();
+    wait_for_checkpoint(&mut child, killed.path());
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    run(killed.path(), &["--resume", "auto"]);
+    assert_same_run(reference.path(), killed.path());
+
+    let terminated = tempfile::tempdir().unwrap();
+    let mut child = train(terminated.path(), &[]).spawn().unwrap();
+    wait_for_checkpoint(&mut child, terminated.path());
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        child.wait().unwrap().success(),
+        "SIGTERM ends the run cleanly"
+    );
+    run(terminated.path(), &["--resume", "auto"]);
+    assert_same_run(reference.path(), terminated.path());
+}
+
+#[test]
+fn resume_from_a_directory_that_is_not_a_checkpoint_is_an_error() {
+    let out = tempfile::tempdir().unwrap();
+    let output = train(out.path(), &["--resume", "/nonexistent/ckpt"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("/nonexistent/ckpt") && err.contains("not a checkpoint"),
+        "{err}"
+    );
+}
