@@ -1,6 +1,6 @@
 """transformers' greedy decode speed on the bundled model, the reference for bench/decode_vs_hf.sh.
 
-usage: hf_decode.py GGUF NEW_TOKENS PROMPT...   (prints one tokens_per_s=<v> line per prompt)
+usage: hf_decode.py MODEL NEW_TOKENS PROMPT...   (MODEL: HF directory or GGUF file)   (prints one tokens_per_s=<v> line per prompt)
 """
 import os
 import sys
@@ -11,8 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 torch.set_grad_enabled(False)
-gguf, new_tokens, prompts = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-folder, name = os.path.split(gguf)
+model_path, new_tokens, prompts = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+folder, name = (model_path, None) if os.path.isdir(model_path) else os.path.split(model_path)
 tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
 model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
 model.generation_config.eos_token_id = None  # exactly new_tokens steps, like --ignore-eos
