@@ -55,6 +55,30 @@ fn smoke_run_writes_logs_and_a_loadable_model() {
 }
 
 #[test]
+fn lora_runs_train_adapters_and_export_a_merged_plain_model() {
+    let out = tempfile::tempdir().unwrap();
+    let status = Command::new(oxrl_bin())
+        .arg("train")
+        .arg(config())
+        .args(["--set", "model.lora.r=4", "--set", "steps=2", "--set"])
+        .arg(format!("output_dir={}", out.path().display()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let names: Vec<String> =
+        tch::Tensor::read_safetensors(out.path().join("final/model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+    assert!(
+        names.iter().all(|n| !n.contains("lora_")),
+        "adapters are merged on export"
+    );
+    assert!(Pretrained::load(&out.path().join("final"), LoadOptions::default()).is_ok());
+}
+
+#[test]
 fn config_errors_name_the_file_and_key() {
     let check = |extra: &[&str]| {
         let out = Command::new(oxrl_bin())

@@ -9,6 +9,7 @@ use oxrl_envs::EnvConfig;
 use oxrl_rewards::RewardSpec;
 use serde::{Deserialize, Serialize};
 
+use crate::learner::lora::LoraConfig;
 use crate::learner::LearnerConfig;
 use crate::rollout::SamplingParams;
 
@@ -62,6 +63,10 @@ pub struct ModelSection {
     /// tokenizer of `path`): for smoke tests.
     #[serde(default)]
     pub random: Option<RandomModel>,
+    /// Train LoRA adapters on a frozen base (`[model.lora]`, PEFT option names); the final
+    /// model is exported with the adapters merged.
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
 }
 
 /// The shape of a random model (`[model.random]`).

@@ -21,7 +21,7 @@ use tch::nn::VarStore;
 use super::checkpoint::{self, TrainState};
 use super::config::RunConfig;
 use crate::device::{parse_device, parse_kind};
-use crate::learner::{metrics, Learner};
+use crate::learner::{lora, metrics, Learner};
 use crate::model::random::randomize;
 use crate::model::{Llama, ModelConfig};
 use crate::pretrained::{save_model_dir, LoadOptions, Pretrained};
@@ -85,6 +85,11 @@ impl Trainer {
                 opts,
             ),
             None => (loaded.vs, loaded.model),
+        };
+        let (vs, model) = match &cfg.model.lora {
+            Some(lora_cfg) => lora::with_adapters(&vs, model.config(), lora_cfg)
+                .context("building [model.lora]")?,
+            None => (vs, model),
         };
         let template = loaded.tokenizer.chat_template().cloned();
         let env =
@@ -290,14 +295,14 @@ impl Trainer {
         Ok(())
     }
 
-    /// Writes the policy as an HF directory (config, weights, tokenizer).
+    /// Writes the policy as an HF directory (config, weights with any LoRA adapters merged,
+    /// tokenizer).
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
-        save_model_dir(
-            self.learner.var_store(),
-            self.learner.policy().config(),
-            dir,
-            None,
-        )?;
+        let (vs, config) = (self.learner.var_store(), self.learner.policy().config());
+        match &self.cfg.model.lora {
+            Some(lora_cfg) => lora::export_merged(vs, config, lora_cfg, dir, None)?,
+            None => save_model_dir(vs, config, dir, None)?,
+        }
         self.tokenizer
             .inner()
             .save(dir.join("tokenizer.json"), false)
