@@ -103,3 +103,48 @@ fn config_errors_name_the_file_and_key() {
     let (ok, err) = check(&["--set", "rollout.sampling.top_p=0"]);
     assert!(!ok && err.contains("top_p"), "{err}");
 }
+
+#[test]
+fn a_diverging_run_skips_nan_steps_then_stops_with_a_checkpoint() {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(oxrl_bin())
+        .arg("train")
+        .arg(config())
+        // An absurd learning rate blows the weights up after the first update.
+        .args([
+            "--set",
+            "learner.optim.lr=1e30",
+            "--set",
+            "steps=10",
+            "--set",
+        ])
+        .arg(format!("output_dir={}", out.path().display()))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("NaN/inf in 3 consecutive steps"), "{err}");
+    assert!(
+        out.path()
+            .join("checkpoints")
+            .read_dir()
+            .unwrap()
+            .next()
+            .is_some(),
+        "a checkpoint was written"
+    );
+    let skipped: Vec<f64> = std::fs::read_to_string(out.path().join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["oxrl_learner_skipped_steps"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        skipped[..],
+        [0.0, 1.0, 1.0, 1.0],
+        "three skipped steps were counted before stopping"
+    );
+}

@@ -168,3 +168,31 @@ fn resumed_optimizer_continues_exactly() {
     }
     assert!(fresh_differs, "the saved moments made no difference");
 }
+
+#[test]
+fn a_non_finite_loss_skips_the_step_and_leaves_the_weights_alone() {
+    let _guard = serial();
+    let (vs, model) = tiny(11);
+    let mut learner = Learner::new(vs, model, grpo_config(LossType::Grpo)).unwrap();
+    let mut batch = rollout(learner.policy(), &all_digits(), 8, 0);
+    batch[0].behaviour_logprobs[0] = f32::NAN; // poisons the ratio, the loss and the gradients
+    let before: Vec<(String, tch::Tensor)> = learner
+        .var_store()
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, t.copy()))
+        .collect();
+    let metrics = learner.update(&batch).unwrap();
+    assert!(metrics[m::SKIPPED_STEPS] >= 1.0, "{metrics:?}");
+    let after = learner.var_store().variables();
+    for (name, t) in &before {
+        assert!(after[name].equal(t), "{name} changed in a skipped step");
+    }
+    batch[0].behaviour_logprobs[0] = -1.0;
+    let metrics = learner.update(&batch).unwrap();
+    assert_eq!(
+        metrics[m::SKIPPED_STEPS],
+        0.0,
+        "a healthy batch updates again"
+    );
+}

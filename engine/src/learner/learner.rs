@@ -424,6 +424,13 @@ impl Learner {
             pg_sum += pg;
         }
         let grad_norm = self.optimizer.clip_grad_norm(self.cfg.optim.max_grad_norm);
+        if !(grad_norm.is_finite() && loss_sum.is_finite()) {
+            // A NaN/inf would poison the weights and Adam's moments: drop this step.
+            self.optimizer.zero_grad();
+            stats.sum(m::SKIPPED_STEPS, 1.0);
+            return Ok(());
+        }
+        stats.sum(m::SKIPPED_STEPS, 0.0);
         let lr = self.cfg.optim.lr_at(self.optimizer.steps());
         self.optimizer.step(lr, &self.cfg.optim);
         stats.mean(m::LOSS, loss_sum, 1.0);

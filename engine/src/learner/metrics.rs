@@ -62,6 +62,9 @@ pub const DPO_MARGIN: &str = "oxrl_learner_dpo_rewards_margin";
 /// TOPR: fraction of trajectories in the positive (untruncated) set.
 pub const TOPR_POSITIVE_FRACTION: &str = "oxrl_learner_topr_positive_fraction";
 
+/// Optimizer steps skipped because the loss or a gradient was NaN/inf.
+pub const SKIPPED_STEPS: &str = "oxrl_learner_skipped_steps";
+
 /// Named metric values of one update.
 pub type Metrics = BTreeMap<&'static str, f64>;
 

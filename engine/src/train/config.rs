@@ -24,6 +24,10 @@ pub struct RunConfig {
     pub steps: usize,
     /// Where logs and checkpoints go (relative to the config file).
     pub output_dir: PathBuf,
+    /// Stop the run after this many consecutive steps whose loss or gradients were NaN/inf
+    /// (each such optimizer step is skipped and counted).
+    #[serde(default = "default_max_nonfinite_steps")]
+    pub max_nonfinite_steps: usize,
     /// `[model]`.
     pub model: ModelSection,
     /// `[env]`: the task and its data.
@@ -83,6 +87,10 @@ pub struct RandomModel {
     pub num_key_value_heads: usize,
     /// MLP width.
     pub intermediate_size: usize,
+}
+
+fn default_max_nonfinite_steps() -> usize {
+    3
 }
 
 fn default_dtype() -> String {

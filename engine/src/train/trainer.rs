@@ -40,6 +40,7 @@ pub struct Trainer {
     metrics_log: std::fs::File,
     samples_log: std::fs::File,
     next_step: usize,
+    nonfinite_streak: usize,
     stop: Arc<AtomicBool>,
 }
 
@@ -128,6 +129,7 @@ impl Trainer {
             metrics_log: open("metrics.jsonl")?,
             samples_log: open("samples.jsonl")?,
             next_step,
+            nonfinite_streak: 0,
             stop,
             tokenizer: loaded.tokenizer,
             cfg,
@@ -146,6 +148,21 @@ impl Trainer {
         for step in self.next_step..self.cfg.steps {
             let report = self.step(step).with_context(|| format!("step {step}"))?;
             self.next_step = step + 1;
+            let skipped = report.line[metrics::SKIPPED_STEPS].as_f64().unwrap_or(0.0) > 0.0;
+            self.nonfinite_streak = if skipped {
+                self.nonfinite_streak + 1
+            } else {
+                0
+            };
+            if self.nonfinite_streak >= self.cfg.max_nonfinite_steps.max(1) {
+                let dir = self.checkpoint()?;
+                anyhow::bail!(
+                    "step {step}: the loss or gradients were NaN/inf in {} consecutive steps (each was skipped); \
+                     stopping. Skipped steps leave the weights as they were: checkpoint {} (try a lower learner.optim.lr)",
+                    self.nonfinite_streak,
+                    dir.display()
+                );
+            }
             let every = self.cfg.checkpoint.every;
             let interrupted = self.stop.load(Ordering::Relaxed);
             if interrupted
