@@ -13,6 +13,7 @@ pub mod model;
 pub mod pretrained;
 pub mod rollout;
 pub mod sample;
+pub mod telemetry;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

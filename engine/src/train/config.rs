@@ -46,6 +46,9 @@ pub struct RunConfig {
     /// `[checkpoint]`.
     #[serde(default)]
     pub checkpoint: CheckpointSection,
+    /// `[metrics]`: the live endpoint.
+    #[serde(default)]
+    pub metrics: MetricsSection,
     /// The config file's directory: relative paths in it resolve against this.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -129,6 +132,23 @@ pub struct LogSection {
 impl Default for LogSection {
     fn default() -> Self {
         Self { samples_every: 10 }
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Address of `/metrics`, `/healthz` and `/status` (port 0: any free port); "" = off.
+    /// Loopback by default: listening on other interfaces is a deliberate choice.
+    pub listen: String,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
     }
 }
 

@@ -27,6 +27,8 @@ use crate::model::{Llama, ModelConfig};
 use crate::pretrained::{save_model_dir, LoadOptions, Pretrained};
 use crate::rollout::{generate_batch, Generated, GenerationRequest, StopConditions};
 use crate::sample::Sample;
+use crate::telemetry::run_metrics::StepTelemetry;
+use crate::telemetry::{serve, MetricsServer, RunMetrics};
 use crate::tokenizer::Tokenizer;
 
 /// Everything a run holds.
@@ -42,6 +44,8 @@ pub struct Trainer {
     next_step: usize,
     nonfinite_streak: usize,
     stop: Arc<AtomicBool>,
+    telemetry: Arc<RunMetrics>,
+    server: Option<MetricsServer>,
 }
 
 /// Where to continue from.
@@ -119,6 +123,8 @@ impl Trainer {
             .with_context(|| format!("creating {}", cfg.output_dir.display()))?;
         let resolved = toml::to_string_pretty(&cfg).context("serializing the resolved config")?;
         std::fs::write(cfg.output_dir.join("config.toml"), resolved)?;
+        let telemetry = Arc::new(RunMetrics::new().context("creating metrics")?);
+        let server = start_server(&cfg, telemetry.clone())?;
         let open = |name: &str| open_log(&cfg.output_dir.join(name), next_step);
         let stop = Arc::new(AtomicBool::new(false));
         for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -130,6 +136,8 @@ impl Trainer {
             samples_log: open("samples.jsonl")?,
             next_step,
             nonfinite_streak: 0,
+            telemetry,
+            server,
             stop,
             tokenizer: loaded.tokenizer,
             cfg,
@@ -194,12 +202,55 @@ impl Trainer {
 
     /// Writes a checkpoint of the current state.
     pub fn checkpoint(&self) -> anyhow::Result<PathBuf> {
+        let start = Instant::now();
         let state = TrainState {
             next_step: self.next_step,
             cursor: self.sampler.cursor().clone(),
         };
         let root = checkpoint::root(&self.cfg.output_dir);
-        checkpoint::save(&root, &self.learner, &state, self.cfg.checkpoint.keep_last)
+        let dir = checkpoint::save(&root, &self.learner, &state, self.cfg.checkpoint.keep_last)?;
+        self.telemetry
+            .observe_checkpoint(start.elapsed().as_secs_f64());
+        Ok(dir)
+    }
+
+    /// The metrics endpoint's address, when it is on.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.server.as_ref().map(|s| s.addr)
+    }
+
+    /// Updates the Prometheus collectors and `/status` after a step.
+    fn publish(&self, step: usize, line: &Value, generated: &[Generated], scores: &CombinedScores) {
+        let Some(map) = line.as_object() else { return };
+        let lengths: Vec<usize> = generated.iter().map(|g| g.tokens.len()).collect();
+        let means: Vec<(String, f64)> = scores
+            .rewards
+            .iter()
+            .map(|r| (r.name.clone(), r.mean()))
+            .collect();
+        let failures: Vec<(String, String, u64)> = scores
+            .rewards
+            .iter()
+            .flat_map(|r| {
+                r.failures
+                    .iter()
+                    .map(|(k, c)| (r.name.clone(), k.as_str().to_owned(), *c as u64))
+            })
+            .collect();
+        self.telemetry.observe_step(&StepTelemetry {
+            step,
+            policy_version: step as u64 + 1,
+            line: map,
+            completion_lengths: &lengths,
+            reward_means: &means,
+            failures: &failures,
+        });
+        if let Some(server) = &self.server {
+            server.set_status(
+                json!({"step": step, "steps": self.cfg.steps, "phase": "training",
+                                     "policy_version": step + 1, "metrics": line}),
+            );
+        }
     }
 
     /// One step: sample prompts, generate, score, update.
@@ -273,6 +324,7 @@ impl Trainer {
         if self.cfg.log.samples_every > 0 && step.is_multiple_of(self.cfg.log.samples_every) {
             self.dump_samples(step, &rows, &generated, &texts, &scores)?;
         }
+        self.publish(step, &line, &generated, &scores);
         let reward_mean = mean(&scores.total);
         Ok(StepReport {
             step,
@@ -329,6 +381,24 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+/// Starts the metrics endpoint unless `metrics.listen` is empty; writes its address to
+/// `output_dir/metrics_address` for tools and tests.
+fn start_server(
+    cfg: &RunConfig,
+    telemetry: Arc<RunMetrics>,
+) -> anyhow::Result<Option<MetricsServer>> {
+    if cfg.metrics.listen.is_empty() {
+        return Ok(None);
+    }
+    let server = serve(&cfg.metrics.listen, telemetry)?;
+    eprintln!("metrics: http://{}/metrics", server.addr);
+    std::fs::write(
+        cfg.output_dir.join("metrics_address"),
+        server.addr.to_string(),
+    )?;
+    Ok(Some(server))
 }
 
 /// Opens a JSONL log for appending, first dropping lines of steps at or after `next_step`

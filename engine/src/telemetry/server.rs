@@ -1,0 +1,112 @@
+//! The HTTP endpoint of a run (axum): `/metrics` (Prometheus text format), `/healthz`, and
+//! `/status` (JSON: step, phase, policy version, last metrics). It listens on 127.0.0.1 unless
+//! the config says otherwise; exposing it is a deliberate choice. It runs on its own thread
+//! with a small tokio runtime, so the training loop never waits for a scrape.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::Value;
+
+use super::RunMetrics;
+
+/// Shared between the loop and the server.
+#[derive(Clone)]
+struct AppState {
+    metrics: Arc<RunMetrics>,
+    status: Arc<Mutex<Value>>,
+}
+
+/// A running endpoint; dropping it stops the server.
+pub struct MetricsServer {
+    /// The bound address (the real port when 0 was asked for).
+    pub addr: SocketAddr,
+    /// What `/status` returns; the loop replaces it after each step.
+    pub status: Arc<Mutex<Value>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MetricsServer {
+    /// Replaces the `/status` document.
+    pub fn set_status(&self, value: Value) {
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = value;
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Binds `listen` (e.g. `127.0.0.1:9464`; port 0 picks a free one) and serves `metrics`.
+/// A bind failure is returned here, not swallowed by the server thread.
+pub fn serve(listen: &str, metrics: Arc<RunMetrics>) -> anyhow::Result<MetricsServer> {
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| anyhow::anyhow!("metrics endpoint: cannot listen on {listen}: {e}"))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let status = Arc::new(Mutex::new(serde_json::json!({"phase": "starting"})));
+    let state = AppState {
+        metrics,
+        status: status.clone(),
+    };
+    let app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/status", get(status_json))
+        .with_state(state);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let thread = std::thread::Builder::new()
+        .name("oxrl-metrics".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                let shutdown = async {
+                    let _ = rx.await;
+                };
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await;
+            });
+        })?;
+    Ok(MetricsServer {
+        addr,
+        status,
+        shutdown: Some(tx),
+        thread: Some(thread),
+    })
+}
+
+async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+async fn status_json(State(state): State<AppState>) -> Json<Value> {
+    Json(
+        state
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+    )
+}
