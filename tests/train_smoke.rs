@@ -43,6 +43,14 @@ fn smoke_run_writes_logs_and_a_loadable_model() {
         let ratio = line["oxrl_learner_ratio_max"].as_f64().unwrap();
         assert!((ratio - 1.0).abs() < 1e-4, "on-policy ratio {ratio}");
     }
+    // The saved config keeps `${VAR}` references: values from the environment (API keys,
+    // tokens) never reach the disk.
+    let saved = std::fs::read_to_string(out.path().join("config.toml")).unwrap();
+    let secret = std::env::var("OXRL_SMOLLM2_GGUF").unwrap();
+    assert!(
+        saved.contains("${OXRL_SMOLLM2_GGUF}") && !saved.contains(&secret),
+        "{saved}"
+    );
     let samples = std::fs::read_to_string(out.path().join("samples.jsonl")).unwrap();
     assert!(samples.lines().count() >= 2 && samples.contains("\"completion\""));
     let model = Pretrained::load(&out.path().join("final"), LoadOptions::default()).unwrap();

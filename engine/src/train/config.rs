@@ -52,6 +52,10 @@ pub struct RunConfig {
     /// The config file's directory: relative paths in it resolve against this.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The config as written plus `--set` overrides, before `${VAR}` expansion: what a run
+    /// saves, so secrets passed through the environment never reach the disk.
+    #[serde(skip)]
+    pub unexpanded: String,
 }
 
 /// `[model]`.
@@ -183,12 +187,14 @@ impl RunConfig {
         for o in overrides {
             set(&mut tree, o).with_context(|| format!("--set {o}"))?;
         }
+        let unexpanded = toml::to_string_pretty(&tree).context("serializing the config")?;
         expand_env(&mut tree).with_context(|| path.display().to_string())?;
         let mut cfg: RunConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
             anyhow::anyhow!("{}: key `{}`: {}", path.display(), e.path(), e.inner())
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.base_dir = base.to_owned();
+        cfg.unexpanded = unexpanded;
         cfg.output_dir = base.join(&cfg.output_dir);
         cfg.model.path = base.join(&cfg.model.path);
         cfg.validate().with_context(|| path.display().to_string())?;

@@ -121,8 +121,8 @@ impl Trainer {
         let sampler = env.sampler(state.map(|s| s.cursor))?;
         std::fs::create_dir_all(&cfg.output_dir)
             .with_context(|| format!("creating {}", cfg.output_dir.display()))?;
-        let resolved = toml::to_string_pretty(&cfg).context("serializing the resolved config")?;
-        std::fs::write(cfg.output_dir.join("config.toml"), resolved)?;
+        // The unexpanded config: `${VAR}` secrets stay in the environment, not on disk.
+        std::fs::write(cfg.output_dir.join("config.toml"), &cfg.unexpanded)?;
         let telemetry = Arc::new(RunMetrics::new().context("creating metrics")?);
         let server = start_server(&cfg, telemetry.clone())?;
         let open = |name: &str| open_log(&cfg.output_dir.join(name), next_step);
