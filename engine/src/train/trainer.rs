@@ -20,6 +20,7 @@ use tch::nn::VarStore;
 
 use super::checkpoint::{self, TrainState};
 use super::config::RunConfig;
+use super::progress::Progress;
 use crate::device::{parse_device, parse_kind};
 use crate::learner::{lora, metrics, Learner};
 use crate::model::random::randomize;
@@ -153,6 +154,7 @@ impl Trainer {
     /// checkpoint.
     pub fn run(&mut self) -> anyhow::Result<Vec<StepReport>> {
         let mut reports = Vec::with_capacity(self.cfg.steps);
+        let progress = Progress::new(self.next_step, self.cfg.steps);
         for step in self.next_step..self.cfg.steps {
             let report = self.step(step).with_context(|| format!("step {step}"))?;
             self.next_step = step + 1;
@@ -179,13 +181,12 @@ impl Trainer {
             {
                 self.checkpoint()?;
             }
-            eprintln!(
-                "step {}/{} reward {:.3} loss {:.4} ({:.1}s)",
+            let get = |k: &str| report.line[k].as_f64().unwrap_or(f64::NAN);
+            progress.update(
                 step + 1,
-                self.cfg.steps,
                 report.reward_mean,
-                report.line[metrics::LOSS].as_f64().unwrap_or(f64::NAN),
-                report.line["time/step_seconds"].as_f64().unwrap_or(0.0)
+                get("rollout/tokens_per_second"),
+                get(metrics::LOSS),
             );
             reports.push(report);
             if interrupted {
