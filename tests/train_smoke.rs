@@ -84,6 +84,27 @@ fn lora_runs_train_adapters_and_export_a_merged_plain_model() {
         "adapters are merged on export"
     );
     assert!(Pretrained::load(&out.path().join("final"), LoadOptions::default()).is_ok());
+
+    // `oxrl export` of the last checkpoint gives the same merged model as the run's final/.
+    let exported = out.path().join("exported");
+    let checkpoint = out.path().join("checkpoints/step-00000002");
+    let status = Command::new(oxrl_bin())
+        .args(["export", "--checkpoint"])
+        .arg(&checkpoint)
+        .arg(&exported)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let read = |dir: &std::path::Path| {
+        let mut t = tch::Tensor::read_safetensors(dir.join("model.safetensors")).unwrap();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    for ((a, ta), (b, tb)) in read(&out.path().join("final")).iter().zip(read(&exported)) {
+        assert_eq!(a, &b);
+        assert!(ta.equal(&tb), "{a} differs between final/ and the export");
+    }
+    assert!(Pretrained::load(&exported, LoadOptions::default()).is_ok());
 }
 
 #[test]

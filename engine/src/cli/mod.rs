@@ -24,6 +24,8 @@ pub struct Cli {
 enum Command {
     /// Run a training run from a TOML config.
     Train(train::TrainArgs),
+    /// Write a checkpoint's policy as a Hugging Face directory (LoRA merged).
+    Export(train::ExportArgs),
     /// Run-config tools.
     #[command(subcommand)]
     Config(train::ConfigCommand),
@@ -69,6 +71,7 @@ pub fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train::train(args),
         Command::Config(cmd) => train::config(cmd),
+        Command::Export(args) => train::export(args),
         Command::Generate(args) => generate::run(args),
         Command::Logprobs(args) => logprobs::run(args),
         Command::Import(args) => import::run(args),

@@ -53,3 +53,22 @@ pub(super) fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub(super) struct ExportArgs {
+    /// A checkpoint directory (`output_dir/checkpoints/step-N`).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Output HF directory (LoRA adapters merged).
+    out: PathBuf,
+}
+
+pub(super) fn export(args: ExportArgs) -> anyhow::Result<()> {
+    crate::train::checkpoint::export(&args.checkpoint, &args.out)?;
+    eprintln!(
+        "exported {} to {}",
+        args.checkpoint.display(),
+        args.out.display()
+    );
+    Ok(())
+}

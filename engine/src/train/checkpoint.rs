@@ -17,6 +17,8 @@ const STATE: &str = "state.json";
 const MODEL: &str = "model.safetensors";
 const CRITIC: &str = "critic.safetensors";
 const OPTIMIZER: &str = "optimizer.safetensors";
+/// LoRA options of a checkpoint trained with adapters.
+pub const LORA: &str = "lora.json";
 
 /// The loop's own state at a step boundary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,11 +35,14 @@ pub fn root(output_dir: &Path) -> PathBuf {
 }
 
 /// Writes a checkpoint for `state` and keeps only the newest `keep_last`.
+/// `describe` writes the files that make the checkpoint self-contained (model config,
+/// tokenizer, LoRA options) so `oxrl export` needs nothing else.
 pub fn save(
     root: &Path,
     learner: &Learner,
     state: &TrainState,
     keep_last: usize,
+    describe: &dyn Fn(&Path) -> anyhow::Result<()>,
 ) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     let name = format!("step-{:08}", state.next_step);
@@ -51,6 +56,7 @@ pub fn save(
         weights::save_safetensors(critic, &tmp.join(CRITIC), None)?;
     }
     learner.save_optimizer(&tmp.join(OPTIMIZER))?;
+    describe(&tmp)?;
     // state.json last: a directory with it is complete.
     std::fs::write(tmp.join(STATE), serde_json::to_string_pretty(state)?)?;
     let dir = root.join(&name);
@@ -110,5 +116,37 @@ fn load_weights(vs: &tch::nn::VarStore, path: &Path) -> anyhow::Result<()> {
         path.display(),
         report.describe()
     );
+    Ok(())
+}
+
+/// Writes a checkpoint's policy as a plain HF directory (adapters merged): `oxrl export`.
+pub fn export(checkpoint: &Path, out: &Path) -> anyhow::Result<()> {
+    use crate::learner::lora::{self, LoraConfig};
+    use crate::model::{Llama, ModelConfig};
+    let config = ModelConfig::from_file(&checkpoint.join("config.json"))?;
+    let lora_path = checkpoint.join(LORA);
+    let lora: Option<LoraConfig> = match std::fs::read_to_string(&lora_path) {
+        Ok(text) => {
+            Some(serde_json::from_str(&text).with_context(|| lora_path.display().to_string())?)
+        }
+        Err(_) => None,
+    };
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let spec = lora.as_ref().map(|l| l.spec()).transpose()?;
+    let _model = Llama::with_lora(&vs.root(), &config, spec.as_ref());
+    load_weights(&vs, &checkpoint.join(MODEL))?;
+    match &lora {
+        Some(l) => lora::export_merged(&vs, &config, l, out, None)?,
+        None => crate::pretrained::save_model_dir(&vs, &config, out, None)?,
+    }
+    for file in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ] {
+        if checkpoint.join(file).exists() {
+            std::fs::copy(checkpoint.join(file), out.join(file))?;
+        }
+    }
     Ok(())
 }

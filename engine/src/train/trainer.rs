@@ -209,7 +209,14 @@ impl Trainer {
             cursor: self.sampler.cursor().clone(),
         };
         let root = checkpoint::root(&self.cfg.output_dir);
-        let dir = checkpoint::save(&root, &self.learner, &state, self.cfg.checkpoint.keep_last)?;
+        let describe = |dir: &Path| self.describe(dir);
+        let dir = checkpoint::save(
+            &root,
+            &self.learner,
+            &state,
+            self.cfg.checkpoint.keep_last,
+            &describe,
+        )?;
         self.telemetry
             .observe_checkpoint(start.elapsed().as_secs_f64());
         Ok(dir)
@@ -373,6 +380,26 @@ impl Trainer {
             Some(lora_cfg) => lora::export_merged(vs, config, lora_cfg, dir, None)?,
             None => save_model_dir(vs, config, dir, None)?,
         }
+        self.write_tokenizer(dir)
+    }
+
+    /// What makes a checkpoint self-contained: the model config, LoRA options and tokenizer.
+    fn describe(&self, dir: &Path) -> anyhow::Result<()> {
+        let config = self.learner.policy().config().to_hf_json();
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::to_string_pretty(&config)?,
+        )?;
+        if let Some(lora_cfg) = &self.cfg.model.lora {
+            std::fs::write(
+                dir.join(checkpoint::LORA),
+                serde_json::to_string_pretty(lora_cfg)?,
+            )?;
+        }
+        self.write_tokenizer(dir)
+    }
+
+    fn write_tokenizer(&self, dir: &Path) -> anyhow::Result<()> {
         self.tokenizer
             .inner()
             .save(dir.join("tokenizer.json"), false)
