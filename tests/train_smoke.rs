@@ -177,3 +177,49 @@ fn a_diverging_run_skips_nan_steps_then_stops_with_a_checkpoint() {
         "three skipped steps were counted before stopping"
     );
 }
+
+#[test]
+fn eval_reports_pass_rates_on_the_held_out_split() {
+    let out = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(oxrl_bin())
+            .args(args)
+            .arg(config())
+            .args(["--set", "env.data.eval_size=4", "--set"])
+            .arg(format!("output_dir={}", out.path().display()))
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["train"]).status.success());
+    let checkpoint = out.path().join("checkpoints/step-00000003");
+    let output = run(&[
+        "eval",
+        "--samples",
+        "3",
+        "--k",
+        "2",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["prompts"], 4);
+    assert_eq!(report["samples_per_prompt"], 3);
+    let (p1, pk) = (
+        report["pass_at_1"].as_f64().unwrap(),
+        report["pass_at_k"].as_f64().unwrap(),
+    );
+    assert!(
+        (0.0..=1.0).contains(&p1) && pk >= p1 && pk <= 1.0,
+        "{report}"
+    );
+    assert!(report["majority_vote"].is_number() && report["reward_mean"].is_number());
+    // Without a checkpoint, a random-model config has nothing to evaluate: a clear error.
+    let output = run(&["eval"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--checkpoint"));
+}

@@ -24,6 +24,8 @@ pub struct Cli {
 enum Command {
     /// Run a training run from a TOML config.
     Train(train::TrainArgs),
+    /// Evaluate on the held-out split: pass@1, pass@k, majority vote.
+    Eval(train::EvalArgs),
     /// Write a checkpoint's policy as a Hugging Face directory (LoRA merged).
     Export(train::ExportArgs),
     /// Run-config tools.
@@ -72,6 +74,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Train(args) => train::train(args),
         Command::Config(cmd) => train::config(cmd),
         Command::Export(args) => train::export(args),
+        Command::Eval(args) => train::eval(args),
         Command::Generate(args) => generate::run(args),
         Command::Logprobs(args) => logprobs::run(args),
         Command::Import(args) => import::run(args),

@@ -72,3 +72,40 @@ pub(super) fn export(args: ExportArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub(super) struct EvalArgs {
+    /// The run config (model, eval split, rewards, sampling).
+    config: PathBuf,
+    /// Evaluate this checkpoint instead of the config's model.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Completions per prompt.
+    #[arg(long, default_value_t = 4)]
+    samples: usize,
+    /// The k of pass@k.
+    #[arg(long, default_value_t = 4)]
+    k: usize,
+    /// A completion is correct when its total reward is at least this.
+    #[arg(long, default_value_t = 1.0)]
+    threshold: f64,
+    /// Override a config key (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+pub(super) fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let cfg = RunConfig::load(&args.config, &args.overrides)?;
+    let exported = tempfile::tempdir()?;
+    let model_dir = match &args.checkpoint {
+        Some(ckpt) => {
+            crate::train::checkpoint::export(ckpt, exported.path())?;
+            Some(exported.path())
+        }
+        None => None,
+    };
+    let report =
+        crate::train::eval::evaluate(&cfg, model_dir, args.samples, args.k, args.threshold)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod eval;
 pub mod progress;
 pub mod trainer;
 
