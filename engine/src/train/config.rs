@@ -123,6 +123,18 @@ pub struct RolloutSection {
     /// Strings that end a completion (besides the tokenizer's EOS tokens).
     #[serde(default)]
     pub stop_strings: Vec<String>,
+    /// Generate the next step's batch on a worker thread (with its own copy of the weights)
+    /// while the learner trains on this one.
+    #[serde(default, rename = "async")]
+    pub async_: bool,
+    /// With `async`: the largest accepted gap between the learner's policy version and the
+    /// version that generated a batch; older batches are dropped and counted.
+    #[serde(default = "default_max_staleness")]
+    pub max_staleness: u64,
+}
+
+fn default_max_staleness() -> u64 {
+    1
 }
 
 /// `[log]`.
@@ -206,6 +218,9 @@ impl RunConfig {
             bail!("rollout.prompts_per_step and rollout.group_size must be at least 1");
         }
         self.rollout.sampling.validate()?;
+        if self.rollout.async_ && self.rollout.max_staleness == 0 {
+            bail!("rollout.async needs rollout.max_staleness >= 1: the prefetched batch is one version old");
+        }
         // The learner scores completions at temperature 1; a tempered sampler would make
         // every importance ratio off-policy by construction.
         let t = self.rollout.sampling.temperature;

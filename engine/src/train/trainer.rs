@@ -26,7 +26,11 @@ use crate::learner::{lora, metrics, Learner};
 use crate::model::random::randomize;
 use crate::model::{Llama, ModelConfig};
 use crate::pretrained::{save_model_dir, LoadOptions, Pretrained};
-use crate::rollout::{generate_batch, Generated, GenerationRequest, StopConditions};
+use crate::rollout::pool::snapshot;
+use crate::rollout::{
+    generate_batch, Generated, GenerationRequest, RolloutPool, Staleness, StopConditions,
+    WeightUpdate, WorkerModel,
+};
 use crate::sample::Sample;
 use crate::telemetry::run_metrics::StepTelemetry;
 use crate::telemetry::{serve, MetricsServer, RunMetrics};
@@ -38,12 +42,17 @@ pub struct Trainer {
     env: LoadedEnv,
     rewards: WeightedRewards,
     learner: Learner,
-    tokenizer: Tokenizer,
+    tokenizer: Arc<Tokenizer>,
     sampler: Sampler,
     metrics_log: std::fs::File,
     samples_log: std::fs::File,
     next_step: usize,
     nonfinite_streak: usize,
+    /// Async mode: the worker generating the next batch.
+    prefetch: Option<Prefetch>,
+    /// The data cursor right after the rows of the last trained step were drawn (async mode
+    /// draws ahead; a checkpoint must not skip the in-flight batch's prompts).
+    trained_cursor: Option<oxrl_envs::Cursor>,
     stop: Arc<AtomicBool>,
     telemetry: Arc<RunMetrics>,
     server: Option<MetricsServer>,
@@ -124,6 +133,17 @@ impl Trainer {
             .with_context(|| format!("creating {}", cfg.output_dir.display()))?;
         // The unexpanded config: `${VAR}` secrets stay in the environment, not on disk.
         std::fs::write(cfg.output_dir.join("config.toml"), &cfg.unexpanded)?;
+        let tokenizer = Arc::new(loaded.tokenizer);
+        let prefetch = if cfg.rollout.async_ {
+            Some(Prefetch::start(
+                &learner,
+                &cfg,
+                tokenizer.clone(),
+                next_step,
+            )?)
+        } else {
+            None
+        };
         let telemetry = Arc::new(RunMetrics::new().context("creating metrics")?);
         let server = start_server(&cfg, telemetry.clone())?;
         let open = |name: &str| open_log(&cfg.output_dir.join(name), next_step);
@@ -137,10 +157,12 @@ impl Trainer {
             samples_log: open("samples.jsonl")?,
             next_step,
             nonfinite_streak: 0,
+            prefetch,
+            trained_cursor: None,
             telemetry,
             server,
             stop,
-            tokenizer: loaded.tokenizer,
+            tokenizer,
             cfg,
             env,
             rewards,
@@ -206,7 +228,10 @@ impl Trainer {
         let start = Instant::now();
         let state = TrainState {
             next_step: self.next_step,
-            cursor: self.sampler.cursor().clone(),
+            cursor: self
+                .trained_cursor
+                .clone()
+                .unwrap_or_else(|| self.sampler.cursor().clone()),
         };
         let root = checkpoint::root(&self.cfg.output_dir);
         let describe = |dir: &Path| self.describe(dir);
@@ -264,6 +289,86 @@ impl Trainer {
     /// One step: sample prompts, generate, score, update.
     pub fn step(&mut self, step: usize) -> anyhow::Result<StepReport> {
         let start = Instant::now();
+        let (rows, request, generated, version) = match self.prefetch.is_some() {
+            false => {
+                let (rows, request) = self.draw(step)?;
+                self.trained_cursor = Some(self.sampler.cursor().clone());
+                let generated =
+                    generate_batch(self.learner.policy(), &request, Some(&self.tokenizer))?;
+                (rows, request, generated, step as u64)
+            }
+            true => self.next_prefetched(step)?,
+        };
+        let generate_secs = start.elapsed().as_secs_f64();
+        let texts = generated
+            .iter()
+            .map(|g| Ok(self.tokenizer.decode(&g.tokens, true)?))
+            .collect::<anyhow::Result<Vec<String>>>()?;
+        let reward_start = Instant::now();
+        let reward_samples = generated
+            .iter()
+            .zip(&texts)
+            .map(|(g, text)| serde_json::from_value(rows[g.prompt_index].with_completion(text)))
+            .collect::<Result<Vec<oxrl_rewards::Sample>, _>>()?;
+        let scores = self.rewards.score(&reward_samples);
+        let reward_secs = reward_start.elapsed().as_secs_f64();
+        let samples = to_samples(&request, &generated, &scores, &rows, step, version);
+        let update_start = Instant::now();
+        let learner_metrics = self.learner.update(&samples)?;
+        let update_secs = update_start.elapsed().as_secs_f64();
+        if let Some(prefetch) = &self.prefetch {
+            prefetch.push_weights(&self.learner, step as u64 + 1);
+        }
+
+        let mut line = Map::new();
+        line.insert("step".into(), json!(step));
+        for (k, v) in &learner_metrics {
+            line.insert((*k).into(), json!(v));
+        }
+        add_reward_metrics(&mut line, &scores);
+        add_length_metrics(&mut line, &generated, self.cfg.rollout.max_tokens);
+        let tokens: usize = generated.iter().map(|g| g.tokens.len()).sum();
+        // Async generation overlaps the update, so only the whole step bounds its throughput;
+        // generate_seconds is then the time spent waiting for the batch.
+        let rollout_secs = if self.prefetch.is_some() {
+            start.elapsed().as_secs_f64()
+        } else {
+            generate_secs
+        };
+        line.insert(
+            "rollout/tokens_per_second".into(),
+            json!(tokens as f64 / rollout_secs),
+        );
+        line.insert("time/generate_seconds".into(), json!(generate_secs));
+        line.insert("rollout/staleness".into(), json!(step as u64 - version));
+        if let Some(p) = &self.prefetch {
+            line.insert(
+                "rollout/dropped_stale_samples".into(),
+                json!(p.staleness.dropped),
+            );
+        }
+        line.insert("time/reward_seconds".into(), json!(reward_secs));
+        line.insert("time/update_seconds".into(), json!(update_secs));
+        line.insert(
+            "time/step_seconds".into(),
+            json!(start.elapsed().as_secs_f64()),
+        );
+        let line = Value::Object(line);
+        writeln!(self.metrics_log, "{line}")?;
+        if self.cfg.log.samples_every > 0 && step.is_multiple_of(self.cfg.log.samples_every) {
+            self.dump_samples(step, &rows, &generated, &texts, &scores)?;
+        }
+        self.publish(step, &line, &generated, &scores);
+        let reward_mean = mean(&scores.total);
+        Ok(StepReport {
+            step,
+            reward_mean,
+            line,
+        })
+    }
+
+    /// The rows and generation request of `step`.
+    fn draw(&mut self, step: usize) -> anyhow::Result<(Vec<Row>, GenerationRequest)> {
         let rows: Vec<Row> = self
             .sampler
             .next_indices(self.cfg.rollout.prompts_per_step)
@@ -289,56 +394,68 @@ impl Trainer {
                 .wrapping_mul(1_000_003)
                 .wrapping_add(step as u64),
         };
-        let generated = generate_batch(self.learner.policy(), &request, Some(&self.tokenizer))?;
-        let generate_secs = start.elapsed().as_secs_f64();
-        let texts = generated
-            .iter()
-            .map(|g| Ok(self.tokenizer.decode(&g.tokens, true)?))
-            .collect::<anyhow::Result<Vec<String>>>()?;
-        let reward_start = Instant::now();
-        let reward_samples = generated
-            .iter()
-            .zip(&texts)
-            .map(|(g, text)| serde_json::from_value(rows[g.prompt_index].with_completion(text)))
-            .collect::<Result<Vec<oxrl_rewards::Sample>, _>>()?;
-        let scores = self.rewards.score(&reward_samples);
-        let reward_secs = reward_start.elapsed().as_secs_f64();
-        let samples = to_samples(&request, &generated, &scores, &rows, step);
-        let update_start = Instant::now();
-        let learner_metrics = self.learner.update(&samples)?;
-        let update_secs = update_start.elapsed().as_secs_f64();
+        Ok((rows, request))
+    }
 
-        let mut line = Map::new();
-        line.insert("step".into(), json!(step));
-        for (k, v) in &learner_metrics {
-            line.insert((*k).into(), json!(v));
+    /// Async mode: queues step+1 on the worker, then waits for step's batch (generated by the
+    /// previous policy while the learner trained). A batch older than `max_staleness` is
+    /// dropped, counted, and generated again with the current policy.
+    fn next_prefetched(
+        &mut self,
+        step: usize,
+    ) -> anyhow::Result<(Vec<Row>, GenerationRequest, Vec<Generated>, u64)> {
+        if self.prefetch.as_ref().is_some_and(|p| p.pending.is_empty()) {
+            self.submit_prefetch(step)?;
         }
-        add_reward_metrics(&mut line, &scores);
-        add_length_metrics(&mut line, &generated, self.cfg.rollout.max_tokens);
-        let tokens: usize = generated.iter().map(|g| g.tokens.len()).sum();
-        line.insert(
-            "rollout/tokens_per_second".into(),
-            json!(tokens as f64 / generate_secs),
-        );
-        line.insert("time/generate_seconds".into(), json!(generate_secs));
-        line.insert("time/reward_seconds".into(), json!(reward_secs));
-        line.insert("time/update_seconds".into(), json!(update_secs));
-        line.insert(
-            "time/step_seconds".into(),
-            json!(start.elapsed().as_secs_f64()),
-        );
-        let line = Value::Object(line);
-        writeln!(self.metrics_log, "{line}")?;
-        if self.cfg.log.samples_every > 0 && step.is_multiple_of(self.cfg.log.samples_every) {
-            self.dump_samples(step, &rows, &generated, &texts, &scores)?;
+        let prefetch = self.prefetch.as_ref().expect("async mode");
+        self.trained_cursor = prefetch.pending.front().map(|q| q.cursor.clone());
+        if step + 1 < self.cfg.steps {
+            self.submit_prefetch(step + 1)?;
         }
-        self.publish(step, &line, &generated, &scores);
-        let reward_mean = mean(&scores.total);
-        Ok(StepReport {
+        let prefetch = self.prefetch.as_mut().expect("async mode");
+        let queued = prefetch.pending.pop_front().expect("a batch was queued");
+        let result = prefetch.pool.recv()?;
+        anyhow::ensure!(result.id == queued.id, "rollout results out of order");
+        let samples = queued.rows.len() * self.cfg.rollout.group_size;
+        if prefetch
+            .staleness
+            .accept(result.policy_version, step as u64, samples)
+        {
+            return Ok((
+                queued.rows,
+                queued.request,
+                result.generated?,
+                result.policy_version,
+            ));
+        }
+        let generated = generate_batch(
+            self.learner.policy(),
+            &queued.request,
+            Some(&self.tokenizer),
+        )?;
+        Ok((queued.rows, queued.request, generated, step as u64))
+    }
+
+    fn submit_prefetch(&mut self, step: usize) -> anyhow::Result<()> {
+        if self
+            .prefetch
+            .as_ref()
+            .is_some_and(|p| p.pending.iter().any(|q| q.step == step))
+        {
+            return Ok(());
+        }
+        let (rows, request) = self.draw(step)?;
+        let cursor = self.sampler.cursor().clone();
+        let prefetch = self.prefetch.as_mut().expect("async mode");
+        let id = prefetch.pool.submit(request.clone());
+        prefetch.pending.push_back(Queued {
+            id,
             step,
-            reward_mean,
-            line,
-        })
+            rows,
+            request,
+            cursor,
+        });
+        Ok(())
     }
 
     /// Writes the first completion of every group with its prompt and rewards.
@@ -408,6 +525,69 @@ impl Trainer {
             std::fs::write(dir.join("chat_template.jinja"), t.source())?;
         }
         Ok(())
+    }
+}
+
+/// A batch queued on the async worker.
+struct Queued {
+    id: u64,
+    step: usize,
+    rows: Vec<Row>,
+    request: GenerationRequest,
+    /// The data cursor right after this batch's rows were drawn.
+    cursor: oxrl_envs::Cursor,
+}
+
+/// Async rollouts: one worker with its own copy of the weights, one batch ahead.
+struct Prefetch {
+    pool: RolloutPool,
+    pending: std::collections::VecDeque<Queued>,
+    staleness: Staleness,
+}
+
+impl Prefetch {
+    fn start(
+        learner: &Learner,
+        cfg: &RunConfig,
+        tokenizer: Arc<Tokenizer>,
+        version: usize,
+    ) -> anyhow::Result<Self> {
+        let policy = learner.policy();
+        let mut vs = VarStore::new(learner.var_store().device());
+        let spec = cfg.model.lora.as_ref().map(|l| l.spec()).transpose()?;
+        let model = Llama::with_lora(&vs.root(), policy.config(), spec.as_ref());
+        if let Some(kind) = learner
+            .var_store()
+            .variables()
+            .values()
+            .next()
+            .map(|t| t.kind())
+        {
+            vs.set_kind(kind);
+        }
+        vs.copy(learner.var_store())
+            .context("copying the policy to the rollout worker")?;
+        let pool = RolloutPool::start(
+            vec![WorkerModel { vs, model }],
+            version as u64,
+            Some(tokenizer),
+        );
+        let staleness = Staleness {
+            max: cfg.rollout.max_staleness,
+            dropped: 0,
+        };
+        Ok(Self {
+            pool,
+            pending: Default::default(),
+            staleness,
+        })
+    }
+
+    /// Sends the learner's new weights; the worker applies them before its next batch.
+    fn push_weights(&self, learner: &Learner, version: u64) {
+        let tensors = Arc::new(snapshot(learner.var_store()));
+        self.pool
+            .update_weights(WeightUpdate::Copy { version, tensors });
     }
 }
 
@@ -484,6 +664,7 @@ fn to_samples(
     scores: &CombinedScores,
     rows: &[Row],
     step: usize,
+    version: u64,
 ) -> Vec<Sample> {
     generated
         .iter()
@@ -493,7 +674,7 @@ fn to_samples(
             completion_ids: g.tokens.clone(),
             loss_mask: vec![true; g.tokens.len()],
             behaviour_logprobs: g.logprobs.clone(),
-            policy_version: step as u64,
+            policy_version: version,
             group_id: (step * req.prompts.len() + g.prompt_index) as u64,
             finish_reason: g.finish_reason,
             reward: scores.total[i],
