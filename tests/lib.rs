@@ -82,3 +82,38 @@ pub fn tiny_model(config_json: &Value, seed: i64, dir: &Path) -> (VarStore, Llam
     save_model_dir(&vs, &config, dir, None).expect("saving the tiny model");
     (vs, model)
 }
+
+/// `configs/smoke.toml`: a tiny random model with the bundled tokenizer.
+pub fn smoke_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml")
+}
+
+/// `oxrl train configs/smoke.toml --set output_dir=OUT --set S...` for each of `sets`; add more
+/// arguments (`--resume auto`) to the returned command.
+pub fn smoke_train(out: &Path, sets: &[&str]) -> Command {
+    let mut cmd = Command::new(oxrl_bin());
+    cmd.arg("train")
+        .arg(smoke_config())
+        .arg("--set")
+        .arg(format!("output_dir={}", out.display()));
+    for set in sets {
+        cmd.args(["--set", set]);
+    }
+    cmd
+}
+
+/// A plain HTTP/1.1 GET: the status code and body, or None when the connection fails.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let (_, body) = response.split_once("\r\n\r\n")?;
+    Some((status, body.to_owned()))
+}

@@ -1,13 +1,12 @@
 //! A real Prometheus (the Debian package the set-up installs) scrapes a live smoke run, and
 //! every PromQL expression of the shipped Grafana dashboard returns data from it.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use oxrl_tests::oxrl_bin;
+use oxrl_tests::{http_get, smoke_train};
 use serde_json::Value;
 
 struct KillOnDrop(Child);
@@ -27,20 +26,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn http_get(addr: &str, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-}
-
 fn encode(q: &str) -> String {
     q.bytes()
         .map(|b| match b {
@@ -52,7 +37,9 @@ fn encode(q: &str) -> String {
 
 /// The result vector of an instant query (empty on any error).
 fn query(prom: &str, q: &str) -> Vec<Value> {
-    let body = http_get(prom, &format!("/api/v1/query?query={}", encode(q))).unwrap_or_default();
+    let body = http_get(prom, &format!("/api/v1/query?query={}", encode(q)))
+        .map(|(_, b)| b)
+        .unwrap_or_default();
     let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     v["data"]["result"].as_array().cloned().unwrap_or_default()
 }
@@ -83,19 +70,8 @@ fn dashboard_exprs() -> Vec<String> {
 #[test]
 fn prometheus_scrapes_a_live_run_and_the_dashboard_queries_work() {
     let out = tempfile::tempdir().unwrap();
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml");
     let run = KillOnDrop(
-        Command::new(oxrl_bin())
-            .arg("train")
-            .arg(config)
-            .args([
-                "--set",
-                "steps=100000",
-                "--set",
-                "checkpoint.every=0",
-                "--set",
-            ])
-            .arg(format!("output_dir={}", out.path().display()))
+        smoke_train(out.path(), &["steps=100000", "checkpoint.every=0"])
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),

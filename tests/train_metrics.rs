@@ -1,28 +1,16 @@
 //! A live run serves `/metrics` (Prometheus text format), `/healthz` and `/status` while it
 //! trains.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use oxrl_tests::oxrl_bin;
+use oxrl_tests::{http_get, smoke_train};
 
-fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{path}: {response}");
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
+/// The body of a GET that must succeed.
+fn get_ok(addr: &str, path: &str) -> String {
+    let (status, body) = http_get(addr, path).unwrap_or_else(|| panic!("GET {path} failed"));
+    assert_eq!(status, 200, "{path}: {body}");
+    body
 }
 
 fn value(metrics: &str, name: &str) -> Option<f64> {
@@ -38,18 +26,7 @@ fn value(metrics: &str, name: &str) -> Option<f64> {
 #[test]
 fn a_live_run_serves_metrics_health_and_status() {
     let out = tempfile::tempdir().unwrap();
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml");
-    let mut child = Command::new(oxrl_bin())
-        .arg("train")
-        .arg(config)
-        .args([
-            "--set",
-            "steps=100000",
-            "--set",
-            "checkpoint.every=0",
-            "--set",
-        ])
-        .arg(format!("output_dir={}", out.path().display()))
+    let mut child = smoke_train(out.path(), &["steps=100000", "checkpoint.every=0"])
         .spawn()
         .unwrap();
     let address_file = out.path().join("metrics_address");
@@ -64,11 +41,11 @@ fn a_live_run_serves_metrics_health_and_status() {
         let Ok(addr) = std::fs::read_to_string(&address_file) else {
             continue;
         };
-        let body = http_get(&addr, "/metrics");
+        let body = get_ok(&addr, "/metrics");
         if value(&body, "oxrl_steps_total").unwrap_or(0.0) >= 2.0 {
-            assert_eq!(http_get(&addr, "/healthz"), "ok");
+            assert_eq!(get_ok(&addr, "/healthz"), "ok");
             let status: serde_json::Value =
-                serde_json::from_str(&http_get(&addr, "/status")).unwrap();
+                serde_json::from_str(&get_ok(&addr, "/status")).unwrap();
             assert!(status["step"].as_u64().unwrap() >= 1, "{status}");
             assert!(status["metrics"]["reward"].is_number(), "{status}");
             break body;

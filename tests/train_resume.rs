@@ -6,19 +6,15 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use oxrl_tests::oxrl_bin;
+use oxrl_tests::smoke_train;
 use serde_json::Value;
 use tch::Tensor;
 
 const STEPS: &str = "steps=10";
 
 fn train(out: &Path, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(oxrl_bin());
-    cmd.arg("train")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml"))
-        .args(["--set", STEPS, "--set", "checkpoint.every=2", "--set"])
-        .arg(format!("output_dir={}", out.display()))
-        .args(extra);
+    let mut cmd = smoke_train(out, &[STEPS, "checkpoint.every=2"]);
+    cmd.args(extra);
     cmd
 }
 

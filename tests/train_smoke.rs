@@ -5,23 +5,13 @@
 use std::process::Command;
 
 use oxrl::{LoadOptions, Pretrained};
-use oxrl_tests::oxrl_bin;
+use oxrl_tests::{oxrl_bin, smoke_config as config, smoke_train};
 use serde_json::Value;
-
-fn config() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml")
-}
 
 #[test]
 fn smoke_run_writes_logs_and_a_loadable_model() {
     let out = tempfile::tempdir().unwrap();
-    let status = Command::new(oxrl_bin())
-        .arg("train")
-        .arg(config())
-        .arg("--set")
-        .arg(format!("output_dir={}", out.path().display()))
-        .status()
-        .unwrap();
+    let status = smoke_train(out.path(), &[]).status().unwrap();
     assert!(status.success());
     let lines: Vec<Value> = std::fs::read_to_string(out.path().join("metrics.jsonl"))
         .unwrap()
@@ -65,11 +55,7 @@ fn smoke_run_writes_logs_and_a_loadable_model() {
 #[test]
 fn lora_runs_train_adapters_and_export_a_merged_plain_model() {
     let out = tempfile::tempdir().unwrap();
-    let status = Command::new(oxrl_bin())
-        .arg("train")
-        .arg(config())
-        .args(["--set", "model.lora.r=4", "--set", "steps=2", "--set"])
-        .arg(format!("output_dir={}", out.path().display()))
+    let status = smoke_train(out.path(), &["model.lora.r=4", "steps=2"])
         .status()
         .unwrap();
     assert!(status.success());
@@ -136,18 +122,8 @@ fn config_errors_name_the_file_and_key() {
 #[test]
 fn a_diverging_run_skips_nan_steps_then_stops_with_a_checkpoint() {
     let out = tempfile::tempdir().unwrap();
-    let output = Command::new(oxrl_bin())
-        .arg("train")
-        .arg(config())
-        // An absurd learning rate blows the weights up after the first update.
-        .args([
-            "--set",
-            "learner.optim.lr=1e30",
-            "--set",
-            "steps=10",
-            "--set",
-        ])
-        .arg(format!("output_dir={}", out.path().display()))
+    // An absurd learning rate blows the weights up after the first update.
+    let output = smoke_train(out.path(), &["learner.optim.lr=1e30", "steps=10"])
         .output()
         .unwrap();
     assert!(!output.status.success());
@@ -227,11 +203,7 @@ fn eval_reports_pass_rates_on_the_held_out_split() {
 #[test]
 fn async_rollouts_train_on_batches_one_version_old() {
     let out = tempfile::tempdir().unwrap();
-    let status = Command::new(oxrl_bin())
-        .arg("train")
-        .arg(config())
-        .args(["--set", "rollout.async=true", "--set", "steps=4", "--set"])
-        .arg(format!("output_dir={}", out.path().display()))
+    let status = smoke_train(out.path(), &["rollout.async=true", "steps=4"])
         .status()
         .unwrap();
     assert!(status.success());
