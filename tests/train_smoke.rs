@@ -110,7 +110,9 @@ fn config_errors_name_the_file_and_key() {
     assert!(check(&[]).0);
     let (ok, err) = check(&["--set", "rollout.group_sizee=4"]);
     assert!(
-        !ok && err.contains("smoke.toml") && err.contains("rollout.group_sizee"),
+        !ok && err.contains("smoke.toml")
+            && err.contains("rollout.group_sizee")
+            && err.contains("did you mean `group_size`"),
         "{err}"
     );
     let (ok, err) = check(&["--set", "learner.algorithm=ppo2"]);

@@ -202,7 +202,13 @@ impl RunConfig {
         let unexpanded = toml::to_string_pretty(&tree).context("serializing the config")?;
         expand_env(&mut tree).with_context(|| path.display().to_string())?;
         let mut cfg: RunConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
-            anyhow::anyhow!("{}: key `{}`: {}", path.display(), e.path(), e.inner())
+            // toml appends "in `table`": the key path below says that already.
+            let full = e.inner().to_string();
+            let msg = full.lines().next().unwrap_or_default().trim().to_owned();
+            let hint = did_you_mean(&msg)
+                .map(|k| format!(" (did you mean `{k}`?)"))
+                .unwrap_or_default();
+            anyhow::anyhow!("{}: key `{}`: {msg}{hint}", path.display(), e.path())
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.base_dir = base.to_owned();
@@ -232,6 +238,35 @@ impl RunConfig {
         }
         Ok(())
     }
+}
+
+/// For serde's "unknown field `x`, expected one of `a`, `b`" (or "unknown variant"), the
+/// expected name closest to `x` by edit distance, if it is close enough to be a typo.
+fn did_you_mean(msg: &str) -> Option<String> {
+    let unknown = msg.split('`').nth(1)?;
+    let (_, expected) = msg.split_once("expected")?;
+    let candidates = expected.split('`').skip(1).step_by(2);
+    let (best, distance) = candidates
+        .map(|c| (c, edit_distance(unknown, c)))
+        .min_by_key(|&(_, d)| d)?;
+    (distance <= unknown.len().max(3) / 3 + 1).then(|| best.to_owned())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 /// Applies `a.b.c=value` to the TOML tree, creating tables as needed.
@@ -298,6 +333,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("a is not a table"));
+    }
+
+    #[test]
+    fn typos_get_a_suggestion() {
+        let msg = "unknown field `group_sizee`, expected one of `prompts_per_step`, `group_size`, `max_tokens`";
+        assert_eq!(did_you_mean(msg).as_deref(), Some("group_size"));
+        let far = "unknown field `zzzzzzzz`, expected one of `prompts_per_step`, `group_size`";
+        assert_eq!(did_you_mean(far), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]
