@@ -43,6 +43,10 @@ fn smoke_run_writes_logs_and_a_loadable_model() {
     );
     let samples = std::fs::read_to_string(out.path().join("samples.jsonl")).unwrap();
     assert!(samples.lines().count() >= 2 && samples.contains("\"completion\""));
+    for line in samples.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert!(v["advantage"].is_number() && v["prompt"].is_string(), "{v}");
+    }
     let model = Pretrained::load(&out.path().join("final"), LoadOptions::default()).unwrap();
     assert_eq!(model.model.config().hidden_size, 32);
     assert!(!model

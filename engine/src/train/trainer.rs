@@ -22,6 +22,7 @@ use super::checkpoint::{self, TrainState};
 use super::config::RunConfig;
 use super::progress::Progress;
 use crate::device::{parse_device, parse_kind};
+use crate::learner::advantages::{group_advantages, ScaleRewards};
 use crate::learner::{lora, metrics, Learner};
 use crate::model::random::randomize;
 use crate::model::{Llama, ModelConfig};
@@ -467,6 +468,9 @@ impl Trainer {
         texts: &[String],
         scores: &CombinedScores,
     ) -> anyhow::Result<()> {
+        // The group-relative advantage (GRPO's) of each completion: what it was pushed by.
+        let groups: Vec<u64> = generated.iter().map(|g| g.prompt_index as u64).collect();
+        let advantages = group_advantages(&scores.total, &groups, ScaleRewards::Group).advantages;
         for (i, (g, text)) in generated
             .iter()
             .zip(texts)
@@ -483,7 +487,8 @@ impl Trainer {
                 .map(|r| (r.name.clone(), json!(r.values[i])))
                 .collect();
             let row = json!({"step": step, "prompt": prompt, "completion": text,
-                             "reward": scores.total[i], "rewards": rewards, "finish_reason": g.finish_reason});
+                             "reward": scores.total[i], "rewards": rewards, "advantage": advantages[i],
+                             "finish_reason": g.finish_reason});
             writeln!(self.samples_log, "{row}")?;
         }
         Ok(())
