@@ -135,6 +135,26 @@ pub struct Prepared {
     pub old_values: Option<Vec<Vec<f32>>>,
 }
 
+impl Prepared {
+    /// `order` with one advantage per sample (`advantage(i)` for sample `i`), broadcast over
+    /// its completion tokens: the shape of every critic-free algorithm.
+    pub fn per_sample(
+        samples: &[Sample],
+        order: Vec<usize>,
+        advantage: impl Fn(usize) -> f32,
+    ) -> Self {
+        let advantages = order
+            .iter()
+            .map(|&i| vec![advantage(i); samples[i].completion_ids.len()])
+            .collect();
+        Self {
+            order,
+            advantages,
+            ..Default::default()
+        }
+    }
+}
+
 /// One learning algorithm.
 pub trait Algorithm: Send + std::fmt::Debug {
     /// The algorithm's name (a metric label).

@@ -139,15 +139,7 @@ impl Algorithm for Dpo {
         }
         stats.set(m::SAMPLES, order.len() as f64);
         stats.set(m::DROPPED_SAMPLES, (samples.len() - order.len()) as f64);
-        let advantages = order
-            .iter()
-            .map(|&i| vec![0.0; samples[i].completion_ids.len()])
-            .collect();
-        Ok(Prepared {
-            order,
-            advantages,
-            ..Default::default()
-        })
+        Ok(Prepared::per_sample(samples, order, |_| 0.0))
     }
 
     fn loss(&self, input: &LossInput) -> LossOutput {

@@ -63,15 +63,7 @@ impl Algorithm for ExpertIteration {
             .filter(|&i| samples[i].reward >= self.cfg.min_reward)
             .collect();
         stats.set(m::DROPPED_SAMPLES, (samples.len() - order.len()) as f64);
-        let advantages = order
-            .iter()
-            .map(|&i| vec![1.0; samples[i].completion_ids.len()])
-            .collect();
-        Ok(Prepared {
-            order,
-            advantages,
-            ..Default::default()
-        })
+        Ok(Prepared::per_sample(samples, order, |_| 1.0))
     }
 
     /// Token-mean negative log-likelihood over the step's kept tokens.

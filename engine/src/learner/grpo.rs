@@ -140,15 +140,9 @@ impl Algorithm for Grpo {
             .filter(|&i| !(self.cfg.dynamic_sampling && adv.zero_std[i]))
             .collect();
         stats.set(m::DROPPED_SAMPLES, (samples.len() - order.len()) as f64);
-        let advantages = order
-            .iter()
-            .map(|&i| vec![adv.advantages[i] as f32; samples[i].completion_ids.len()])
-            .collect();
-        Ok(Prepared {
-            order,
-            advantages,
-            ..Default::default()
-        })
+        Ok(Prepared::per_sample(samples, order, |i| {
+            adv.advantages[i] as f32
+        }))
     }
 
     fn loss(&self, input: &LossInput) -> LossOutput {

@@ -104,15 +104,11 @@ impl Algorithm for Topr {
     ) -> Result<Prepared> {
         reward_stats(samples, stats);
         let r = centred_rewards(samples, self.cfg.baseline);
-        Ok(Prepared {
-            order: (0..samples.len()).collect(),
-            advantages: samples
-                .iter()
-                .zip(&r)
-                .map(|(s, &r)| vec![r as f32; s.completion_ids.len()])
-                .collect(),
-            ..Default::default()
-        })
+        Ok(Prepared::per_sample(
+            samples,
+            (0..samples.len()).collect(),
+            |i| r[i] as f32,
+        ))
     }
 
     fn loss(&self, input: &LossInput) -> LossOutput {
