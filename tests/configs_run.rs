@@ -5,8 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use oxrl_tests::oxrl_bin;
-use serde_json::Value;
+use oxrl_tests::{metrics_lines, oxrl_bin};
 
 const TINY: [&str; 12] = [
     "model.path=\"${OXRL_SMOLLM2_GGUF}\"",
@@ -50,8 +49,7 @@ fn every_config_runs_a_step() {
             "{name}: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let text = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
-        let line: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        let line = metrics_lines(out.path()).remove(0);
         let rewards: Vec<&String> = line
             .as_object()
             .unwrap()

@@ -117,3 +117,26 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let (_, body) = response.split_once("\r\n\r\n")?;
     Some((status, body.to_owned()))
 }
+
+/// Sends SIGTERM to a run and asserts that it saved and exited cleanly.
+pub fn terminate_cleanly(mut child: std::process::Child) {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    assert!(
+        child.wait().expect("waiting for the run").success(),
+        "SIGTERM ends the run cleanly"
+    );
+}
+
+/// The parsed lines of a run's `metrics.jsonl`.
+pub fn metrics_lines(output_dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(output_dir.join("metrics.jsonl"))
+        .expect("metrics.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use oxrl_tests::{http_get, smoke_train};
+use oxrl_tests::{http_get, smoke_train, terminate_cleanly};
 
 /// The body of a GET that must succeed.
 fn get_ok(addr: &str, path: &str) -> String {
@@ -64,14 +64,5 @@ fn a_live_run_serves_metrics_health_and_status() {
     ] {
         assert!(metrics.contains(name), "missing {name} in:\n{metrics}");
     }
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    assert!(
-        child.wait().unwrap().success(),
-        "SIGTERM ends the run cleanly"
-    );
+    terminate_cleanly(child);
 }

@@ -6,8 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use oxrl_tests::smoke_train;
-use serde_json::Value;
+use oxrl_tests::{metrics_lines, smoke_train, terminate_cleanly};
 use tch::Tensor;
 
 const STEPS: &str = "steps=10";
@@ -47,11 +46,9 @@ fn weights(dir: &Path) -> Vec<(String, Tensor)> {
 
 /// Per step: (step, reward, loss) from metrics.jsonl.
 fn metrics(dir: &Path) -> Vec<(u64, f64, f64)> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
+    metrics_lines(dir)
+        .into_iter()
+        .map(|v| {
             (
                 v["step"].as_u64().unwrap(),
                 v["reward"].as_f64().unwrap(),
@@ -95,16 +92,7 @@ fn killed_and_terminated_runs_resume_to_the_same_state() {
     let terminated = tempfile::tempdir().unwrap();
     let mut child = train(terminated.path(), &[]).spawn().unwrap();
     wait_for_checkpoint(&mut child, terminated.path());
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    assert!(
-        child.wait().unwrap().success(),
-        "SIGTERM ends the run cleanly"
-    );
+    terminate_cleanly(child);
     run(terminated.path(), &["--resume", "auto"]);
     assert_same_run(reference.path(), terminated.path());
 }

@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use oxrl::{LoadOptions, Pretrained};
-use oxrl_tests::{oxrl_bin, smoke_config as config, smoke_train};
+use oxrl_tests::{metrics_lines, oxrl_bin, smoke_config as config, smoke_train};
 use serde_json::Value;
 
 #[test]
@@ -13,11 +13,7 @@ fn smoke_run_writes_logs_and_a_loadable_model() {
     let out = tempfile::tempdir().unwrap();
     let status = smoke_train(out.path(), &[]).status().unwrap();
     assert!(status.success());
-    let lines: Vec<Value> = std::fs::read_to_string(out.path().join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<Value> = metrics_lines(out.path());
     assert_eq!(lines.len(), 3, "one metrics line per step");
     for line in &lines {
         for key in [
@@ -144,14 +140,9 @@ fn a_diverging_run_skips_nan_steps_then_stops_with_a_checkpoint() {
             .is_some(),
         "a checkpoint was written"
     );
-    let skipped: Vec<f64> = std::fs::read_to_string(out.path().join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["oxrl_learner_skipped_steps"]
-                .as_f64()
-                .unwrap()
-        })
+    let skipped: Vec<f64> = metrics_lines(out.path())
+        .iter()
+        .map(|l| l["oxrl_learner_skipped_steps"].as_f64().unwrap())
         .collect();
     assert_eq!(
         skipped[..],
@@ -213,11 +204,7 @@ fn async_rollouts_train_on_batches_one_version_old() {
         .status()
         .unwrap();
     assert!(status.success());
-    let lines: Vec<Value> = std::fs::read_to_string(out.path().join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<Value> = metrics_lines(out.path());
     let staleness: Vec<u64> = lines
         .iter()
         .map(|l| l["rollout/staleness"].as_u64().unwrap())
