@@ -1,7 +1,6 @@
 //! A live run serves `/metrics` (Prometheus text format), `/healthz` and `/status` while it
 //! trains.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use oxrl_tests::{http_get, smoke_train, terminate_cleanly};
