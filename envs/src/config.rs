@@ -14,6 +14,7 @@ use crate::error::{EnvError, Result};
 use crate::external::{ExternalConfig, ExternalTask};
 use crate::prompt::{FewShot, PromptConfig, PromptFormatter};
 use crate::row::Row;
+use crate::tasks::math::{ArithmeticConfig, MathTask};
 use crate::tasks::{self, RewardKind, Task, TaskKind};
 
 /// `[env]`: which task, which data, how prompts look, how long episodes run.
@@ -35,6 +36,9 @@ pub struct EnvConfig {
     /// `[env.external]`, required when `task = "external"`.
     #[serde(default)]
     pub external: Option<ExternalConfig>,
+    /// `[env.arithmetic]`: difficulty of `task = "arithmetic"` (defaults when absent).
+    #[serde(default)]
+    pub arithmetic: Option<ArithmeticConfig>,
 }
 
 /// `[env.data]`.
@@ -251,6 +255,15 @@ impl LoadedEnv {
 }
 
 fn build_task(cfg: &EnvConfig, base_dir: &Path) -> Result<Box<dyn Task>> {
+    if let Some(arithmetic) = &cfg.arithmetic {
+        if cfg.task != TaskKind::Arithmetic {
+            return Err(EnvError::Config(
+                "[env.arithmetic] is only for task `arithmetic`".into(),
+            ));
+        }
+        arithmetic.validate()?;
+        return Ok(Box::new(MathTask::arithmetic(*arithmetic)));
+    }
     match (cfg.task, &cfg.external) {
         (TaskKind::External, Some(ext)) => Ok(Box::new(ExternalTask::new(
             ext.clone(),

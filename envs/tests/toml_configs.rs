@@ -78,3 +78,24 @@ fn documented_config_is_valid() {
     let unknown = toml_to_json("[env]\ntask = \"gsm8k\"\nmax_turns = 3\n");
     assert!(serde_json::from_value::<EnvConfig>(unknown["env"].clone()).is_err());
 }
+
+#[test]
+fn arithmetic_section_shapes_the_task_and_belongs_to_it_only() {
+    let text = "[env]\ntask = \"arithmetic\"\n[env.arithmetic]\nmax_terms = 2\nops = [\"+\"]\n";
+    let env =
+        LoadedEnv::from_config(&env_section(text), &repo_root(), Some(smollm2_template())).unwrap();
+    for row in env.train().rows() {
+        let prompt = row.require_str("arithmetic", "prompt").unwrap();
+        assert_eq!(prompt.matches(" + ").count(), 1, "{prompt}");
+        assert!(!prompt.contains(['-', '*']), "{prompt}");
+    }
+    let misplaced = env_section("[env]\ntask = \"gsm8k\"\n[env.arithmetic]\nmax_terms = 2\n");
+    let err = LoadedEnv::from_config(&misplaced, &repo_root(), None).unwrap_err();
+    assert!(err.to_string().contains("[env.arithmetic]"), "{err}");
+    let invalid = env_section("[env]\ntask = \"arithmetic\"\n[env.arithmetic]\nmax_operand = 0\n");
+    let err = LoadedEnv::from_config(&invalid, &repo_root(), None).unwrap_err();
+    assert!(
+        err.to_string().contains("env.arithmetic.max_operand"),
+        "{err}"
+    );
+}

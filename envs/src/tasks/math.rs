@@ -1,15 +1,17 @@
 //! Math tasks with GSM8K-format answers: `answer` holds worked steps and ends in `#### N`, as
 //! in GSM8K, so the math reward of `oxrl-rewards` reads it unchanged.
 //!
-//! - `arithmetic`: integer expressions with `+ - *` and parentheses.
+//! - `arithmetic`: integer expressions with `+ - *` and parentheses; `[env.arithmetic]`
+//!   ([`ArithmeticConfig`]) sets how many terms, how large, which operators.
 //! - `gsm8k`: templated multi-step word problems (shopping, rates, ages, percentages, ...),
 //!   each with its worked solution.
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{util, RewardKind, SingleTurn, Task};
 use crate::episode::Environment;
-use crate::error::Result;
+use crate::error::{EnvError, Result};
 use crate::expr::{self, Rational};
 use crate::rng::Rng;
 use crate::row::Row;
@@ -67,21 +69,146 @@ fn gsm8k_answer(steps: &[String], value: i64) -> String {
 /// A generated problem: question, worked steps, integer answer.
 type Problem = (String, Vec<String>, i64);
 
-/// Item `i` of a generator, drawn from its own random stream.
-type ProblemFn = fn(&mut Rng, usize) -> Problem;
+/// `[env.arithmetic]`: how hard the generated expressions are. The defaults give 2 to 4 terms
+/// with `+ - *`; a small model learns fastest from `max_terms = 2`, `max_operand = 20`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArithmeticConfig {
+    /// Fewest terms in an expression (default 2).
+    pub min_terms: i64,
+    /// Most terms (default 4).
+    pub max_terms: i64,
+    /// Largest operand of `+` and `-`, drawn from 1 up (default 99).
+    pub max_operand: i64,
+    /// Largest factor of `*`, drawn from 2 up (default 12).
+    pub max_factor: i64,
+    /// Operators to draw from (default `["+", "-", "*"]`).
+    pub ops: Ops,
+    /// Whether the first two of three or more terms may be parenthesised (default true).
+    pub parentheses: bool,
+}
 
-/// An integer expression with `+ - *` and sometimes parentheses.
-fn arithmetic_problem(rng: &mut Rng, _i: usize) -> Problem {
-    let n = rng.range(2, 4);
-    let mut text = rng.range(1, 99).to_string();
-    for i in 1..n {
-        let op = *rng.pick(&["+", "-", "*"]);
-        let operand = if op == "*" {
-            rng.range(2, 12)
-        } else {
-            rng.range(1, 99)
+impl ArithmeticConfig {
+    /// The defaults, usable in constants.
+    pub const DEFAULT: Self = Self {
+        min_terms: 2,
+        max_terms: 4,
+        max_operand: 99,
+        max_factor: 12,
+        ops: Ops::ALL,
+        parentheses: true,
+    };
+
+    /// Checks the ranges; errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(EnvError::Config(format!("env.arithmetic.{what}")));
+        if self.min_terms < 1 || self.min_terms > self.max_terms {
+            return bad(format!(
+                "min_terms = {} must be at least 1 and at most max_terms = {}",
+                self.min_terms, self.max_terms
+            ));
+        }
+        if self.max_operand < 1 {
+            return bad(format!(
+                "max_operand = {} must be at least 1",
+                self.max_operand
+            ));
+        }
+        if self.max_factor < 2 {
+            return bad(format!(
+                "max_factor = {} must be at least 2",
+                self.max_factor
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for ArithmeticConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// A non-empty set of the operators `+ - *`, written in config as a list of strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<String>", into = "Vec<String>")]
+pub struct Ops {
+    add: bool,
+    sub: bool,
+    mul: bool,
+}
+
+impl Ops {
+    /// `+`, `-` and `*`.
+    pub const ALL: Self = Self {
+        add: true,
+        sub: true,
+        mul: true,
+    };
+
+    fn symbols(self) -> Vec<&'static str> {
+        [(self.add, "+"), (self.sub, "-"), (self.mul, "*")]
+            .into_iter()
+            .filter_map(|(on, op)| on.then_some(op))
+            .collect()
+    }
+}
+
+impl TryFrom<Vec<String>> for Ops {
+    type Error = String;
+
+    fn try_from(list: Vec<String>) -> std::result::Result<Self, String> {
+        let mut ops = Self {
+            add: false,
+            sub: false,
+            mul: false,
         };
-        text = if i == 1 && n > 2 && rng.below(3) == 0 {
+        for op in &list {
+            match op.as_str() {
+                "+" => ops.add = true,
+                "-" => ops.sub = true,
+                "*" => ops.mul = true,
+                other => {
+                    return Err(format!(
+                        "unknown operator {other:?} (use \"+\", \"-\", \"*\")"
+                    ))
+                }
+            }
+        }
+        if list.is_empty() {
+            return Err("ops must name at least one operator".into());
+        }
+        Ok(ops)
+    }
+}
+
+impl From<Ops> for Vec<String> {
+    fn from(ops: Ops) -> Self {
+        ops.symbols().into_iter().map(str::to_owned).collect()
+    }
+}
+
+/// Where a math task's problems come from.
+#[derive(Debug, Clone, Copy)]
+enum Generator {
+    Arithmetic(ArithmeticConfig),
+    WordProblems,
+}
+
+/// An integer expression (`+ - *`, sometimes parentheses) shaped by `cfg`.
+fn arithmetic_problem(rng: &mut Rng, cfg: &ArithmeticConfig) -> Problem {
+    let ops = cfg.ops.symbols();
+    let n = rng.range(cfg.min_terms, cfg.max_terms);
+    let mut text = rng.range(1, cfg.max_operand).to_string();
+    for i in 1..n {
+        let op = *rng.pick(&ops);
+        let operand = if op == "*" {
+            rng.range(2, cfg.max_factor)
+        } else {
+            rng.range(1, cfg.max_operand)
+        };
+        text = if cfg.parentheses && i == 1 && n > 2 && rng.below(3) == 0 {
             format!("({text} {op} {operand})")
         } else {
             format!("{text} {op} {operand}")
@@ -109,19 +236,23 @@ fn gsm8k_problem(rng: &mut Rng, i: usize) -> Problem {
 #[derive(Debug, Clone, Copy)]
 pub struct MathTask {
     name: &'static str,
-    problem: ProblemFn,
+    generator: Generator,
 }
 
 impl MathTask {
     /// Arithmetic expressions.
-    pub const ARITHMETIC: MathTask = MathTask {
-        name: "arithmetic",
-        problem: arithmetic_problem,
-    };
+    pub const ARITHMETIC: MathTask = MathTask::arithmetic(ArithmeticConfig::DEFAULT);
+    /// Arithmetic expressions shaped by `cfg`.
+    pub const fn arithmetic(cfg: ArithmeticConfig) -> MathTask {
+        MathTask {
+            name: "arithmetic",
+            generator: Generator::Arithmetic(cfg),
+        }
+    }
     /// GSM8K-format word problems.
     pub const GSM8K: MathTask = MathTask {
         name: "gsm8k",
-        problem: gsm8k_problem,
+        generator: Generator::WordProblems,
     };
 }
 
@@ -243,7 +374,11 @@ impl Task for MathTask {
     fn generate(&self, n: usize, seed: u64) -> Result<Vec<Row>> {
         Ok((0..n)
             .map(|i| {
-                let (question, steps, value) = (self.problem)(&mut Rng::derive(seed, i as u64), i);
+                let rng = &mut Rng::derive(seed, i as u64);
+                let (question, steps, value) = match &self.generator {
+                    Generator::Arithmetic(cfg) => arithmetic_problem(rng, cfg),
+                    Generator::WordProblems => gsm8k_problem(rng, i),
+                };
                 Row::from_pairs(
                     format!("{}-{seed}-{i}", self.name),
                     [
@@ -306,6 +441,60 @@ mod tests {
             let gold = extract_answer(row.require_str("t", "answer").unwrap()).unwrap();
             assert_eq!(expr::evaluate(text).unwrap(), gold, "{prompt}");
         }
+    }
+
+    #[test]
+    fn arithmetic_config_shapes_the_expressions() {
+        let cfg: ArithmeticConfig =
+            serde_json::from_str(r#"{"max_terms": 2, "max_operand": 20, "ops": ["+", "-"]}"#)
+                .unwrap();
+        assert_eq!(cfg.min_terms, 2, "unset keys keep their defaults");
+        let rows = MathTask::arithmetic(cfg).generate(300, 4).unwrap();
+        let mut seen_ops = std::collections::BTreeSet::new();
+        for row in &rows {
+            let prompt = row.require_str("t", "prompt").unwrap();
+            let text = prompt.trim_start_matches("What is ").trim_end_matches('?');
+            let parts: Vec<&str> = text.split(' ').collect();
+            assert_eq!(parts.len(), 3, "two terms: {prompt}");
+            seen_ops.insert(parts[1]);
+            for operand in [parts[0], parts[2]] {
+                assert!(
+                    (1..=20).contains(&operand.parse::<i64>().unwrap()),
+                    "{prompt}"
+                );
+            }
+            let gold = extract_answer(row.require_str("t", "answer").unwrap()).unwrap();
+            assert_eq!(expr::evaluate(text).unwrap(), gold, "{prompt}");
+        }
+        assert_eq!(seen_ops.into_iter().collect::<Vec<_>>(), ["+", "-"]);
+    }
+
+    #[test]
+    fn default_arithmetic_config_keeps_the_builtin_generator() {
+        let explicit = MathTask::arithmetic(serde_json::from_str("{}").unwrap());
+        assert_eq!(
+            explicit.generate(50, 9).unwrap(),
+            MathTask::ARITHMETIC.generate(50, 9).unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_arithmetic_configs_are_rejected_with_the_key() {
+        let parse = |json: &str| serde_json::from_str::<ArithmeticConfig>(json);
+        assert!(parse(r#"{"ops": ["/"]}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown operator"));
+        assert!(parse(r#"{"ops": []}"#).is_err());
+        assert!(parse(r#"{"max_term": 2}"#).is_err(), "typo rejected");
+        let err = parse(r#"{"min_terms": 3, "max_terms": 2}"#)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("env.arithmetic.min_terms"),
+            "{err}"
+        );
     }
 
     #[test]
