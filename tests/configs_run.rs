@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use oxrl_tests::{metrics_lines, oxrl_bin};
+use oxrl_tests::{oxrl_bin, training_lines};
 
 const TINY: [&str; 12] = [
     "model.path=\"${OXRL_SMOLLM2_GGUF}\"",
@@ -49,7 +49,7 @@ fn every_config_runs_a_step() {
             "{name}: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let line = metrics_lines(out.path()).remove(0);
+        let line = training_lines(out.path()).remove(0);
         let rewards: Vec<&String> = line
             .as_object()
             .unwrap()

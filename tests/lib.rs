@@ -140,3 +140,16 @@ pub fn metrics_lines(output_dir: &Path) -> Vec<Value> {
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()
 }
+
+/// Whether a `metrics.jsonl` line is an evaluation (`[eval]`) rather than a training step.
+pub fn is_eval_line(line: &Value) -> bool {
+    line.get("eval/pass_at_1").is_some()
+}
+
+/// The training-step lines of a run's `metrics.jsonl` (without the eval lines).
+pub fn training_lines(output_dir: &Path) -> Vec<Value> {
+    metrics_lines(output_dir)
+        .into_iter()
+        .filter(|l| !is_eval_line(l))
+        .collect()
+}

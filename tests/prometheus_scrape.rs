@@ -71,10 +71,19 @@ fn dashboard_exprs() -> Vec<String> {
 fn prometheus_scrapes_a_live_run_and_the_dashboard_queries_work() {
     let out = tempfile::tempdir().unwrap();
     let run = KillOnDrop(
-        smoke_train(out.path(), &["steps=100000", "checkpoint.every=0"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+        // Evaluating after every step (on two held-out prompts) fills the eval panels.
+        smoke_train(
+            out.path(),
+            &[
+                "steps=100000",
+                "checkpoint.every=0",
+                "eval.every=1",
+                "env.data.eval_size=2",
+            ],
+        )
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
     );
     let address = out.path().join("metrics_address");
     wait_until("the run's metrics address", || address.exists());

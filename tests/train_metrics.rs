@@ -25,9 +25,17 @@ fn value(metrics: &str, name: &str) -> Option<f64> {
 #[test]
 fn a_live_run_serves_metrics_health_and_status() {
     let out = tempfile::tempdir().unwrap();
-    let mut child = smoke_train(out.path(), &["steps=100000", "checkpoint.every=0"])
-        .spawn()
-        .unwrap();
+    let mut child = smoke_train(
+        out.path(),
+        &[
+            "steps=100000",
+            "checkpoint.every=0",
+            "eval.every=1",
+            "env.data.eval_size=2",
+        ],
+    )
+    .spawn()
+    .unwrap();
     let address_file = out.path().join("metrics_address");
     let start = Instant::now();
     let metrics = loop {
@@ -47,6 +55,8 @@ fn a_live_run_serves_metrics_health_and_status() {
                 serde_json::from_str(&get_ok(&addr, "/status")).unwrap();
             assert!(status["step"].as_u64().unwrap() >= 1, "{status}");
             assert!(status["metrics"]["reward"].is_number(), "{status}");
+            let pass = status["eval"]["eval/pass_at_1"].as_f64();
+            assert!(pass.is_some_and(|p| (0.0..=1.0).contains(&p)), "{status}");
             break body;
         }
     };
@@ -59,9 +69,26 @@ fn a_live_run_serves_metrics_health_and_status() {
         "oxrl_rollout_tokens_per_second",
         "oxrl_learner_grad_norm",
         "oxrl_learner_entropy",
+        "oxrl_rollout_staleness 0",
+        "oxrl_rollout_dropped_stale_samples_total 0",
+        "oxrl_phase_duration_seconds_bucket{phase=\"eval\"",
         "process_resident_memory_bytes",
     ] {
         assert!(metrics.contains(name), "missing {name} in:\n{metrics}");
     }
+    // Evaluated at steps 0 and 1 at least: held-out rates in [0, 1].
+    for name in [
+        "oxrl_eval_pass_at_1",
+        "oxrl_eval_pass_at_k",
+        "oxrl_eval_majority_vote",
+    ] {
+        let v = value(&metrics, &format!("{name} "));
+        assert!(
+            v.is_some_and(|v| (0.0..=1.0).contains(&v)),
+            "{name}: {v:?} in:\n{metrics}"
+        );
+    }
+    assert!(value(&metrics, "oxrl_eval_reward_mean ").is_some_and(f64::is_finite));
+    assert!(value(&metrics, "oxrl_eval_step ").is_some_and(|s| s >= 1.0));
     terminate_cleanly(child);
 }

@@ -1,18 +1,29 @@
 //! Checkpoints resume exactly: a run killed with SIGKILL at any moment, or stopped with
 //! SIGTERM, continues with `--resume auto` to the same final weights and the same per-step
-//! metrics as an uninterrupted run with the same seed.
+//! metrics as an uninterrupted run with the same seed. The runs evaluate every 3 steps (not a
+//! multiple of the checkpoint interval): evaluation must not disturb the training state, and
+//! the resumed run logs the same evaluations, once each.
 
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use oxrl_tests::{metrics_lines, smoke_train, terminate_cleanly};
+use oxrl_tests::{is_eval_line, metrics_lines, smoke_train, terminate_cleanly};
+use serde_json::Value;
 use tch::Tensor;
 
 const STEPS: &str = "steps=10";
 
 fn train(out: &Path, extra: &[&str]) -> Command {
-    let mut cmd = smoke_train(out, &[STEPS, "checkpoint.every=2"]);
+    let mut cmd = smoke_train(
+        out,
+        &[
+            STEPS,
+            "checkpoint.every=2",
+            "eval.every=3",
+            "env.data.eval_size=2",
+        ],
+    );
     cmd.args(extra);
     cmd
 }
@@ -48,12 +59,25 @@ fn weights(dir: &Path) -> Vec<(String, Tensor)> {
 fn metrics(dir: &Path) -> Vec<(u64, f64, f64)> {
     metrics_lines(dir)
         .into_iter()
+        .filter(|v| !is_eval_line(v))
         .map(|v| {
             (
                 v["step"].as_u64().unwrap(),
                 v["reward"].as_f64().unwrap(),
                 v["oxrl_learner_loss"].as_f64().unwrap_or(0.0),
             )
+        })
+        .collect()
+}
+
+/// The eval lines of metrics.jsonl, without their duration.
+fn evals(dir: &Path) -> Vec<Value> {
+    metrics_lines(dir)
+        .into_iter()
+        .filter(is_eval_line)
+        .map(|mut v| {
+            v.as_object_mut().unwrap().remove("time/eval_seconds");
+            v
         })
         .collect()
 }
@@ -67,6 +91,12 @@ fn assert_same_run(a: &Path, b: &Path) {
     }
     assert_eq!(metrics(a), metrics(b));
     assert_eq!(metrics(a).len(), 10);
+    assert_eq!(evals(a), evals(b));
+    let steps: Vec<u64> = evals(a)
+        .iter()
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [0, 3, 6, 9, 10]);
 }
 
 #[test]

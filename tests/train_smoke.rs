@@ -5,7 +5,9 @@
 use std::process::Command;
 
 use oxrl::{LoadOptions, Pretrained};
-use oxrl_tests::{metrics_lines, oxrl_bin, smoke_config as config, smoke_train};
+use oxrl_tests::{
+    is_eval_line, metrics_lines, oxrl_bin, smoke_config as config, smoke_train, training_lines,
+};
 use serde_json::Value;
 
 #[test]
@@ -119,6 +121,18 @@ fn config_errors_name_the_file_and_key() {
     assert!(!ok && err.contains("learner.algorithm"), "{err}");
     let (ok, err) = check(&["--set", "rollout.sampling.top_p=0"]);
     assert!(!ok && err.contains("top_p"), "{err}");
+    let (ok, err) = check(&["--set", "eval.evry=5"]);
+    assert!(
+        !ok && err.contains("smoke.toml")
+            && err.contains("eval.evry")
+            && err.contains("did you mean `every`"),
+        "{err}"
+    );
+    let (ok, err) = check(&["--set", "eval.k=2"]);
+    assert!(
+        !ok && err.contains("smoke.toml") && err.contains("eval.k = 2"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -224,4 +238,91 @@ fn async_rollouts_train_on_batches_one_version_old() {
         );
     }
     assert!(Pretrained::load(&out.path().join("final"), LoadOptions::default()).is_ok());
+}
+
+/// Final weights of a run, sorted by name.
+fn final_weights(dir: &std::path::Path) -> Vec<(String, tch::Tensor)> {
+    let mut t = tch::Tensor::read_safetensors(dir.join("final/model.safetensors")).unwrap();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+/// A training line without its wall-clock measurements.
+fn without_timings(line: &Value) -> Value {
+    let mut line = line.as_object().unwrap().clone();
+    line.retain(|k, _| !k.starts_with("time/") && !k.ends_with("tokens_per_second"));
+    Value::Object(line)
+}
+
+#[test]
+fn periodic_eval_logs_at_start_every_n_steps_and_at_the_end_without_changing_training() {
+    let split = "env.data.eval_size=4";
+    let with_eval = tempfile::tempdir().unwrap();
+    let output = smoke_train(
+        with_eval.path(),
+        &[
+            "steps=5",
+            split,
+            "eval.every=2",
+            "eval.max_prompts=3",
+            "eval.samples=3",
+            "eval.k=2",
+            "eval.temperature=1.0",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let lines = metrics_lines(with_eval.path());
+    let evals: Vec<&Value> = lines.iter().filter(|l| is_eval_line(l)).collect();
+    let steps: Vec<u64> = evals.iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    // The initial policy, after steps 2 and 4, and after the last (5th) step.
+    assert_eq!(steps, [0, 2, 4, 5], "eval steps");
+    for e in &evals {
+        let get = |k: &str| e[k].as_f64().unwrap_or_else(|| panic!("no {k} in {e}"));
+        let (p1, pk, majority) = (
+            get("eval/pass_at_1"),
+            get("eval/pass_at_k"),
+            get("eval/majority_vote"),
+        );
+        for v in [p1, pk, majority] {
+            assert!((0.0..=1.0).contains(&v), "{e}");
+        }
+        assert!(pk >= p1, "pass@k >= pass@1: {e}");
+        assert!(get("eval/reward_mean").is_finite() && get("time/eval_seconds") >= 0.0);
+        assert_eq!(e["eval/prompts"], 3, "eval.max_prompts caps the split: {e}");
+        assert_eq!(e["eval/samples"], 3);
+    }
+    for step in [0, 2, 4, 5] {
+        assert!(
+            stderr.contains(&format!("eval step {step}: pass@1 ")),
+            "{stderr}"
+        );
+    }
+    let trained = training_lines(with_eval.path());
+    assert_eq!(trained.len(), 5, "one training line per step");
+
+    // The same run without eval trains to the same weights and the same per-step metrics:
+    // evaluation consumes no training randomness or data.
+    let without = tempfile::tempdir().unwrap();
+    let status = smoke_train(without.path(), &["steps=5", split])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(metrics_lines(without.path())
+        .iter()
+        .all(|l| !is_eval_line(l)));
+    let plain = training_lines(without.path());
+    assert_eq!(
+        trained.iter().map(without_timings).collect::<Vec<_>>(),
+        plain.iter().map(without_timings).collect::<Vec<_>>()
+    );
+    for ((na, ta), (nb, tb)) in final_weights(with_eval.path())
+        .iter()
+        .zip(final_weights(without.path()))
+    {
+        assert_eq!(na, &nb);
+        assert!(ta.equal(&tb), "{na}: eval changed the training");
+    }
 }

@@ -104,8 +104,16 @@ pub(super) fn eval(args: EvalArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let report =
-        crate::train::eval::evaluate(&cfg, model_dir, args.samples, args.k, args.threshold)?;
+    // The run's own sampling temperature and the whole eval split; `[eval]` is the trainer's.
+    let opts = crate::train::config::EvalSection {
+        samples: args.samples,
+        k: args.k,
+        threshold: args.threshold,
+        temperature: cfg.rollout.sampling.temperature,
+        max_prompts: 0,
+        ..Default::default()
+    };
+    let report = crate::train::eval::evaluate(&cfg, model_dir, &opts)?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

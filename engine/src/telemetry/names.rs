@@ -24,11 +24,26 @@ pub const COMPLETION_CLIPPED_RATIO: &str = "oxrl_completion_clipped_ratio";
 pub const ROLLOUT_TOKENS_PER_SECOND: &str = "oxrl_rollout_tokens_per_second";
 /// Trained tokens per second in the last step's update.
 pub const LEARNER_TOKENS_PER_SECOND: &str = "oxrl_learner_tokens_per_second";
-/// Duration of each phase (label `phase`: generate, reward, update, checkpoint).
+/// Policy versions between the learner and the rollouts of the last batch trained on.
+pub const ROLLOUT_STALENESS: &str = "oxrl_rollout_staleness";
+/// Async rollouts: samples of batches dropped for exceeding `rollout.max_staleness`.
+pub const ROLLOUT_DROPPED_STALE_SAMPLES_TOTAL: &str = "oxrl_rollout_dropped_stale_samples_total";
+/// Duration of each phase (label `phase`: generate, reward, update, checkpoint, eval).
 pub const PHASE_SECONDS: &str = "oxrl_phase_duration_seconds";
-/// Samples dropped for staleness or by the algorithm.
+/// Samples the algorithm dropped (dynamic sampling, filtering).
 pub const DROPPED_SAMPLES_TOTAL: &str = "oxrl_dropped_samples_total";
 /// Optimizer steps skipped for NaN/inf.
 pub const SKIPPED_STEPS_TOTAL: &str = "oxrl_skipped_steps_total";
+/// Held-out evaluation (`[eval]`): mean fraction of correct completions. The eval gauges
+/// appear with the run's first evaluation.
+pub const EVAL_PASS_AT_1: &str = "oxrl_eval_pass_at_1";
+/// Held-out evaluation: unbiased pass@k.
+pub const EVAL_PASS_AT_K: &str = "oxrl_eval_pass_at_k";
+/// Held-out evaluation: fraction of prompts whose most common answer is correct.
+pub const EVAL_MAJORITY_VOTE: &str = "oxrl_eval_majority_vote";
+/// Held-out evaluation: mean total reward.
+pub const EVAL_REWARD_MEAN: &str = "oxrl_eval_reward_mean";
+/// Policy version (steps trained) of the last evaluation.
+pub const EVAL_STEP: &str = "oxrl_eval_step";
 /// Prefix of the learner's own metric names, exported as they are.
 pub const LEARNER_PREFIX: &str = "oxrl_learner_";

@@ -54,8 +54,36 @@ pub struct RunMetrics {
     phases: HistogramVec,
     dropped: IntCounter,
     skipped: IntCounter,
-    learner: Mutex<BTreeMap<String, Gauge>>,
+    staleness: IntGauge,
+    stale_dropped: IntCounter,
+    /// Gauges registered when first set: the learner's (whose names depend on the algorithm)
+    /// and the eval ones (absent from runs that never evaluate).
+    lazy: Mutex<BTreeMap<String, Gauge>>,
 }
+
+/// The eval line's keys and the gauges they set.
+const EVAL_GAUGES: [(&str, &str, &str); 4] = [
+    (
+        crate::train::eval::PASS_AT_1,
+        n::EVAL_PASS_AT_1,
+        "Held-out pass@1",
+    ),
+    (
+        crate::train::eval::PASS_AT_K,
+        n::EVAL_PASS_AT_K,
+        "Held-out unbiased pass@k",
+    ),
+    (
+        crate::train::eval::MAJORITY_VOTE,
+        n::EVAL_MAJORITY_VOTE,
+        "Held-out majority-vote accuracy",
+    ),
+    (
+        crate::train::eval::REWARD_MEAN,
+        n::EVAL_REWARD_MEAN,
+        "Held-out mean total reward",
+    ),
+];
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<Gauge> {
     let g = Gauge::new(name, help)?;
@@ -131,11 +159,19 @@ impl RunMetrics {
                 n::SKIPPED_STEPS_TOTAL,
                 "Optimizer steps skipped for NaN/inf",
             )?,
+            staleness: int_gauge(
+                n::ROLLOUT_STALENESS,
+                "Policy versions behind of the last batch trained on",
+            )?,
+            stale_dropped: int_counter(
+                n::ROLLOUT_DROPPED_STALE_SAMPLES_TOTAL,
+                "Samples of rollout batches dropped as too stale",
+            )?,
             reward_by_name,
             failures,
             lengths,
             phases,
-            learner: Mutex::new(BTreeMap::new()),
+            lazy: Mutex::new(BTreeMap::new()),
             registry: r,
         })
     }
@@ -178,7 +214,30 @@ impl RunMetrics {
             .inc_by(get(crate::learner::metrics::DROPPED_SAMPLES).unwrap_or(0.0) as u64);
         self.skipped
             .inc_by(get(crate::learner::metrics::SKIPPED_STEPS).unwrap_or(0.0) as u64);
+        self.staleness
+            .set(get("rollout/staleness").unwrap_or(0.0) as i64);
+        // The line carries the run's running total; the counter follows it.
+        let stale = get("rollout/dropped_stale_samples").unwrap_or(0.0) as u64;
+        self.stale_dropped
+            .inc_by(stale.saturating_sub(self.stale_dropped.get()));
         self.observe_learner(t.line);
+    }
+
+    /// Records an evaluation: its `metrics.jsonl` line (`train::eval::EvalReport::line`)
+    /// sets the `oxrl_eval_*` gauges and the `eval` phase duration.
+    pub fn observe_eval(&self, line: &Map<String, Value>) {
+        let get = |k: &str| line.get(k).and_then(Value::as_f64);
+        for (key, name, help) in EVAL_GAUGES {
+            if let Some(v) = get(key) {
+                self.set_lazy(name, help, v);
+            }
+        }
+        if let Some(step) = get("step") {
+            self.set_lazy(n::EVAL_STEP, "Policy version of the last evaluation", step);
+        }
+        if let Some(s) = get(crate::train::eval::SECONDS) {
+            self.phases.with_label_values(&["eval"]).observe(s);
+        }
     }
 
     /// Time spent writing a checkpoint.
@@ -190,22 +249,28 @@ impl RunMetrics {
 
     /// Every `oxrl_learner_*` value becomes a gauge of that name.
     fn observe_learner(&self, line: &Map<String, Value>) {
-        let mut gauges = self.learner.lock().unwrap_or_else(|e| e.into_inner());
         for (name, value) in line
             .iter()
             .filter(|(k, _)| k.starts_with(n::LEARNER_PREFIX))
         {
-            let Some(v) = value.as_f64() else { continue };
-            if !gauges.contains_key(name) {
-                match gauge(&self.registry, name, "Learner metric (see docs/learner.md)") {
-                    Ok(g) => {
-                        gauges.insert(name.clone(), g);
-                    }
-                    Err(_) => continue, // a name Prometheus rejects is skipped, never fatal
-                }
+            if let Some(v) = value.as_f64() {
+                self.set_lazy(name, "Learner metric (see docs/learner.md)", v);
             }
-            gauges[name].set(v);
         }
+    }
+
+    /// Sets the gauge `name`, registering it on first use.
+    fn set_lazy(&self, name: &str, help: &str, value: f64) {
+        let mut gauges = self.lazy.lock().unwrap_or_else(|e| e.into_inner());
+        if !gauges.contains_key(name) {
+            match gauge(&self.registry, name, help) {
+                Ok(g) => {
+                    gauges.insert(name.to_owned(), g);
+                }
+                Err(_) => return, // a name Prometheus rejects is skipped, never fatal
+            }
+        }
+        gauges[name].set(value);
     }
 
     /// The text exposition format of every collector.
@@ -215,5 +280,72 @@ impl RunMetrics {
         // TextEncoder only fails on invalid families, which registration already rejected.
         let _ = prometheus::TextEncoder::new().encode_utf8(&families, &mut out);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn map(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    /// The value of the sample line `name value` in the exposition text.
+    fn sample(text: &str, name: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn eval_gauges_appear_with_the_first_evaluation() {
+        let m = RunMetrics::new().unwrap();
+        assert!(
+            !m.render().contains("oxrl_eval_"),
+            "no eval, no eval series"
+        );
+        let report = crate::train::eval::EvalReport {
+            prompts: 4,
+            samples_per_prompt: 2,
+            k: 2,
+            pass_at_1: 0.25,
+            pass_at_k: 0.5,
+            majority_vote: 0.75,
+            reward_mean: 0.125,
+        };
+        m.observe_eval(&report.line(6, 1.5));
+        let text = m.render();
+        assert_eq!(sample(&text, n::EVAL_PASS_AT_1), Some(0.25));
+        assert_eq!(sample(&text, n::EVAL_PASS_AT_K), Some(0.5));
+        assert_eq!(sample(&text, n::EVAL_MAJORITY_VOTE), Some(0.75));
+        assert_eq!(sample(&text, n::EVAL_REWARD_MEAN), Some(0.125));
+        assert_eq!(sample(&text, n::EVAL_STEP), Some(6.0));
+        assert!(text.contains("oxrl_phase_duration_seconds_count{phase=\"eval\"} 1"));
+    }
+
+    #[test]
+    fn staleness_gauge_and_stale_drop_counter_follow_the_step_lines() {
+        let m = RunMetrics::new().unwrap();
+        let step = |line: Value| {
+            m.observe_step(&StepTelemetry {
+                step: 0,
+                policy_version: 1,
+                line: &map(line),
+                completion_lengths: &[],
+                reward_means: &[],
+                failures: &[],
+            })
+        };
+        step(json!({"rollout/staleness": 1, "rollout/dropped_stale_samples": 8}));
+        step(json!({"rollout/staleness": 0, "rollout/dropped_stale_samples": 8}));
+        step(json!({"rollout/staleness": 2, "rollout/dropped_stale_samples": 12}));
+        let text = m.render();
+        assert_eq!(sample(&text, n::ROLLOUT_STALENESS), Some(2.0));
+        // A running total of 12, not 8 + 8 + 12.
+        assert_eq!(
+            sample(&text, n::ROLLOUT_DROPPED_STALE_SAMPLES_TOTAL),
+            Some(12.0)
+        );
     }
 }

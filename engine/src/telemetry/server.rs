@@ -37,6 +37,14 @@ impl MetricsServer {
     pub fn set_status(&self, value: Value) {
         *self.status.lock().unwrap_or_else(|e| e.into_inner()) = value;
     }
+
+    /// Sets one key of the `/status` document (an object), keeping the others.
+    pub fn patch_status(&self, key: &str, value: Value) {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(map) = status.as_object_mut() {
+            map.insert(key.to_owned(), value);
+        }
+    }
 }
 
 impl Drop for MetricsServer {

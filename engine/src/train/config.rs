@@ -5,13 +5,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use oxrl_envs::EnvConfig;
+use oxrl_envs::{EnvConfig, LoadedEnv, Row};
 use oxrl_rewards::RewardSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::learner::lora::LoraConfig;
 use crate::learner::LearnerConfig;
-use crate::rollout::SamplingParams;
+use crate::rollout::{GenerationRequest, SamplingParams, StopConditions};
+use crate::tokenizer::Tokenizer;
 
 /// A whole run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,6 +50,9 @@ pub struct RunConfig {
     /// `[metrics]`: the live endpoint.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// `[eval]`: evaluation on the held-out split during training.
+    #[serde(default)]
+    pub eval: EvalSection,
     /// The config file's directory: relative paths in it resolve against this.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -135,6 +139,95 @@ pub struct RolloutSection {
 
 fn default_max_staleness() -> u64 {
     1
+}
+
+impl RolloutSection {
+    /// The request generating `n` completions for each of `rows` (rendered by `env`'s prompt
+    /// format and chat template, tokenized without special tokens) with this section's
+    /// sampling, length and stop settings; the tokenizer's EOS tokens also stop. One builder
+    /// for the trainer's rollouts and for evaluation, so both stop and sample alike.
+    pub fn request(
+        &self,
+        env: &LoadedEnv,
+        rows: &[Row],
+        n: usize,
+        tokenizer: &Tokenizer,
+        seed: u64,
+    ) -> anyhow::Result<GenerationRequest> {
+        let prompts = rows
+            .iter()
+            .map(|r| Ok(tokenizer.encode(&env.prompt(r)?, false)?))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(GenerationRequest {
+            prompts,
+            n,
+            sampling: self.sampling.clone(),
+            max_tokens: self.max_tokens,
+            stop: StopConditions {
+                token_ids: tokenizer.eos_token_ids().to_vec(),
+                strings: self.stop_strings.clone(),
+            },
+            seed,
+        })
+    }
+}
+
+/// `[eval]`: pass@1, pass@k, majority vote and mean reward of the current policy on the env's
+/// held-out split (`env.data.eval_size`, `eval_fraction` or `eval_path`), logged to
+/// `metrics.jsonl` and Prometheus. Sampling options other than the temperature, `max_tokens`
+/// and stop strings come from `[rollout]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSection {
+    /// Evaluate every N steps, and after the last step; 0 = never.
+    pub every: usize,
+    /// With `every > 0`: also evaluate the initial policy, before the first step.
+    pub at_start: bool,
+    /// Completions per held-out prompt.
+    pub samples: usize,
+    /// The k of pass@k (at most `samples`).
+    pub k: usize,
+    /// Sampling temperature; 0 = greedy.
+    pub temperature: f64,
+    /// Evaluate the first N prompts of the eval split; 0 = all of them.
+    pub max_prompts: usize,
+    /// A completion is correct when its total (weighted) reward is at least this.
+    pub threshold: f64,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self {
+            every: 0,
+            at_start: true,
+            samples: 1,
+            k: 1,
+            temperature: 0.0,
+            max_prompts: 0,
+            threshold: 1.0,
+        }
+    }
+}
+
+impl EvalSection {
+    /// Checks ranges, naming the bad key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let (samples, k) = (self.samples, self.k);
+        if samples == 0 || k == 0 || k > samples {
+            bail!("eval.k = {k}, eval.samples = {samples}: need 1 <= k <= samples");
+        }
+        let t = self.temperature;
+        if !(t >= 0.0 && t.is_finite()) {
+            bail!("eval.temperature = {t}: must be >= 0 (0 = greedy)");
+        }
+        if !self.threshold.is_finite() {
+            bail!(
+                "eval.threshold = {}: must be a finite number",
+                self.threshold
+            );
+        }
+        Ok(())
+    }
 }
 
 /// `[log]`.
@@ -236,7 +329,7 @@ impl RunConfig {
         if self.rewards.is_empty() {
             bail!("no [[rewards]]: a run needs at least one reward");
         }
-        Ok(())
+        self.eval.validate()
     }
 }
 
@@ -342,6 +435,34 @@ mod tests {
         let far = "unknown field `zzzzzzzz`, expected one of `prompts_per_step`, `group_size`";
         assert_eq!(did_you_mean(far), None);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn eval_is_off_and_greedy_by_default_and_k_is_checked() {
+        let eval: EvalSection = toml::from_str("").unwrap();
+        assert_eq!(eval, EvalSection::default());
+        assert_eq!((eval.every, eval.samples, eval.k), (0, 1, 1));
+        assert!(eval.at_start && eval.temperature == 0.0 && eval.max_prompts == 0);
+        assert!(eval.validate().is_ok());
+        let bad = EvalSection {
+            samples: 2,
+            k: 3,
+            ..eval.clone()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("eval.k = 3"));
+        let bad = EvalSection {
+            temperature: -1.0,
+            ..eval
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("eval.temperature"));
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! `oxrl eval`: the policy on the held-out split — pass@1, unbiased pass@k (Chen et al. 2021,
-//! "Evaluating Large Language Models Trained on Code"), and majority-vote accuracy (the most
-//! common extracted answer among the samples, as in self-consistency).
+//! Evaluation on the held-out split — pass@1, unbiased pass@k (Chen et al. 2021, "Evaluating
+//! Large Language Models Trained on Code"), and majority-vote accuracy (the most common
+//! extracted answer among the samples, as in self-consistency). [`Evaluator`] runs on a model
+//! already in memory: the trainer's current policy (`[eval]`) and `oxrl eval`'s loaded
+//! checkpoint ([`evaluate`]) both go through it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,16 +11,30 @@ use anyhow::{bail, Context};
 use oxrl_envs::LoadedEnv;
 use oxrl_rewards::{Registry, WeightedRewards};
 use serde::Serialize;
+use serde_json::{json, Map, Value};
 
-use super::config::RunConfig;
+use super::config::{EvalSection, RolloutSection, RunConfig};
 use crate::device::{parse_device, parse_kind};
+use crate::model::Llama;
 use crate::pretrained::{LoadOptions, Pretrained};
-use crate::rollout::{generate_batch, GenerationRequest, StopConditions};
+use crate::rollout::generate_batch;
+use crate::tokenizer::Tokenizer;
 
 /// Prompts generated for at once.
 const PROMPTS_PER_BATCH: usize = 8;
 
-/// What `oxrl eval` reports.
+/// `metrics.jsonl` key (and `oxrl_eval_pass_at_1`): mean fraction of correct completions.
+pub const PASS_AT_1: &str = "eval/pass_at_1";
+/// `metrics.jsonl` key: unbiased pass@k.
+pub const PASS_AT_K: &str = "eval/pass_at_k";
+/// `metrics.jsonl` key: fraction of prompts whose most common answer is correct.
+pub const MAJORITY_VOTE: &str = "eval/majority_vote";
+/// `metrics.jsonl` key: mean total reward of the eval completions.
+pub const REWARD_MEAN: &str = "eval/reward_mean";
+/// `metrics.jsonl` key: seconds the evaluation took.
+pub const SECONDS: &str = "time/eval_seconds";
+
+/// What an evaluation reports (`oxrl eval` prints it as JSON).
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
     /// Held-out prompts evaluated.
@@ -35,6 +51,23 @@ pub struct EvalReport {
     pub majority_vote: f64,
     /// Mean total reward.
     pub reward_mean: f64,
+}
+
+impl EvalReport {
+    /// The `metrics.jsonl` line of an evaluation of the policy after `step` updates.
+    pub fn line(&self, step: usize, seconds: f64) -> Map<String, Value> {
+        let mut line = Map::new();
+        line.insert("step".into(), json!(step));
+        line.insert(PASS_AT_1.into(), json!(self.pass_at_1));
+        line.insert(PASS_AT_K.into(), json!(self.pass_at_k));
+        line.insert(MAJORITY_VOTE.into(), json!(self.majority_vote));
+        line.insert(REWARD_MEAN.into(), json!(self.reward_mean));
+        line.insert("eval/prompts".into(), json!(self.prompts));
+        line.insert("eval/samples".into(), json!(self.samples_per_prompt));
+        line.insert("eval/k".into(), json!(self.k));
+        line.insert(SECONDS.into(), json!(seconds));
+        line
+    }
 }
 
 /// Unbiased pass@k from `n` samples of which `c` are correct: `1 - C(n-c, k) / C(n, k)`.
@@ -56,87 +89,115 @@ fn answer_key(completion: &str) -> String {
         .unwrap_or_else(|| completion.trim().to_owned())
 }
 
-/// Evaluates the model of `cfg` (or `model_dir`, e.g. an exported checkpoint) on the eval
-/// split. A completion is correct when its total reward is at least `threshold`.
+/// A model in memory and what scoring it on the eval split needs.
+pub struct Evaluator<'a> {
+    /// The policy (generation runs under `no_grad` and leaves it unchanged).
+    pub model: &'a Llama,
+    /// Its tokenizer.
+    pub tokenizer: &'a Tokenizer,
+    /// The environment whose eval split is used.
+    pub env: &'a LoadedEnv,
+    /// The run's rewards.
+    pub rewards: &'a WeightedRewards,
+    /// Sampling options (besides the temperature), `max_tokens`, stop strings.
+    pub rollout: &'a RolloutSection,
+}
+
+impl Evaluator<'_> {
+    /// Samples `opts.samples` completions for each of the first `opts.max_prompts` eval
+    /// prompts (all when 0) at `opts.temperature` and scores them; a completion is correct
+    /// when its total reward is at least `opts.threshold`. Batch i of prompts samples with
+    /// seed `seed + i`; no other random state is read or advanced.
+    pub fn run(&self, opts: &EvalSection, seed: u64) -> anyhow::Result<EvalReport> {
+        opts.validate()?;
+        let all = self.env.eval().rows();
+        if all.is_empty() {
+            bail!(
+                "the eval split is empty: set env.data.eval_size (or eval_fraction, or eval_path)"
+            );
+        }
+        let rows = match opts.max_prompts {
+            0 => all,
+            m => &all[..m.min(all.len())],
+        };
+        let (samples, k, threshold) = (opts.samples, opts.k, opts.threshold);
+        let (mut pass1, mut passk, mut majority, mut reward_sum) = (0.0, 0.0, 0.0, 0.0);
+        for (chunk_index, chunk) in rows.chunks(PROMPTS_PER_BATCH).enumerate() {
+            let mut request = self.rollout.request(
+                self.env,
+                chunk,
+                samples,
+                self.tokenizer,
+                seed.wrapping_add(chunk_index as u64),
+            )?;
+            request.sampling.temperature = opts.temperature;
+            let generated = generate_batch(self.model, &request, Some(self.tokenizer))?;
+            let texts = generated
+                .iter()
+                .map(|g| Ok(self.tokenizer.decode(&g.tokens, true)?))
+                .collect::<anyhow::Result<Vec<String>>>()?;
+            let scored = generated
+                .iter()
+                .zip(&texts)
+                .map(|(g, t)| serde_json::from_value(chunk[g.prompt_index].with_completion(t)))
+                .collect::<Result<Vec<oxrl_rewards::Sample>, _>>()?;
+            let totals = self.rewards.score(&scored).total;
+            reward_sum += totals.iter().sum::<f64>();
+            for p in 0..chunk.len() {
+                let idx: Vec<usize> = (0..generated.len())
+                    .filter(|&i| generated[i].prompt_index == p)
+                    .collect();
+                let correct = idx.iter().filter(|&&i| totals[i] >= threshold).count();
+                pass1 += correct as f64 / samples as f64;
+                passk += pass_at_k(samples, correct, k);
+                majority += f64::from(u8::from(majority_is_correct(
+                    &idx, &texts, &totals, threshold,
+                )));
+            }
+        }
+        let n = rows.len() as f64;
+        Ok(EvalReport {
+            prompts: rows.len(),
+            samples_per_prompt: samples,
+            k,
+            pass_at_1: pass1 / n,
+            pass_at_k: passk / n,
+            majority_vote: majority / n,
+            reward_mean: reward_sum / (n * samples as f64),
+        })
+    }
+}
+
+/// `oxrl eval`: loads the model of `cfg` (or `model_dir`, e.g. an exported checkpoint), its
+/// environment and rewards, and evaluates it with `opts`, seeded by the run's seed.
 pub fn evaluate(
     cfg: &RunConfig,
     model_dir: Option<&Path>,
-    samples: usize,
-    k: usize,
-    threshold: f64,
+    opts: &EvalSection,
 ) -> anyhow::Result<EvalReport> {
-    if samples == 0 || k == 0 || k > samples {
-        bail!("need 1 <= k <= samples (got k = {k}, samples = {samples})");
-    }
+    opts.validate()?;
     if cfg.model.random.is_some() && model_dir.is_none() {
         bail!("model.random: a random model has nothing to evaluate; pass --checkpoint");
     }
-    let opts = LoadOptions {
+    let load = LoadOptions {
         device: parse_device(&cfg.model.device)?,
         kind: parse_kind(&cfg.model.dtype)?,
     };
     let path = model_dir.unwrap_or(&cfg.model.path);
     let model =
-        Pretrained::load(path, opts).with_context(|| format!("loading {}", path.display()))?;
+        Pretrained::load(path, load).with_context(|| format!("loading {}", path.display()))?;
     let template = model.tokenizer.chat_template().cloned();
     let env =
         LoadedEnv::from_config(&cfg.env, &cfg.base_dir, template).context("building [env]")?;
     let rewards = WeightedRewards::from_specs(&Registry::default(), &cfg.rewards)?;
-    let rows = env.eval().rows();
-    if rows.is_empty() {
-        bail!("the eval split is empty: set env.data.eval_size (or eval_fraction, or eval_path)");
+    Evaluator {
+        model: &model.model,
+        tokenizer: &model.tokenizer,
+        env: &env,
+        rewards: &rewards,
+        rollout: &cfg.rollout,
     }
-    let (mut pass1, mut passk, mut majority, mut reward_sum) = (0.0, 0.0, 0.0, 0.0);
-    for (chunk_index, chunk) in rows.chunks(PROMPTS_PER_BATCH).enumerate() {
-        let prompts = chunk
-            .iter()
-            .map(|r| Ok(model.tokenizer.encode(&env.prompt(r)?, false)?))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let request = GenerationRequest {
-            prompts,
-            n: samples,
-            sampling: cfg.rollout.sampling.clone(),
-            max_tokens: cfg.rollout.max_tokens,
-            stop: StopConditions {
-                token_ids: model.tokenizer.eos_token_ids().to_vec(),
-                strings: cfg.rollout.stop_strings.clone(),
-            },
-            seed: cfg.seed.wrapping_add(chunk_index as u64),
-        };
-        let generated = generate_batch(&model.model, &request, Some(&model.tokenizer))?;
-        let texts = generated
-            .iter()
-            .map(|g| Ok(model.tokenizer.decode(&g.tokens, true)?))
-            .collect::<anyhow::Result<Vec<String>>>()?;
-        let scored = generated
-            .iter()
-            .zip(&texts)
-            .map(|(g, t)| serde_json::from_value(chunk[g.prompt_index].with_completion(t)))
-            .collect::<Result<Vec<oxrl_rewards::Sample>, _>>()?;
-        let totals = rewards.score(&scored).total;
-        reward_sum += totals.iter().sum::<f64>();
-        for p in 0..chunk.len() {
-            let idx: Vec<usize> = (0..generated.len())
-                .filter(|&i| generated[i].prompt_index == p)
-                .collect();
-            let correct = idx.iter().filter(|&&i| totals[i] >= threshold).count();
-            pass1 += correct as f64 / samples as f64;
-            passk += pass_at_k(samples, correct, k);
-            majority += f64::from(u8::from(majority_is_correct(
-                &idx, &texts, &totals, threshold,
-            )));
-        }
-    }
-    let n = rows.len() as f64;
-    Ok(EvalReport {
-        prompts: rows.len(),
-        samples_per_prompt: samples,
-        k,
-        pass_at_1: pass1 / n,
-        pass_at_k: passk / n,
-        majority_vote: majority / n,
-        reward_mean: reward_sum / (n * samples as f64),
-    })
+    .run(opts, cfg.seed)
 }
 
 /// Whether the most common answer among a prompt's samples (ties: the first seen) is correct.

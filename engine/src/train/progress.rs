@@ -39,6 +39,16 @@ impl Progress {
         let _ = err.flush();
     }
 
+    /// Prints `line` on a line of its own (an eval result): on a terminal the bar is cleared
+    /// first and drawn again at the next update.
+    pub fn log(&self, line: &str) {
+        let mut err = std::io::stderr().lock();
+        let clear = if self.terminal { "\r\x1b[2K" } else { "" };
+        // Best effort, like the bar.
+        let _ = writeln!(err, "{clear}{line}");
+        let _ = err.flush();
+    }
+
     fn line(
         &self,
         done: usize,

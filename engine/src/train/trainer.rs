@@ -5,6 +5,11 @@
 //! learner updates them. Checkpoints are written every `checkpoint.every` steps, after the last
 //! step, and when SIGINT/SIGTERM arrive (the run then stops cleanly); `--resume` continues from
 //! the newest one exactly. Async rollouts and the metrics endpoint are next.
+//!
+//! With `[eval] every = N`, the current policy is evaluated on the held-out split (`eval.rs`)
+//! before the first step, after every N steps and after the last one. An evaluation reads the
+//! learner's weights and nothing else of the run's state: it samples with its own seed, draws
+//! no training rows and touches no RNG, so a run with eval trains exactly like one without.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -20,6 +25,7 @@ use tch::nn::VarStore;
 
 use super::checkpoint::{self, TrainState};
 use super::config::RunConfig;
+use super::eval::Evaluator;
 use super::progress::Progress;
 use crate::device::{parse_device, parse_kind};
 use crate::learner::advantages::{group_advantages, ScaleRewards};
@@ -29,8 +35,7 @@ use crate::model::{Llama, ModelConfig};
 use crate::pretrained::{save_model_dir, LoadOptions, Pretrained};
 use crate::rollout::pool::snapshot;
 use crate::rollout::{
-    generate_batch, Generated, GenerationRequest, RolloutPool, Staleness, StopConditions,
-    WeightUpdate, WorkerModel,
+    generate_batch, Generated, GenerationRequest, RolloutPool, Staleness, WeightUpdate, WorkerModel,
 };
 use crate::sample::Sample;
 use crate::telemetry::run_metrics::StepTelemetry;
@@ -57,6 +62,8 @@ pub struct Trainer {
     stop: Arc<AtomicBool>,
     telemetry: Arc<RunMetrics>,
     server: Option<MetricsServer>,
+    /// The step (policy version) and `metrics.jsonl` line of the last evaluation.
+    last_eval: Option<(usize, Value)>,
 }
 
 /// Where to continue from.
@@ -110,6 +117,12 @@ impl Trainer {
         let template = loaded.tokenizer.chat_template().cloned();
         let env =
             LoadedEnv::from_config(&cfg.env, &cfg.base_dir, template).context("building [env]")?;
+        if cfg.eval.every > 0 && env.eval().rows().is_empty() {
+            anyhow::bail!(
+                "eval.every = {}: the eval split is empty; set env.data.eval_size (or eval_fraction, or eval_path)",
+                cfg.eval.every
+            );
+        }
         let rewards = WeightedRewards::from_specs(&Registry::default(), &cfg.rewards)
             .context("building [[rewards]]")?;
         let mut learner =
@@ -162,6 +175,7 @@ impl Trainer {
             trained_cursor: None,
             telemetry,
             server,
+            last_eval: None,
             stop,
             tokenizer,
             cfg,
@@ -179,6 +193,10 @@ impl Trainer {
         let mut reports = Vec::with_capacity(self.cfg.steps);
         let progress = Progress::new(self.next_step, self.cfg.steps);
         for step in self.next_step..self.cfg.steps {
+            if self.eval_due(step) {
+                self.evaluate(step, &progress)
+                    .with_context(|| format!("evaluating at step {step}"))?;
+            }
             let report = self.step(step).with_context(|| format!("step {step}"))?;
             self.next_step = step + 1;
             let skipped = report.line[metrics::SKIPPED_STEPS].as_f64().unwrap_or(0.0) > 0.0;
@@ -220,8 +238,66 @@ impl Trainer {
                 return Ok(reports);
             }
         }
+        let last = self.cfg.steps;
+        if self.cfg.eval.every > 0 && self.last_eval.as_ref().map(|e| e.0) != Some(last) {
+            self.evaluate(last, &progress)
+                .with_context(|| format!("evaluating after the last step ({last})"))?;
+        }
         self.save(&self.cfg.output_dir.join("final"))?;
         Ok(reports)
+    }
+
+    /// Whether the policy about to train step `step` (version `step`) is evaluated first:
+    /// at 0 with `eval.at_start`, then at every multiple of `eval.every`. On resume the
+    /// evaluation at the resumed step runs again (its log line was dropped with the step's).
+    fn eval_due(&self, step: usize) -> bool {
+        let eval = &self.cfg.eval;
+        let due = match step {
+            0 => eval.at_start,
+            s => s.is_multiple_of(eval.every),
+        };
+        eval.every > 0 && due && self.last_eval.as_ref().map(|e| e.0) != Some(step)
+    }
+
+    /// Evaluates the current policy (the learner's weights after `step` updates) on the
+    /// held-out split with `[eval]`'s settings, and logs the result: a `metrics.jsonl` line,
+    /// the `oxrl_eval_*` gauges, `/status` and a plain log line.
+    fn evaluate(&mut self, step: usize, progress: &Progress) -> anyhow::Result<()> {
+        if let Some(server) = &self.server {
+            server.patch_status("phase", json!("eval"));
+        }
+        let start = Instant::now();
+        let report = Evaluator {
+            model: self.learner.policy(),
+            tokenizer: &self.tokenizer,
+            env: &self.env,
+            rewards: &self.rewards,
+            rollout: &self.cfg.rollout,
+        }
+        .run(&self.cfg.eval, eval_seed(self.cfg.seed, step))?;
+        let seconds = start.elapsed().as_secs_f64();
+        let line = report.line(step, seconds);
+        self.telemetry.observe_eval(&line);
+        let line = Value::Object(line);
+        writeln!(self.metrics_log, "{line}")?;
+        let pass_k = match report.k {
+            1 => String::new(),
+            k => format!(" pass@{k} {:.3}", report.pass_at_k),
+        };
+        progress.log(&format!(
+            "eval step {step}: pass@1 {:.3}{pass_k} majority {:.3} reward {:.3} ({} prompts x {}, {seconds:.1}s)",
+            report.pass_at_1,
+            report.majority_vote,
+            report.reward_mean,
+            report.prompts,
+            report.samples_per_prompt,
+        ));
+        if let Some(server) = &self.server {
+            server.patch_status("eval", line.clone());
+            server.patch_status("phase", json!("training"));
+        }
+        self.last_eval = Some((step, line));
+        Ok(())
     }
 
     /// Writes a checkpoint of the current state.
@@ -280,9 +356,10 @@ impl Trainer {
             failures: &failures,
         });
         if let Some(server) = &self.server {
+            let eval = self.last_eval.as_ref().map_or(Value::Null, |e| e.1.clone());
             server.set_status(
                 json!({"step": step, "steps": self.cfg.steps, "phase": "training",
-                                     "policy_version": step + 1, "metrics": line}),
+                                     "policy_version": step + 1, "metrics": line, "eval": eval}),
             );
         }
     }
@@ -376,25 +453,13 @@ impl Trainer {
             .into_iter()
             .map(|i| self.env.train().rows()[i].clone())
             .collect();
-        let prompts = rows
-            .iter()
-            .map(|r| Ok(self.tokenizer.encode(&self.env.prompt(r)?, false)?))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let request = GenerationRequest {
-            prompts,
-            n: self.cfg.rollout.group_size,
-            sampling: self.cfg.rollout.sampling.clone(),
-            max_tokens: self.cfg.rollout.max_tokens,
-            stop: StopConditions {
-                token_ids: self.tokenizer.eos_token_ids().to_vec(),
-                strings: self.cfg.rollout.stop_strings.clone(),
-            },
-            seed: self
-                .cfg
-                .seed
-                .wrapping_mul(1_000_003)
-                .wrapping_add(step as u64),
-        };
+        let request = self.cfg.rollout.request(
+            &self.env,
+            &rows,
+            self.cfg.rollout.group_size,
+            &self.tokenizer,
+            rollout_seed(self.cfg.seed, step),
+        )?;
         Ok((rows, request))
     }
 
@@ -691,6 +756,19 @@ fn to_samples(
             metadata: rows[g.prompt_index].to_value(),
         })
         .collect()
+}
+
+/// The sampling seed of step `step`'s rollouts: from the run seed and the step alone, so no
+/// RNG state needs checkpointing.
+fn rollout_seed(seed: u64, step: usize) -> u64 {
+    seed.wrapping_mul(1_000_003).wrapping_add(step as u64)
+}
+
+/// The sampling seed of the evaluation after `step` updates: like the rollouts' but in a
+/// distant part of the seed space (eval batch i uses this + i), so evaluations never replay
+/// a training batch's random streams, and nothing of the training's state is consumed.
+fn eval_seed(seed: u64, step: usize) -> u64 {
+    rollout_seed(seed, step) ^ 0x9e37_79b9_7f4a_7c15
 }
 
 fn mean(xs: &[f64]) -> f64 {
