@@ -1,4 +1,5 @@
-"""Writes oxrl.json, the Grafana dashboard of a run (rows: rewards, policy, throughput, system).
+"""Writes oxrl.json, the Grafana dashboard of a run (rows: rewards, evaluation, policy,
+throughput, system).
 
 Run: python3 dashboards/make_dashboard.py. Every PromQL expression here is also checked against
 a live run scraped by a real Prometheus in tests/prometheus_scrape.rs (it reads PANELS from the
@@ -13,6 +14,12 @@ ROWS = {
         ("Reward by function", ["oxrl_reward_mean"]),
         ("Groups with zero reward std", ["oxrl_learner_frac_reward_zero_std"]),
         ("Reward failures / s", ["sum by (reward, kind) (rate(oxrl_reward_failures_total[5m]))"]),
+    ],
+    "Evaluation": [
+        ("Held-out pass@1, pass@k, majority vote",
+         ["oxrl_eval_pass_at_1", "oxrl_eval_pass_at_k", "oxrl_eval_majority_vote"]),
+        ("Held-out reward (mean)", ["oxrl_eval_reward_mean"]),
+        ("Policy version evaluated", ["oxrl_eval_step"]),
     ],
     "Policy": [
         ("Loss", ["oxrl_learner_loss", "oxrl_learner_policy_loss"]),
@@ -31,8 +38,10 @@ ROWS = {
           "histogram_quantile(0.95, sum by (le) (rate(oxrl_completion_length_tokens_bucket[5m])))"]),
         ("Clipped completions", ["oxrl_completion_clipped_ratio"]),
         ("Step and policy version", ["oxrl_step", "oxrl_policy_version"]),
+        ("Rollout staleness (policy versions)", ["oxrl_rollout_staleness"]),
         ("Dropped samples and skipped steps / s",
-         ["rate(oxrl_dropped_samples_total[5m])", "rate(oxrl_skipped_steps_total[5m])"]),
+         ["rate(oxrl_dropped_samples_total[5m])", "rate(oxrl_rollout_dropped_stale_samples_total[5m])",
+          "rate(oxrl_skipped_steps_total[5m])"]),
     ],
     "System": [
         ("Resident memory (bytes)", ["process_resident_memory_bytes"]),
