@@ -5,16 +5,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use oxrl_tests::{oxrl_bin, training_lines};
+use oxrl_tests::{oxrl_bin, training_lines, TINY_MODEL};
 
-const TINY: [&str; 12] = [
-    "model.path=\"${OXRL_SMOLLM2_GGUF}\"",
-    "model.device=cpu",
-    "model.random.hidden_size=32",
-    "model.random.num_hidden_layers=1",
-    "model.random.num_attention_heads=4",
-    "model.random.num_key_value_heads=2",
-    "model.random.intermediate_size=64",
+const SHORT_RUN: [&str; 5] = [
     "rollout.max_tokens=8",
     "rollout.prompts_per_step=2",
     "rollout.group_size=2",
@@ -35,7 +28,7 @@ fn every_config_runs_a_step() {
         let out = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(oxrl_bin());
         cmd.arg("train").arg(&config);
-        for set in TINY {
+        for set in TINY_MODEL.iter().chain(&SHORT_RUN) {
             cmd.args(["--set", set]);
         }
         let output = cmd

@@ -83,6 +83,18 @@ pub fn tiny_model(config_json: &Value, seed: i64, dir: &Path) -> (VarStore, Llam
     (vs, model)
 }
 
+/// `--set` overrides that swap a shipped config's model for a tiny random one with the bundled
+/// tokenizer, so a real config runs in seconds.
+pub const TINY_MODEL: [&str; 7] = [
+    "model.path=\"${OXRL_SMOLLM2_GGUF}\"",
+    "model.device=cpu",
+    "model.random.hidden_size=32",
+    "model.random.num_hidden_layers=1",
+    "model.random.num_attention_heads=4",
+    "model.random.num_key_value_heads=2",
+    "model.random.intermediate_size=64",
+];
+
 /// `configs/smoke.toml`: a tiny random model with the bundled tokenizer.
 pub fn smoke_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml")

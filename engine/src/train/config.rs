@@ -10,7 +10,7 @@ use oxrl_rewards::RewardSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::learner::lora::LoraConfig;
-use crate::learner::LearnerConfig;
+use crate::learner::{AlgorithmKind, LearnerConfig};
 use crate::rollout::{GenerationRequest, SamplingParams, StopConditions};
 use crate::tokenizer::Tokenizer;
 
@@ -135,6 +135,22 @@ pub struct RolloutSection {
     /// version that generated a batch; older batches are dropped and counted.
     #[serde(default = "default_max_staleness")]
     pub max_staleness: u64,
+    /// Where completions come from: `policy` (generated; the default) or `dataset`.
+    #[serde(default)]
+    pub source: RolloutSource,
+}
+
+/// `rollout.source`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutSource {
+    /// The policy generates `group_size` completions per prompt.
+    #[default]
+    Policy,
+    /// Each row's `chosen` and `rejected` fields are the completions: offline preference
+    /// pairs for DPO (TRL's prompt/chosen/rejected format; the prompt is rendered as for a
+    /// rollout).
+    Dataset,
 }
 
 fn default_max_staleness() -> u64 {
@@ -317,6 +333,14 @@ impl RunConfig {
             bail!("rollout.prompts_per_step and rollout.group_size must be at least 1");
         }
         self.rollout.sampling.validate()?;
+        if self.rollout.source == RolloutSource::Dataset {
+            if self.learner.algorithm != AlgorithmKind::Dpo {
+                bail!("rollout.source = \"dataset\" reads preference pairs, which need learner.algorithm = \"dpo\"");
+            }
+            if self.rollout.group_size != 2 || self.rollout.async_ {
+                bail!("rollout.source = \"dataset\": a preference pair is a group of 2 (rollout.group_size = 2) and there is nothing to generate ahead (rollout.async = false)");
+            }
+        }
         if self.rollout.async_ && self.rollout.max_staleness == 0 {
             bail!("rollout.async needs rollout.max_staleness >= 1: the prefetched batch is one version old");
         }

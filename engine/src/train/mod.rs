@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod eval;
+pub mod pairs;
 pub mod progress;
 pub mod trainer;
 

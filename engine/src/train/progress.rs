@@ -66,8 +66,13 @@ impl Progress {
         );
         let ran = done.saturating_sub(self.first).max(1) as f64;
         let eta = elapsed.as_secs_f64() / ran * self.total.saturating_sub(done) as f64;
+        // Offline (dataset) steps generate nothing and report no throughput.
+        let throughput = match tokens_per_s.is_finite() {
+            true => format!(" {tokens_per_s:.0} tok/s"),
+            false => String::new(),
+        };
         format!(
-            "[{bar}] step {done}/{} reward {reward:.3} loss {loss:.4} {tokens_per_s:.0} tok/s ETA {}",
+            "[{bar}] step {done}/{} reward {reward:.3} loss {loss:.4}{throughput} ETA {}",
             self.total,
             format_duration(eta)
         )
@@ -107,6 +112,8 @@ mod tests {
                 && line.ends_with("ETA 50s"),
             "{line}"
         );
+        let offline = p.line(15, 0.5, f64::NAN, 0.01, Duration::from_secs(50));
+        assert!(!offline.contains("tok/s"), "{offline}");
         assert_eq!(format_duration(3725.0), "1h02m");
         assert_eq!(format_duration(125.0), "2m05s");
     }

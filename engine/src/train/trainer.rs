@@ -24,8 +24,9 @@ use serde_json::{json, Map, Value};
 use tch::nn::VarStore;
 
 use super::checkpoint::{self, TrainState};
-use super::config::RunConfig;
+use super::config::{RolloutSource, RunConfig};
 use super::eval::Evaluator;
+use super::pairs;
 use super::progress::Progress;
 use crate::device::{parse_device, parse_kind};
 use crate::learner::advantages::{group_advantages, ScaleRewards};
@@ -122,6 +123,9 @@ impl Trainer {
                 "eval.every = {}: the eval split is empty; set env.data.eval_size (or eval_fraction, or eval_path)",
                 cfg.eval.every
             );
+        }
+        if cfg.rollout.source == RolloutSource::Dataset {
+            pairs::check_rows(&env)?;
         }
         let rewards = WeightedRewards::from_specs(&Registry::default(), &cfg.rewards)
             .context("building [[rewards]]")?;
@@ -371,8 +375,12 @@ impl Trainer {
             false => {
                 let (rows, request) = self.draw(step)?;
                 self.trained_cursor = Some(self.sampler.cursor().clone());
-                let generated =
-                    generate_batch(self.learner.policy(), &request, Some(&self.tokenizer))?;
+                let generated = match self.cfg.rollout.source {
+                    RolloutSource::Policy => {
+                        generate_batch(self.learner.policy(), &request, Some(&self.tokenizer))?
+                    }
+                    RolloutSource::Dataset => pairs::pair_completions(&rows, &self.tokenizer)?,
+                };
                 (rows, request, generated, step as u64)
             }
             true => self.next_prefetched(step)?,
@@ -390,7 +398,10 @@ impl Trainer {
             .collect::<Result<Vec<oxrl_rewards::Sample>, _>>()?;
         let scores = self.rewards.score(&reward_samples);
         let reward_secs = reward_start.elapsed().as_secs_f64();
-        let samples = to_samples(&request, &generated, &scores, &rows, step, version);
+        let mut samples = to_samples(&request, &generated, &scores, &rows, step, version);
+        if self.cfg.rollout.source == RolloutSource::Dataset {
+            pairs::label(&mut samples, &generated);
+        }
         let update_start = Instant::now();
         let learner_metrics = self.learner.update(&samples)?;
         let update_secs = update_start.elapsed().as_secs_f64();
@@ -413,10 +424,12 @@ impl Trainer {
         } else {
             generate_secs
         };
-        line.insert(
-            "rollout/tokens_per_second".into(),
-            json!(tokens as f64 / rollout_secs),
-        );
+        if self.cfg.rollout.source == RolloutSource::Policy {
+            line.insert(
+                "rollout/tokens_per_second".into(),
+                json!(tokens as f64 / rollout_secs),
+            );
+        }
         line.insert("time/generate_seconds".into(), json!(generate_secs));
         line.insert("rollout/staleness".into(), json!(step as u64 - version));
         if let Some(p) = &self.prefetch {
