@@ -46,6 +46,8 @@ ROWS = {
     "System": [
         ("Resident memory (bytes)", ["process_resident_memory_bytes"]),
         ("CPU seconds / s", ["rate(process_cpu_seconds_total[1m])"]),
+        ("GPU memory (bytes, CUDA runs)",
+         ["oxrl_gpu_memory_process_bytes", "oxrl_gpu_memory_used_bytes", "oxrl_gpu_memory_total_bytes"]),
     ],
 }
 

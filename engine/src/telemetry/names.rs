@@ -45,5 +45,11 @@ pub const EVAL_MAJORITY_VOTE: &str = "oxrl_eval_majority_vote";
 pub const EVAL_REWARD_MEAN: &str = "oxrl_eval_reward_mean";
 /// Policy version (steps trained) of the last evaluation.
 pub const EVAL_STEP: &str = "oxrl_eval_step";
+/// CUDA runs: GPU memory held by this process (label `gpu`, the NVML index).
+pub const GPU_MEMORY_PROCESS_BYTES: &str = "oxrl_gpu_memory_process_bytes";
+/// CUDA runs: GPU memory in use on the device, by any process.
+pub const GPU_MEMORY_USED_BYTES: &str = "oxrl_gpu_memory_used_bytes";
+/// CUDA runs: the device's memory.
+pub const GPU_MEMORY_TOTAL_BYTES: &str = "oxrl_gpu_memory_total_bytes";
 /// Prefix of the learner's own metric names, exported as they are.
 pub const LEARNER_PREFIX: &str = "oxrl_learner_";

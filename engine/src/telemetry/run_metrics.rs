@@ -273,6 +273,13 @@ impl RunMetrics {
         gauges[name].set(value);
     }
 
+    /// Adds GPU memory gauges read from NVML at each scrape (CUDA runs).
+    pub fn watch_gpu_memory(&self) -> anyhow::Result<()> {
+        let gpu = super::gpu::GpuMemory::new()?;
+        self.registry.register(Box::new(gpu))?;
+        Ok(())
+    }
+
     /// The text exposition format of every collector.
     pub fn render(&self) -> String {
         let mut out = String::new();

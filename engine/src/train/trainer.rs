@@ -163,6 +163,11 @@ impl Trainer {
             None
         };
         let telemetry = Arc::new(RunMetrics::new().context("creating metrics")?);
+        if learner.var_store().device().is_cuda() {
+            if let Err(e) = telemetry.watch_gpu_memory() {
+                eprintln!("warning: no GPU memory metrics (NVML: {e})");
+            }
+        }
         let server = start_server(&cfg, telemetry.clone())?;
         let open = |name: &str| open_log(&cfg.output_dir.join(name), next_step);
         let stop = Arc::new(AtomicBool::new(false));
