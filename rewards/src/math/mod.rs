@@ -283,24 +283,10 @@ fn difference(a: &Expr, b: &Expr) -> Expr {
 /// Whether `a = c * b` for one constant `c != 0` (and `c > 0` when `positive`), judged at
 /// the fixed evaluation points.
 fn proportional(a: &Expr, b: &Expr, positive: bool) -> bool {
-    let mut vars = BTreeSet::new();
-    a.vars(&mut vars);
-    b.vars(&mut vars);
-    let names: Vec<&String> = vars.iter().collect();
+    let (values, has_vars) = evaluate_pair(a, b);
     let mut ratio: Option<f64> = None;
     let mut agreed = 0;
-    let trials = if names.is_empty() { 1 } else { 8 };
-    for trial in 0..trials {
-        let env = |v: &str| {
-            names
-                .iter()
-                .position(|n| n.as_str() == v)
-                .map_or(f64::NAN, |i| point(i, trial))
-        };
-        let (x, y) = (a.eval(&env), b.eval(&env));
-        if !x.is_finite() || !y.is_finite() {
-            continue;
-        }
+    for (x, y) in values {
         let scale = x.abs().max(y.abs()).max(1.0);
         if x.abs() <= 1e-9 * scale && y.abs() <= 1e-9 * scale {
             agreed += 1; // both sides vanish here: consistent with any factor
@@ -317,12 +303,32 @@ fn proportional(a: &Expr, b: &Expr, positive: bool) -> bool {
         }
         agreed += 1;
     }
-    let enough = if names.is_empty() {
-        agreed == 1
-    } else {
-        agreed >= 3
-    };
+    let enough = if has_vars { agreed >= 3 } else { agreed == 1 };
     enough && ratio.is_none_or(|r| !positive || r > 0.0)
+}
+
+/// `a` and `b` evaluated at the same points — 8 settings of their variables, or once when
+/// they have none — keeping the points where both are finite; and whether there were
+/// variables.
+fn evaluate_pair(a: &Expr, b: &Expr) -> (Vec<(f64, f64)>, bool) {
+    let mut vars = BTreeSet::new();
+    a.vars(&mut vars);
+    b.vars(&mut vars);
+    let names: Vec<&String> = vars.iter().collect();
+    let trials = if names.is_empty() { 1 } else { 8 };
+    let values = (0..trials)
+        .filter_map(|trial| {
+            let env = |v: &str| {
+                names
+                    .iter()
+                    .position(|n| n.as_str() == v)
+                    .map_or(f64::NAN, |i| point(i, trial))
+            };
+            let (x, y) = (a.eval(&env), b.eval(&env));
+            (x.is_finite() && y.is_finite()).then_some((x, y))
+        })
+        .collect();
+    (values, !names.is_empty())
 }
 
 fn is_scalar(e: &Expr) -> bool {
@@ -364,33 +370,13 @@ fn point(var_index: usize, trial: usize) -> f64 {
 }
 
 fn scalar_eq(a: &Expr, b: &Expr, rel_tol: f64) -> bool {
-    let mut vars = BTreeSet::new();
-    a.vars(&mut vars);
-    b.vars(&mut vars);
-    if vars.is_empty() {
+    let (values, has_vars) = evaluate_pair(a, b);
+    if !has_vars {
         let no_vars = |_: &str| f64::NAN;
         return num_eq(a.eval(&no_vars), b.eval(&no_vars), rel_tol);
     }
-    let names: Vec<&String> = vars.iter().collect();
-    let mut agreed = 0;
-    for trial in 0..8 {
-        let env = |v: &str| {
-            names
-                .iter()
-                .position(|n| n.as_str() == v)
-                .map_or(f64::NAN, |i| point(i, trial))
-        };
-        let (x, y) = (a.eval(&env), b.eval(&env));
-        if !x.is_finite() || !y.is_finite() {
-            continue;
-        }
-        let scale = x.abs().max(y.abs()).max(1.0);
-        if (x - y).abs() > 1e-6 * scale {
-            return false;
-        }
-        agreed += 1;
-    }
-    agreed >= 3
+    let agree = |&(x, y): &(f64, f64)| (x - y).abs() <= 1e-6 * x.abs().max(y.abs()).max(1.0);
+    values.iter().all(agree) && values.len() >= 3
 }
 
 #[cfg(test)]
