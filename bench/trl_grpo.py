@@ -50,6 +50,10 @@ config = GRPOConfig(
     num_generations=8, max_completion_length=64, beta=0.0, learning_rate=1e-6, temperature=1.0,
     loss_type="dapo", use_cpu=True, report_to=[], logging_steps=1, save_strategy="no",
     dataloader_num_workers=0, seed=0,
+    # oxrl trains in f32 without activation checkpointing; TRL's defaults (bf16 autocast and
+    # gradient checkpointing) are turned off so both sides do the same arithmetic.
+    # TRL_DEFAULTS=1 keeps them instead.
+    **({} if os.environ.get("TRL_DEFAULTS") == "1" else {"bf16": False, "gradient_checkpointing": False}),
 )
 trainer = GRPOTrainer(model=model_dir, reward_funcs=correct, args=config, train_dataset=data, callbacks=[timer])
 trainer.train()
