@@ -1,8 +1,9 @@
 """Writes arithmetic_pairs.jsonl: preference pairs for configs/dpo_pairs.toml.
 
 Each row is a two-term sum or difference (operands 1..20, like configs/grpo_math.toml) with
-the GSM8K-style `answer`, a `chosen` completion that gets it right and a `rejected` one that
-does not: off by a small amount or the other operator, the bundled model's typical slips.
+the GSM8K-style `answer`, a `chosen` completion that gets it right in the asked-for format and
+a `rejected` one that does not: off by a small amount or the other operator, the bundled
+model's typical slips, half of them in its typical rambling style without the `####` line.
 Deterministic: `python3 envs/data/make_arithmetic_pairs.py` rewrites the same file.
 """
 
@@ -30,12 +31,19 @@ def main():
                 wrong = value + rng.choice([-10, -3, -2, -1, 1, 2, 3, 10])
             if wrong == value:
                 wrong = value + 1
+            rejected = solution(a, op, b, wrong)
+            if rng.random() < 0.5:
+                verb = "add" if op == "+" else "subtract"
+                rejected = (
+                    f"To solve this problem, we need to {verb} the two numbers. "
+                    f"{a} {op} {b} = {wrong}.\n\nSo, the answer is {wrong}."
+                )
             row = {
                 "id": f"pair-{i}",
                 "prompt": f"What is {a} {op} {b}?",
                 "answer": solution(a, op, b, value),
                 "chosen": solution(a, op, b, value),
-                "rejected": solution(a, op, b, wrong),
+                "rejected": rejected,
             }
             f.write(json.dumps(row) + "\n")
 
