@@ -1,10 +1,12 @@
 //! The training loop: rollouts -> rewards -> learner update, one step at a time, with a JSONL
 //! metrics log, sample dumps and a final HF-format model.
 //!
-//! Synchronous for now: the rollout runs on the learner's own parameters (no copy), then the
-//! learner updates them. Checkpoints are written every `checkpoint.every` steps, after the last
-//! step, and when SIGINT/SIGTERM arrive (the run then stops cleanly); `--resume` continues from
-//! the newest one exactly. Async rollouts and the metrics endpoint are next.
+//! Synchronously the rollout runs on the learner's own parameters (no copy), then the learner
+//! updates them; with `rollout.async` a worker with copied weights generates one step ahead
+//! (`Prefetch`); with `rollout.source = "dataset"` the rows' preference pairs stand in for
+//! generations (`pairs.rs`). Checkpoints are written every `checkpoint.every` steps, after the
+//! last step, and when SIGINT/SIGTERM arrive (the run then stops cleanly); `--resume` continues
+//! from the newest one exactly. Live metrics are served by `telemetry`.
 //!
 //! With `[eval] every = N`, the current policy is evaluated on the held-out split (`eval.rs`)
 //! before the first step, after every N steps and after the last one. An evaluation reads the
