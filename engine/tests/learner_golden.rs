@@ -189,6 +189,47 @@ fn dpo_losses_and_gradients_match_golden() {
         n += 1;
     }
     assert_eq!(n, 3);
+    // RPO adds alpha x the chosen rows' mean token NLL per pair, over the step's pairs.
+    let loss = |rpo_alpha: f64| {
+        let cfg = DpoConfig {
+            rpo_alpha,
+            ..DpoConfig::default()
+        };
+        let zeros = f.mask.zeros_like();
+        let input = LossInput {
+            logp: &f.logp,
+            old_logp: &f.old,
+            ref_logp: Some(&f.reference),
+            mask: &f.mask,
+            advantages: &zeros,
+            values: None,
+            old_values: None,
+            returns: None,
+            scale: StepScale::single(&f.mask, 1),
+        };
+        dpo_loss(&cfg, &input).loss.double_value(&[])
+    };
+    let logp = Vec::<Vec<f64>>::try_from(f.logp.to_kind(tch::Kind::Double)).unwrap();
+    let mask = Vec::<Vec<f64>>::try_from(f.mask.to_kind(tch::Kind::Double)).unwrap();
+    let chosen_nll: f64 = (0..logp.len())
+        .step_by(2)
+        .map(|i| {
+            let tokens: f64 = mask[i].iter().sum();
+            -logp[i]
+                .iter()
+                .zip(&mask[i])
+                .map(|(l, m)| l * m)
+                .sum::<f64>()
+                / tokens
+        })
+        .sum();
+    let pairs = (logp.len() / 2) as f64;
+    let expected = loss(0.0) + 0.5 * chosen_nll / pairs;
+    assert!(
+        (loss(0.5) - expected).abs() < 1e-5,
+        "{} vs {expected}",
+        loss(0.5)
+    );
     let ipo: DpoConfig = serde_json::from_str(r#"{"loss_type":"ipo","beta":0.1}"#).unwrap();
     assert_eq!(ipo.loss_type, DpoLoss::Ipo);
 }

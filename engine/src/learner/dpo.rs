@@ -1,6 +1,8 @@
 //! DPO — Direct Preference Optimization (Rafailov et al. 2023, arXiv 2305.18290), with cDPO
 //! label smoothing (Mitchell 2023) and IPO (Azar et al. 2023, arXiv 2310.12036). Follows
 //! TRL `dpo_trainer.py::dpo_loss`; IPO uses length-averaged log-probabilities as TRL does.
+//! `rpo_alpha` adds the chosen completion's NLL (RPO, Pang et al. 2024, arXiv 2404.19733; TRL
+//! `rpo_alpha`), which keeps the chosen likelihood from falling along with the rejected one.
 //!
 //! Pairs are samples sharing a `group_id`: the highest reward is chosen, the lowest rejected.
 //! Offline pairs are built with [`pair_samples`] (reward 1 and 0); online, a group of the
@@ -40,6 +42,9 @@ pub struct DpoConfig {
     pub label_smoothing: f64,
     /// Passes over each batch.
     pub num_iterations: usize,
+    /// Weight of the chosen completion's mean token NLL in each pair's loss (0 = plain DPO).
+    /// Per-sequence mean where TRL takes the batch's token mean, so micro-batches add up.
+    pub rpo_alpha: f64,
 }
 
 impl Default for DpoConfig {
@@ -49,6 +54,7 @@ impl Default for DpoConfig {
             loss_type: DpoLoss::Sigmoid,
             label_smoothing: 0.0,
             num_iterations: 1,
+            rpo_alpha: 0.0,
         }
     }
 }
@@ -168,6 +174,14 @@ pub fn dpo_loss(cfg: &DpoConfig, x: &LossInput) -> LossOutput {
             -(&d * cfg.beta).log_sigmoid() * (1.0 - eps) - (-&d * cfg.beta).log_sigmoid() * eps
         }
         DpoLoss::Ipo => (&d - 1.0 / (2.0 * cfg.beta)).pow_tensor_scalar(2),
+    };
+    let per_pair = match cfg.rpo_alpha {
+        0.0 => per_pair,
+        alpha => {
+            let tokens = mask.sum_dim_intlist(-1, false, None::<Kind>).clamp_min(1.0);
+            let nll = -(x.logp * mask).sum_dim_intlist(-1, false, None::<Kind>) / tokens;
+            per_pair + nll.view([-1, 2]).select(1, 0) * alpha
+        }
     };
     let n_pairs = (x.scale.sequences / 2).max(1) as f64;
     let loss = per_pair.sum(per_pair.kind()) / n_pairs;
