@@ -4,7 +4,7 @@
 //! micro-batch losses add up to the whole batch's loss for every aggregation.
 
 use oxrl::learner::advantages::{group_advantages, ScaleRewards};
-use oxrl::learner::algorithm::{aggregate, LossInput, LossType, StepScale};
+use oxrl::learner::algorithm::{aggregate, LossInput, LossOutput, LossType, StepScale};
 use oxrl::learner::dpo::{dpo_loss, DpoConfig, DpoLoss};
 use oxrl::learner::grpo::{grpo_loss, GrpoConfig, ImportanceSamplingLevel};
 use oxrl::learner::optim::{AdamW, OptimConfig};
@@ -159,6 +159,25 @@ fn topr_loss_and_gradient_match_golden() {
     assert_eq!(n, 2);
 }
 
+/// The DPO loss of the fixture's pairs with policy logprobs `logp`.
+fn dpo_on_fixture(cfg: &DpoConfig, f: &Fixture, logp: &Tensor) -> LossOutput {
+    let zeros = f.mask.zeros_like();
+    dpo_loss(
+        cfg,
+        &LossInput {
+            logp,
+            old_logp: &f.old,
+            ref_logp: Some(&f.reference),
+            mask: &f.mask,
+            advantages: &zeros,
+            values: None,
+            old_values: None,
+            returns: None,
+            scale: StepScale::single(&f.mask, 1),
+        },
+    )
+}
+
 #[test]
 fn dpo_losses_and_gradients_match_golden() {
     let g = golden();
@@ -170,21 +189,7 @@ fn dpo_losses_and_gradients_match_golden() {
         }
         let cfg: DpoConfig = serde_json::from_value(case["config"].clone()).unwrap();
         let leaf = f.logp.copy().set_requires_grad(true);
-        let zeros = f.mask.zeros_like();
-        let out = dpo_loss(
-            &cfg,
-            &LossInput {
-                logp: &leaf,
-                old_logp: &f.old,
-                ref_logp: Some(&f.reference),
-                mask: &f.mask,
-                advantages: &zeros,
-                values: None,
-                old_values: None,
-                returns: None,
-                scale: StepScale::single(&f.mask, 1),
-            },
-        );
+        let out = dpo_on_fixture(&cfg, &f, &leaf);
         check(&format!("{cfg:?}"), &out.loss, &leaf, case);
         n += 1;
     }
@@ -195,19 +200,7 @@ fn dpo_losses_and_gradients_match_golden() {
             rpo_alpha,
             ..DpoConfig::default()
         };
-        let zeros = f.mask.zeros_like();
-        let input = LossInput {
-            logp: &f.logp,
-            old_logp: &f.old,
-            ref_logp: Some(&f.reference),
-            mask: &f.mask,
-            advantages: &zeros,
-            values: None,
-            old_values: None,
-            returns: None,
-            scale: StepScale::single(&f.mask, 1),
-        };
-        dpo_loss(&cfg, &input).loss.double_value(&[])
+        dpo_on_fixture(&cfg, &f, &f.logp).loss.double_value(&[])
     };
     let logp = Vec::<Vec<f64>>::try_from(f.logp.to_kind(tch::Kind::Double)).unwrap();
     let mask = Vec::<Vec<f64>>::try_from(f.mask.to_kind(tch::Kind::Double)).unwrap();
