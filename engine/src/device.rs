@@ -30,6 +30,15 @@ fn cuda(index: usize) -> Result<Device> {
     }
 }
 
+/// The device the test suites put their models on: `OXRL_TEST_DEVICE` parsed like
+/// `model.device` (the CPU when unset), so the same tests check CUDA on a GPU host.
+pub fn test_device() -> Device {
+    match std::env::var("OXRL_TEST_DEVICE") {
+        Ok(name) => parse_device(&name).expect("OXRL_TEST_DEVICE"),
+        Err(_) => Device::Cpu,
+    }
+}
+
 /// `f32`/`float32`, `bf16`/`bfloat16`, `f16`/`float16`.
 pub fn parse_kind(name: &str) -> Result<Kind> {
     match name {

@@ -8,7 +8,7 @@ mod learner_support;
 use learner_support::*;
 use oxrl::learner::batch::{collate, micro_batches, token_logprobs};
 use oxrl::logprobs::completion_logprobs;
-use tch::{Device, Kind};
+use tch::Kind;
 
 #[test]
 fn padded_rows_match_single_sequence_logprobs() {
@@ -21,7 +21,7 @@ fn padded_rows_match_single_sequence_logprobs() {
     ];
     samples[0].loss_mask[2] = false; // an environment token
     let refs: Vec<_> = samples.iter().collect();
-    let rows = collate(&refs, Device::Cpu).unwrap();
+    let rows = collate(&refs, model.device()).unwrap();
     assert_eq!(rows.tokens.size(), [3, 7]);
     assert_eq!(rows.mask.size(), [3, 5]);
     let mask: Vec<Vec<f32>> = Vec::try_from(&rows.mask).unwrap();

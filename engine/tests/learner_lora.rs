@@ -12,7 +12,7 @@ use oxrl::learner::{AlgorithmKind, Learner, LearnerConfig};
 use oxrl::pretrained::{load_model_dir, LoadOptions};
 use oxrl::Llama;
 use tch::nn::VarStore;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 fn lora_config() -> LoraConfig {
     LoraConfig {
@@ -23,8 +23,10 @@ fn lora_config() -> LoraConfig {
 }
 
 fn probe_logits(model: &Llama) -> Tensor {
-    let tokens = Tensor::from_slice(&[1i64, 3, 9, 4, 1, 5, 8, 2]).view([2, 4]);
-    let positions = Tensor::arange(4, (Kind::Int64, Device::Cpu))
+    let tokens = Tensor::from_slice(&[1i64, 3, 9, 4, 1, 5, 8, 2])
+        .view([2, 4])
+        .to_device(model.device());
+    let positions = Tensor::arange(4, (Kind::Int64, model.device()))
         .unsqueeze(0)
         .expand([2, 4], false);
     tch::no_grad(|| model.forward(&tokens, &positions, None, None))
@@ -128,7 +130,11 @@ fn merged_export_equals_adapted_model() {
     });
     let dir = tempfile::tempdir().unwrap();
     export_merged(&vs, &config(), &lora, dir.path(), None).unwrap();
-    let (_mvs, merged) = load_model_dir(dir.path(), LoadOptions::default()).unwrap();
+    let on_policy_device = LoadOptions {
+        device: policy.device(),
+        ..Default::default()
+    };
+    let (_mvs, merged) = load_model_dir(dir.path(), on_policy_device).unwrap();
     assert!(!merged.has_adapters());
     let adapted = probe_logits(&policy);
     let d = max_diff(&adapted, &probe_logits(&merged));

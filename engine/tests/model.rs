@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use oxrl::device::test_device;
 use oxrl::model::random::randomize;
 use oxrl::pretrained::{load_model_dir, save_model_dir, LoadOptions};
 use oxrl::{Llama, ModelConfig};
@@ -21,18 +22,18 @@ fn config() -> ModelConfig {
 }
 
 fn tiny(seed: i64) -> (VarStore, Llama) {
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(test_device());
     let model = Llama::new(&vs.root(), &config());
     randomize(&vs, seed, 0.2);
     (vs, model)
 }
 
 fn tokens(rows: &[&[i64]]) -> Tensor {
-    Tensor::from_slice2(rows)
+    Tensor::from_slice2(rows).to_device(test_device())
 }
 
 fn arange(b: i64, t: i64, start: i64) -> Tensor {
-    Tensor::arange_start(start, start + t, (Kind::Int64, Device::Cpu))
+    Tensor::arange_start(start, start + t, (Kind::Int64, test_device()))
         .unsqueeze(0)
         .expand([b, t], false)
 }
@@ -87,7 +88,8 @@ fn left_padding_does_not_change_real_tokens() {
     let long: &[i64] = &[21, 22, 23, 24, 25, 26, 27];
     let pad = 0;
     let padded = tokens(&[&[pad, pad, pad, 11, 12, 13, 14], long]);
-    let mask = Tensor::from_slice2(&[[false, false, false, true, true, true, true], [true; 7]]);
+    let mask = Tensor::from_slice2(&[[false, false, false, true, true, true, true], [true; 7]])
+        .to_device(test_device());
     // Positions count real tokens only: padded rows start at 0 where their text starts.
     let positions = (mask.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0);
     tch::no_grad(|| {
@@ -100,9 +102,9 @@ fn left_padding_does_not_change_real_tokens() {
 
         // One decode step on top of the padded cache.
         let next = tokens(&[&[15], &[28]]);
-        let step_pos = Tensor::from_slice2(&[[4i64], [7]]);
+        let step_pos = Tensor::from_slice2(&[[4i64], [7]]).to_device(test_device());
         let step_mask = Tensor::cat(
-            &[&mask, &Tensor::ones([2, 1], (Kind::Bool, Device::Cpu))],
+            &[&mask, &Tensor::ones([2, 1], (Kind::Bool, test_device()))],
             1,
         );
         let step = model.forward(&next, &step_pos, Some(&step_mask), Some(&mut cache));
@@ -126,7 +128,7 @@ fn reduced_precision_stays_close_to_f32() {
         let (_vs, m) = load_model_dir(
             dir.path(),
             LoadOptions {
-                device: Device::Cpu,
+                device: test_device(),
                 kind,
             },
         )
@@ -172,7 +174,14 @@ fn sharded_checkpoint_loads_like_single_file() {
     let (vs, model) = tiny(4);
     save_model_dir(&vs, &config(), single.path(), None).unwrap();
     shard(&single.path().join("model.safetensors"), sharded.path());
-    let (_vs2, loaded) = load_model_dir(sharded.path(), LoadOptions::default()).unwrap();
+    let (_vs2, loaded) = load_model_dir(
+        sharded.path(),
+        LoadOptions {
+            device: test_device(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let ids = tokens(&[&[7, 8, 9]]);
     let (a, b) = tch::no_grad(|| {
         (

@@ -2,6 +2,7 @@
 //! full-forward logprobs, sampling is reproducible and independent of batch composition,
 //! greedy equals `generate`, groups and early stops behave, bad requests are explained.
 
+use oxrl::device::test_device;
 use oxrl::generate::{generate, SamplingConfig};
 use oxrl::logprobs::batch_completion_logprobs;
 use oxrl::model::random::randomize;
@@ -9,7 +10,6 @@ use oxrl::rollout::{generate_batch, GenerationRequest, SamplingParams, StopCondi
 use oxrl::sample::FinishReason;
 use oxrl::{Llama, ModelConfig};
 use tch::nn::VarStore;
-use tch::Device;
 
 fn tiny(seed: i64) -> (VarStore, Llama) {
     let cfg: ModelConfig = serde_json::from_str(
@@ -18,7 +18,7 @@ fn tiny(seed: i64) -> (VarStore, Llama) {
             "num_key_value_heads":2,"max_position_embeddings":64}"#,
     )
     .unwrap();
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(test_device());
     let model = Llama::new(&vs.root(), &cfg);
     randomize(&vs, seed, 0.3);
     (vs, model)
@@ -75,11 +75,13 @@ fn recorded_logprobs_equal_full_forward_logprobs() {
             .collect();
         let learner =
             batch_completion_logprobs(&model, &pairs, sampling.logprob_temperature()).unwrap();
+        // f32 rounding only: decode steps and the full forward multiply matrices of different
+        // shapes, which sum in different orders (on CUDA, ~1e-5 at logprob -2).
         for (g, want) in out.iter().zip(&learner) {
             assert_eq!(g.logprobs.len(), want.len());
             for (a, b) in g.logprobs.iter().zip(want) {
                 assert!(
-                    (a - b).abs() < 1e-5,
+                    (a - b).abs() < 1e-5 * b.abs().max(1.0),
                     "{sampling:?}: sampler {a} vs learner {b}"
                 );
             }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use oxrl::device::test_device;
 use oxrl::model::random::randomize;
 use oxrl::rollout::pool::{share_weights, snapshot};
 use oxrl::rollout::{
@@ -12,7 +13,6 @@ use oxrl::rollout::{
 };
 use oxrl::{Llama, ModelConfig};
 use tch::nn::VarStore;
-use tch::Device;
 
 fn config() -> ModelConfig {
     serde_json::from_str(
@@ -24,7 +24,7 @@ fn config() -> ModelConfig {
 }
 
 fn model(seed: i64) -> WorkerModel {
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(test_device());
     let model = Llama::new(&vs.root(), &config());
     randomize(&vs, seed, 0.5);
     WorkerModel { vs, model }

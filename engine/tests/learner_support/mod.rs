@@ -9,10 +9,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
+use oxrl::device::test_device;
 use oxrl::model::random::randomize;
 use oxrl::{FinishReason, Llama, ModelConfig, Sample};
 use tch::nn::VarStore;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 pub const VOCAB: usize = 24;
 pub const DIGITS: u32 = 6;
@@ -37,7 +38,7 @@ pub fn config() -> ModelConfig {
 }
 
 pub fn tiny(seed: i64) -> (VarStore, Llama) {
-    let vs = VarStore::new(Device::Cpu);
+    let vs = VarStore::new(test_device());
     let model = Llama::new(&vs.root(), &config());
     randomize(&vs, seed, 0.1);
     (vs, model)
@@ -65,12 +66,14 @@ pub fn rollout(model: &Llama, digits: &[u32], group: usize, seed: i64) -> Vec<Sa
         .collect();
     let b = prompts.len() as i64;
     let flat: Vec<i64> = prompts.iter().flatten().map(|&t| t as i64).collect();
-    let mut tokens = Tensor::from_slice(&flat).view([b, -1]);
+    let mut tokens = Tensor::from_slice(&flat)
+        .view([b, -1])
+        .to_device(model.device());
     let mut logps: Vec<Vec<f32>> = vec![Vec::new(); prompts.len()];
     tch::no_grad(|| {
         for _ in 0..COMPLETION {
             let t = tokens.size()[1];
-            let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu))
+            let positions = Tensor::arange(t, (Kind::Int64, model.device()))
                 .unsqueeze(0)
                 .expand([b, t], false);
             let logits = model.forward(&tokens, &positions, None, None).select(1, -1);
