@@ -24,6 +24,33 @@ pub const PROMPTS: [&str; 8] = [
 pub(super) enum Bench {
     /// Batched sampling throughput.
     Rollout(RolloutArgs),
+    /// One decode step's weight products (f32, CPU): libtorch's `linear` vs oxrl's kernel.
+    Gemm(GemmArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct GemmArgs {
+    /// Input rows (the decode batch).
+    #[arg(long, default_value_t = 8)]
+    batch: i64,
+    /// libtorch intra-op threads (default: libtorch's choice).
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Decoder layers, each with its own weights (the bundled model's shape by default).
+    #[arg(long, default_value_t = 30)]
+    layers: i64,
+    #[arg(long, default_value_t = 576)]
+    hidden: i64,
+    #[arg(long, default_value_t = 1536)]
+    intermediate: i64,
+    /// Width of the k and v projections.
+    #[arg(long, default_value_t = 192)]
+    kv: i64,
+    #[arg(long, default_value_t = 49152)]
+    vocab: i64,
+    /// Timed steps (the best is reported).
+    #[arg(long, default_value_t = 10)]
+    repeats: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -48,7 +75,13 @@ pub(super) struct RolloutArgs {
 }
 
 pub(super) fn run(bench: Bench) -> anyhow::Result<()> {
-    let Bench::Rollout(args) = bench;
+    match bench {
+        Bench::Rollout(args) => rollout(args),
+        Bench::Gemm(args) => gemm(args),
+    }
+}
+
+fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
     if let Some(t) = args.threads {
         tch::set_num_threads(t);
     }
@@ -98,6 +131,54 @@ pub(super) fn run(bench: Bench) -> anyhow::Result<()> {
     println!("tokens_per_s={:.1}", tokens / best);
     Ok(())
 }
+
+/// Times one decode step's products with distinct weights per layer (so they stream from
+/// memory as in a real step) through libtorch's `linear` and through `decode_linear`, next to
+/// the time it takes to read the weights once.
+fn gemm(args: GemmArgs) -> anyhow::Result<()> {
+    if let Some(t) = args.threads {
+        tch::set_num_threads(t);
+    }
+    let _no_grad = tch::no_grad_guard();
+    let (h, i, kv) = (args.hidden, args.intermediate, args.kv);
+    let layer = [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i)];
+    let mut weights: Vec<Tensor> = (0..args.layers)
+        .flat_map(|_| layer.iter().map(|&(n, k)| Tensor::randn([n, k], FLOAT)))
+        .collect();
+    weights.push(Tensor::randn([args.vocab, h], FLOAT)); // the head
+    let inputs: Vec<Tensor> = weights
+        .iter()
+        .map(|w| Tensor::randn([args.batch, w.size()[1]], FLOAT))
+        .collect();
+    let time = |product: &dyn Fn(&Tensor, &Tensor) -> Tensor| {
+        let mut best = f64::INFINITY;
+        for _ in 0..args.repeats.max(1) + 1 {
+            let start = Instant::now();
+            for (x, w) in inputs.iter().zip(&weights) {
+                let _ = product(x, w);
+            }
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        best * 1e3
+    };
+    let torch = time(&|x, w| x.linear::<Tensor>(w, None));
+    let ours = time(&|x, w| {
+        crate::model::decode_linear::linear(x, w).expect("the kernel applies (AVX-512, f32)")
+    });
+    let bytes: f64 = weights.iter().map(|w| w.numel() as f64 * 4.0).sum();
+    let floor = bytes / read_bandwidth(Device::Cpu) * 1e3;
+    println!(
+        "threads={} batch={} layers={} weight_bytes={bytes:.0}",
+        tch::get_num_threads(),
+        args.batch,
+        args.layers
+    );
+    println!("libtorch_linear_ms={torch:.2} oxrl_ms={ours:.2} read_floor_ms={floor:.2}");
+    println!("speedup={:.2}", torch / ours);
+    Ok(())
+}
+
+const FLOAT: (Kind, Device) = (Kind::Float, Device::Cpu);
 
 fn param_bytes(vs: &tch::nn::VarStore) -> f64 {
     vs.trainable_variables()

@@ -15,6 +15,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 use super::config::ModelConfig;
+use super::decode_linear;
 use super::kv_cache::KvCache;
 use super::rope::Rope;
 
@@ -83,7 +84,13 @@ pub struct Linear {
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Tensor {
-        let y = self.base.forward(x);
+        let y = match decode_linear::linear(x, &self.base.ws) {
+            Some(y) => match &self.base.bs {
+                Some(bias) => y + bias,
+                None => y,
+            },
+            None => self.base.forward(x),
+        };
         match &self.lora {
             Some(l) if !l.switch.disabled.load(Ordering::Relaxed) => {
                 let train = l.switch.training.load(Ordering::Relaxed);
@@ -392,7 +399,8 @@ impl Llama {
 
     /// Next-token logits from hidden states: `[.., hidden]` to `[.., vocab]`.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<Tensor>(&self.lm_head, None)
+        decode_linear::linear(hidden, &self.lm_head)
+            .unwrap_or_else(|| hidden.linear::<Tensor>(&self.lm_head, None))
     }
 
     /// Next-token logits for every position: `[batch, seq, vocab]`. See

@@ -1,8 +1,10 @@
 //! Model definitions and their configuration.
 
 pub mod config;
+pub mod decode_linear;
 pub mod kv_cache;
 pub mod llama;
+pub mod omp;
 pub mod random;
 pub mod rope;
 
