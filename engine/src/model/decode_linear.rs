@@ -19,11 +19,11 @@ pub const MAX_ROWS: usize = 32;
 
 /// Weight rows multiplied together (3 x [`ROW_BLOCK`] accumulators + 3 weight vectors + 1
 /// input vector fit AVX-512's 32 registers).
-const WEIGHT_ROWS: usize = 4;
-/// How many tiles ahead the weight rows are prefetched.
-const PREFETCH_TILES: usize = 1;
+const WEIGHT_ROWS: usize = 3;
+/// Weight rows kept in L2 while all input rows pass over them (a multiple of WEIGHT_ROWS).
+const STRIP_ROWS: usize = 48;
 /// Input rows multiplied together.
-const ROW_BLOCK: usize = 4;
+const ROW_BLOCK: usize = 8;
 
 /// `x Wᵀ` (no bias) for `x` `[.., in]` and `w` `[out, in]`, when this kernel applies: both f32
 /// on the CPU, at most [`MAX_ROWS`] rows, autograd off (no graph is recorded), AVX-512 and
@@ -113,27 +113,47 @@ impl Dims {
     }
 }
 
-/// `y[:, cols] = x W[cols]ᵀ`: each block of weight rows is read from memory once and
-/// multiplied with every block of input rows.
+/// `y[:, cols] = x W[cols]ᵀ`. The weight is read from memory once, in strips of
+/// [`STRIP_ROWS`] rows that stay in L2 while every block of input rows (in L1) passes over
+/// them, tile by tile.
 ///
 /// # Safety
 /// `x` is `[rows, k]`, `w` `[n, k]` and `y` `[rows, n]`, contiguous f32; `cols` ⊆ `0..n`.
 unsafe fn product(x: *const f32, w: *const f32, y: *mut f32, d: Dims, cols: Range<usize>) {
-    let mut n0 = cols.start;
-    while n0 < cols.end {
-        let r = (cols.end - n0).min(WEIGHT_ROWS);
-        for m0 in (0..d.rows).step_by(ROW_BLOCK) {
+    let passes = d.rows.div_ceil(ROW_BLOCK);
+    for strip in cols.clone().step_by(STRIP_ROWS) {
+        let strip_end = (strip + STRIP_ROWS).min(cols.end);
+        for (pass, m0) in (0..d.rows).step_by(ROW_BLOCK).enumerate() {
             let mb = (d.rows - m0).min(ROW_BLOCK);
-            let t = Tile {
-                x: x.add(m0 * d.k),
-                w: w.add(n0 * d.k),
-                y: y.add(m0 * d.n + n0),
-                k: d.k,
-                ldy: d.n,
-            };
-            tile_dispatch(r, mb, t);
+            let mut n0 = strip;
+            while n0 < strip_end {
+                let r = (strip_end - n0).min(WEIGHT_ROWS);
+                // The weight rows to be read from memory next are fetched while this tile
+                // computes: with one pass the next tile; with several, the next strip's
+                // tiles, spread over the passes so memory stays busy through all of them.
+                let ahead = if passes == 1 {
+                    n0 + r
+                } else if (n0 - strip) / WEIGHT_ROWS % passes == pass {
+                    n0 + STRIP_ROWS
+                } else {
+                    usize::MAX
+                };
+                let t = Tile {
+                    x: x.add(m0 * d.k),
+                    w: w.add(n0 * d.k),
+                    y: y.add(m0 * d.n + n0),
+                    ahead: if ahead < cols.end {
+                        w.add(ahead * d.k)
+                    } else {
+                        std::ptr::null()
+                    },
+                    k: d.k,
+                    ldy: d.n,
+                };
+                tile_dispatch(r, mb, t);
+                n0 += r;
+            }
         }
-        n0 += r;
     }
 }
 
@@ -143,6 +163,8 @@ struct Tile {
     x: *const f32,
     w: *const f32,
     y: *mut f32,
+    /// Weight rows to prefetch (the same `R` x `k` shape), or null.
+    ahead: *const f32,
     k: usize,
     ldy: usize,
 }
@@ -165,7 +187,7 @@ macro_rules! dispatch {
 /// # Safety
 /// As [`product`]; `r <= WEIGHT_ROWS`, `mb <= ROW_BLOCK`, AVX-512F available.
 unsafe fn tile_dispatch(r: usize, mb: usize, t: Tile) {
-    dispatch!(r, mb, t, [1, 2, 3, 4], [1, 2, 3, 4])
+    dispatch!(r, mb, t, [1, 2, 3], [1, 2, 3, 4, 5, 6, 7, 8])
 }
 
 /// `y[m][j] = Σ_k x[m][k] w[j][k]` for `j < R`, `m < MB`: 16 lanes of k at a time, one
@@ -184,7 +206,11 @@ unsafe fn tile<const R: usize, const MB: usize>(t: Tile) {
     while i < whole {
         for (r, v) in wv.iter_mut().enumerate() {
             *v = _mm512_loadu_ps(t.w.add(r * t.k + i));
-            _mm_prefetch::<_MM_HINT_T0>(t.w.add((PREFETCH_TILES * R + r) * t.k + i) as *const i8);
+        }
+        if !t.ahead.is_null() {
+            for r in 0..R {
+                _mm_prefetch::<_MM_HINT_T0>(t.ahead.wrapping_add(r * t.k + i) as *const i8);
+            }
         }
         for m in 0..MB {
             let xv = _mm512_loadu_ps(t.x.add(m * t.k + i));
