@@ -3,7 +3,8 @@
 //! predicted).
 //!
 //! Rows are right-padded: with causal attention a real token never attends to a later pad,
-//! so no key mask is needed and each row's positions start at 0.
+//! so no key mask is needed and each row's positions start at 0. Rows that share their prompt
+//! (a GRPO group) run it once: see [`predicting_hidden`].
 
 use std::ops::Range;
 
@@ -33,6 +34,9 @@ pub struct Rows {
     pub old_logp: Tensor,
     /// Completion length of each row.
     pub completion_lens: Vec<usize>,
+    /// Length of the prompt every row shares (0 when the rows' prompts differ or there is
+    /// one row): [`predicting_hidden`] runs it once for all rows.
+    pub shared_prompt: i64,
 }
 
 impl Rows {
@@ -126,6 +130,15 @@ pub fn collate(samples: &[&Sample], device: Device) -> Result<Rows> {
         mask: Tensor::from_slice(&mask).view([b, t]).to_device(device),
         old_logp: Tensor::from_slice(&old).view([b, t]).to_device(device),
         completion_lens: samples.iter().map(|s| s.completion_ids.len()).collect(),
+        shared_prompt: if b > 1
+            && samples
+                .iter()
+                .all(|s| s.prompt_ids == samples[0].prompt_ids)
+        {
+            samples[0].prompt_ids.len() as i64
+        } else {
+            0
+        },
     })
 }
 
@@ -170,11 +183,85 @@ pub fn token_logprobs(model: &Llama, rows: &Rows) -> TokenLogprobs {
 /// # Shapes
 /// returns `[B, T, hidden]`.
 pub fn predicting_hidden(model: &Llama, rows: &Rows) -> Tensor {
-    let hidden = model.forward_hidden(&rows.tokens, &rows.positions, None, None);
+    let hidden = if rows.shared_prompt > 0 {
+        shared_prompt_hidden(model, rows)
+    } else {
+        model.forward_hidden(&rows.tokens, &rows.positions, None, None)
+    };
     let h = hidden.size()[2];
     let (b, t) = (rows.predict_at.size()[0], rows.predict_at.size()[1]);
     let idx = rows.predict_at.unsqueeze(-1).expand([b, t, h], false);
     hidden.gather(1, &idx, false)
+}
+
+/// Final hidden states of rows that share their prompt: the prompt runs once (batch 1), every
+/// row attends to its keys and values (`index_select`, so the rows' gradients add up in it),
+/// and only the completions run per row. The same function as the plain forward; a group of
+/// G completions pays for its prompt once instead of G times.
+///
+/// # Shapes
+/// returns `[B, L, hidden]` like `forward_hidden` on all rows.
+fn shared_prompt_hidden(model: &Llama, rows: &Rows) -> Tensor {
+    let p = rows.shared_prompt;
+    let (b, l) = rows.tokens.size2().expect("tokens are [B, L]");
+    let mut cache = model.new_cache();
+    let prompt = model.forward_hidden(
+        &rows.tokens.narrow(0, 0, 1).narrow(1, 0, p),
+        &rows.positions.narrow(0, 0, 1).narrow(1, 0, p),
+        None,
+        Some(&mut cache),
+    );
+    let prompt = prompt.expand([b, p, prompt.size()[2]], false);
+    if l == p {
+        return prompt;
+    }
+    cache.select_rows(&Tensor::zeros([b], (Kind::Int64, rows.tokens.device())));
+    let completions = model.forward_hidden(
+        &rows.tokens.narrow(1, p, l - p),
+        &rows.positions.narrow(1, p, l - p),
+        None,
+        Some(&mut cache),
+    );
+    Tensor::cat(&[prompt, completions], 1)
+}
+
+/// Fewest rows sharing a prompt for them to get micro-batches of their own: below it, running
+/// the prompt once saves less than batching with other prompts' rows gains.
+const MIN_SHARED_ROWS: usize = 4;
+
+/// Micro-batches as [`micro_batches`] makes them, except that a run of at least
+/// [`MIN_SHARED_ROWS`] consecutive samples with the same prompt (a GRPO group) is split on its
+/// own, so its micro-batches share their prompt and compute it once. Runs never split a unit.
+pub fn prompt_micro_batches(
+    samples: &[&Sample],
+    unit: usize,
+    budget: Option<usize>,
+) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let flush = |range: Range<usize>, out: &mut Vec<Range<usize>>| {
+        let lens: Vec<usize> = samples[range.clone()]
+            .iter()
+            .map(|s| s.prompt_ids.len() + s.completion_ids.len())
+            .collect();
+        let shift = |r: Range<usize>| r.start + range.start..r.end + range.start;
+        out.extend(micro_batches(&lens, unit, budget).into_iter().map(shift));
+    };
+    let (mut mixed_start, mut run_start) = (0, 0);
+    for i in 1..=samples.len() {
+        if i < samples.len() && samples[i].prompt_ids == samples[run_start].prompt_ids {
+            continue;
+        }
+        let whole_units = run_start % unit.max(1) == 0 && i % unit.max(1) == 0;
+        if i - run_start >= MIN_SHARED_ROWS && whole_units {
+            flush(mixed_start..run_start, &mut out);
+            flush(run_start..i, &mut out);
+            mixed_start = i;
+        }
+        run_start = i;
+    }
+    flush(mixed_start..samples.len(), &mut out);
+    out.retain(|r| !r.is_empty());
+    out
 }
 
 /// Splits items into consecutive micro-batches whose padded size (rows x longest row) stays

@@ -13,7 +13,7 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use super::algorithm::{mask_count, masked_sum, Algorithm, BatchContext, LossInput, StepScale};
-use super::batch::{collate, micro_batches, token_logprobs, validate, Rows};
+use super::batch::{collate, prompt_micro_batches, token_logprobs, validate, Rows};
 use super::dpo::{Dpo, DpoConfig};
 use super::expert::{ExpertIteration, ExpertIterationConfig};
 use super::grpo::{Grpo, GrpoConfig};
@@ -238,12 +238,8 @@ impl Learner {
     }
 
     fn logprobs_with(&self, model: &Llama, samples: &[&Sample]) -> Result<Vec<Vec<f32>>> {
-        let lens: Vec<usize> = samples
-            .iter()
-            .map(|s| s.prompt_ids.len() + s.completion_ids.len())
-            .collect();
         let mut out = Vec::with_capacity(samples.len());
-        for r in micro_batches(&lens, 1, self.cfg.max_tokens_per_micro_batch) {
+        for r in prompt_micro_batches(samples, 1, self.cfg.max_tokens_per_micro_batch) {
             let rows = collate(&samples[r.clone()], model.device())?;
             let logp = tch::no_grad(|| token_logprobs(model, &rows).logp)
                 .to_device(Device::Cpu)
@@ -263,11 +259,7 @@ impl Learner {
             .as_ref()
             .ok_or_else(|| Error::Invalid("learner: no critic".into()))?;
         let mut out = Vec::with_capacity(samples.len());
-        let lens: Vec<usize> = samples
-            .iter()
-            .map(|s| s.prompt_ids.len() + s.completion_ids.len())
-            .collect();
-        for r in micro_batches(&lens, 1, self.cfg.max_tokens_per_micro_batch) {
+        for r in prompt_micro_batches(samples, 1, self.cfg.max_tokens_per_micro_batch) {
             let rows = collate(&samples[r.clone()], critic.vs.device())?;
             let v = tch::no_grad(|| critic.values(&rows)).to_device(Device::Cpu);
             for (i, s) in samples[r].iter().enumerate() {
@@ -401,12 +393,8 @@ impl Learner {
         stats: &mut Stats,
     ) -> Result<()> {
         let samples = part.samples;
-        let lens: Vec<usize> = samples
-            .iter()
-            .map(|s| s.prompt_ids.len() + s.completion_ids.len())
-            .collect();
-        let micros = micro_batches(
-            &lens,
+        let micros = prompt_micro_batches(
+            samples,
             self.algorithm.unit(),
             self.cfg.max_tokens_per_micro_batch,
         );
