@@ -17,13 +17,35 @@ use super::omp;
 /// Most input rows this kernel takes; above it libtorch's GEMM is faster (`oxrl bench gemm`).
 pub const MAX_ROWS: usize = 32;
 
-/// Weight rows multiplied together (3 x [`ROW_BLOCK`] accumulators + 3 weight vectors + 1
-/// input vector fit AVX-512's 32 registers).
-const WEIGHT_ROWS: usize = 3;
-/// Weight rows kept in L2 while all input rows pass over them (a multiple of WEIGHT_ROWS).
+/// Weight rows kept in L2 while all input rows pass over them (a multiple of every
+/// [`Blocking::weight_rows`]).
 const STRIP_ROWS: usize = 48;
-/// Input rows multiplied together.
-const ROW_BLOCK: usize = 8;
+
+/// A tile's register blocking: weight rows x input rows, one 16-lane accumulator each, plus
+/// one vector per weight row and one input vector, within AVX-512's 32 registers.
+#[derive(Debug, Clone, Copy)]
+struct Blocking {
+    weight_rows: usize,
+    input_rows: usize,
+}
+
+impl Blocking {
+    /// Up to 8 input rows the product is bound by reading the weights: 3 x 8 takes them all
+    /// in one pass. More rows make it compute-bound: 4 x 6 shares each row's reduction.
+    fn for_rows(rows: usize) -> Self {
+        if rows <= 8 {
+            Self {
+                weight_rows: 3,
+                input_rows: 8,
+            }
+        } else {
+            Self {
+                weight_rows: 4,
+                input_rows: 6,
+            }
+        }
+    }
+}
 
 /// `x Wᵀ` (no bias) for `x` `[.., in]` and `w` `[out, in]`, when this kernel applies: both f32
 /// on the CPU, at most [`MAX_ROWS`] rows, autograd off (no graph is recorded), AVX-512 and
@@ -47,6 +69,7 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Option<Tensor> {
     *shape.last_mut()? = n;
     let y = Tensor::empty(shape.as_slice(), (Kind::Float, Device::Cpu));
     let dims = Dims {
+        block: Blocking::for_rows(rows),
         rows,
         k: k as usize,
         n: n as usize,
@@ -86,7 +109,7 @@ fn supported() -> bool {
 
 /// libtorch's (thread-local) autograd mode. Its C API has no getter: setting the mode
 /// returns the previous one, which is put straight back.
-fn grad_enabled() -> bool {
+pub(super) fn grad_enabled() -> bool {
     // SAFETY: plain calls into libtorch that cannot fail.
     unsafe {
         let previous = torch_sys::at_grad_set_enabled(0);
@@ -97,6 +120,7 @@ fn grad_enabled() -> bool {
 
 #[derive(Debug, Clone, Copy)]
 struct Dims {
+    block: Blocking,
     rows: usize,
     k: usize,
     n: usize,
@@ -104,12 +128,11 @@ struct Dims {
 
 impl Dims {
     /// Output columns (weight rows) for thread `index` of `count`: contiguous, so each thread
-    /// streams its own part of the weight, in whole blocks of [`WEIGHT_ROWS`].
+    /// streams its own part of the weight, in whole tiles.
     fn share(&self, index: usize, count: usize) -> Range<usize> {
-        let blocks = self.n.div_ceil(WEIGHT_ROWS);
-        let per = blocks.div_ceil(count);
-        let start = (index * per * WEIGHT_ROWS).min(self.n);
-        start..((index + 1) * per * WEIGHT_ROWS).min(self.n)
+        let tile = self.block.weight_rows;
+        let per = self.n.div_ceil(tile).div_ceil(count) * tile;
+        (index * per).min(self.n)..((index + 1) * per).min(self.n)
     }
 }
 
@@ -120,20 +143,24 @@ impl Dims {
 /// # Safety
 /// `x` is `[rows, k]`, `w` `[n, k]` and `y` `[rows, n]`, contiguous f32; `cols` ⊆ `0..n`.
 unsafe fn product(x: *const f32, w: *const f32, y: *mut f32, d: Dims, cols: Range<usize>) {
-    let passes = d.rows.div_ceil(ROW_BLOCK);
+    let Blocking {
+        weight_rows,
+        input_rows,
+    } = d.block;
+    let passes = d.rows.div_ceil(input_rows);
     for strip in cols.clone().step_by(STRIP_ROWS) {
         let strip_end = (strip + STRIP_ROWS).min(cols.end);
-        for (pass, m0) in (0..d.rows).step_by(ROW_BLOCK).enumerate() {
-            let mb = (d.rows - m0).min(ROW_BLOCK);
+        for (pass, m0) in (0..d.rows).step_by(input_rows).enumerate() {
+            let mb = (d.rows - m0).min(input_rows);
             let mut n0 = strip;
             while n0 < strip_end {
-                let r = (strip_end - n0).min(WEIGHT_ROWS);
+                let r = (strip_end - n0).min(weight_rows);
                 // The weight rows to be read from memory next are fetched while this tile
                 // computes: with one pass the next tile; with several, the next strip's
                 // tiles, spread over the passes so memory stays busy through all of them.
                 let ahead = if passes == 1 {
                     n0 + r
-                } else if (n0 - strip) / WEIGHT_ROWS % passes == pass {
+                } else if (n0 - strip) / weight_rows % passes == pass {
                     n0 + STRIP_ROWS
                 } else {
                     usize::MAX
@@ -185,9 +212,9 @@ macro_rules! dispatch {
 }
 
 /// # Safety
-/// As [`product`]; `r <= WEIGHT_ROWS`, `mb <= ROW_BLOCK`, AVX-512F available.
+/// As [`product`]; `r <= 4`, `mb <= 8`, AVX-512F and VL available.
 unsafe fn tile_dispatch(r: usize, mb: usize, t: Tile) {
-    dispatch!(r, mb, t, [1, 2, 3], [1, 2, 3, 4, 5, 6, 7, 8])
+    dispatch!(r, mb, t, [1, 2, 3, 4], [1, 2, 3, 4, 5, 6, 7, 8])
 }
 
 /// `y[m][j] = Σ_k x[m][k] w[j][k]` for `j < R`, `m < MB`: 16 lanes of k at a time, one
@@ -233,11 +260,47 @@ unsafe fn tile<const R: usize, const MB: usize>(t: Tile) {
             }
         }
     }
-    for (r, row) in acc.iter().enumerate() {
-        for (m, a) in row.iter().enumerate() {
-            *t.y.add(m * t.ldy + r) = _mm512_reduce_add_ps(*a);
+    if R == 4 {
+        // Four weight rows: each input row's four sums reduce together into one store.
+        for m in 0..MB {
+            let sums = reduce4(acc[0][m], acc[1][m], acc[2][m], acc[3][m]);
+            _mm_storeu_ps(t.y.add(m * t.ldy), sums);
+        }
+    } else {
+        for (r, row) in acc.iter().enumerate() {
+            for (m, a) in row.iter().enumerate() {
+                *t.y.add(m * t.ldy + r) = _mm512_reduce_add_ps(*a);
+            }
         }
     }
+}
+
+/// The lane sums of four vectors, `[Σa, Σb, Σc, Σd]`: a transposing add tree that shares
+/// its shuffles between the four (13 instructions where four separate reductions take ~32).
+#[target_feature(enable = "avx512f,avx512vl")]
+fn reduce4(
+    a: std::arch::x86_64::__m512,
+    b: std::arch::x86_64::__m512,
+    c: std::arch::x86_64::__m512,
+    d: std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m128 {
+    use std::arch::x86_64::*;
+    // Per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] and the same for c, d.
+    let ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    let cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    // Per 128-bit lane: [Σa, Σb, Σc, Σd] over that lane.
+    let lanes = _mm512_add_ps(
+        _mm512_shuffle_ps::<0x44>(ab, cd),
+        _mm512_shuffle_ps::<0xEE>(ab, cd),
+    );
+    let halves = _mm256_add_ps(
+        _mm512_castps512_ps256(lanes),
+        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(lanes))),
+    );
+    _mm_add_ps(
+        _mm256_castps256_ps128(halves),
+        _mm256_extractf128_ps::<1>(halves),
+    )
 }
 
 #[cfg(test)]

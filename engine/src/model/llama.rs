@@ -15,9 +15,9 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 use super::config::ModelConfig;
-use super::decode_linear;
 use super::kv_cache::KvCache;
 use super::rope::Rope;
+use super::{decode_attention, decode_linear};
 
 /// Root-mean-square layer norm, computed in f32 like transformers' `LlamaRMSNorm`.
 #[derive(Debug)]
@@ -195,8 +195,9 @@ impl Attention {
         };
         let is_causal = ctx.mask.is_none() && t > 1;
         let gqa = self.num_heads != self.num_kv_heads;
-        let out =
-            Tensor::scaled_dot_product_attention(&q, &k, &v, ctx.mask, 0.0, is_causal, None, gqa);
+        let out = decode_attention::attend(&q, &k, &v, ctx.mask).unwrap_or_else(|| {
+            Tensor::scaled_dot_product_attention(&q, &k, &v, ctx.mask, 0.0, is_causal, None, gqa)
+        });
         self.o_proj.forward(
             &out.transpose(1, 2)
                 .reshape([b, t, self.num_heads * self.head_dim]),

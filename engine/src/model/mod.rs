@@ -1,6 +1,7 @@
 //! Model definitions and their configuration.
 
 pub mod config;
+pub mod decode_attention;
 pub mod decode_linear;
 pub mod kv_cache;
 pub mod llama;

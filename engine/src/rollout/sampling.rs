@@ -157,7 +157,11 @@ fn draw(logp: &Tensor, rngs: &mut [SequenceRng]) -> Tensor {
         .gather(1, &idx.unsqueeze(1), false)
         .squeeze_dim(1)
         .gt(0.0);
-    idx.where_self(&ok, &probs.argmax(-1, false))
+    if bool::try_from(ok.all()).unwrap_or(false) {
+        idx // the usual case: no second pass over the vocabulary
+    } else {
+        idx.where_self(&ok, &probs.argmax(-1, false))
+    }
 }
 
 #[cfg(test)]
