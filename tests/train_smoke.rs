@@ -133,6 +133,24 @@ fn config_errors_name_the_file_and_key() {
         !ok && err.contains("smoke.toml") && err.contains("eval.k = 2"),
         "{err}"
     );
+    // A reward's own options are checked too (each reward parses its own table).
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo.toml");
+    let text = std::fs::read_to_string(config()).unwrap();
+    std::fs::write(&typo, text.replace("overlong_max =", "overlong_maxx =")).unwrap();
+    let out = Command::new(oxrl_bin())
+        .args(["config", "check"])
+        .arg(&typo)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("typo.toml")
+            && err.contains("length")
+            && err.contains("overlong_maxx"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
+
 use crate::train::{Resume, RunConfig, Trainer};
 
 #[derive(Debug, clap::Args)]
@@ -45,6 +47,9 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
 pub(super) fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
     let ConfigCommand::Check(args) = cmd;
     let cfg = RunConfig::load(&args.config, &args.overrides)?;
+    // Reward options are each builder's own: building the rewards checks them too.
+    oxrl_rewards::WeightedRewards::from_specs(&oxrl_rewards::Registry::default(), &cfg.rewards)
+        .with_context(|| format!("{}: building [[rewards]]", args.config.display()))?;
     println!(
         "{}: ok ({} steps, algorithm {:?})",
         args.config.display(),

@@ -14,7 +14,8 @@ use tch::{Device, Kind, Tensor};
 
 use super::omp;
 
-/// Most input rows this kernel takes; above it libtorch's GEMM is faster (`oxrl bench gemm`).
+/// Most input rows this kernel takes (a decode batch); longer inputs (prefill, training) are
+/// compute-bound, where libtorch's packed GEMM is the right tool.
 pub const MAX_ROWS: usize = 32;
 
 /// Weight rows kept in L2 while all input rows pass over them (a multiple of every

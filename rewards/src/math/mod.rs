@@ -27,6 +27,10 @@ pub struct MathConfig {
     pub percent_as_fraction: bool,
     /// Relative tolerance for numeric comparison (absolute below magnitude 1).
     pub rel_tol: f64,
+    /// The answer must be stated as a number (`2`, `-3.5`, `x = 7 - 5 = 2`), not left as an
+    /// expression to evaluate (`7 - 5`): for tasks whose prompt is itself the expression,
+    /// where echoing it back would otherwise score.
+    pub literal_answer: bool,
 }
 
 impl Default for MathConfig {
@@ -35,6 +39,7 @@ impl Default for MathConfig {
             answer_field: "answer".into(),
             percent_as_fraction: true,
             rel_tol: 1e-6,
+            literal_answer: false,
         }
     }
 }
@@ -134,11 +139,25 @@ impl MathReward {
         }
         let pred = parse_completion(completion)
             .ok_or_else(|| RewardFailure::Parse("no answer found in completion".into()))?;
+        if self.cfg.literal_answer && !states_a_number(&pred.expr) {
+            return Ok(0.0);
+        }
         Ok(if self.answers_match(&gold, &pred) {
             1.0
         } else {
             0.0
         })
+    }
+}
+
+/// Whether an answer states a number: a numeral, possibly negated, or an equation chain
+/// ending in one (`7 - 5 = 2` states 2).
+fn states_a_number(expr: &Expr) -> bool {
+    match expr {
+        Expr::Num(_) => true,
+        Expr::Neg(inner) => matches!(**inner, Expr::Num(_)),
+        Expr::Eq(members) => members.last().is_some_and(states_a_number),
+        _ => false,
     }
 }
 
@@ -390,5 +409,23 @@ mod tests {
         assert!(num_eq(1.0 / 3.0, 0.333_333_4, 1e-6));
         assert!(!num_eq(0.333, 1.0 / 3.0, 1e-6));
         assert!(!num_eq(1e-8, 2e-8, 1e-6));
+    }
+
+    #[test]
+    fn literal_answer_rejects_an_echoed_expression() {
+        let literal = MathReward::new(MathConfig {
+            literal_answer: true,
+            ..Default::default()
+        });
+        let lenient = MathReward::default();
+        // Math-Verify semantics: `7 - 5` evaluates to the reference 2.
+        assert_eq!(lenient.score_one("7 - 5", "2"), Ok(1.0));
+        assert_eq!(literal.score_one("7 - 5", "2"), Ok(0.0));
+        assert_eq!(literal.score_one("3 * 4", "12"), Ok(0.0));
+        for stated in ["2", "The answer is 2.", "7 - 5 = 2", "\\boxed{2}", "#### 2"] {
+            assert_eq!(literal.score_one(stated, "2"), Ok(1.0), "{stated}");
+        }
+        assert_eq!(literal.score_one("-3", "-3"), Ok(1.0));
+        assert_eq!(literal.score_one("7 - 5 = 3", "2"), Ok(0.0));
     }
 }
