@@ -47,9 +47,8 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
 pub(super) fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
     let ConfigCommand::Check(args) = cmd;
     let cfg = RunConfig::load(&args.config, &args.overrides)?;
-    // Reward options are each builder's own: building the rewards checks them too.
-    oxrl_rewards::WeightedRewards::from_specs(&oxrl_rewards::Registry::default(), &cfg.rewards)
-        .with_context(|| format!("{}: building [[rewards]]", args.config.display()))?;
+    cfg.build_rewards()
+        .with_context(|| args.config.display().to_string())?;
     println!(
         "{}: ok ({} steps, algorithm {:?})",
         args.config.display(),

@@ -56,8 +56,7 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Opti
         mask.as_ref().map_or(0, |m| m.data_ptr() as usize),
     ];
     let items = (b * heads) as usize;
-    let threads = tch::get_num_threads().max(1) as usize;
-    omp::parallel(threads, |index, count| {
+    omp::parallel(|index, count| {
         let mut scores = vec![0f32; shape.keys];
         for item in (index..items).step_by(count) {
             // SAFETY: the pointers address the tensors above with the shapes and strides in

@@ -80,8 +80,7 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Option<Tensor> {
         w.data_ptr() as usize,
         y.data_ptr() as usize,
     );
-    let threads = tch::get_num_threads().max(1) as usize;
-    omp::parallel(threads, |index, count| {
+    omp::parallel(|index, count| {
         let range = dims.share(index, count);
         // SAFETY: the pointers address contiguous f32 buffers of the sizes in `dims`, alive
         // for the call; each thread writes only the output columns in its own `range`.

@@ -49,10 +49,10 @@ pub fn available() -> bool {
     gomp().is_some()
 }
 
-/// Runs `body(thread_index, thread_count)` once on each of `threads` threads of the OpenMP
-/// team and returns when all are done. `body` must not panic (it would abort the process).
-/// Does nothing if [`available`] is false.
-pub fn parallel<F: Fn(usize, usize) + Sync>(threads: usize, body: F) {
+/// Runs `body(thread_index, thread_count)` once on each of libtorch's intra-op threads
+/// (`tch::get_num_threads`) and returns when all are done. `body` must not panic (it would
+/// abort the process). Does nothing if [`available`] is false.
+pub fn parallel<F: Fn(usize, usize) + Sync>(body: F) {
     extern "C" fn trampoline<F: Fn(usize, usize) + Sync>(data: *mut c_void) {
         let gomp = gomp().expect("GOMP_parallel found");
         // SAFETY: `data` is the `&F` passed below, alive until GOMP_parallel returns.
@@ -63,8 +63,9 @@ pub fn parallel<F: Fn(usize, usize) + Sync>(threads: usize, body: F) {
     }
     if let Some(gomp) = gomp() {
         let data = &body as *const F as *mut c_void;
+        let threads = tch::get_num_threads().max(1) as c_uint;
         // SAFETY: `trampoline::<F>` reads `data` as `&F`, which outlives the region.
-        unsafe { (gomp.parallel)(trampoline::<F>, data, threads.max(1) as c_uint, 0) };
+        unsafe { (gomp.parallel)(trampoline::<F>, data, threads, 0) };
     }
 }
 
@@ -75,10 +76,10 @@ mod tests {
 
     #[test]
     fn every_thread_runs_once_with_its_index() {
-        let _ = tch::get_num_threads(); // libtorch (and with it libgomp) is loaded
+        tch::set_num_threads(2); // loads libtorch (and with it libgomp); the team's size
         assert!(available(), "libtorch's libgomp should be loaded");
         let (seen, counts) = (AtomicUsize::new(0), AtomicUsize::new(0));
-        parallel(2, |i, n| {
+        parallel(|i, n| {
             seen.fetch_or(1 << i, Ordering::Relaxed);
             counts.fetch_add(n, Ordering::Relaxed);
         });

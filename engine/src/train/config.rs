@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use oxrl_envs::{EnvConfig, LoadedEnv, Row};
-use oxrl_rewards::RewardSpec;
+use oxrl_rewards::{Registry, RewardSpec, WeightedRewards};
 use serde::{Deserialize, Serialize};
 
 use crate::learner::lora::LoraConfig;
@@ -326,6 +326,12 @@ impl RunConfig {
         cfg.model.path = base.join(&cfg.model.path);
         cfg.validate().with_context(|| path.display().to_string())?;
         Ok(cfg)
+    }
+
+    /// The `[[rewards]]`, built: each reward parses (and so checks) its own options.
+    pub fn build_rewards(&self) -> anyhow::Result<WeightedRewards> {
+        WeightedRewards::from_specs(&Registry::default(), &self.rewards)
+            .context("building [[rewards]]")
     }
 
     fn validate(&self) -> anyhow::Result<()> {

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use oxrl_envs::LoadedEnv;
-use oxrl_rewards::{Registry, WeightedRewards};
+use oxrl_rewards::WeightedRewards;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
@@ -189,7 +189,7 @@ pub fn evaluate(
     let template = model.tokenizer.chat_template().cloned();
     let env =
         LoadedEnv::from_config(&cfg.env, &cfg.base_dir, template).context("building [env]")?;
-    let rewards = WeightedRewards::from_specs(&Registry::default(), &cfg.rewards)?;
+    let rewards = cfg.build_rewards()?;
     Evaluator {
         model: &model.model,
         tokenizer: &model.tokenizer,

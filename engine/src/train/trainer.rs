@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use oxrl_envs::{LoadedEnv, Row, Sampler};
-use oxrl_rewards::{CombinedScores, Registry, WeightedRewards};
+use oxrl_rewards::{CombinedScores, WeightedRewards};
 use serde_json::{json, Map, Value};
 use tch::nn::VarStore;
 
@@ -129,8 +129,7 @@ impl Trainer {
         if cfg.rollout.source == RolloutSource::Dataset {
             pairs::check_rows(&env)?;
         }
-        let rewards = WeightedRewards::from_specs(&Registry::default(), &cfg.rewards)
-            .context("building [[rewards]]")?;
+        let rewards = cfg.build_rewards()?;
         let mut learner =
             Learner::new(vs, model, cfg.learner.clone()).context("building [learner]")?;
         let from = match resume {
