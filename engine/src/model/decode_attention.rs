@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use tch::{Device, Kind, Tensor};
 
-use super::omp;
+use super::{fused, omp};
 
 /// `softmax(q kᵀ / sqrt(d) + mask) v` for one query per sequence, when this kernel applies:
 /// f32 on the CPU, `q` `[b, heads, 1, d]`, `k`/`v` `[b, kv_heads, keys, d]` with contiguous
@@ -58,7 +58,10 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Opti
     let items = (b * heads) as usize;
     omp::parallel(|index, count| {
         let mut scores = vec![0f32; shape.keys];
-        for item in (index..items).step_by(count) {
+        // Contiguous blocks, so the query heads sharing a key/value head run one after
+        // another on one thread while those keys and values are in its L1.
+        let per = items.div_ceil(count);
+        for item in (index * per).min(items)..((index + 1) * per).min(items) {
             // SAFETY: the pointers address the tensors above with the shapes and strides in
             // `shape`, alive for the call; each item writes only its own output row.
             unsafe { one_query(&ptrs, shape, item, &mut scores) };
@@ -117,11 +120,7 @@ unsafe fn one_query(ptrs: &[usize; 5], s: Shape, item: usize, scores: &mut [f32]
         std::ptr::write_bytes(out, 0, s.d);
         return;
     }
-    let mut total = 0.0;
-    for score in scores.iter_mut() {
-        *score = (*score - max).exp();
-        total += *score;
-    }
+    let total = exp_shifted(scores, max);
     // Weighted sum of value rows, 64 columns (4 vectors) at a time.
     for c in (0..s.d).step_by(64) {
         let vectors = ((s.d - c) / 16).min(4);
@@ -140,6 +139,25 @@ unsafe fn one_query(ptrs: &[usize; 5], s: Shape, item: usize, scores: &mut [f32]
             _mm512_storeu_ps(out.add(c + 16 * u), _mm512_mul_ps(*a, norm));
         }
     }
+}
+
+/// `scores[j] = e^(scores[j] - max)`, 16 at a time; returns their sum.
+#[target_feature(enable = "avx512f")]
+fn exp_shifted(scores: &mut [f32], max: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let shift = _mm512_set1_ps(max);
+    let mut total = _mm512_setzero_ps();
+    for chunk in scores.chunks_mut(16) {
+        let mask = ((1u32 << chunk.len()) - 1) as __mmask16;
+        // SAFETY: the masked load and store touch only the chunk's lanes.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(mask, chunk.as_ptr());
+            let e = _mm512_maskz_mov_ps(mask, fused::exp(_mm512_sub_ps(x, shift)));
+            _mm512_mask_storeu_ps(chunk.as_mut_ptr(), mask, e);
+            total = _mm512_add_ps(total, e);
+        }
+    }
+    _mm512_reduce_add_ps(total)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 use super::config::ModelConfig;
 use super::kv_cache::KvCache;
 use super::rope::Rope;
-use super::{decode_attention, decode_linear};
+use super::{decode_attention, decode_linear, fused};
 
 /// Root-mean-square layer norm, computed in f32 like transformers' `LlamaRMSNorm`.
 #[derive(Debug)]
@@ -37,6 +37,10 @@ impl RmsNorm {
 
     /// Normalises `x` (`[.., dim]`).
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        fused::rms_norm(x, &self.weight, self.eps).unwrap_or_else(|| self.forward_torch(x))
+    }
+
+    fn forward_torch(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
         let x32 = x.to_kind(Kind::Float);
         let var = x32.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
@@ -181,14 +185,18 @@ impl Attention {
     ///   (true = may attend)
     fn forward(&self, x: &Tensor, ctx: &mut LayerContext) -> Tensor {
         let (b, t, _) = x.size3().expect("attention input is [batch, seq, hidden]");
-        let heads = |proj: &Linear, n: i64| {
-            proj.forward(x)
-                .view([b, t, n, self.head_dim])
-                .transpose(1, 2)
+        let heads = |y: Tensor, n: i64| y.view([b, t, n, self.head_dim]).transpose(1, 2);
+        let rotated = |proj: &Linear, n: i64| {
+            let y = proj.forward(x);
+            if fused::rope_in_place(&y, ctx.cos, ctx.sin) {
+                heads(y, n)
+            } else {
+                Rope::rotate(&heads(y, n), ctx.cos, ctx.sin)
+            }
         };
-        let q = Rope::rotate(&heads(&self.q_proj, self.num_heads), ctx.cos, ctx.sin);
-        let k = Rope::rotate(&heads(&self.k_proj, self.num_kv_heads), ctx.cos, ctx.sin);
-        let v = heads(&self.v_proj, self.num_kv_heads);
+        let q = rotated(&self.q_proj, self.num_heads);
+        let k = rotated(&self.k_proj, self.num_kv_heads);
+        let v = heads(self.v_proj.forward(x), self.num_kv_heads);
         let (k, v) = match ctx.cache.as_deref_mut() {
             Some(cache) => cache.append(ctx.layer, k, v),
             None => (k, v),
@@ -229,8 +237,13 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        let gate = self.gate_proj.forward(x).silu();
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)))
+        let (gate, up) = (self.gate_proj.forward(x), self.up_proj.forward(x));
+        let hidden = if fused::silu_mul_in_place(&gate, &up) {
+            gate
+        } else {
+            gate.silu() * up
+        };
+        self.down_proj.forward(&hidden)
     }
 }
 
@@ -263,12 +276,20 @@ impl DecoderLayer {
         }
     }
 
-    fn forward(&self, x: &Tensor, ctx: &mut LayerContext) -> Tensor {
-        let x = x + self
-            .self_attn
-            .forward(&self.input_layernorm.forward(x), ctx);
+    fn forward(&self, x: Tensor, ctx: &mut LayerContext) -> Tensor {
+        let attn = self.self_attn.forward(&self.input_layernorm.forward(&x), ctx);
+        let x = residual(x, &attn);
         let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x));
-        x + mlp
+        residual(x, &mlp)
+    }
+}
+
+/// `x + y` for the residual stream, in place when no graph is recorded (`x` is the layer's own).
+fn residual(x: Tensor, y: &Tensor) -> Tensor {
+    if fused::add_in_place(&x, y) {
+        x
+    } else {
+        x + y
     }
 }
 
@@ -393,7 +414,7 @@ impl Llama {
                 cache: cache.as_deref_mut(),
                 layer: i,
             };
-            x = layer.forward(&x, &mut ctx);
+            x = layer.forward(x, &mut ctx);
         }
         self.norm.forward(&x)
     }

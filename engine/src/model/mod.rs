@@ -3,6 +3,7 @@
 pub mod config;
 pub mod decode_attention;
 pub mod decode_linear;
+pub mod fused;
 pub mod kv_cache;
 pub mod llama;
 pub mod omp;
