@@ -20,14 +20,15 @@ use super::{decode_linear::grad_enabled, omp};
 /// Whether the fused kernels may run on these tensors: f32, contiguous, on the CPU, autograd
 /// off, AVX-512 and libgomp present.
 fn applies(tensors: &[&Tensor]) -> bool {
-    supported()
+    available()
         && tensors.iter().all(|t| {
             t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous()
         })
         && !grad_enabled()
 }
 
-fn supported() -> bool {
+/// Whether the CPU and runtime have what these kernels need (AVX-512F, libtorch's libgomp).
+pub(crate) fn available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| is_x86_feature_detected!("avx512f") && omp::available())
 }
@@ -194,7 +195,7 @@ pub fn add_in_place(acc: &Tensor, y: &Tensor) -> bool {
 /// a degree-6 polynomial for `e^r`, then scaling by `2^n`). Underflows to 0 below -104,
 /// keeps NaN.
 #[target_feature(enable = "avx512f")]
-pub(super) fn exp(x: __m512) -> __m512 {
+pub(crate) fn exp(x: __m512) -> __m512 {
     // Below ln(2^-150) every result rounds to 0; above ln(f32::MAX) to infinity. `max_ps`
     // returns its second operand when either is NaN, so NaN passes through.
     let x = _mm512_min_ps(_mm512_set1_ps(88.72), _mm512_max_ps(_mm512_set1_ps(-104.0), x));
@@ -224,7 +225,7 @@ mod tests {
 
     #[test]
     fn exp_is_within_two_ulp_and_handles_the_edges() {
-        if !supported() {
+        if !available() {
             return;
         }
         let xs: Vec<f32> = (-2000..=2000)
@@ -257,7 +258,7 @@ mod tests {
         let x = Tensor::randn([3, 5, 64], F32) * 3;
         let w = Tensor::randn([64], F32);
         let Some(ours) = rms_norm(&x, &w, 1e-5) else {
-            assert!(!supported(), "the kernels should apply");
+            assert!(!available(), "the kernels should apply");
             return;
         };
         let var = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);

@@ -3,6 +3,7 @@
 
 pub mod generate;
 pub mod pool;
+mod sample_kernel;
 pub mod sampling;
 pub mod stop;
 

@@ -85,7 +85,7 @@ impl SequenceRng {
         Self(rng)
     }
 
-    fn uniform(&mut self) -> f64 {
+    pub(super) fn uniform(&mut self) -> f64 {
         self.0.random::<f64>()
     }
 }
@@ -95,6 +95,16 @@ impl SequenceRng {
 /// # Shapes
 /// - `logits`: `[batch, vocab]`; `rngs.len() == batch`
 pub fn sample(
+    logits: &Tensor,
+    params: &SamplingParams,
+    rngs: &mut [SequenceRng],
+) -> (Tensor, Tensor) {
+    super::sample_kernel::sample(logits, params, rngs)
+        .unwrap_or_else(|| sample_torch(logits, params, rngs))
+}
+
+/// [`sample`] in libtorch ops: any device, dtype and truncation.
+fn sample_torch(
     logits: &Tensor,
     params: &SamplingParams,
     rngs: &mut [SequenceRng],
@@ -259,6 +269,21 @@ mod tests {
         let a = sample(&x, &SamplingParams::default(), &mut rngs(3)).0;
         let b = sample(&x, &SamplingParams::default(), &mut rngs(3)).0;
         assert!(a.equal(&b));
+    }
+
+    #[test]
+    fn the_cpu_kernel_draws_what_libtorch_draws() {
+        let x = Tensor::randn([64, 50], (Kind::Float, Device::Cpu)) * 2;
+        for temperature in [0.0, 0.6, 1.0] {
+            let params = SamplingParams {
+                temperature,
+                ..Default::default()
+            };
+            let (tokens, logp) = sample(&x, &params, &mut rngs(64));
+            let (want_tokens, want_logp) = sample_torch(&x, &params, &mut rngs(64));
+            assert!(tokens.equal(&want_tokens), "temperature {temperature}");
+            assert!(logp.allclose(&want_logp, 1e-6, 1e-6, false));
+        }
     }
 
     #[test]
