@@ -66,9 +66,12 @@ fn recorded_logprobs_equal_full_forward_logprobs() {
             ..Default::default()
         },
     ] {
-        let req = request(prompts(), 3, sampling.clone());
+        // A long prompt beside short ones: prefill runs the two lengths as separate groups.
+        let mut prompts = prompts();
+        prompts.push((0..40).map(|i| 10 + i % 30).collect());
+        let req = request(prompts, 3, sampling.clone());
         let out = generate_batch(&model, &req, None).unwrap();
-        assert_eq!(out.len(), 12);
+        assert_eq!(out.len(), 15);
         let pairs: Vec<(&[u32], &[u32])> = out
             .iter()
             .map(|g| (req.prompts[g.prompt_index].as_slice(), g.tokens.as_slice()))

@@ -21,9 +21,9 @@ use super::{decode_linear::grad_enabled, omp};
 /// off, AVX-512 and libgomp present.
 fn applies(tensors: &[&Tensor]) -> bool {
     available()
-        && tensors.iter().all(|t| {
-            t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous()
-        })
+        && tensors
+            .iter()
+            .all(|t| t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous())
         && !grad_enabled()
 }
 
@@ -165,7 +165,10 @@ unsafe fn silu_mul_row(gate: &mut [f32], up: &[f32]) {
         let gv = _mm512_loadu_ps(g.as_ptr());
         let neg = _mm512_sub_ps(_mm512_setzero_ps(), gv);
         let silu = _mm512_div_ps(gv, _mm512_add_ps(one, exp(neg)));
-        _mm512_storeu_ps(g.as_mut_ptr(), _mm512_mul_ps(silu, _mm512_loadu_ps(u.as_ptr())));
+        _mm512_storeu_ps(
+            g.as_mut_ptr(),
+            _mm512_mul_ps(silu, _mm512_loadu_ps(u.as_ptr())),
+        );
     }
 }
 
@@ -198,7 +201,10 @@ pub fn add_in_place(acc: &Tensor, y: &Tensor) -> bool {
 pub(crate) fn exp(x: __m512) -> __m512 {
     // Below ln(2^-150) every result rounds to 0; above ln(f32::MAX) to infinity. `max_ps`
     // returns its second operand when either is NaN, so NaN passes through.
-    let x = _mm512_min_ps(_mm512_set1_ps(88.72), _mm512_max_ps(_mm512_set1_ps(-104.0), x));
+    let x = _mm512_min_ps(
+        _mm512_set1_ps(88.72),
+        _mm512_max_ps(_mm512_set1_ps(-104.0), x),
+    );
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
         _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
     );
@@ -206,10 +212,19 @@ pub(crate) fn exp(x: __m512) -> __m512 {
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
     let mut p = _mm512_set1_ps(1.987_569_1e-4);
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ] {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
     }
-    let y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0));
+    let y = _mm512_add_ps(
+        _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r),
+        _mm512_set1_ps(1.0),
+    );
     _mm512_scalef_ps(y, n)
 }
 
@@ -246,7 +261,10 @@ mod tests {
                     assert!(y < 1e-37, "exp({x}) = {y}");
                 } else {
                     let ulp = (want as f32).abs() * f32::EPSILON;
-                    assert!(((y as f64) - want).abs() <= 2.0 * ulp as f64, "exp({x}) = {y}, want {want}");
+                    assert!(
+                        ((y as f64) - want).abs() <= 2.0 * ulp as f64,
+                        "exp({x}) = {y}, want {want}"
+                    );
                 }
             }
         }
@@ -293,9 +311,15 @@ mod tests {
     #[test]
     fn declines_what_it_does_not_do() {
         let x = Tensor::randn([2, 16], F32);
-        assert!(rms_norm(&x, &Tensor::ones([16], F32), 1e-5).is_none(), "autograd is on");
+        assert!(
+            rms_norm(&x, &Tensor::ones([16], F32), 1e-5).is_none(),
+            "autograd is on"
+        );
         let _no_grad = tch::no_grad_guard();
-        assert!(!add_in_place(&x, &x.tr().contiguous().view([2, 16]).to_kind(Kind::Double)));
+        assert!(!add_in_place(
+            &x,
+            &x.tr().contiguous().view([2, 16]).to_kind(Kind::Double)
+        ));
         assert!(!silu_mul_in_place(&x, &Tensor::randn([2, 8], F32)));
         assert!(!add_in_place(&x.tr(), &x.tr()), "not contiguous");
     }

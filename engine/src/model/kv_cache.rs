@@ -92,6 +92,35 @@ impl KvCache {
         out
     }
 
+    /// Writes `part`, the cache of some of this batch's sequences, into rows `rows` (int64
+    /// `[part rows]`) of this cache, right-aligned so that every row ends at position `len`
+    /// (left padding, as one batch prefill would leave it). An empty cache first allocates
+    /// `[batch, kv_heads, capacity or len, head_dim]` zeros, so the padding slots no row
+    /// writes are finite (masked keys must not put NaN into attention's products).
+    pub fn place(&mut self, part: &KvCache, rows: &Tensor, batch: i64, len: i64) {
+        let size = self.capacity.unwrap_or(len).max(len);
+        for (slot, p) in self.layers.iter_mut().zip(&part.layers) {
+            let Some(p) = p else { continue };
+            let c = slot.get_or_insert_with(|| {
+                let mut shape = p.k.size();
+                (shape[0], shape[2]) = (batch, size);
+                let zeros = || Tensor::zeros(shape.as_slice(), (p.k.kind(), p.k.device()));
+                LayerCache {
+                    k: zeros(),
+                    v: zeros(),
+                }
+            });
+            let offset = len - part.len;
+            let _ =
+                c.k.narrow(2, offset, part.len)
+                    .index_copy_(0, rows, &p.k.narrow(2, 0, part.len));
+            let _ =
+                c.v.narrow(2, offset, part.len)
+                    .index_copy_(0, rows, &p.v.narrow(2, 0, part.len));
+        }
+        self.len = len;
+    }
+
     /// Keeps only the rows `index` (int64 `[n]`) of every cached tensor: drops finished
     /// sequences or repeats a shared prompt prefill across its group.
     pub fn select_rows(&mut self, index: &Tensor) {

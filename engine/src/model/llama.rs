@@ -277,7 +277,9 @@ impl DecoderLayer {
     }
 
     fn forward(&self, x: Tensor, ctx: &mut LayerContext) -> Tensor {
-        let attn = self.self_attn.forward(&self.input_layernorm.forward(&x), ctx);
+        let attn = self
+            .self_attn
+            .forward(&self.input_layernorm.forward(&x), ctx);
         let x = residual(x, &attn);
         let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x));
         residual(x, &mlp)

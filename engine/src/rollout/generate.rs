@@ -149,7 +149,8 @@ fn run(
     Ok(done)
 }
 
-/// Runs the left-padded prompts through the model; returns the last position's logits
+/// Runs the prompts through the model, in groups of similar length (see
+/// [`length_groups`]), into one left-padded cache; returns the last position's logits
 /// `[prompts, vocab]` and the key mask (None when no prompt is padded).
 fn prefill(
     model: &Llama,
@@ -157,7 +158,41 @@ fn prefill(
     cache: &mut KvCache,
     device: Device,
 ) -> (Tensor, Option<Tensor>) {
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) as i64;
+    let batch = prompts.len() as i64;
+    let mut last_hidden: Option<Tensor> = None;
+    for group in length_groups(prompts) {
+        let members: Vec<&[u32]> = group.iter().map(|&i| prompts[i].as_slice()).collect();
+        let (tokens, mask) = left_padded(&members, device);
+        let positions = (mask.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0);
+        let padded = members.iter().any(|p| p.len() < members[0].len());
+        let mut part = model.new_cache();
+        let hidden = model.forward_hidden(
+            &tokens,
+            &positions,
+            padded.then_some(&mask),
+            Some(&mut part),
+        );
+        let rows = Tensor::from_slice(&group.iter().map(|&i| i as i64).collect::<Vec<_>>())
+            .to_device(device);
+        cache.place(&part, &rows, batch, longest);
+        let last = hidden.select(1, -1);
+        let all = last_hidden
+            .get_or_insert_with(|| last.new_empty([batch, last.size()[1]], (last.kind(), device)));
+        let _ = all.index_copy_(0, &rows, &last);
+    }
+    let all: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    let key_mask = prompts
+        .iter()
+        .any(|p| (p.len() as i64) < longest)
+        .then(|| left_padded(&all, device).1);
+    let hidden = last_hidden.expect("validate() ensures at least one prompt");
+    (model.logits(&hidden), key_mask)
+}
+
+/// Token ids `[n, longest]` left-padded with 0, and the mask of real tokens (bool, same shape).
+fn left_padded(prompts: &[&[u32]], device: Device) -> (Tensor, Tensor) {
+    let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
     let mut ids = Vec::with_capacity(prompts.len() * longest);
     let mut mask = Vec::with_capacity(prompts.len() * longest);
     for p in prompts {
@@ -166,13 +201,41 @@ fn prefill(
         mask.extend(std::iter::repeat_n(false, pad).chain(std::iter::repeat_n(true, p.len())));
     }
     let shape = [prompts.len() as i64, longest as i64];
-    let tokens = Tensor::from_slice(&ids).view(shape).to_device(device);
-    let padded = mask.iter().any(|m| !m);
-    let mask = Tensor::from_slice(&mask).view(shape).to_device(device);
-    let positions = (mask.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0);
-    let key_mask = padded.then_some(mask);
-    let hidden = model.forward_hidden(&tokens, &positions, key_mask.as_ref(), Some(cache));
-    (model.logits(&hidden.select(1, -1)), key_mask)
+    (
+        Tensor::from_slice(&ids).view(shape).to_device(device),
+        Tensor::from_slice(&mask).view(shape).to_device(device),
+    )
+}
+
+/// What one more prefill forward costs, in prompt rows: it reads every weight once more (about
+/// as long as 32 rows take to compute on a CPU; on a GPU, small).
+const PREFILL_PASS_ROWS: usize = 32;
+
+/// Prompt indices split into prefill groups so that padding every prompt to its group's longest
+/// wastes little: by length, longest first, cut where the rows saved outweigh one more pass
+/// (an exact split by dynamic programming over the sorted lengths).
+fn length_groups(prompts: &[Vec<u32>]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(prompts[i].len()));
+    let len = |j: usize| prompts[order[j]].len();
+    // best[j]: cost of the first j prompts (in order); cut[j]: where their last group starts.
+    let n = order.len();
+    let mut best = vec![0usize; n + 1];
+    let mut cut = vec![0usize; n + 1];
+    for j in 1..=n {
+        (best[j], cut[j]) = (0..j)
+            .map(|i| (best[i] + PREFILL_PASS_ROWS + (j - i) * len(i), i))
+            .min()
+            .expect("j >= 1");
+    }
+    let mut groups = Vec::new();
+    let mut end = n;
+    while end > 0 {
+        groups.push(order[cut[end]..end].to_vec());
+        end = cut[end];
+    }
+    groups.reverse();
+    groups
 }
 
 fn start_sequences(req: &GenerationRequest) -> Vec<Live> {
@@ -247,4 +310,31 @@ fn decode_step(
     }
     let hidden = model.forward_hidden(&tokens, &positions, key_mask.as_ref(), Some(cache));
     model.logits(&hidden.squeeze_dim(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lengths(groups: &[Vec<usize>], prompts: &[Vec<u32>]) -> Vec<Vec<usize>> {
+        let len = |i: &usize| prompts[*i].len();
+        groups.iter().map(|g| g.iter().map(len).collect()).collect()
+    }
+
+    #[test]
+    fn prompts_are_grouped_by_length_when_padding_would_cost_more_than_a_pass() {
+        let of = |lens: &[usize]| lens.iter().map(|&n| vec![1u32; n]).collect::<Vec<_>>();
+        let same = of(&[9, 9, 9]);
+        assert_eq!(length_groups(&same).len(), 1);
+        // Padding 60 short prompts to 100 tokens wastes far more than one more pass.
+        let mixed = of(&[&[5; 30][..], &[100, 100], &[4; 30][..]].concat());
+        let groups = length_groups(&mixed);
+        assert_eq!(
+            lengths(&groups, &mixed),
+            vec![vec![100, 100], [&[5; 30][..], &[4; 30][..]].concat()]
+        );
+        let mut seen: Vec<usize> = groups.concat();
+        seen.sort();
+        assert_eq!(seen, (0..62).collect::<Vec<_>>(), "every prompt exactly once");
+    }
 }

@@ -131,7 +131,9 @@ mod tests {
 
     #[test]
     fn running_sums_find_the_bucket() {
-        let w: Vec<f32> = (0..40).map(|i| if i % 3 == 0 { 1.0 } else { 0.0 }).collect();
+        let w: Vec<f32> = (0..40)
+            .map(|i| if i % 3 == 0 { 1.0 } else { 0.0 })
+            .collect();
         assert_eq!(first_exceeding(&w, 0.5), Some(0));
         assert_eq!(first_exceeding(&w, 1.0), Some(3));
         assert_eq!(first_exceeding(&w, 6.5), Some(18));
