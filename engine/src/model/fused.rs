@@ -54,14 +54,32 @@ impl Ptr {
         Self(t.data_ptr() as *mut f32)
     }
 
-    /// Row `i` of width `width`, as a slice.
+    /// Row `i` of width `width`, to read.
     ///
     /// # Safety
-    /// The tensor has at least `(i + 1) * width` elements and outlives the slice; no other
-    /// live slice overlaps it mutably.
-    unsafe fn row<'a>(self, i: usize, width: usize) -> &'a mut [f32] {
+    /// The tensor has at least `(i + 1) * width` elements and outlives the slice; nothing
+    /// writes the row meanwhile.
+    unsafe fn row<'a>(self, i: usize, width: usize) -> &'a [f32] {
+        std::slice::from_raw_parts(self.0.add(i * width), width)
+    }
+
+    /// Row `i` of width `width`, to write.
+    ///
+    /// # Safety
+    /// As [`row`](Self::row), and no other slice of the row is live.
+    unsafe fn row_mut<'a>(self, i: usize, width: usize) -> &'a mut [f32] {
         std::slice::from_raw_parts_mut(self.0.add(i * width), width)
     }
+}
+
+/// Whether two tensors' storage overlaps (the in-place kernels write one while reading the other).
+fn overlap(a: &Tensor, b: &Tensor) -> bool {
+    let span = |t: &Tensor| {
+        let start = t.data_ptr() as usize;
+        start..start + t.numel() * 4
+    };
+    let (a, b) = (span(a), span(b));
+    a.start < b.end && b.start < a.end
 }
 
 /// `weight * x / sqrt(mean(x²) + eps)` over the last dimension (transformers' `LlamaRMSNorm`
@@ -77,15 +95,18 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Option<Tensor> {
         // SAFETY: x and out hold `rows` rows of `width`; weight holds `width`.
         let w = unsafe { w.row(0, width) };
         for i in rows {
-            let (x, y) = unsafe { (src.row(i, width), dst.row(i, width)) };
-            let var = unsafe { sum_of_squares(x) } / width as f32;
-            let inv = 1.0 / (var + eps as f32).sqrt();
-            for ((y, &x), &w) in y.iter_mut().zip(x.iter()).zip(w.iter()) {
-                *y = w * (x * inv);
-            }
+            unsafe { normalize_row(src.row(i, width), w, eps as f32, dst.row_mut(i, width)) };
         }
     });
     Some(out)
+}
+
+#[target_feature(enable = "avx512f")]
+fn normalize_row(x: &[f32], weight: &[f32], eps: f32, y: &mut [f32]) {
+    let inv = 1.0 / (sum_of_squares(x) / x.len() as f32 + eps).sqrt();
+    for ((y, &x), &w) in y.iter_mut().zip(x).zip(weight) {
+        *y = w * (x * inv);
+    }
 }
 
 #[target_feature(enable = "avx512f")]
@@ -117,7 +138,7 @@ pub fn rope_in_place(x: &Tensor, cos: &Tensor, sin: &Tensor) -> bool {
     split_rows((b * t) as usize, |rows| {
         for i in rows {
             // SAFETY: row i of x has `width`, of cos and sin `d` elements.
-            let (x, cos, sin) = unsafe { (xs.row(i, width), cs.row(i, d), ss.row(i, d)) };
+            let (x, cos, sin) = unsafe { (xs.row_mut(i, width), cs.row(i, d), ss.row(i, d)) };
             for head in x.chunks_exact_mut(d) {
                 unsafe { rotate_head(head, cos, sin) };
             }
@@ -144,7 +165,8 @@ pub fn silu_mul_in_place(gate: &Tensor, up: &Tensor) -> bool {
     let Some(&width) = gate.size().last() else {
         return false;
     };
-    if !applies(&[gate, up]) || gate.size() != up.size() || width == 0 || width % 16 != 0 {
+    let fits = gate.size() == up.size() && width > 0 && width % 16 == 0;
+    if !applies(&[gate, up]) || !fits || overlap(gate, up) {
         return false;
     }
     let width = width as usize;
@@ -152,7 +174,7 @@ pub fn silu_mul_in_place(gate: &Tensor, up: &Tensor) -> bool {
     split_rows(gate.numel() / width, |rows| {
         for i in rows {
             // SAFETY: both hold `rows` rows of `width`; width is a multiple of 16.
-            unsafe { silu_mul_row(g.row(i, width), u.row(i, width)) };
+            unsafe { silu_mul_row(g.row_mut(i, width), u.row(i, width)) };
         }
     });
     true
@@ -177,7 +199,7 @@ pub fn add_in_place(acc: &Tensor, y: &Tensor) -> bool {
     let Some(&width) = acc.size().last() else {
         return false;
     };
-    if !applies(&[acc, y]) || acc.size() != y.size() || width == 0 {
+    if !applies(&[acc, y]) || acc.size() != y.size() || width == 0 || overlap(acc, y) {
         return false;
     }
     let width = width as usize;
@@ -185,7 +207,7 @@ pub fn add_in_place(acc: &Tensor, y: &Tensor) -> bool {
     split_rows(acc.numel() / width, |rows| {
         for i in rows {
             // SAFETY: both hold `rows` rows of `width`.
-            let (a, b) = unsafe { (a.row(i, width), b.row(i, width)) };
+            let (a, b) = unsafe { (a.row_mut(i, width), b.row(i, width)) };
             for (a, b) in a.iter_mut().zip(b.iter()) {
                 *a += b;
             }
@@ -322,5 +344,6 @@ mod tests {
         ));
         assert!(!silu_mul_in_place(&x, &Tensor::randn([2, 8], F32)));
         assert!(!add_in_place(&x.tr(), &x.tr()), "not contiguous");
+        assert!(!add_in_place(&x, &x), "the same storage");
     }
 }

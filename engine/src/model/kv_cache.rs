@@ -111,12 +111,10 @@ impl KvCache {
                 }
             });
             let offset = len - part.len;
-            let _ =
-                c.k.narrow(2, offset, part.len)
-                    .index_copy_(0, rows, &p.k.narrow(2, 0, part.len));
-            let _ =
-                c.v.narrow(2, offset, part.len)
-                    .index_copy_(0, rows, &p.v.narrow(2, 0, part.len));
+            for (dst, src) in [(&c.k, &p.k), (&c.v, &p.v)] {
+                let src = src.narrow(2, 0, part.len);
+                let _ = dst.narrow(2, offset, part.len).index_copy_(0, rows, &src);
+            }
         }
         self.len = len;
     }

@@ -163,20 +163,10 @@ fn prefill(
     let mut last_hidden: Option<Tensor> = None;
     for group in length_groups(prompts) {
         let members: Vec<&[u32]> = group.iter().map(|&i| prompts[i].as_slice()).collect();
-        let (tokens, mask) = left_padded(&members, device);
-        let positions = (mask.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0);
-        let padded = members.iter().any(|p| p.len() < members[0].len());
-        let mut part = model.new_cache();
-        let hidden = model.forward_hidden(
-            &tokens,
-            &positions,
-            padded.then_some(&mask),
-            Some(&mut part),
-        );
+        let (last, part) = prefill_group(model, &members, device);
         let rows = Tensor::from_slice(&group.iter().map(|&i| i as i64).collect::<Vec<_>>())
             .to_device(device);
         cache.place(&part, &rows, batch, longest);
-        let last = hidden.select(1, -1);
         let all = last_hidden
             .get_or_insert_with(|| last.new_empty([batch, last.size()[1]], (last.kind(), device)));
         let _ = all.index_copy_(0, &rows, &last);
@@ -188,6 +178,23 @@ fn prefill(
         .then(|| left_padded(&all, device).1);
     let hidden = last_hidden.expect("validate() ensures at least one prompt");
     (model.logits(&hidden), key_mask)
+}
+
+/// One left-padded batch of prompts through the model: the last position's hidden states
+/// `[prompts, hidden]` and the batch's own cache.
+fn prefill_group(model: &Llama, prompts: &[&[u32]], device: Device) -> (Tensor, KvCache) {
+    let (tokens, mask) = left_padded(prompts, device);
+    let positions = (mask.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0);
+    let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    let padded = prompts.iter().any(|p| p.len() < longest);
+    let mut cache = model.new_cache();
+    let hidden = model.forward_hidden(
+        &tokens,
+        &positions,
+        padded.then_some(&mask),
+        Some(&mut cache),
+    );
+    (hidden.select(1, -1), cache)
 }
 
 /// Token ids `[n, longest]` left-padded with 0, and the mask of real tokens (bool, same shape).
@@ -335,6 +342,10 @@ mod tests {
         );
         let mut seen: Vec<usize> = groups.concat();
         seen.sort();
-        assert_eq!(seen, (0..62).collect::<Vec<_>>(), "every prompt exactly once");
+        assert_eq!(
+            seen,
+            (0..62).collect::<Vec<_>>(),
+            "every prompt exactly once"
+        );
     }
 }
