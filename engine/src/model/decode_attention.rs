@@ -120,7 +120,7 @@ unsafe fn one_query(ptrs: &[usize; 5], s: Shape, item: usize, scores: &mut [f32]
         std::ptr::write_bytes(out, 0, s.d);
         return;
     }
-    let total = exp_shifted(scores, max);
+    let total = fused::exp_shifted(scores, max);
     // Weighted sum of value rows, 64 columns (4 vectors) at a time.
     for c in (0..s.d).step_by(64) {
         let vectors = ((s.d - c) / 16).min(4);
@@ -139,25 +139,6 @@ unsafe fn one_query(ptrs: &[usize; 5], s: Shape, item: usize, scores: &mut [f32]
             _mm512_storeu_ps(out.add(c + 16 * u), _mm512_mul_ps(*a, norm));
         }
     }
-}
-
-/// `scores[j] = e^(scores[j] - max)`, 16 at a time; returns their sum.
-#[target_feature(enable = "avx512f")]
-fn exp_shifted(scores: &mut [f32], max: f32) -> f32 {
-    use std::arch::x86_64::*;
-    let shift = _mm512_set1_ps(max);
-    let mut total = _mm512_setzero_ps();
-    for chunk in scores.chunks_mut(16) {
-        let mask = ((1u32 << chunk.len()) - 1) as __mmask16;
-        // SAFETY: the masked load and store touch only the chunk's lanes.
-        unsafe {
-            let x = _mm512_maskz_loadu_ps(mask, chunk.as_ptr());
-            let e = _mm512_maskz_mov_ps(mask, fused::exp(_mm512_sub_ps(x, shift)));
-            _mm512_mask_storeu_ps(chunk.as_mut_ptr(), mask, e);
-            total = _mm512_add_ps(total, e);
-        }
-    }
-    _mm512_reduce_add_ps(total)
 }
 
 #[cfg(test)]

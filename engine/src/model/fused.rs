@@ -250,6 +250,25 @@ pub(crate) fn exp(x: __m512) -> __m512 {
     _mm512_scalef_ps(y, n)
 }
 
+/// `values[j] = e^(values[j] - max)`, 16 at a time; returns their sum (softmax's
+/// numerators and denominator).
+#[target_feature(enable = "avx512f")]
+pub(crate) fn exp_shifted(values: &mut [f32], max: f32) -> f32 {
+    let shift = _mm512_set1_ps(max);
+    let mut sum = _mm512_setzero_ps();
+    for chunk in values.chunks_mut(16) {
+        let mask = ((1u32 << chunk.len()) - 1) as __mmask16;
+        // SAFETY: the masked load and store touch only the chunk's lanes.
+        unsafe {
+            let v = _mm512_maskz_loadu_ps(mask, chunk.as_ptr());
+            let e = _mm512_maskz_mov_ps(mask, exp(_mm512_sub_ps(v, shift)));
+            _mm512_mask_storeu_ps(chunk.as_mut_ptr(), mask, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+    }
+    _mm512_reduce_add_ps(sum)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,8 +5,6 @@
 //! Same semantics as the libtorch path in [`super::sampling`]: the token is the first whose
 //! cumulative probability exceeds `u`, and its logprob is `log_softmax(logits / T)` there.
 
-use std::arch::x86_64::*;
-
 use tch::{Device, Kind, Tensor};
 
 use super::sampling::{SamplingParams, SequenceRng};
@@ -76,7 +74,7 @@ fn sample_row(x: &[f32], inv_t: f32, greedy: bool, u: f32, scratch: &mut [f32]) 
             (max, argmax) = (*s, i);
         }
     }
-    let total = exp_shifted_in_place(scratch, max);
+    let total = fused::exp_shifted(scratch, max);
     let log_z = max + total.ln();
     let token = if greedy {
         argmax
@@ -85,24 +83,6 @@ fn sample_row(x: &[f32], inv_t: f32, greedy: bool, u: f32, scratch: &mut [f32]) 
     };
     // Recompute the scaled logit: `scratch` now holds exponentials.
     (token, x[token] * inv_t - log_z)
-}
-
-/// `s = e^(s - max)` for every element; returns their sum.
-#[target_feature(enable = "avx512f")]
-fn exp_shifted_in_place(scratch: &mut [f32], max: f32) -> f32 {
-    let shift = _mm512_set1_ps(max);
-    let mut sum = _mm512_setzero_ps();
-    for chunk in scratch.chunks_mut(16) {
-        let mask = ((1u32 << chunk.len()) - 1) as __mmask16;
-        // SAFETY: the masked load and store touch only the chunk's lanes.
-        unsafe {
-            let v = _mm512_maskz_loadu_ps(mask, chunk.as_ptr());
-            let e = _mm512_maskz_mov_ps(mask, fused::exp(_mm512_sub_ps(v, shift)));
-            _mm512_mask_storeu_ps(chunk.as_mut_ptr(), mask, e);
-            sum = _mm512_add_ps(sum, e);
-        }
-    }
-    _mm512_reduce_add_ps(sum)
 }
 
 /// The first index whose running sum exceeds `target`, skipping 16 at a time; `None` when
