@@ -218,11 +218,12 @@ pub fn add_in_place(acc: &Tensor, y: &Tensor) -> bool {
 
 /// `e^x` in 16 lanes, within 2 ulp of the exact value (Cephes' `expf`: `x = n ln 2 + r`,
 /// a degree-6 polynomial for `e^r`, then scaling by `2^n`). Underflows to 0 below -104,
-/// keeps NaN.
+/// saturates above 88.72, keeps NaN.
 #[target_feature(enable = "avx512f")]
 pub(crate) fn exp(x: __m512) -> __m512 {
-    // Below ln(2^-150) every result rounds to 0; above ln(f32::MAX) to infinity. `max_ps`
-    // returns its second operand when either is NaN, so NaN passes through.
+    // Below ln(2^-150) every result rounds to 0; above ln(f32::MAX) it saturates near
+    // f32::MAX. `max_ps`/`min_ps` return their second operand when either is NaN, so NaN
+    // passes through.
     let x = _mm512_min_ps(
         _mm512_set1_ps(88.72),
         _mm512_max_ps(_mm512_set1_ps(-104.0), x),
