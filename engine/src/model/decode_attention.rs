@@ -6,11 +6,9 @@
 //! step). Here each (sequence, head) is a dot product per key, a softmax and a weighted sum
 //! of value rows, vectorised over the head dimension, on libtorch's OpenMP threads.
 
-use std::sync::OnceLock;
-
 use tch::{Device, Kind, Tensor};
 
-use super::{fused, omp};
+use super::fused::{self, split_rows};
 
 /// `softmax(q kᵀ / sqrt(d) + mask) v` for one query per sequence, when this kernel applies:
 /// f32 on the CPU, `q` `[b, heads, 1, d]`, `k`/`v` `[b, kv_heads, keys, d]` with contiguous
@@ -33,7 +31,7 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Opti
         && rows_contiguous(k)
         && rows_contiguous(v)
         && mask.is_none_or(|m| m.kind() == Kind::Bool && m.numel() as i64 == b * keys)
-        && supported()
+        && fused::available()
         && !super::decode_linear::grad_enabled();
     if !applies {
         return None;
@@ -56,23 +54,17 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Opti
         mask.as_ref().map_or(0, |m| m.data_ptr() as usize),
     ];
     let items = (b * heads) as usize;
-    omp::parallel(|index, count| {
+    // Contiguous blocks, so the query heads sharing a key/value head run one after another on
+    // one thread while those keys and values are in its L1.
+    split_rows(items, |block| {
         let mut scores = vec![0f32; shape.keys];
-        // Contiguous blocks, so the query heads sharing a key/value head run one after
-        // another on one thread while those keys and values are in its L1.
-        let per = items.div_ceil(count);
-        for item in (index * per).min(items)..((index + 1) * per).min(items) {
+        for item in block {
             // SAFETY: the pointers address the tensors above with the shapes and strides in
             // `shape`, alive for the call; each item writes only its own output row.
             unsafe { one_query(&ptrs, shape, item, &mut scores) };
         }
     });
     Some(out)
-}
-
-fn supported() -> bool {
-    static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| is_x86_feature_detected!("avx512f") && omp::available())
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -159,7 +151,7 @@ mod tests {
         let starts = Tensor::from_slice(&[0i64, 3, 6, 9, 12]).view([b, 1]);
         let mask = pad.ge_tensor(&starts).view([b, 1, 1, keys]);
         let Some(ours) = attend(&q, &k, &v, Some(&mask)) else {
-            assert!(!supported(), "the kernel should apply here");
+            assert!(!fused::available(), "the kernel should apply here");
             return;
         };
         let want =

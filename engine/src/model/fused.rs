@@ -34,7 +34,7 @@ pub(crate) fn available() -> bool {
 }
 
 /// Runs `body(rows)` over `0..rows` split into contiguous blocks, one per thread.
-fn split_rows(rows: usize, body: impl Fn(std::ops::Range<usize>) + Sync) {
+pub(crate) fn split_rows(rows: usize, body: impl Fn(std::ops::Range<usize>) + Sync) {
     omp::parallel(|index, count| {
         let per = rows.div_ceil(count);
         let start = (index * per).min(rows);

@@ -8,7 +8,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::sampling::{SamplingParams, SequenceRng};
-use crate::model::{fused, omp};
+use crate::model::fused::{self, split_rows};
 
 /// Tokens and behaviour logprobs, or `None` when the kernel does not apply (truncation is on,
 /// the logits are not f32 on the CPU, no AVX-512).
@@ -46,9 +46,9 @@ pub fn sample(
         tokens.as_mut_ptr() as usize,
         logprobs.as_mut_ptr() as usize,
     );
-    omp::parallel(|index, count| {
+    split_rows(rows, |block| {
         let mut scratch = vec![0f32; vocab];
-        for row in (index..rows).step_by(count) {
+        for row in block {
             // SAFETY: `src` holds rows x vocab f32; each row's outputs are written by the one
             // thread that takes the row.
             unsafe {
