@@ -2,8 +2,8 @@
 //! generate`, recorded logprobs equal the learner's full forward, and a stop string spanning a
 //! token boundary ends the completion at the token that completes it.
 
-use oxrl::generate::{generate, SamplingConfig};
-use oxrl::logprobs::batch_completion_logprobs;
+use oxrl::rollout::logprobs::batch_completion_logprobs;
+use oxrl::rollout::single::{generate, SamplingConfig};
 use oxrl::rollout::{generate_batch, GenerationRequest, SamplingParams, StopConditions};
 use oxrl::sample::FinishReason;
 use oxrl::{LoadOptions, Pretrained};

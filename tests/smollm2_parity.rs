@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use oxrl::generate::{generate, SamplingConfig};
-use oxrl::logprobs::completion_logprobs;
+use oxrl::rollout::logprobs::completion_logprobs;
+use oxrl::rollout::single::{generate, SamplingConfig};
 use oxrl::{LoadOptions, Pretrained};
 use oxrl_envs::Message;
 use oxrl_tests::{hf_reference, oxrl_bin, smollm2_gguf};

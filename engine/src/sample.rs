@@ -41,8 +41,6 @@ pub struct Sample {
     pub reward: f64,
     /// Each named reward's score.
     pub rewards: BTreeMap<String, f64>,
-    /// Task data the rewards need (reference answer, tests, boxes, ...).
-    pub metadata: serde_json::Value,
 }
 
 impl Sample {

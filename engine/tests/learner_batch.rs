@@ -1,13 +1,13 @@
 //! The learner's batched view of samples: right-padded rows of different prompt and
 //! completion lengths give the same per-token logprobs as one sequence at a time
-//! (`oxrl::logprobs::completion_logprobs`, the reference path), env tokens are masked out,
-//! and micro-batches follow the token budget.
+//! (`oxrl::rollout::logprobs::completion_logprobs`, the reference path), env tokens are masked
+//! out, and micro-batches follow the token budget.
 
 mod learner_support;
 
 use learner_support::*;
 use oxrl::learner::batch::{collate, micro_batches, prompt_micro_batches, token_logprobs};
-use oxrl::logprobs::completion_logprobs;
+use oxrl::rollout::logprobs::completion_logprobs;
 use tch::{Kind, Tensor};
 
 #[test]
@@ -102,7 +102,8 @@ fn rows_sharing_a_prompt_compute_it_once_with_the_same_logprobs_and_gradients() 
 
 #[test]
 fn groups_of_several_rows_get_micro_batches_of_their_own() {
-    let s = |p: u32| sample(&[1, p], &[7, 7], vec![0.0; 2], 0);
+    // Each prompt is its own group, as the rollout numbers them.
+    let s = |p: u32| sample(&[1, p], &[7, 7], vec![0.0; 2], p as u64);
     // Prompts A A A A B C C C C C D: the runs of 4 and 5 share; B and D batch together.
     let samples: Vec<_> = [2, 2, 2, 2, 3, 4, 4, 4, 4, 4, 5].map(s).into();
     let refs: Vec<_> = samples.iter().collect();

@@ -4,7 +4,9 @@
 //! micro-batch losses add up to the whole batch's loss for every aggregation.
 
 use oxrl::learner::advantages::{group_advantages, ScaleRewards};
-use oxrl::learner::algorithm::{aggregate, LossInput, LossOutput, LossType, StepScale};
+use oxrl::learner::algorithm::{
+    aggregate, CriticInput, LossInput, LossOutput, LossType, StepScale,
+};
 use oxrl::learner::dpo::{dpo_loss, DpoConfig, DpoLoss};
 use oxrl::learner::grpo::{grpo_loss, GrpoConfig, ImportanceSamplingLevel};
 use oxrl::learner::optim::{AdamW, OptimConfig};
@@ -99,12 +101,11 @@ fn grpo_losses_and_gradients_match_golden() {
                 ref_logp: Some(&f.reference),
                 mask: &f.mask,
                 advantages: &adv_t,
-                values: None,
-                old_values: None,
-                returns: None,
+                critic: None,
                 scale: StepScale::single(&f.mask, cfg.max_completion_length.unwrap()),
             },
-        );
+        )
+        .unwrap();
         check(&format!("{cfg:?}"), &out.loss, &leaf, case);
         n += 1;
     }
@@ -148,9 +149,7 @@ fn topr_loss_and_gradient_match_golden() {
             ref_logp: None,
             mask: &f.mask,
             advantages: &adv,
-            values: None,
-            old_values: None,
-            returns: None,
+            critic: None,
             scale: StepScale::single(&f.mask, 1),
         });
         check(&format!("topr baseline {baseline}"), &out.loss, &leaf, case);
@@ -170,12 +169,11 @@ fn dpo_on_fixture(cfg: &DpoConfig, f: &Fixture, logp: &Tensor) -> LossOutput {
             ref_logp: Some(&f.reference),
             mask: &f.mask,
             advantages: &zeros,
-            values: None,
-            old_values: None,
-            returns: None,
+            critic: None,
             scale: StepScale::single(&f.mask, 1),
         },
     )
+    .unwrap()
 }
 
 #[test]
@@ -315,7 +313,6 @@ fn ppo_targets_match_golden() {
                 finish_reason: FinishReason::Stop,
                 reward: s["reward"].as_f64().unwrap(),
                 rewards: Default::default(),
-                metadata: Value::Null,
             });
             refs.push(f32s("ref"));
             values.push(f32s("values"));
@@ -354,12 +351,15 @@ fn ppo_loss_and_gradients_match_golden() {
                 ref_logp: None,
                 mask: &f.mask,
                 advantages: &tensor(&g["ppo_advantages"]),
-                values: Some(&values),
-                old_values: Some(&tensor(&g["ppo_old_values"])),
-                returns: Some(&tensor(&g["ppo_returns"])),
+                critic: Some(CriticInput {
+                    values: &values,
+                    old_values: &tensor(&g["ppo_old_values"]),
+                    returns: &tensor(&g["ppo_returns"]),
+                }),
                 scale: StepScale::single(&f.mask, 1),
             },
-        );
+        )
+        .unwrap();
         check(&format!("{cfg:?}"), &out.loss, &leaf, case);
         let d = max_diff(&values.grad(), &tensor(&case["value_grad"]));
         assert!(d < TOL, "{cfg:?}: value gradient differs by {d}");

@@ -3,9 +3,9 @@
 //! greedy equals `generate`, groups and early stops behave, bad requests are explained.
 
 use oxrl::device::test_device;
-use oxrl::generate::{generate, SamplingConfig};
-use oxrl::logprobs::batch_completion_logprobs;
 use oxrl::model::random::randomize;
+use oxrl::rollout::logprobs::batch_completion_logprobs;
+use oxrl::rollout::single::{generate, SamplingConfig};
 use oxrl::rollout::{generate_batch, GenerationRequest, SamplingParams, StopConditions};
 use oxrl::sample::FinishReason;
 use oxrl::{Llama, ModelConfig};

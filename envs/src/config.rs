@@ -41,6 +41,15 @@ pub struct EnvConfig {
     pub arithmetic: Option<ArithmeticConfig>,
 }
 
+impl EnvConfig {
+    /// Whether the configured task is multi-turn, from the config alone (before any data is
+    /// loaded): [`TaskKind::is_multi_turn`] of `task`. `None` for `task = "custom"`, whose
+    /// program-supplied task decides; [`LoadedEnv::is_multi_turn`] answers after loading.
+    pub fn is_multi_turn(&self) -> Option<bool> {
+        self.task.is_multi_turn()
+    }
+}
+
 /// `[env.data]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -197,7 +206,12 @@ impl LoadedEnv {
         &self.eval
     }
 
-    /// Rows dropped under `on_bad_row = "skip"`, each naming its line: log them.
+    /// Rows dropped under `on_bad_row = "skip"`: one error per dropped line, the training file's
+    /// first, then the eval file's (a file used for both reports its lines twice). Each is an
+    /// [`EnvError::BadLine`] or [`EnvError::MissingField`] carrying `source_name` (the file's
+    /// path) and `line` (1-based); its `Display` reads `<path>:<line>: <reason>`. The count is
+    /// `skipped().len()`. Empty under `on_bad_row = "stop"` (a bad row fails the load) and for
+    /// generated data. The trainer should log each and report the count.
     pub fn skipped(&self) -> &[EnvError] {
         &self.skipped
     }
@@ -207,7 +221,8 @@ impl LoadedEnv {
         &self.formatter
     }
 
-    /// Whether episodes take several turns (the environment scores them).
+    /// Whether episodes take several turns (the environment replies and scores them:
+    /// [`RewardKind::Environment`]); for built-in tasks the same as [`EnvConfig::is_multi_turn`].
     pub fn is_multi_turn(&self) -> bool {
         self.task.reward() == RewardKind::Environment
     }
@@ -372,4 +387,95 @@ fn few_shot(task: &dyn Task, prompt: &PromptConfig, seed: u64) -> Result<Vec<Few
         });
     }
     Ok(examples)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(value: serde_json::Value) -> EnvConfig {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn skipped_rows_are_exposed_with_file_and_line() {
+        let dir = std::env::temp_dir().join(format!("oxrl-envs-skipped-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let lines = [
+            serde_json::json!({"prompt": "1+1?", "answer": "#### 2"}).to_string(),
+            serde_json::json!({"prompt": "2+2?"}).to_string(),
+            "[1, 2]".to_owned(),
+            serde_json::json!({"prompt": "3+3?", "answer": "#### 6"}).to_string(),
+        ];
+        std::fs::write(dir.join("rows.jsonl"), lines.join("\n")).unwrap();
+        let cfg = |policy: &str| {
+            config(serde_json::json!({
+                "task": "gsm8k",
+                "data": { "path": "rows.jsonl", "on_bad_row": policy },
+                "prompt": { "format": "plain" }
+            }))
+        };
+        let env = LoadedEnv::from_config(&cfg("skip"), &dir, None).unwrap();
+        assert_eq!(env.train().len(), 2);
+        assert_eq!(env.skipped().len(), 2, "count of dropped rows");
+        let path = dir.join("rows.jsonl").display().to_string();
+        let messages: Vec<String> = env.skipped().iter().map(ToString::to_string).collect();
+        assert!(
+            messages[0].starts_with(&format!("{path}:2:")) && messages[0].contains("`answer`"),
+            "{messages:?}"
+        );
+        assert!(
+            messages[1].starts_with(&format!("{path}:3:")),
+            "{messages:?}"
+        );
+        assert!(matches!(
+            env.skipped()[0],
+            EnvError::MissingField { line: 2, .. }
+        ));
+        assert!(matches!(
+            env.skipped()[1],
+            EnvError::BadLine { line: 3, .. }
+        ));
+
+        let err = LoadedEnv::from_config(&cfg("stop"), &dir, None).unwrap_err();
+        assert!(err.to_string().starts_with(&format!("{path}:2:")), "{err}");
+        let generated = LoadedEnv::from_config(
+            &config(serde_json::json!({"task": "gsm8k", "prompt": { "format": "plain" }})),
+            &dir,
+            None,
+        );
+        assert!(generated.unwrap().skipped().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn multi_turn_is_known_from_the_config_alone() {
+        for (task, multi) in [
+            ("arithmetic", Some(false)),
+            ("gsm8k", Some(false)),
+            ("humaneval", Some(false)),
+            ("mbpp", Some(false)),
+            ("grounding", Some(false)),
+            ("countdown", Some(false)),
+            ("calculator", Some(true)),
+            ("guessing", Some(true)),
+            ("external", Some(true)),
+            ("custom", None),
+        ] {
+            let cfg = config(serde_json::json!({ "task": task }));
+            assert_eq!(cfg.is_multi_turn(), multi, "{task}");
+        }
+        // For built-ins it agrees with the loaded environment.
+        let source = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/smollm2_chat_template.jinja"),
+        )
+        .unwrap();
+        for task in ["gsm8k", "countdown", "guessing", "calculator"] {
+            let cfg = config(serde_json::json!({ "task": task, "data": { "generate": 4 } }));
+            let chat = ChatTemplate::new(&source, "<|im_start|>", "<|im_end|>").unwrap();
+            let env = LoadedEnv::from_config(&cfg, Path::new("."), Some(chat)).unwrap();
+            assert_eq!(Some(env.is_multi_turn()), cfg.is_multi_turn(), "{task}");
+        }
+    }
 }

@@ -19,7 +19,9 @@ pub mod config;
 pub mod dataset;
 pub mod episode;
 pub mod error;
-pub mod expr;
+/// Exact arithmetic over rationals, shared with `oxrl-rewards` (whose `countdown` reward
+/// verifies with it): re-exported from [`oxrl_rewards::exact`].
+pub use oxrl_rewards::exact as expr;
 pub mod external;
 pub mod prompt;
 pub mod rng;

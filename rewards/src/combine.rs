@@ -29,7 +29,8 @@ pub struct WeightedRewards {
 /// One reward's part of a batch result.
 #[derive(Debug, Clone)]
 pub struct RewardReport {
-    /// The name the reward reports under.
+    /// The name the reward was added under ([`RewardSpec::name`] with
+    /// [`WeightedRewards::from_specs`]).
     pub name: String,
     /// Its weight in the total.
     pub weight: f64,
@@ -72,7 +73,7 @@ impl WeightedRewards {
         }
     }
 
-    /// Builds every spec through the registry.
+    /// Builds every spec through the registry; each reward reports under its spec's `name`.
     pub fn from_specs(registry: &Registry, specs: &[RewardSpec]) -> Result<Self> {
         let mut w = WeightedRewards::new();
         for spec in specs {
@@ -82,7 +83,8 @@ impl WeightedRewards {
         Ok(w)
     }
 
-    /// Adds a reward.
+    /// Adds a reward that reports (in [`RewardReport::name`], [`WeightedRewards::names`] and
+    /// [`WeightedRewards::failure_totals`]) under `name`.
     pub fn push(&mut self, name: &str, reward: Arc<dyn Reward>, weight: f64, failure_score: f64) {
         self.entries.push(Entry {
             name: name.to_string(),

@@ -43,7 +43,6 @@ impl Default for FormatConfig {
 /// The `format` reward.
 #[derive(Debug, Clone)]
 pub struct FormatReward {
-    name: String,
     cfg: FormatConfig,
     checks: Vec<Regex>,
 }
@@ -113,11 +112,7 @@ impl FormatReward {
         if cfg.overlong_max.is_some_and(|m| cfg.overlong_buffer > m) {
             return Err(bad("overlong_buffer exceeds overlong_max".into()));
         }
-        Ok(FormatReward {
-            name: name.to_string(),
-            cfg,
-            checks,
-        })
+        Ok(FormatReward { cfg, checks })
     }
 
     /// Scores one completion.
@@ -140,10 +135,6 @@ impl FormatReward {
 }
 
 impl Reward for FormatReward {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
     fn score_batch(&self, samples: &[Sample]) -> Vec<Score> {
         samples.iter().map(|s| Ok(self.score_one(s))).collect()
     }

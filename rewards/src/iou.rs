@@ -1,4 +1,4 @@
-//! Box-grounding reward, Visual-RFT scoring (REFERENCE.md "IoU"): boxes `[x1,y1,x2,y2]` are
+//! Box-grounding reward, Visual-RFT scoring (docs/formulas.md, "IoU"): boxes `[x1,y1,x2,y2]` are
 //! parsed from the completion (inside its last `<answer>...</answer>` when present), taken
 //! in order of confidence (when given), each greedily matched to the unmatched reference box
 //! of highest IoU; a match counts when its IoU is above the threshold (0.5). Score = sum of
@@ -233,10 +233,6 @@ impl IouReward {
 }
 
 impl Reward for IouReward {
-    fn name(&self) -> &str {
-        "iou"
-    }
-
     fn score_batch(&self, samples: &[Sample]) -> Vec<Score> {
         samples.iter().map(|s| self.score_one(s)).collect()
     }

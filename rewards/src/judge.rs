@@ -167,7 +167,6 @@ impl JudgeBackend for OpenAiBackend {
 
 /// The `judge` reward.
 pub struct JudgeReward {
-    name: String,
     cfg: JudgeConfig,
     score_re: Regex,
     backend: Arc<dyn JudgeBackend>,
@@ -225,7 +224,6 @@ impl JudgeReward {
             return Err(bad("max_score must exceed min_score".into()));
         }
         Ok(JudgeReward {
-            name: name.into(),
             cfg,
             score_re,
             backend,
@@ -294,10 +292,6 @@ fn clip(s: &str) -> String {
 type Keyed = (Vec<ChatMessage>, [u8; 32]);
 
 impl Reward for JudgeReward {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
     fn score_batch(&self, samples: &[Sample]) -> Vec<Score> {
         let prepared: Vec<Result<Keyed, RewardFailure>> = samples
             .iter()

@@ -8,8 +8,10 @@
 
 pub mod code;
 pub mod combine;
+pub mod countdown;
 pub mod custom;
 pub mod error;
+pub mod exact;
 pub mod format;
 mod http_client;
 pub mod iou;
@@ -34,10 +36,12 @@ pub type Score = std::result::Result<f64, RewardFailure>;
 /// Implementations must never panic on bad input: every problem with a sample is reported
 /// as a [`RewardFailure`] in that sample's slot. The returned vector has exactly one entry
 /// per input sample, in order.
+///
+/// A reward has no name of its own: the name it reports under (metrics, logs, failure
+/// counts) is the one it is added with, [`RewardSpec::name`] through
+/// [`WeightedRewards::from_specs`] or the `name` argument of [`WeightedRewards::push`].
+/// Builders receive that name too, for their error messages.
 pub trait Reward: Send + Sync {
-    /// The name this reward reports under (metrics, logs, combination).
-    fn name(&self) -> &str;
-
     /// Scores every sample of the batch.
     fn score_batch(&self, samples: &[Sample]) -> Vec<Score>;
 }

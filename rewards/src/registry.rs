@@ -28,10 +28,11 @@ use crate::{Error, Result, Reward};
 /// One entry of the run config's `[[rewards]]` list.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RewardSpec {
-    /// Name the reward reports under; also the builder when `type` is absent.
+    /// Name the reward reports under (metrics, logs, failure counts); also the builder when
+    /// `type` is absent.
     pub name: String,
-    /// Builder to use (`math`, `code`, `iou`, `format`, `judge`, `command`, `http`, or a
-    /// name registered by the user).
+    /// Builder to use (`math`, `code`, `iou`, `countdown`, `format`, `judge`, `command`,
+    /// `http`, or a name registered by the user).
     #[serde(
         default,
         rename = "type",
@@ -72,7 +73,8 @@ impl RewardSpec {
     }
 }
 
-/// Builds a reward from its name and options.
+/// Builds a reward from the spec's `name` (for error messages; the reward reports under it
+/// whatever the builder does with it) and its options.
 pub type Builder = Arc<dyn Fn(&str, &Map<String, Value>) -> Result<Arc<dyn Reward>> + Send + Sync>;
 
 /// Reward builders by name. [`Registry::default`] holds the built-ins; users add their
@@ -103,6 +105,11 @@ impl Default for Registry {
         });
         r.register("iou", |name, o| {
             Ok(Arc::new(crate::iou::IouReward::new(options(name, o)?)))
+        });
+        r.register("countdown", |name, o| {
+            Ok(Arc::new(crate::countdown::CountdownReward::new(options(
+                name, o,
+            )?)))
         });
         r.register("format", |name, o| {
             Ok(Arc::new(crate::format::FormatReward::new(

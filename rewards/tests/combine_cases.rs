@@ -15,9 +15,6 @@ struct WordCount {
 }
 
 impl Reward for WordCount {
-    fn name(&self) -> &str {
-        "words"
-    }
     fn score_batch(&self, samples: &[Sample]) -> Vec<Score> {
         samples
             .iter()
@@ -216,8 +213,8 @@ fn shipped_example_config_builds() {
 fn function_rewards() {
     use oxrl_rewards::custom::FnReward;
     let mut reg = Registry::default();
-    reg.register("has_please", |name, _opts| {
-        Ok(Arc::new(FnReward::new(name, |s: &Sample| {
+    reg.register("has_please", |_name, _opts| {
+        Ok(Arc::new(FnReward::new(|s: &Sample| {
             Ok(if s.completion.contains("please") {
                 1.0
             } else {

@@ -1,4 +1,4 @@
-//! Tables for the IoU reward (the worked Visual-RFT examples of REFERENCE.md) and the format
+//! Tables for the IoU reward (the worked Visual-RFT examples of docs/formulas.md, "IoU") and the format
 //! reward (tag structure, regex, DAPO overlong penalty).
 
 use oxrl_rewards::format::{overlong_penalty, FormatConfig, FormatReward};

@@ -163,7 +163,7 @@ fn gemm(args: GemmArgs) -> anyhow::Result<()> {
     };
     let torch = time(&|x, w| x.linear::<Tensor>(w, None));
     let ours = time(&|x, w| {
-        crate::model::decode_linear::linear(x, w).expect("the kernel applies (AVX-512, f32)")
+        crate::kernels::decode_linear::linear(x, w).expect("the kernel applies (AVX-512, f32)")
     });
     let bytes: f64 = weights.iter().map(|w| w.numel() as f64 * 4.0).sum();
     let floor = bytes / read_bandwidth(Device::Cpu) * 1e3;

@@ -6,7 +6,7 @@ use anyhow::Context;
 use oxrl_envs::Message;
 
 use super::ModelArgs;
-use crate::generate::{generate, SamplingConfig};
+use crate::rollout::single::{generate, SamplingConfig};
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 
 use super::ModelArgs;
-use crate::logprobs::completion_logprobs;
+use crate::rollout::logprobs::completion_logprobs;
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {

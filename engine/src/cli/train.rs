@@ -33,12 +33,12 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
         Some("auto") => Resume::Auto,
         Some(dir) => Resume::Dir(dir.into()),
     };
-    let reports = Trainer::new(cfg, resume)?.run()?;
-    let first = reports.first().map_or(0.0, |r| r.reward_mean);
-    let last = reports.last().map_or(0.0, |r| r.reward_mean);
+    let records = Trainer::new(cfg, resume)?.run()?;
+    let first = records.first().map_or(0.0, |r| r.rewards.mean);
+    let last = records.last().map_or(0.0, |r| r.rewards.mean);
     eprintln!(
         "done: {} steps, reward {first:.3} -> {last:.3}; logs and final model in {}",
-        reports.len(),
+        records.len(),
         out.display()
     );
     Ok(())

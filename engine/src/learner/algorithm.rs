@@ -1,4 +1,4 @@
-//! The interface GRPO, TOPR, DPO and expert iteration share: choose and weight the samples of
+//! The interface GRPO, PPO, TOPR, DPO and expert iteration share: choose and weight the samples of
 //! a batch once ([`Algorithm::prepare`]), then turn per-token log-probabilities of a
 //! micro-batch into a loss ([`Algorithm::loss`]). The [`Learner`](super::Learner) owns the
 //! model, micro-batching, reference log-probabilities and the optimizer.
@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::metrics::Stats;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::sample::Sample;
 
 /// How per-token losses become one scalar (TRL `loss_type`).
@@ -86,20 +86,49 @@ pub struct LossInput<'a> {
     pub logp: &'a Tensor,
     /// Behaviour-policy log-probabilities (mu, recorded by the sampler).
     pub old_logp: &'a Tensor,
-    /// Reference log-probabilities, when the algorithm asked for them.
-    pub ref_logp: Option<&'a Tensor>,
     /// 1 on trained tokens.
     pub mask: &'a Tensor,
     /// Per-token advantages (or per-sequence weights repeated over tokens) from `prepare`.
     pub advantages: &'a Tensor,
-    /// Critic values (differentiable), for algorithms with a critic.
-    pub values: Option<&'a Tensor>,
-    /// Critic values at rollout time (value clipping).
-    pub old_values: Option<&'a Tensor>,
-    /// Value targets.
-    pub returns: Option<&'a Tensor>,
     /// Sizes of the optimizer step this micro-batch belongs to.
     pub scale: StepScale,
+    /// Reference log-probabilities: present exactly when the algorithm's
+    /// [`needs_reference`](Algorithm::needs_reference) says so (read them with
+    /// [`reference`](Self::reference)).
+    pub ref_logp: Option<&'a Tensor>,
+    /// The critic's side: present exactly for algorithms that
+    /// [`needs_critic`](Algorithm::needs_critic) (read it with [`critic`](Self::critic)).
+    pub critic: Option<CriticInput<'a>>,
+}
+
+/// What a loss with a value model needs about one micro-batch.
+///
+/// # Shapes
+/// All `[B, T]`, float.
+#[derive(Debug, Clone, Copy)]
+pub struct CriticInput<'a> {
+    /// Critic values (differentiable).
+    pub values: &'a Tensor,
+    /// Critic values at rollout time (value clipping).
+    pub old_values: &'a Tensor,
+    /// Value targets.
+    pub returns: &'a Tensor,
+}
+
+impl<'a> LossInput<'a> {
+    /// The reference log-probabilities, or an error naming `algorithm` when the learner was
+    /// not asked for them.
+    pub fn reference(&self, algorithm: &str) -> Result<&'a Tensor> {
+        self.ref_logp.ok_or_else(|| {
+            Error::Invalid(format!("{algorithm}: the loss needs reference logprobs"))
+        })
+    }
+
+    /// The critic's inputs, or an error naming `algorithm` when there is no critic.
+    pub fn critic(&self, algorithm: &str) -> Result<CriticInput<'a>> {
+        self.critic
+            .ok_or_else(|| Error::Invalid(format!("{algorithm}: the loss needs a critic")))
+    }
 }
 
 /// Per-sample data the learner computes before `prepare` (in input order).
@@ -122,17 +151,32 @@ pub struct LossOutput {
     pub stats: Stats,
 }
 
-/// The samples an algorithm trains on, in training order, with their advantages.
+/// A value model's targets for one sample, one value per completion token.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CriticTargets {
+    /// The critic's values at rollout time.
+    pub old_values: Vec<f32>,
+    /// Value targets.
+    pub returns: Vec<f32>,
+}
+
+/// One sample an algorithm chose to train on.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PreparedRow {
+    /// Index into the input batch.
+    pub index: usize,
+    /// One advantage per completion token.
+    pub advantages: Vec<f32>,
+    /// Value targets (algorithms with a critic).
+    pub critic: Option<CriticTargets>,
+}
+
+/// The samples an algorithm trains on, in training order (pairs adjacent for DPO), each at
+/// most once.
 #[derive(Debug, Clone, Default)]
 pub struct Prepared {
-    /// Indices into the input batch, in the order to train (pairs adjacent for DPO).
-    pub order: Vec<usize>,
-    /// Per chosen sample, one advantage per completion token.
-    pub advantages: Vec<Vec<f32>>,
-    /// Per chosen sample, value targets (algorithms with a critic).
-    pub returns: Option<Vec<Vec<f32>>>,
-    /// Per chosen sample, the critic's values at rollout time.
-    pub old_values: Option<Vec<Vec<f32>>>,
+    /// The chosen samples with their advantages.
+    pub rows: Vec<PreparedRow>,
 }
 
 impl Prepared {
@@ -143,15 +187,15 @@ impl Prepared {
         order: Vec<usize>,
         advantage: impl Fn(usize) -> f32,
     ) -> Self {
-        let advantages = order
-            .iter()
-            .map(|&i| vec![advantage(i); samples[i].completion_ids.len()])
+        let rows = order
+            .into_iter()
+            .map(|index| PreparedRow {
+                index,
+                advantages: vec![advantage(index); samples[index].completion_ids.len()],
+                critic: None,
+            })
             .collect();
-        Self {
-            order,
-            advantages,
-            ..Default::default()
-        }
+        Self { rows }
     }
 }
 
@@ -185,7 +229,7 @@ pub trait Algorithm: Send + std::fmt::Debug {
         stats: &mut Stats,
     ) -> Result<Prepared>;
     /// The loss of one micro-batch.
-    fn loss(&self, input: &LossInput) -> LossOutput;
+    fn loss(&self, input: &LossInput) -> Result<LossOutput>;
 }
 
 /// Masked mean, sum and count helpers for metrics.

@@ -6,6 +6,7 @@
 //! so no key mask is needed and each row's positions start at 0. Rows that share their prompt
 //! (a GRPO group) run it once: see [`predicting_hidden`].
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 use tch::{Device, Kind, Tensor};
@@ -34,8 +35,8 @@ pub struct Rows {
     pub old_logp: Tensor,
     /// Completion length of each row.
     pub completion_lens: Vec<usize>,
-    /// Length of the prompt every row shares (0 when the rows' prompts differ or there is
-    /// one row): [`predicting_hidden`] runs it once for all rows.
+    /// Length of the prompt every row shares (0 when the rows are of different groups or
+    /// there is one row): [`predicting_hidden`] runs it once for all rows.
     pub shared_prompt: i64,
 }
 
@@ -75,7 +76,25 @@ pub fn validate(s: &Sample) -> Result<()> {
     Ok(())
 }
 
-/// Pads `samples` into tensors on `device`.
+/// Checks a whole batch once: every sample (see [`validate`]), and that samples sharing a
+/// `group_id` share their prompt, which is what lets a group's prompt run once.
+pub fn validate_batch(samples: &[Sample]) -> Result<()> {
+    let mut prompts: HashMap<u64, &[u32]> = HashMap::new();
+    for (i, s) in samples.iter().enumerate() {
+        validate(s).map_err(|e| Error::Invalid(format!("sample {i}: {e}")))?;
+        let prompt = *prompts.entry(s.group_id).or_insert(&s.prompt_ids);
+        if prompt != s.prompt_ids.as_slice() {
+            return Err(Error::Invalid(format!(
+                "learner: sample {i} is in group {} but its prompt differs from the group's first sample's",
+                s.group_id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Pads `samples` into tensors on `device`. Rows of one group (`group_id`) are taken to share
+/// their prompt ([`validate_batch`] checks it).
 pub fn collate(samples: &[&Sample], device: Device) -> Result<Rows> {
     if samples.is_empty() {
         return Err(Error::Invalid("learner: empty micro-batch".into()));
@@ -130,11 +149,7 @@ pub fn collate(samples: &[&Sample], device: Device) -> Result<Rows> {
         mask: Tensor::from_slice(&mask).view([b, t]).to_device(device),
         old_logp: Tensor::from_slice(&old).view([b, t]).to_device(device),
         completion_lens: samples.iter().map(|s| s.completion_ids.len()).collect(),
-        shared_prompt: if b > 1
-            && samples
-                .iter()
-                .all(|s| s.prompt_ids == samples[0].prompt_ids)
-        {
+        shared_prompt: if b > 1 && samples.iter().all(|s| s.group_id == samples[0].group_id) {
             samples[0].prompt_ids.len() as i64
         } else {
             0
@@ -230,8 +245,9 @@ fn shared_prompt_hidden(model: &Llama, rows: &Rows) -> Tensor {
 const MIN_SHARED_ROWS: usize = 4;
 
 /// Micro-batches as [`micro_batches`] makes them, except that a run of at least
-/// [`MIN_SHARED_ROWS`] consecutive samples with the same prompt (a GRPO group) is split on its
-/// own, so its micro-batches share their prompt and compute it once. Runs never split a unit.
+/// [`MIN_SHARED_ROWS`] consecutive samples of one group (a GRPO group: one `group_id`, one
+/// prompt) is split on its own, so its micro-batches share their prompt and compute it once.
+/// Runs never split a unit.
 pub fn prompt_micro_batches(
     samples: &[&Sample],
     unit: usize,
@@ -248,7 +264,7 @@ pub fn prompt_micro_batches(
     };
     let (mut mixed_start, mut run_start) = (0, 0);
     for i in 1..=samples.len() {
-        if i < samples.len() && samples[i].prompt_ids == samples[run_start].prompt_ids {
+        if i < samples.len() && samples[i].group_id == samples[run_start].group_id {
             continue;
         }
         let whole_units = run_start % unit.max(1) == 0 && i % unit.max(1) == 0;

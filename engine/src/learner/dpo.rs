@@ -14,9 +14,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::algorithm::{Algorithm, BatchContext, LossInput, LossOutput, Prepared};
-use super::grpo::reward_stats;
 use super::metrics::{self as m, Stats};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::sample::{FinishReason, Sample};
 
 /// Which preference loss (TRL `loss_type`).
@@ -84,7 +83,6 @@ pub fn pair_samples(
         finish_reason: FinishReason::Stop,
         reward,
         rewards: BTreeMap::new(),
-        metadata: serde_json::Value::Null,
     };
     [make(chosen, 1.0), make(rejected, 0.0)]
 }
@@ -112,10 +110,6 @@ impl Algorithm for Dpo {
         _ctx: &BatchContext,
         stats: &mut Stats,
     ) -> Result<Prepared> {
-        if self.cfg.beta <= 0.0 {
-            return Err(Error::Invalid("dpo: beta must be > 0".into()));
-        }
-        reward_stats(samples, stats);
         let mut groups: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
         for (i, s) in samples.iter().enumerate() {
             groups.entry(s.group_id).or_default().push(i);
@@ -148,7 +142,7 @@ impl Algorithm for Dpo {
         Ok(Prepared::per_sample(samples, order, |_| 0.0))
     }
 
-    fn loss(&self, input: &LossInput) -> LossOutput {
+    fn loss(&self, input: &LossInput) -> Result<LossOutput> {
         dpo_loss(&self.cfg, input)
     }
 }
@@ -158,9 +152,9 @@ impl Algorithm for Dpo {
 ///
 /// # Shapes
 /// inputs `[2P, T]`; the loss is a scalar.
-pub fn dpo_loss(cfg: &DpoConfig, x: &LossInput) -> LossOutput {
+pub fn dpo_loss(cfg: &DpoConfig, x: &LossInput) -> Result<LossOutput> {
     let mask = x.mask;
-    let reference = x.ref_logp.expect("dpo needs reference logprobs");
+    let reference = x.reference("dpo")?;
     let mut logratio = ((x.logp - reference) * mask).sum_dim_intlist(-1, false, None::<Kind>);
     if cfg.loss_type == DpoLoss::Ipo {
         logratio /= mask.sum_dim_intlist(-1, false, None::<Kind>).clamp_min(1.0);
@@ -200,9 +194,9 @@ pub fn dpo_loss(cfg: &DpoConfig, x: &LossInput) -> LossOutput {
         stats.mean(m::DPO_MARGIN, sum(&(&rc - &rr)), k);
     });
     let policy_loss = loss.double_value(&[]);
-    LossOutput {
+    Ok(LossOutput {
         loss,
         policy_loss,
         stats,
-    }
+    })
 }

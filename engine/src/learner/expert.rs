@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use super::algorithm::{
     aggregate, Algorithm, BatchContext, LossInput, LossOutput, LossType, Prepared,
 };
-use super::grpo::reward_stats;
 use super::metrics::{self as m, Stats};
 use crate::error::Result;
 use crate::sample::Sample;
@@ -58,7 +57,6 @@ impl Algorithm for ExpertIteration {
         _ctx: &BatchContext,
         stats: &mut Stats,
     ) -> Result<Prepared> {
-        reward_stats(samples, stats);
         let order: Vec<usize> = (0..samples.len())
             .filter(|&i| samples[i].reward >= self.cfg.min_reward)
             .collect();
@@ -67,13 +65,13 @@ impl Algorithm for ExpertIteration {
     }
 
     /// Token-mean negative log-likelihood over the step's kept tokens.
-    fn loss(&self, x: &LossInput) -> LossOutput {
+    fn loss(&self, x: &LossInput) -> Result<LossOutput> {
         let loss = aggregate(&(-x.logp), x.mask, LossType::Dapo, &x.scale);
         let policy_loss = loss.double_value(&[]);
-        LossOutput {
+        Ok(LossOutput {
             loss,
             policy_loss,
             stats: Stats::default(),
-        }
+        })
     }
 }

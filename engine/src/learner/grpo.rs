@@ -2,7 +2,7 @@
 //! variants TRL's `GRPOTrainer` exposes: `scale_rewards` (Dr. GRPO, Liu et al. 2025), token-
 //! or sequence-level importance ratio (GSPO, Zheng et al. 2025), asymmetric clipping and
 //! dynamic sampling (DAPO, Yu et al. 2025), k3 KL to a reference, and the `grpo | bnpo |
-//! dr_grpo | dapo` aggregations. Formulas: `../shared/REFERENCE.md`, TRL
+//! dr_grpo | dapo` aggregations. Formulas: `docs/formulas.md` ("GRPO"), TRL
 //! `grpo_trainer.py::_compute_loss`.
 
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,7 @@ use super::algorithm::{
     Prepared,
 };
 use super::metrics::{self as m, Stats};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::sample::Sample;
 
 /// Where the importance ratio is taken (TRL `importance_sampling_level`).
@@ -48,8 +48,13 @@ pub struct GrpoConfig {
     pub num_iterations: usize,
     /// Dr. GRPO's normaliser; the batch's longest completion when unset.
     pub max_completion_length: Option<usize>,
-    /// DAPO dynamic sampling: drop groups whose rewards are all equal (the trainer refills).
+    /// DAPO dynamic sampling: groups whose rewards are all equal are dropped, and the
+    /// trainer generates more prompts until the step has `rollout.prompts_per_step` groups
+    /// whose rewards differ.
     pub dynamic_sampling: bool,
+    /// Dynamic sampling: the most extra batches of prompts one step generates (verl
+    /// `max_num_gen_batches`); past it the step trains on what it has.
+    pub max_refill_batches: usize,
 }
 
 impl Default for GrpoConfig {
@@ -64,6 +69,7 @@ impl Default for GrpoConfig {
             num_iterations: 1,
             max_completion_length: None,
             dynamic_sampling: false,
+            max_refill_batches: 10,
         }
     }
 }
@@ -91,20 +97,6 @@ pub fn informative(samples: &[Sample], scale: ScaleRewards) -> Vec<usize> {
     (0..samples.len()).filter(|&i| !adv.zero_std[i]).collect()
 }
 
-/// Reward mean/std metrics of a batch.
-pub(crate) fn reward_stats(samples: &[Sample], stats: &mut Stats) {
-    let n = samples.len().max(1) as f64;
-    let mean = samples.iter().map(|s| s.reward).sum::<f64>() / n;
-    let var = samples
-        .iter()
-        .map(|s| (s.reward - mean).powi(2))
-        .sum::<f64>()
-        / n;
-    stats.set(m::REWARD_MEAN, mean);
-    stats.set(m::REWARD_STD, var.sqrt());
-    stats.set(m::SAMPLES, samples.len() as f64);
-}
-
 impl Algorithm for Grpo {
     fn name(&self) -> &'static str {
         "grpo"
@@ -128,10 +120,6 @@ impl Algorithm for Grpo {
         _ctx: &BatchContext,
         stats: &mut Stats,
     ) -> Result<Prepared> {
-        if !(self.cfg.epsilon >= 0.0 && self.cfg.eps_high() >= 0.0) {
-            return Err(Error::Invalid("grpo: epsilon must be >= 0".into()));
-        }
-        reward_stats(samples, stats);
         let rewards: Vec<f64> = samples.iter().map(|s| s.reward).collect();
         let ids: Vec<u64> = samples.iter().map(|s| s.group_id).collect();
         let adv = group_advantages(&rewards, &ids, self.cfg.scale_rewards);
@@ -145,7 +133,7 @@ impl Algorithm for Grpo {
         }))
     }
 
-    fn loss(&self, input: &LossInput) -> LossOutput {
+    fn loss(&self, input: &LossInput) -> Result<LossOutput> {
         grpo_loss(&self.cfg, input)
     }
 }
@@ -157,7 +145,7 @@ impl Algorithm for Grpo {
 ///
 /// # Shapes
 /// inputs `[B, T]`; the loss is a scalar.
-pub fn grpo_loss(cfg: &GrpoConfig, x: &LossInput) -> LossOutput {
+pub fn grpo_loss(cfg: &GrpoConfig, x: &LossInput) -> Result<LossOutput> {
     let mask = x.mask;
     let log_ratio = x.logp - x.old_logp;
     let log_iw = match cfg.importance_sampling_level {
@@ -176,10 +164,7 @@ pub fn grpo_loss(cfg: &GrpoConfig, x: &LossInput) -> LossOutput {
     let mut stats = Stats::default();
     let tokens = mask_count(mask);
     if cfg.beta != 0.0 {
-        let r = x
-            .ref_logp
-            .expect("grpo: beta != 0 needs reference logprobs")
-            - x.logp;
+        let r = x.reference("grpo (beta != 0)")? - x.logp;
         let kl = r.exp() - &r - 1.0;
         stats.mean(m::KL, masked_sum(&kl, mask), tokens);
         per_token += kl * cfg.beta;
@@ -208,9 +193,9 @@ pub fn grpo_loss(cfg: &GrpoConfig, x: &LossInput) -> LossOutput {
             );
         }
     });
-    LossOutput {
+    Ok(LossOutput {
         loss,
         policy_loss,
         stats,
-    }
+    })
 }

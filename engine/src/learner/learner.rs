@@ -12,8 +12,11 @@ use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use super::algorithm::{mask_count, masked_sum, Algorithm, BatchContext, LossInput, StepScale};
-use super::batch::{collate, prompt_micro_batches, token_logprobs, validate, Rows};
+use super::algorithm::{
+    mask_count, masked_sum, Algorithm, BatchContext, CriticInput, CriticTargets, LossInput,
+    StepScale,
+};
+use super::batch::{collate, prompt_micro_batches, token_logprobs, validate_batch, Rows};
 use super::dpo::{Dpo, DpoConfig};
 use super::expert::{ExpertIteration, ExpertIterationConfig};
 use super::grpo::{Grpo, GrpoConfig};
@@ -22,6 +25,7 @@ use super::optim::{AdamW, OptimConfig};
 use super::ppo::{Critic, Ppo, PpoConfig};
 use super::topr::{Topr, ToprConfig};
 use crate::error::{Error, Result};
+use crate::model::replica::replica;
 use crate::model::Llama;
 use crate::sample::Sample;
 
@@ -142,6 +146,7 @@ impl Learner {
     /// `vs` are optimised; when the algorithm needs a reference, a frozen copy of the current
     /// weights is made now.
     pub fn new(vs: VarStore, policy: Llama, cfg: LearnerConfig) -> Result<Self> {
+        cfg.validate()?;
         let algorithm = cfg.build_algorithm();
         let reference = if algorithm.needs_reference() && policy.has_adapters() {
             Some(Reference {
@@ -149,12 +154,8 @@ impl Learner {
                 cache: (cfg.algorithm == AlgorithmKind::Dpo).then(HashMap::new),
             })
         } else if algorithm.needs_reference() {
-            let mut rvs = VarStore::new(vs.device());
-            let model = Llama::new(&rvs.root(), policy.config());
-            if let Some(kind) = vs.variables().values().next().map(|t| t.kind()) {
-                rvs.set_kind(kind);
-            }
-            rvs.copy(&vs)?;
+            let (mut rvs, model) =
+                replica(&vs, |root| Llama::new(root, policy.config()), |_| false)?;
             rvs.freeze();
             let cache = (cfg.algorithm == AlgorithmKind::Dpo).then(HashMap::new);
             Some(Reference {
@@ -233,23 +234,15 @@ impl Learner {
 
     /// Per-token log-probabilities of each sample's completion under the current policy.
     pub fn logprobs(&self, samples: &[Sample]) -> Result<Vec<Vec<f32>>> {
+        validate_batch(samples)?;
         let refs: Vec<&Sample> = samples.iter().collect();
         self.logprobs_with(&self.policy, &refs)
     }
 
     fn logprobs_with(&self, model: &Llama, samples: &[&Sample]) -> Result<Vec<Vec<f32>>> {
-        let mut out = Vec::with_capacity(samples.len());
-        for r in prompt_micro_batches(samples, 1, self.cfg.max_tokens_per_micro_batch) {
-            let rows = collate(&samples[r.clone()], model.device())?;
-            let logp = tch::no_grad(|| token_logprobs(model, &rows).logp)
-                .to_device(Device::Cpu)
-                .to_kind(Kind::Float);
-            for (i, s) in samples[r].iter().enumerate() {
-                let row = Vec::<f32>::try_from(logp.get(i as i64))?;
-                out.push(row[..s.completion_ids.len()].to_vec());
-            }
-        }
-        Ok(out)
+        self.per_token(samples, model.device(), |rows| {
+            token_logprobs(model, rows).logp
+        })
     }
 
     /// Critic values per completion token of `samples` (PPO only).
@@ -258,13 +251,29 @@ impl Learner {
             .critic
             .as_ref()
             .ok_or_else(|| Error::Invalid("learner: no critic".into()))?;
+        self.per_token(samples, critic.vs.device(), |rows| critic.values(rows))
+    }
+
+    /// `f`'s per-token values of each sample's completion tokens, without gradients, in
+    /// micro-batches of the configured budget.
+    fn per_token(
+        &self,
+        samples: &[&Sample],
+        device: Device,
+        f: impl Fn(&Rows) -> Tensor,
+    ) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(samples.len());
         for r in prompt_micro_batches(samples, 1, self.cfg.max_tokens_per_micro_batch) {
-            let rows = collate(&samples[r.clone()], critic.vs.device())?;
-            let v = tch::no_grad(|| critic.values(&rows)).to_device(Device::Cpu);
+            let rows = collate(&samples[r.clone()], device)?;
+            let t = rows.mask.size()[1] as usize;
+            let values = tch::no_grad(|| f(&rows))
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float)
+                .contiguous()
+                .view([-1]);
+            let flat = Vec::<f32>::try_from(&values)?;
             for (i, s) in samples[r].iter().enumerate() {
-                let row = Vec::<f32>::try_from(v.get(i as i64))?;
-                out.push(row[..s.completion_ids.len()].to_vec());
+                out.push(flat[i * t..i * t + s.completion_ids.len()].to_vec());
             }
         }
         Ok(out)
@@ -294,11 +303,11 @@ impl Learner {
             .filter(|s| !cache.contains_key(&sample_key(s)))
             .collect();
         let fresh = run(&missing)?;
-        let cache = self
-            .reference
-            .as_mut()
-            .and_then(|r| r.cache.as_mut())
-            .expect("checked above");
+        let Some(cache) = self.reference.as_mut().and_then(|r| r.cache.as_mut()) else {
+            return Err(Error::Invalid(
+                "learner: the reference cache vanished".into(),
+            ));
+        };
         for (s, lp) in missing.iter().zip(fresh) {
             cache.insert(sample_key(s), lp);
         }
@@ -309,92 +318,119 @@ impl Learner {
     }
 
     /// One learner update on a batch of scored samples; returns the update's metrics
-    /// (names in [`metrics`](super::metrics)).
+    /// (names in [`metrics`](super::metrics)). [`train`](Self::train) also says what each
+    /// sample was trained with.
     pub fn update(&mut self, samples: &[Sample]) -> Result<Metrics> {
-        let mut stats = Stats::default();
-        for s in samples {
-            validate(s)?;
+        Ok(self.train(samples)?.metrics)
+    }
+
+    /// One learner update on a batch of scored samples.
+    pub fn train(&mut self, samples: &[Sample]) -> Result<Update> {
+        validate_batch(samples)?;
+        let rows = self.training_rows(samples)?;
+        let mut stats = rows.stats;
+        let mut advantages = vec![None; samples.len()];
+        for (row, index) in rows.rows.iter().zip(&rows.indices) {
+            advantages[*index] = Some(row.mean_advantage());
         }
-        let all: Vec<&Sample> = samples.iter().collect();
-        let all_refs = if self.algorithm.needs_reference() && !samples.is_empty() {
-            Some(self.reference_logprobs(&all)?)
-        } else {
-            None
-        };
-        let all_values = if self.critic.is_some() && !samples.is_empty() {
-            Some(self.values(&all)?)
-        } else {
-            None
-        };
-        let ctx = BatchContext {
-            reference: all_refs.as_deref(),
-            values: all_values.as_deref(),
-        };
-        let prepared = self.algorithm.prepare(samples, &ctx, &mut stats)?;
-        let chosen: Vec<&Sample> = prepared.order.iter().map(|&i| &samples[i]).collect();
-        if chosen.is_empty() {
+        if rows.rows.is_empty() {
             stats.set(m::OPTIMIZER_STEPS, 0.0);
             stats.set(m::TRAINED_TOKENS, 0.0);
-            return Ok(stats.finish());
+            return Ok(Update {
+                metrics: stats.finish(),
+                advantages,
+            });
         }
-        let refs: Option<Vec<Vec<f32>>> =
-            all_refs.map(|r| prepared.order.iter().map(|&i| r[i].clone()).collect());
-        let targets = match (&prepared.returns, &prepared.old_values) {
-            (Some(r), Some(v)) => Some((r.as_slice(), v.as_slice())),
-            _ => None,
-        };
+        let rows = rows.rows;
         let unit = self.algorithm.unit();
         let max_len = self.algorithm.max_completion_length().unwrap_or_else(|| {
-            chosen
-                .iter()
-                .map(|s| s.completion_ids.len())
+            rows.iter()
+                .map(|r| r.sample.completion_ids.len())
                 .max()
                 .unwrap_or(1)
         });
-        let minis = split_even(chosen.len(), unit, self.cfg.mini_batches.max(1));
+        let minis = split_even(rows.len(), unit, self.cfg.mini_batches.max(1));
         let mut steps = 0;
         for pass in 0..self.algorithm.passes() {
             // Optionally reshuffle (whole units) so mini-batches differ between passes.
-            let perm = if self.cfg.shuffle {
-                let seed = self.cfg.seed ^ ((self.steps() as u64) << 20) ^ pass as u64;
-                unit_permutation(chosen.len(), unit, seed)
-            } else {
-                (0..chosen.len()).collect()
+            let order: Vec<&TrainingRow> = match self.cfg.shuffle {
+                true => {
+                    let seed = self.cfg.seed ^ ((self.steps() as u64) << 20) ^ pass as u64;
+                    unit_permutation(rows.len(), unit, seed)
+                        .into_iter()
+                        .map(|i| &rows[i])
+                        .collect()
+                }
+                false => rows.iter().collect(),
             };
-            let pick =
-                |v: &[Vec<f32>]| -> Vec<Vec<f32>> { perm.iter().map(|&i| v[i].clone()).collect() };
-            let samples_p: Vec<&Sample> = perm.iter().map(|&i| chosen[i]).collect();
-            let adv_p = pick(&prepared.advantages);
-            let refs_p = refs.as_deref().map(pick);
-            let targets_p = targets.map(|(r, v)| (pick(r), pick(v)));
             for mini in &minis {
-                let part = Part {
-                    samples: &samples_p[mini.clone()],
-                    advantages: &adv_p[mini.clone()],
-                    refs: refs_p.as_ref().map(|r| &r[mini.clone()]),
-                    targets: targets_p
-                        .as_ref()
-                        .map(|(r, v)| (&r[mini.clone()], &v[mini.clone()])),
-                };
-                self.optimizer_step(&part, max_len, &mut stats)?;
+                self.optimizer_step(&order[mini.clone()], max_len, &mut stats)?;
                 steps += 1;
             }
         }
         stats.set(m::OPTIMIZER_STEPS, steps as f64);
-        let tokens: usize = chosen.iter().map(|s| s.trained_tokens()).sum();
+        let tokens: usize = rows.iter().map(|r| r.sample.trained_tokens()).sum();
         stats.set(m::TRAINED_TOKENS, tokens as f64);
-        Ok(stats.finish())
+        Ok(Update {
+            metrics: stats.finish(),
+            advantages,
+        })
+    }
+
+    /// The algorithm's choice of samples, each carrying everything its loss needs.
+    fn training_rows<'s>(&mut self, samples: &'s [Sample]) -> Result<ChosenRows<'s>> {
+        let mut stats = Stats::default();
+        let all: Vec<&Sample> = samples.iter().collect();
+        let needed = !samples.is_empty();
+        let mut references = match self.algorithm.needs_reference() && needed {
+            true => Some(self.reference_logprobs(&all)?),
+            false => None,
+        };
+        let values = match self.critic.is_some() && needed {
+            true => Some(self.values(&all)?),
+            false => None,
+        };
+        let ctx = BatchContext {
+            reference: references.as_deref(),
+            values: values.as_deref(),
+        };
+        reward_stats(samples, &mut stats);
+        let prepared = self.algorithm.prepare(samples, &ctx, &mut stats)?;
+        let mut seen = vec![false; samples.len()];
+        let mut rows = Vec::with_capacity(prepared.rows.len());
+        let mut indices = Vec::with_capacity(prepared.rows.len());
+        for p in prepared.rows {
+            if std::mem::replace(&mut seen[p.index], true) {
+                return Err(Error::Invalid(format!(
+                    "learner: {} chose sample {} twice",
+                    self.algorithm.name(),
+                    p.index
+                )));
+            }
+            indices.push(p.index);
+            rows.push(TrainingRow {
+                sample: &samples[p.index],
+                reference: references.as_mut().map(|r| std::mem::take(&mut r[p.index])),
+                advantages: p.advantages,
+                critic: p.critic,
+            });
+        }
+        Ok(ChosenRows {
+            rows,
+            indices,
+            stats,
+        })
     }
 
     fn optimizer_step(
         &mut self,
-        part: &Part,
+        rows: &[&TrainingRow],
         max_completion_length: usize,
         stats: &mut Stats,
     ) -> Result<()> {
-        let samples = part.samples;
+        let samples: Vec<&Sample> = rows.iter().map(|r| r.sample).collect();
         let micros = prompt_micro_batches(
-            samples,
+            &samples,
             self.algorithm.unit(),
             self.cfg.max_tokens_per_micro_batch,
         );
@@ -407,7 +443,7 @@ impl Learner {
         self.optimizer.zero_grad();
         let (mut loss_sum, mut pg_sum) = (0.0, 0.0);
         for r in micros {
-            let (loss, pg) = self.micro_step(part, r, scale, stats)?;
+            let (loss, pg) = self.micro_step(&rows[r.clone()], &samples[r], scale, stats)?;
             loss_sum += loss;
             pg_sum += pg;
         }
@@ -430,37 +466,50 @@ impl Learner {
 
     fn micro_step(
         &mut self,
-        part: &Part,
-        r: Range<usize>,
+        rows: &[&TrainingRow],
+        samples: &[&Sample],
         scale: StepScale,
         stats: &mut Stats,
     ) -> Result<(f64, f64)> {
         let device = self.policy.device();
-        let rows: Rows = collate(&part.samples[r.clone()], device)?;
-        let t = rows.mask.size()[1];
-        let pad = |v: &[Vec<f32>]| {
-            let rr: Vec<&[f32]> = v[r.clone()].iter().map(|a| a.as_slice()).collect();
-            pad_rows(&rr, t, device)
+        let batch: Rows = collate(samples, device)?;
+        let t = batch.mask.size()[1];
+        let pad = |field: for<'r> fn(&'r TrainingRow<'_>) -> Option<&'r [f32]>| {
+            let per_row: Option<Vec<&[f32]>> = rows.iter().map(|r| field(r)).collect();
+            per_row.map(|v| pad_rows(&v, t, device))
         };
-        let adv = pad(part.advantages);
-        let ref_logp = part.refs.map(pad);
-        let returns = part.targets.map(|(ret, _)| pad(ret));
-        let old_values = part.targets.map(|(_, v)| pad(v));
-        let values = self.critic.as_ref().map(|c| c.values(&rows));
+        let advantages = pad_rows(
+            &rows
+                .iter()
+                .map(|r| r.advantages.as_slice())
+                .collect::<Vec<_>>(),
+            t,
+            device,
+        );
+        let ref_logp = pad(|r| r.reference.as_deref());
+        let old_values = pad(|r| r.critic.as_ref().map(|c| c.old_values.as_slice()));
+        let returns = pad(|r| r.critic.as_ref().map(|c| c.returns.as_slice()));
+        let values = self.critic.as_ref().map(|c| c.values(&batch));
+        let critic = match (&values, &old_values, &returns) {
+            (Some(values), Some(old_values), Some(returns)) => Some(CriticInput {
+                values,
+                old_values,
+                returns,
+            }),
+            _ => None,
+        };
         self.policy.set_training(true);
-        let tl = token_logprobs(&self.policy, &rows);
+        let tl = token_logprobs(&self.policy, &batch);
         self.policy.set_training(false);
         let out = self.algorithm.loss(&LossInput {
             logp: &tl.logp,
-            old_logp: &rows.old_logp,
-            ref_logp: ref_logp.as_ref(),
-            mask: &rows.mask,
-            advantages: &adv,
-            values: values.as_ref(),
-            old_values: old_values.as_ref(),
-            returns: returns.as_ref(),
+            old_logp: &batch.old_logp,
+            mask: &batch.mask,
+            advantages: &advantages,
             scale,
-        });
+            ref_logp: ref_logp.as_ref(),
+            critic,
+        })?;
         if !out.loss.requires_grad() {
             return Err(Error::Invalid(
                 "learner: the loss does not depend on any trainable parameter".into(),
@@ -468,22 +517,66 @@ impl Learner {
         }
         out.loss.backward();
         stats.merge(&out.stats);
-        let tokens = mask_count(&rows.mask);
-        stats.mean(m::ENTROPY, masked_sum(&tl.entropy, &rows.mask), tokens);
+        let tokens = mask_count(&batch.mask);
+        stats.mean(m::ENTROPY, masked_sum(&tl.entropy, &batch.mask), tokens);
         Ok((out.loss.double_value(&[]), out.policy_loss))
     }
 }
 
-/// Per-sample (returns, old values).
-type Targets<'a> = (&'a [Vec<f32>], &'a [Vec<f32>]);
+/// What one update did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Update {
+    /// The update's metrics (names in [`metrics`](super::metrics)).
+    pub metrics: Metrics,
+    /// Per input sample: the mean advantage over its trained tokens that the algorithm
+    /// trained it with, `None` for samples it dropped.
+    pub advantages: Vec<Option<f64>>,
+}
 
-/// The slice of a prepared batch one optimizer step trains on.
-struct Part<'a> {
-    samples: &'a [&'a Sample],
-    advantages: &'a [Vec<f32>],
-    refs: Option<&'a [Vec<f32>]>,
-    /// (returns, old values) for algorithms with a critic.
-    targets: Option<Targets<'a>>,
+/// One sample's training data, carried together so that one permutation moves one thing.
+struct TrainingRow<'s> {
+    sample: &'s Sample,
+    /// One advantage per completion token.
+    advantages: Vec<f32>,
+    /// Reference logprobs per completion token, when the algorithm needs them.
+    reference: Option<Vec<f32>>,
+    /// Value targets, for algorithms with a critic.
+    critic: Option<CriticTargets>,
+}
+
+impl TrainingRow<'_> {
+    /// Mean advantage over the trained tokens (0 when none are trained).
+    fn mean_advantage(&self) -> f64 {
+        let trained = self
+            .advantages
+            .iter()
+            .zip(&self.sample.loss_mask)
+            .filter(|(_, &m)| m)
+            .map(|(&a, _)| a as f64);
+        let (sum, n) = trained.fold((0.0, 0usize), |(s, n), a| (s + a, n + 1));
+        sum / n.max(1) as f64
+    }
+}
+
+/// The rows an algorithm chose, their indices in the input batch, and its batch metrics.
+struct ChosenRows<'s> {
+    rows: Vec<TrainingRow<'s>>,
+    indices: Vec<usize>,
+    stats: Stats,
+}
+
+/// The batch's reward mean/std and size, for every algorithm (DPO then counts its pairs' samples).
+fn reward_stats(samples: &[Sample], stats: &mut Stats) {
+    let n = samples.len().max(1) as f64;
+    let mean = samples.iter().map(|s| s.reward).sum::<f64>() / n;
+    let var = samples
+        .iter()
+        .map(|s| (s.reward - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    stats.set(m::REWARD_MEAN, mean);
+    stats.set(m::REWARD_STD, var.sqrt());
+    stats.set(m::SAMPLES, samples.len() as f64);
 }
 
 /// A seeded permutation of `0..n` that moves whole units of `unit` consecutive items

@@ -11,6 +11,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::llama::LoraSpec;
+use crate::model::replica::replica;
 use crate::model::{Llama, ModelConfig};
 use crate::pretrained::save_model_dir;
 
@@ -95,24 +96,12 @@ pub fn with_adapters(
     cfg: &ModelConfig,
     lora: &LoraConfig,
 ) -> Result<(VarStore, Llama)> {
-    let mut vs = VarStore::new(base.device());
-    let model = Llama::with_lora(&vs.root(), cfg, Some(&lora.spec()?));
-    if let Some(kind) = base.variables().values().next().map(|t| t.kind()) {
-        vs.set_kind(kind);
-    }
-    let src = base.variables();
-    tch::no_grad(|| -> Result<()> {
-        for (name, mut dst) in vs.variables() {
-            if is_adapter(&name) {
-                continue;
-            }
-            let s = src
-                .get(&name)
-                .ok_or_else(|| Error::Invalid(format!("lora: base weights lack {name}")))?;
-            dst.f_copy_(s)?;
-        }
-        Ok(())
-    })?;
+    let spec = lora.spec()?;
+    let (vs, model) = replica(
+        base,
+        |root| Llama::with_lora(root, cfg, Some(&spec)),
+        is_adapter,
+    )?;
     freeze_base(&vs);
     Ok((vs, model))
 }

@@ -1,69 +1,49 @@
-//! Metric names every update reports (Prometheus conventions of `../shared/REFERENCE.md`:
+//! Metric names every update reports (Prometheus conventions of `docs/formulas.md` "Metrics":
 //! prefix `oxrl_`, base units in the name) and the small accumulator that averages them over
 //! micro-batches. TRL/verl names are given beside each constant.
 
 use std::collections::BTreeMap;
 
-/// Total loss that was back-propagated (TRL `loss`).
-pub const LOSS: &str = "oxrl_learner_loss";
-/// Policy-gradient part of the loss (verl `actor/pg_loss`).
-pub const POLICY_LOSS: &str = "oxrl_learner_policy_loss";
-/// Critic loss (verl `critic/vf_loss`); PPO only.
-pub const VALUE_LOSS: &str = "oxrl_learner_value_loss";
-/// Mean per-token KL to the reference (TRL `kl`), k3 estimator unless the algorithm says.
-pub const KL: &str = "oxrl_learner_kl";
-/// Mean per-token entropy of the policy on trained tokens (TRL `entropy`).
-pub const ENTROPY: &str = "oxrl_learner_entropy";
-/// Fraction of tokens clipped at `1 - eps_low` with negative advantage (TRL
-/// `clip_ratio/low_mean`).
-pub const CLIP_FRACTION_LOW: &str = "oxrl_learner_clip_fraction_low";
-/// Fraction of tokens clipped at `1 + eps_high` with positive advantage (TRL
-/// `clip_ratio/high_mean`).
-pub const CLIP_FRACTION_HIGH: &str = "oxrl_learner_clip_fraction_high";
-/// Fraction of tokens clipped either way (TRL `clip_ratio/region_mean`, verl `actor/pg_clipfrac`).
-pub const CLIP_FRACTION: &str = "oxrl_learner_clip_fraction";
-/// Fraction of value predictions clipped (verl `critic/vf_clipfrac`); PPO only.
-pub const VALUE_CLIP_FRACTION: &str = "oxrl_learner_value_clip_fraction";
-/// Mean importance ratio pi/mu over trained tokens.
-pub const RATIO_MEAN: &str = "oxrl_learner_ratio_mean";
-/// Smallest importance ratio seen.
-pub const RATIO_MIN: &str = "oxrl_learner_ratio_min";
-/// Largest importance ratio seen.
-pub const RATIO_MAX: &str = "oxrl_learner_ratio_max";
-/// Global gradient L2 norm before clipping (TRL `grad_norm`), mean over optimizer steps.
-pub const GRAD_NORM: &str = "oxrl_learner_grad_norm";
-/// Learning rate of the last optimizer step (TRL `learning_rate`).
-pub const LEARNING_RATE: &str = "oxrl_learner_learning_rate";
-/// Completion tokens that counted in the loss in this update (one pass).
-pub const TRAINED_TOKENS: &str = "oxrl_learner_trained_tokens";
-/// Optimizer steps taken in this update.
-pub const OPTIMIZER_STEPS: &str = "oxrl_learner_optimizer_steps";
-/// Samples used by this update.
-pub const SAMPLES: &str = "oxrl_learner_samples";
-/// Mean reward of the batch (TRL `reward`).
-pub const REWARD_MEAN: &str = "oxrl_learner_reward_mean";
-/// Standard deviation of the batch rewards (TRL `reward_std`).
-pub const REWARD_STD: &str = "oxrl_learner_reward_std";
-/// Fraction of groups whose rewards are all equal (TRL `frac_reward_zero_std`).
-pub const FRAC_REWARD_ZERO_STD: &str = "oxrl_learner_frac_reward_zero_std";
-/// Mean advantage over trained tokens.
-pub const ADVANTAGE_MEAN: &str = "oxrl_learner_advantage_mean";
-/// Samples dropped by dynamic sampling or filtering in this update.
-pub const DROPPED_SAMPLES: &str = "oxrl_learner_dropped_samples";
-/// DPO: mean `beta * (logp - ref)` of the chosen completions (TRL `rewards/chosen`).
-pub const DPO_REWARD_CHOSEN: &str = "oxrl_learner_dpo_rewards_chosen";
-/// DPO: mean `beta * (logp - ref)` of the rejected completions (TRL `rewards/rejected`).
-pub const DPO_REWARD_REJECTED: &str = "oxrl_learner_dpo_rewards_rejected";
-/// DPO: fraction of pairs whose chosen implicit reward beats the rejected (TRL
-/// `rewards/accuracies`).
-pub const DPO_ACCURACY: &str = "oxrl_learner_dpo_rewards_accuracy";
-/// DPO: mean chosen minus rejected implicit reward (TRL `rewards/margins`).
-pub const DPO_MARGIN: &str = "oxrl_learner_dpo_rewards_margin";
-/// TOPR: fraction of trajectories in the positive (untruncated) set.
-pub const TOPR_POSITIVE_FRACTION: &str = "oxrl_learner_topr_positive_fraction";
+/// Declares each metric name as a constant documented by its help text, and [`ALL`] with
+/// every (name, help) pair, so no metric can exist without a help text for its gauge.
+macro_rules! learner_metrics {
+    ($($konst:ident = $name:literal: $help:literal;)*) => {
+        $(#[doc = $help] pub const $konst: &str = $name;)*
+        /// Every learner metric with its help text (the `/metrics` gauges' help).
+        pub const ALL: &[(&str, &str)] = &[$(($name, $help)),*];
+    };
+}
 
-/// Optimizer steps skipped because the loss or a gradient was NaN/inf.
-pub const SKIPPED_STEPS: &str = "oxrl_learner_skipped_steps";
+learner_metrics! {
+    LOSS = "oxrl_learner_loss": "Total loss that was back-propagated (TRL `loss`).";
+    POLICY_LOSS = "oxrl_learner_policy_loss": "Policy-gradient part of the loss (verl `actor/pg_loss`).";
+    VALUE_LOSS = "oxrl_learner_value_loss": "Critic loss (verl `critic/vf_loss`); PPO only.";
+    KL = "oxrl_learner_kl": "Mean per-token KL to the reference (TRL `kl`), k3 estimator unless the algorithm says.";
+    ENTROPY = "oxrl_learner_entropy": "Mean per-token entropy of the policy on trained tokens (TRL `entropy`).";
+    CLIP_FRACTION_LOW = "oxrl_learner_clip_fraction_low": "Fraction of tokens clipped at `1 - eps_low` with negative advantage (TRL `clip_ratio/low_mean`).";
+    CLIP_FRACTION_HIGH = "oxrl_learner_clip_fraction_high": "Fraction of tokens clipped at `1 + eps_high` with positive advantage (TRL `clip_ratio/high_mean`).";
+    CLIP_FRACTION = "oxrl_learner_clip_fraction": "Fraction of tokens clipped either way (TRL `clip_ratio/region_mean`, verl `actor/pg_clipfrac`).";
+    VALUE_CLIP_FRACTION = "oxrl_learner_value_clip_fraction": "Fraction of value predictions clipped (verl `critic/vf_clipfrac`); PPO only.";
+    RATIO_MEAN = "oxrl_learner_ratio_mean": "Mean importance ratio pi/mu over trained tokens.";
+    RATIO_MIN = "oxrl_learner_ratio_min": "Smallest importance ratio seen.";
+    RATIO_MAX = "oxrl_learner_ratio_max": "Largest importance ratio seen.";
+    GRAD_NORM = "oxrl_learner_grad_norm": "Global gradient L2 norm before clipping (TRL `grad_norm`), mean over optimizer steps.";
+    LEARNING_RATE = "oxrl_learner_learning_rate": "Learning rate of the last optimizer step (TRL `learning_rate`).";
+    TRAINED_TOKENS = "oxrl_learner_trained_tokens": "Completion tokens that counted in the loss in this update (one pass).";
+    OPTIMIZER_STEPS = "oxrl_learner_optimizer_steps": "Optimizer steps taken in this update.";
+    SAMPLES = "oxrl_learner_samples": "Samples used by this update.";
+    REWARD_MEAN = "oxrl_learner_reward_mean": "Mean reward of the batch (TRL `reward`).";
+    REWARD_STD = "oxrl_learner_reward_std": "Standard deviation of the batch rewards (TRL `reward_std`).";
+    FRAC_REWARD_ZERO_STD = "oxrl_learner_frac_reward_zero_std": "Fraction of groups whose rewards are all equal (TRL `frac_reward_zero_std`).";
+    ADVANTAGE_MEAN = "oxrl_learner_advantage_mean": "Mean advantage over trained tokens.";
+    DROPPED_SAMPLES = "oxrl_learner_dropped_samples": "Samples dropped by dynamic sampling or filtering in this update.";
+    DPO_REWARD_CHOSEN = "oxrl_learner_dpo_rewards_chosen": "DPO: mean `beta * (logp - ref)` of the chosen completions (TRL `rewards/chosen`).";
+    DPO_REWARD_REJECTED = "oxrl_learner_dpo_rewards_rejected": "DPO: mean `beta * (logp - ref)` of the rejected completions (TRL `rewards/rejected`).";
+    DPO_ACCURACY = "oxrl_learner_dpo_rewards_accuracy": "DPO: fraction of pairs whose chosen implicit reward beats the rejected (TRL `rewards/accuracies`).";
+    DPO_MARGIN = "oxrl_learner_dpo_rewards_margin": "DPO: mean chosen minus rejected implicit reward (TRL `rewards/margins`).";
+    TOPR_POSITIVE_FRACTION = "oxrl_learner_topr_positive_fraction": "TOPR: fraction of trajectories in the positive (untruncated) set.";
+    SKIPPED_STEPS = "oxrl_learner_skipped_steps": "Optimizer steps skipped because the loss or a gradient was NaN/inf.";
+}
 
 /// Named metric values of one update.
 pub type Metrics = BTreeMap<&'static str, f64>;

@@ -1,4 +1,4 @@
-//! The learner: GRPO, TOPR, DPO and expert iteration as peers behind one [`Algorithm`]
+//! The learner: GRPO, PPO, TOPR, DPO and expert iteration as peers behind one [`Algorithm`]
 //! trait, AdamW with schedules and clipping, token-budget micro-batches with exact gradient
 //! accumulation, and a frozen reference model. See `docs/learner.md`.
 //!
@@ -21,9 +21,11 @@ pub mod metrics;
 pub mod optim;
 pub mod ppo;
 pub mod topr;
+mod validate;
 
 pub use algorithm::{
-    Algorithm, BatchContext, LossInput, LossOutput, LossType, Prepared, StepScale,
+    Algorithm, BatchContext, CriticInput, CriticTargets, LossInput, LossOutput, LossType, Prepared,
+    PreparedRow, StepScale,
 };
-pub use learner::{AlgorithmKind, Learner, LearnerConfig};
+pub use learner::{AlgorithmKind, Learner, LearnerConfig, Update};
 pub use metrics::{Metrics, Stats};

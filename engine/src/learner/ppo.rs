@@ -1,6 +1,6 @@
 //! PPO with a learned critic for LLMs (Schulman et al. 2017; Ouyang et al. 2022; the
 //! setting of ReFT and the Echo Chamber study). Follows TRL `trl/experimental/ppo/
-//! ppo_trainer.py` and verl `core_algos.py`, as summarised in `../shared/REFERENCE.md`:
+//! ppo_trainer.py` and verl `core_algos.py`, as summarised in `docs/formulas.md` ("PPO"):
 //!
 //! - per-token reward `r_t = -kl_coef * kl_t` on trained tokens (`kl_t = mu_t - ref_t` for
 //!   k1, `exp(ref - mu) - 1 - (ref - mu)` for k3), plus the sequence score on the last
@@ -20,13 +20,13 @@ use tch::{Kind, Tensor};
 
 use super::advantages::{gae, whiten};
 use super::algorithm::{
-    aggregate, mask_count, masked_sum, Algorithm, BatchContext, LossInput, LossOutput, LossType,
-    Prepared,
+    aggregate, mask_count, masked_sum, Algorithm, BatchContext, CriticTargets, LossInput,
+    LossOutput, LossType, Prepared, PreparedRow,
 };
 use super::batch::{predicting_hidden, Rows};
-use super::grpo::reward_stats;
 use super::metrics::{self as m, Stats};
 use crate::error::{Error, Result};
+use crate::model::replica::replica;
 use crate::model::Llama;
 use crate::sample::Sample;
 
@@ -176,7 +176,6 @@ impl Algorithm for Ppo {
         ctx: &BatchContext,
         stats: &mut Stats,
     ) -> Result<Prepared> {
-        reward_stats(samples, stats);
         let values = ctx
             .values
             .ok_or_else(|| Error::Invalid("ppo: no critic values".into()))?;
@@ -194,15 +193,25 @@ impl Algorithm for Ppo {
         };
         let t = ppo_targets(&self.cfg, samples, reference, values);
         stats.set(m::KL, t.kl);
-        Ok(Prepared {
-            order: (0..samples.len()).collect(),
-            advantages: t.advantages,
-            returns: Some(t.returns),
-            old_values: Some(values.to_vec()),
-        })
+        let rows = t
+            .advantages
+            .into_iter()
+            .zip(t.returns)
+            .zip(values)
+            .enumerate()
+            .map(|(index, ((advantages, returns), old_values))| PreparedRow {
+                index,
+                advantages,
+                critic: Some(CriticTargets {
+                    old_values: old_values.clone(),
+                    returns,
+                }),
+            })
+            .collect();
+        Ok(Prepared { rows })
     }
 
-    fn loss(&self, input: &LossInput) -> LossOutput {
+    fn loss(&self, input: &LossInput) -> Result<LossOutput> {
         ppo_loss(&self.cfg, input)
     }
 }
@@ -210,19 +219,16 @@ impl Algorithm for Ppo {
 /// The PPO policy + value loss of one micro-batch.
 ///
 /// # Shapes
-/// inputs `[B, T]` (`values`, `old_values`, `returns` required); the loss is a scalar.
-pub fn ppo_loss(cfg: &PpoConfig, x: &LossInput) -> LossOutput {
+/// inputs `[B, T]` (`critic` required); the loss is a scalar.
+pub fn ppo_loss(cfg: &PpoConfig, x: &LossInput) -> Result<LossOutput> {
     let mask = x.mask;
     let a = x.advantages;
     let ratio = (x.logp - x.old_logp).exp();
     let clipped = ratio.clamp(1.0 - cfg.cliprange, 1.0 + cfg.cliprange);
     let pg_per_token = (-a * &ratio).maximum(&(-a * clipped));
     let pg = aggregate(&pg_per_token, mask, LossType::Dapo, &x.scale);
-    let (v, v_old, ret) = (
-        x.values.expect("ppo needs critic values"),
-        x.old_values.expect("ppo needs old values"),
-        x.returns.expect("ppo needs returns"),
-    );
+    let critic = x.critic("ppo")?;
+    let (v, v_old, ret) = (critic.values, critic.old_values, critic.returns);
     let v_clipped = v.clamp_tensor(
         Some(&(v_old - cfg.cliprange_value)),
         Some(&(v_old + cfg.cliprange_value)),
@@ -254,11 +260,11 @@ pub fn ppo_loss(cfg: &PpoConfig, x: &LossInput) -> LossOutput {
         let share = 1.0 / x.scale.micro_batches.max(1) as f64;
         stats.mean(m::VALUE_LOSS, vf.double_value(&[]), share);
     });
-    LossOutput {
+    Ok(LossOutput {
         policy_loss: pg.double_value(&[]),
         loss,
         stats,
-    }
+    })
 }
 
 /// A critic: a policy-shaped trunk with a scalar value head `score` (`[1, hidden]`, zeros at
@@ -274,23 +280,16 @@ pub struct Critic {
 impl Critic {
     /// A critic whose trunk starts as a copy of `policy_vs`.
     pub fn from_policy(policy_vs: &VarStore, policy: &Llama) -> Result<Self> {
-        let mut vs = VarStore::new(policy_vs.device());
-        let trunk = Llama::new(&vs.root(), policy.config());
         let h = policy.config().hidden_size as i64;
-        let score = (vs.root() / "score").zeros("weight", &[1, h]);
-        if let Some(kind) = policy_vs.variables().values().next().map(|t| t.kind()) {
-            vs.set_kind(kind);
-        }
-        // Copy the trunk by name; the head has no counterpart in the policy.
-        tch::no_grad(|| -> Result<()> {
-            let src = policy_vs.variables();
-            for (name, mut dst) in vs.variables() {
-                if let Some(s) = src.get(&name) {
-                    dst.f_copy_(s)?;
-                }
-            }
-            Ok(())
-        })?;
+        // The trunk starts as the policy; the head has no counterpart in it.
+        let (vs, (trunk, score)) = replica(
+            policy_vs,
+            |root| {
+                let trunk = Llama::new(root, policy.config());
+                (trunk, (root / "score").zeros("weight", &[1, h]))
+            },
+            |name| name.starts_with("score."),
+        )?;
         Ok(Self { vs, trunk, score })
     }
 

@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::algorithm::{Algorithm, BatchContext, LossInput, LossOutput, Prepared};
-use super::grpo::reward_stats;
 use super::metrics::{self as m, Stats};
 use crate::error::Result;
 use crate::sample::Sample;
@@ -100,9 +99,8 @@ impl Algorithm for Topr {
         &self,
         samples: &[Sample],
         _ctx: &BatchContext,
-        stats: &mut Stats,
+        _stats: &mut Stats,
     ) -> Result<Prepared> {
-        reward_stats(samples, stats);
         let r = centred_rewards(samples, self.cfg.baseline);
         Ok(Prepared::per_sample(
             samples,
@@ -111,8 +109,8 @@ impl Algorithm for Topr {
         ))
     }
 
-    fn loss(&self, input: &LossInput) -> LossOutput {
-        topr_loss(input)
+    fn loss(&self, input: &LossInput) -> Result<LossOutput> {
+        Ok(topr_loss(input))
     }
 }
 

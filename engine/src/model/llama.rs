@@ -7,6 +7,9 @@
 //! Optional LoRA adapters (Hu et al. 2021, PEFT naming: `{proj}.lora_A.weight` `[r, in]`,
 //! `{proj}.lora_B.weight` `[out, r]`, output `W x + (alpha / r) B A dropout(x)`) can sit on any
 //! projection; one shared switch turns them off (the frozen base is the reference model).
+//!
+//! With autograd off on f32 CPU tensors, each layer's `forward` first tries the matching fast
+//! path in [`crate::kernels`] (one call per op) and runs the libtorch ops written here otherwise.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use tch::{Device, Kind, Tensor};
 use super::config::ModelConfig;
 use super::kv_cache::KvCache;
 use super::rope::Rope;
-use super::{decode_attention, decode_linear, fused};
+use crate::kernels::{decode_attention, decode_linear, fused};
 
 /// Root-mean-square layer norm, computed in f32 like transformers' `LlamaRMSNorm`.
 #[derive(Debug)]

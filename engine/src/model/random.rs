@@ -4,7 +4,22 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::nn::VarStore;
-use tch::Tensor;
+use tch::{Kind, Tensor};
+
+use super::{Llama, ModelConfig};
+use crate::pretrained::LoadOptions;
+
+/// A model of `cfg` with seeded random weights (N(0, 0.02), see [`randomize`]) on `opts`'
+/// device and in its dtype.
+pub fn random_model(cfg: &ModelConfig, seed: u64, opts: LoadOptions) -> (VarStore, Llama) {
+    let mut vs = VarStore::new(opts.device);
+    let model = Llama::new(&vs.root(), cfg);
+    randomize(&vs, seed as i64, 0.02);
+    if opts.kind != Kind::Float {
+        vs.set_kind(opts.kind);
+    }
+    (vs, model)
+}
 
 /// Overwrites every parameter with seeded noise: N(0, scale) for matrices and vectors,
 /// 1 + N(0, scale) for norm weights, so that no parameter keeps a symmetric default and

@@ -1,10 +1,13 @@
-//! The rollout engine: batched sampling with exact behaviour logprobs, and the worker pool
-//! that runs it beside the learner.
+//! The rollout engine: batched sampling with exact behaviour logprobs ([`generate`]), the
+//! worker pool that runs it beside the learner ([`pool`]), the one-prompt reference path
+//! behind `oxrl generate` ([`single`]) and full-forward logprobs, the reference the recorded
+//! behaviour logprobs must equal ([`logprobs`]).
 
 pub mod generate;
+pub mod logprobs;
 pub mod pool;
-mod sample_kernel;
 pub mod sampling;
+pub mod single;
 pub mod stop;
 
 pub use generate::{generate_batch, Generated, GenerationRequest};

@@ -85,7 +85,7 @@ impl SequenceRng {
         Self(rng)
     }
 
-    pub(super) fn uniform(&mut self) -> f64 {
+    pub(crate) fn uniform(&mut self) -> f64 {
         self.0.random::<f64>()
     }
 }
@@ -99,7 +99,7 @@ pub fn sample(
     params: &SamplingParams,
     rngs: &mut [SequenceRng],
 ) -> (Tensor, Tensor) {
-    super::sample_kernel::sample(logits, params, rngs)
+    crate::kernels::token_draw::draw(logits, params, rngs)
         .unwrap_or_else(|| sample_torch(logits, params, rngs))
 }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::learner::lora::LoraConfig;
 use crate::learner::{AlgorithmKind, LearnerConfig};
+use crate::model::ModelConfig;
 use crate::rollout::{GenerationRequest, SamplingParams, StopConditions};
 use crate::tokenizer::Tokenizer;
 
@@ -99,6 +100,25 @@ pub struct RandomModel {
     /// MLP width.
     pub intermediate_size: usize,
 }
+
+impl RandomModel {
+    /// `base` (the loaded model's config) reshaped to this size, with a vocabulary that
+    /// covers `vocab_size` tokens.
+    pub fn config(&self, base: &ModelConfig, vocab_size: usize) -> ModelConfig {
+        let mut cfg = base.clone();
+        cfg.vocab_size = vocab_size.max(base.vocab_size);
+        cfg.hidden_size = self.hidden_size;
+        cfg.num_hidden_layers = self.num_hidden_layers;
+        cfg.num_attention_heads = self.num_attention_heads;
+        cfg.num_key_value_heads = Some(self.num_key_value_heads);
+        cfg.intermediate_size = self.intermediate_size;
+        cfg.head_dim = None;
+        cfg
+    }
+}
+
+/// Why a multi-turn task is refused (until the trainer runs episodes).
+pub const MULTI_TURN: &str = "env.task is a multi-turn environment (calculator, guessing, external, or a custom multi-turn task); `oxrl train` runs single-turn tasks only for now: the envs crate runs episodes as a library (docs/envs.md)";
 
 fn default_max_nonfinite_steps() -> usize {
     3
@@ -335,6 +355,9 @@ impl RunConfig {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if self.env.is_multi_turn() == Some(true) {
+            bail!("{MULTI_TURN}");
+        }
         if self.rollout.prompts_per_step == 0 || self.rollout.group_size == 0 {
             bail!("rollout.prompts_per_step and rollout.group_size must be at least 1");
         }
@@ -359,6 +382,7 @@ impl RunConfig {
         if self.rewards.is_empty() {
             bail!("no [[rewards]]: a run needs at least one reward");
         }
+        self.learner.validate()?;
         self.eval.validate()
     }
 }

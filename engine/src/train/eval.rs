@@ -14,25 +14,16 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::config::{EvalSection, RolloutSection, RunConfig};
+use super::scoring::{score_batch, ScoredBatch};
 use crate::device::{parse_device, parse_kind};
 use crate::model::Llama;
 use crate::pretrained::{LoadOptions, Pretrained};
 use crate::rollout::generate_batch;
+use crate::telemetry::names as n;
 use crate::tokenizer::Tokenizer;
 
 /// Prompts generated for at once.
 const PROMPTS_PER_BATCH: usize = 8;
-
-/// `metrics.jsonl` key (and `oxrl_eval_pass_at_1`): mean fraction of correct completions.
-pub const PASS_AT_1: &str = "eval/pass_at_1";
-/// `metrics.jsonl` key: unbiased pass@k.
-pub const PASS_AT_K: &str = "eval/pass_at_k";
-/// `metrics.jsonl` key: fraction of prompts whose most common answer is correct.
-pub const MAJORITY_VOTE: &str = "eval/majority_vote";
-/// `metrics.jsonl` key: mean total reward of the eval completions.
-pub const REWARD_MEAN: &str = "eval/reward_mean";
-/// `metrics.jsonl` key: seconds the evaluation took.
-pub const SECONDS: &str = "time/eval_seconds";
 
 /// What an evaluation reports (`oxrl eval` prints it as JSON).
 #[derive(Debug, Clone, Serialize)]
@@ -57,15 +48,16 @@ impl EvalReport {
     /// The `metrics.jsonl` line of an evaluation of the policy after `step` updates.
     pub fn line(&self, step: usize, seconds: f64) -> Map<String, Value> {
         let mut line = Map::new();
-        line.insert("step".into(), json!(step));
-        line.insert(PASS_AT_1.into(), json!(self.pass_at_1));
-        line.insert(PASS_AT_K.into(), json!(self.pass_at_k));
-        line.insert(MAJORITY_VOTE.into(), json!(self.majority_vote));
-        line.insert(REWARD_MEAN.into(), json!(self.reward_mean));
-        line.insert("eval/prompts".into(), json!(self.prompts));
-        line.insert("eval/samples".into(), json!(self.samples_per_prompt));
-        line.insert("eval/k".into(), json!(self.k));
-        line.insert(SECONDS.into(), json!(seconds));
+        let mut put = |k: &str, v: Value| line.insert(k.to_owned(), v);
+        put(n::STEP_KEY, json!(step));
+        put(n::EVAL_PASS_AT_1_KEY, json!(self.pass_at_1));
+        put(n::EVAL_PASS_AT_K_KEY, json!(self.pass_at_k));
+        put(n::EVAL_MAJORITY_VOTE_KEY, json!(self.majority_vote));
+        put(n::EVAL_REWARD_MEAN_KEY, json!(self.reward_mean));
+        put(n::EVAL_PROMPTS_KEY, json!(self.prompts));
+        put(n::EVAL_SAMPLES_KEY, json!(self.samples_per_prompt));
+        put(n::EVAL_K_KEY, json!(self.k));
+        put(n::EVAL_SECONDS_KEY, json!(seconds));
         line
     }
 }
@@ -132,16 +124,9 @@ impl Evaluator<'_> {
             )?;
             request.sampling.temperature = opts.temperature;
             let generated = generate_batch(self.model, &request, Some(self.tokenizer))?;
-            let texts = generated
-                .iter()
-                .map(|g| Ok(self.tokenizer.decode(&g.tokens, true)?))
-                .collect::<anyhow::Result<Vec<String>>>()?;
-            let scored = generated
-                .iter()
-                .zip(&texts)
-                .map(|(g, t)| serde_json::from_value(chunk[g.prompt_index].with_completion(t)))
-                .collect::<Result<Vec<oxrl_rewards::Sample>, _>>()?;
-            let totals = self.rewards.score(&scored).total;
+            let ScoredBatch { texts, scores } =
+                score_batch(self.rewards, self.tokenizer, chunk, &generated)?;
+            let totals = scores.total;
             reward_sum += totals.iter().sum::<f64>();
             for p in 0..chunk.len() {
                 let idx: Vec<usize> = (0..generated.len())

@@ -1,12 +1,18 @@
 //! `oxrl train`: the run config and the training loop that ties rollouts, rewards and the
 //! learner together.
 
+pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod eval;
 pub mod pairs;
+pub mod prefetch;
 pub mod progress;
+pub mod scoring;
+pub mod step_log;
+pub mod step_record;
 pub mod trainer;
 
 pub use config::RunConfig;
-pub use trainer::{Resume, StepReport, Trainer};
+pub use step_record::StepRecord;
+pub use trainer::{Resume, Trainer};

@@ -1,47 +1,49 @@
-//! The training loop: rollouts -> rewards -> learner update, one step at a time, with a JSONL
-//! metrics log, sample dumps and a final HF-format model.
+//! The training loop: rollouts -> rewards -> learner update, one step at a time, and a
+//! final HF-format model. Each step is one [`StepRecord`], logged to `metrics.jsonl`
+//! (`step_log.rs`) and exported on `/metrics` (`telemetry`).
 //!
 //! Synchronously the rollout runs on the learner's own parameters (no copy), then the learner
 //! updates them; with `rollout.async` a worker with copied weights generates one step ahead
-//! (`Prefetch`); with `rollout.source = "dataset"` the rows' preference pairs stand in for
-//! generations (`pairs.rs`). Checkpoints are written every `checkpoint.every` steps, after the
-//! last step, and when SIGINT/SIGTERM arrive (the run then stops cleanly); `--resume` continues
-//! from the newest one exactly. Live metrics are served by `telemetry`.
+//! (`prefetch.rs`); with `rollout.source = "dataset"` the rows' preference pairs stand in for
+//! generations (`pairs.rs`). With GRPO's `dynamic_sampling`, groups whose rewards are all
+//! equal are dropped and the step is refilled with fresh prompts (DAPO). Checkpoints are
+//! written every `checkpoint.every` steps, after the last step, and when SIGINT/SIGTERM
+//! arrive (the run then stops cleanly); `--resume` continues from the newest one exactly.
 //!
 //! With `[eval] every = N`, the current policy is evaluated on the held-out split (`eval.rs`)
 //! before the first step, after every N steps and after the last one. An evaluation reads the
 //! learner's weights and nothing else of the run's state: it samples with its own seed, draws
 //! no training rows and touches no RNG, so a run with eval trains exactly like one without.
 
-use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use oxrl_envs::{LoadedEnv, Row, Sampler};
+use oxrl_envs::{Cursor, LoadedEnv, Sampler};
 use oxrl_rewards::{CombinedScores, WeightedRewards};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tch::nn::VarStore;
 
+use super::batch::{PromptSource, RolloutBatch};
 use super::checkpoint::{self, TrainState};
 use super::config::{RolloutSource, RunConfig};
 use super::eval::Evaluator;
 use super::pairs;
+use super::prefetch::Prefetch;
 use super::progress::Progress;
+use super::scoring::{score_batch, ScoredBatch};
+use super::step_log::StepLog;
+use super::step_record::{CompletionStats, PhaseTimes, RewardStats, RolloutStats, StepRecord};
 use crate::device::{parse_device, parse_kind};
 use crate::learner::advantages::{group_advantages, ScaleRewards};
-use crate::learner::{lora, metrics, Learner};
-use crate::model::random::randomize;
-use crate::model::{Llama, ModelConfig};
+use crate::learner::{lora, metrics, AlgorithmKind, Learner};
+use crate::model::random::random_model;
+use crate::model::Llama;
 use crate::pretrained::{save_model_dir, LoadOptions, Pretrained};
-use crate::rollout::pool::snapshot;
-use crate::rollout::{
-    generate_batch, Generated, GenerationRequest, RolloutPool, Staleness, WeightUpdate, WorkerModel,
-};
+use crate::rollout::generate_batch;
 use crate::sample::Sample;
-use crate::telemetry::run_metrics::StepTelemetry;
 use crate::telemetry::{serve, MetricsServer, RunMetrics};
 use crate::tokenizer::Tokenizer;
 
@@ -53,15 +55,14 @@ pub struct Trainer {
     learner: Learner,
     tokenizer: Arc<Tokenizer>,
     sampler: Sampler,
-    metrics_log: std::fs::File,
-    samples_log: std::fs::File,
+    log: StepLog,
     next_step: usize,
     nonfinite_streak: usize,
     /// Async mode: the worker generating the next batch.
     prefetch: Option<Prefetch>,
     /// The data cursor right after the rows of the last trained step were drawn (async mode
     /// draws ahead; a checkpoint must not skip the in-flight batch's prompts).
-    trained_cursor: Option<oxrl_envs::Cursor>,
+    trained_cursor: Option<Cursor>,
     stop: Arc<AtomicBool>,
     telemetry: Arc<RunMetrics>,
     server: Option<MetricsServer>,
@@ -80,88 +81,35 @@ pub enum Resume {
     Dir(PathBuf),
 }
 
-/// What one step produced, for logs and tests.
-#[derive(Debug, Clone)]
-pub struct StepReport {
-    /// 0-based step.
-    pub step: usize,
-    /// Mean total reward of the step's completions.
-    pub reward_mean: f64,
-    /// The JSON line written to `metrics.jsonl`.
-    pub line: Value,
-}
-
 impl Trainer {
     /// Loads the model, environment, rewards and learner of `cfg`, then the checkpoint
     /// `resume` names, if any.
     pub fn new(cfg: RunConfig, resume: Resume) -> anyhow::Result<Self> {
         tch::manual_seed(cfg.seed as i64);
-        let opts = LoadOptions {
-            device: parse_device(&cfg.model.device)?,
-            kind: parse_kind(&cfg.model.dtype)?,
-        };
-        let loaded = Pretrained::load(&cfg.model.path, opts)
-            .with_context(|| format!("loading model {}", cfg.model.path.display()))?;
-        let (vs, model) = match &cfg.model.random {
-            Some(shape) => random_model(
-                loaded.model.config(),
-                shape,
-                &loaded.tokenizer,
-                cfg.seed,
-                opts,
-            ),
-            None => (loaded.vs, loaded.model),
-        };
-        let (vs, model) = match &cfg.model.lora {
-            Some(lora_cfg) => lora::with_adapters(&vs, model.config(), lora_cfg)
-                .context("building [model.lora]")?,
-            None => (vs, model),
-        };
-        let template = loaded.tokenizer.chat_template().cloned();
+        let (vs, model, tokenizer) = load_policy(&cfg)?;
+        let template = tokenizer.chat_template().cloned();
         let env =
             LoadedEnv::from_config(&cfg.env, &cfg.base_dir, template).context("building [env]")?;
-        if cfg.eval.every > 0 && env.eval().rows().is_empty() {
-            anyhow::bail!(
-                "eval.every = {}: the eval split is empty; set env.data.eval_size (or eval_fraction, or eval_path)",
-                cfg.eval.every
-            );
-        }
-        if cfg.rollout.source == RolloutSource::Dataset {
-            pairs::check_rows(&env)?;
-        }
+        check_env(&cfg, &env)?;
         let rewards = cfg.build_rewards()?;
         let mut learner =
             Learner::new(vs, model, cfg.learner.clone()).context("building [learner]")?;
-        let from = match resume {
-            Resume::No => None,
-            Resume::Auto => checkpoint::list(&checkpoint::root(&cfg.output_dir))?.pop(),
-            Resume::Dir(dir) => Some(dir),
-        };
-        let state = match &from {
-            Some(dir) => {
-                let state = checkpoint::restore(dir, &mut learner)
-                    .with_context(|| format!("resuming from {}", dir.display()))?;
-                eprintln!("resuming from {} (step {})", dir.display(), state.next_step);
-                Some(state)
-            }
-            None => None,
-        };
+        let state = restore(&cfg, resume, &mut learner)?;
         let next_step = state.as_ref().map_or(0, |s| s.next_step);
         let sampler = env.sampler(state.map(|s| s.cursor))?;
         std::fs::create_dir_all(&cfg.output_dir)
             .with_context(|| format!("creating {}", cfg.output_dir.display()))?;
         // The unexpanded config: `${VAR}` secrets stay in the environment, not on disk.
         std::fs::write(cfg.output_dir.join("config.toml"), &cfg.unexpanded)?;
-        let tokenizer = Arc::new(loaded.tokenizer);
-        let prefetch = if cfg.rollout.async_ {
-            Some(Prefetch::start(
+        let tokenizer = Arc::new(tokenizer);
+        let prefetch = match cfg.rollout.async_ {
+            true => Some(Prefetch::start(
                 &learner,
                 &cfg,
                 tokenizer.clone(),
                 next_step,
-            )?)
-        } else {
-            None
+            )?),
+            false => None,
         };
         let telemetry = Arc::new(RunMetrics::new().context("creating metrics")?);
         if learner.var_store().device().is_cuda() {
@@ -169,16 +117,11 @@ impl Trainer {
                 eprintln!("warning: no GPU memory metrics (NVML: {e})");
             }
         }
+        telemetry.observe_skipped_rows(env.skipped().len());
         let server = start_server(&cfg, telemetry.clone())?;
-        let open = |name: &str| open_log(&cfg.output_dir.join(name), next_step);
-        let stop = Arc::new(AtomicBool::new(false));
-        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::flag::register(signal, stop.clone())
-                .context("installing signal handlers")?;
-        }
+        let log = StepLog::open(&cfg.output_dir, next_step)?;
         Ok(Self {
-            metrics_log: open("metrics.jsonl")?,
-            samples_log: open("samples.jsonl")?,
+            log,
             next_step,
             nonfinite_streak: 0,
             prefetch,
@@ -186,7 +129,7 @@ impl Trainer {
             telemetry,
             server,
             last_eval: None,
-            stop,
+            stop: stop_on_signals()?,
             tokenizer,
             cfg,
             env,
@@ -199,31 +142,17 @@ impl Trainer {
     /// Runs the remaining steps, checkpointing as configured, then writes the final model to
     /// `output_dir/final`. A SIGINT/SIGTERM ends the run after the current step, with a
     /// checkpoint.
-    pub fn run(&mut self) -> anyhow::Result<Vec<StepReport>> {
-        let mut reports = Vec::with_capacity(self.cfg.steps);
+    pub fn run(&mut self) -> anyhow::Result<Vec<StepRecord>> {
+        let mut records = Vec::with_capacity(self.cfg.steps);
         let progress = Progress::new(self.next_step, self.cfg.steps);
         for step in self.next_step..self.cfg.steps {
             if self.eval_due(step) {
                 self.evaluate(step, &progress)
                     .with_context(|| format!("evaluating at step {step}"))?;
             }
-            let report = self.step(step).with_context(|| format!("step {step}"))?;
+            let record = self.step(step).with_context(|| format!("step {step}"))?;
             self.next_step = step + 1;
-            let skipped = report.line[metrics::SKIPPED_STEPS].as_f64().unwrap_or(0.0) > 0.0;
-            self.nonfinite_streak = if skipped {
-                self.nonfinite_streak + 1
-            } else {
-                0
-            };
-            if self.nonfinite_streak >= self.cfg.max_nonfinite_steps.max(1) {
-                let dir = self.checkpoint()?;
-                anyhow::bail!(
-                    "step {step}: the loss or gradients were NaN/inf in {} consecutive steps (each was skipped); \
-                     stopping. Skipped steps leave the weights as they were: checkpoint {} (try a lower learner.optim.lr)",
-                    self.nonfinite_streak,
-                    dir.display()
-                );
-            }
+            self.stop_if_nonfinite(step, &record)?;
             let every = self.cfg.checkpoint.every;
             let interrupted = self.stop.load(Ordering::Relaxed);
             if interrupted
@@ -232,20 +161,23 @@ impl Trainer {
             {
                 self.checkpoint()?;
             }
-            let get = |k: &str| report.line[k].as_f64().unwrap_or(f64::NAN);
             progress.update(
                 step + 1,
-                report.reward_mean,
-                get("rollout/tokens_per_second"),
-                get(metrics::LOSS),
+                record.rewards.mean,
+                record.rollout.tokens_per_second.unwrap_or(f64::NAN),
+                record
+                    .learner
+                    .get(metrics::LOSS)
+                    .copied()
+                    .unwrap_or(f64::NAN),
             );
-            reports.push(report);
+            records.push(record);
             if interrupted {
                 eprintln!(
                     "interrupted: checkpoint saved after step {}; continue with --resume auto",
                     step + 1
                 );
-                return Ok(reports);
+                return Ok(records);
             }
         }
         let last = self.cfg.steps;
@@ -254,7 +186,25 @@ impl Trainer {
                 .with_context(|| format!("evaluating after the last step ({last})"))?;
         }
         self.save(&self.cfg.output_dir.join("final"))?;
-        Ok(reports)
+        Ok(records)
+    }
+
+    /// Counts steps skipped for NaN/inf in a row; too many stop the run with a checkpoint.
+    fn stop_if_nonfinite(&mut self, step: usize, record: &StepRecord) -> anyhow::Result<()> {
+        self.nonfinite_streak = match record.skipped_steps() > 0.0 {
+            true => self.nonfinite_streak + 1,
+            false => 0,
+        };
+        if self.nonfinite_streak < self.cfg.max_nonfinite_steps.max(1) {
+            return Ok(());
+        }
+        let dir = self.checkpoint()?;
+        anyhow::bail!(
+            "step {step}: the loss or gradients were NaN/inf in {} consecutive steps (each was skipped); \
+             stopping. Skipped steps leave the weights as they were: checkpoint {} (try a lower learner.optim.lr)",
+            self.nonfinite_streak,
+            dir.display()
+        )
     }
 
     /// Whether the policy about to train step `step` (version `step`) is evaluated first:
@@ -286,10 +236,9 @@ impl Trainer {
         }
         .run(&self.cfg.eval, eval_seed(self.cfg.seed, step))?;
         let seconds = start.elapsed().as_secs_f64();
-        let line = report.line(step, seconds);
-        self.telemetry.observe_eval(&line);
-        let line = Value::Object(line);
-        writeln!(self.metrics_log, "{line}")?;
+        self.telemetry.observe_eval(step, &report, seconds);
+        let line = Value::Object(report.line(step, seconds));
+        self.log.eval(&line)?;
         let pass_k = match report.k {
             1 => String::new(),
             k => format!(" pass@{k} {:.3}", report.pass_at_k),
@@ -339,243 +288,240 @@ impl Trainer {
         self.server.as_ref().map(|s| s.addr)
     }
 
-    /// Updates the Prometheus collectors and `/status` after a step.
-    fn publish(&self, step: usize, line: &Value, generated: &[Generated], scores: &CombinedScores) {
-        let Some(map) = line.as_object() else { return };
-        let lengths: Vec<usize> = generated.iter().map(|g| g.tokens.len()).collect();
-        let means: Vec<(String, f64)> = scores
-            .rewards
-            .iter()
-            .map(|r| (r.name.clone(), r.mean()))
-            .collect();
-        let failures: Vec<(String, String, u64)> = scores
-            .rewards
-            .iter()
-            .flat_map(|r| {
-                r.failures
-                    .iter()
-                    .map(|(k, c)| (r.name.clone(), k.as_str().to_owned(), *c as u64))
-            })
-            .collect();
-        self.telemetry.observe_step(&StepTelemetry {
-            step,
-            policy_version: step as u64 + 1,
-            line: map,
-            completion_lengths: &lengths,
-            reward_means: &means,
-            failures: &failures,
-        });
-        if let Some(server) = &self.server {
-            let eval = self.last_eval.as_ref().map_or(Value::Null, |e| e.1.clone());
-            server.set_status(
-                json!({"step": step, "steps": self.cfg.steps, "phase": "training",
-                                     "policy_version": step + 1, "metrics": line, "eval": eval}),
-            );
-        }
-    }
-
-    /// One step: sample prompts, generate, score, update.
-    pub fn step(&mut self, step: usize) -> anyhow::Result<StepReport> {
+    /// One step: draw prompts, generate, score (refilling under dynamic sampling), update,
+    /// then log and export what happened.
+    pub fn step(&mut self, step: usize) -> anyhow::Result<StepRecord> {
         let start = Instant::now();
-        let (rows, request, generated, version) = match self.prefetch.is_some() {
-            false => {
-                let (rows, request) = self.draw(step)?;
-                self.trained_cursor = Some(self.sampler.cursor().clone());
-                let generated = match self.cfg.rollout.source {
-                    RolloutSource::Policy => {
-                        generate_batch(self.learner.policy(), &request, Some(&self.tokenizer))?
-                    }
-                    RolloutSource::Dataset => pairs::pair_completions(&rows, &self.tokenizer)?,
-                };
-                (rows, request, generated, step as u64)
-            }
-            true => self.next_prefetched(step)?,
-        };
+        let mut batch = self.rollout(step)?;
         let generate_secs = start.elapsed().as_secs_f64();
-        let texts = generated
-            .iter()
-            .map(|g| Ok(self.tokenizer.decode(&g.tokens, true)?))
-            .collect::<anyhow::Result<Vec<String>>>()?;
         let reward_start = Instant::now();
-        let reward_samples = generated
-            .iter()
-            .zip(&texts)
-            .map(|(g, text)| serde_json::from_value(rows[g.prompt_index].with_completion(text)))
-            .collect::<Result<Vec<oxrl_rewards::Sample>, _>>()?;
-        let scores = self.rewards.score(&reward_samples);
+        let mut scored = self.score(&batch)?;
+        let refills = self.refill(step, &mut batch, &mut scored)?;
         let reward_secs = reward_start.elapsed().as_secs_f64();
-        let mut samples = to_samples(&request, &generated, &scores, &rows, step, version);
-        if self.cfg.rollout.source == RolloutSource::Dataset {
-            pairs::label(&mut samples, &generated);
-        }
+        let samples = self.training_samples(&batch, &scored.scores, step);
         let update_start = Instant::now();
-        let learner_metrics = self.learner.update(&samples)?;
+        let update = self.learner.train(&samples)?;
         let update_secs = update_start.elapsed().as_secs_f64();
         if let Some(prefetch) = &self.prefetch {
             prefetch.push_weights(&self.learner, step as u64 + 1);
         }
-
-        let mut line = Map::new();
-        line.insert("step".into(), json!(step));
-        for (k, v) in &learner_metrics {
-            line.insert((*k).into(), json!(v));
-        }
-        add_reward_metrics(&mut line, &scores);
-        add_length_metrics(&mut line, &generated, self.cfg.rollout.max_tokens);
-        let tokens: usize = generated.iter().map(|g| g.tokens.len()).sum();
+        let completions = CompletionStats::of(
+            batch.generated.iter().map(|g| g.tokens.len()).collect(),
+            self.cfg.rollout.max_tokens,
+        );
         // Async generation overlaps the update, so only the whole step bounds its throughput;
         // generate_seconds is then the time spent waiting for the batch.
-        let rollout_secs = if self.prefetch.is_some() {
-            start.elapsed().as_secs_f64()
-        } else {
-            generate_secs
+        let rollout_secs = match self.prefetch.is_some() {
+            true => start.elapsed().as_secs_f64(),
+            false => generate_secs,
         };
-        if self.cfg.rollout.source == RolloutSource::Policy {
-            line.insert(
-                "rollout/tokens_per_second".into(),
-                json!(tokens as f64 / rollout_secs),
-            );
-        }
-        line.insert("time/generate_seconds".into(), json!(generate_secs));
-        line.insert("rollout/staleness".into(), json!(step as u64 - version));
-        if let Some(p) = &self.prefetch {
-            line.insert(
-                "rollout/dropped_stale_samples".into(),
-                json!(p.staleness.dropped),
-            );
-        }
-        line.insert("time/reward_seconds".into(), json!(reward_secs));
-        line.insert("time/update_seconds".into(), json!(update_secs));
-        line.insert(
-            "time/step_seconds".into(),
-            json!(start.elapsed().as_secs_f64()),
-        );
-        let line = Value::Object(line);
-        writeln!(self.metrics_log, "{line}")?;
-        if self.cfg.log.samples_every > 0 && step.is_multiple_of(self.cfg.log.samples_every) {
-            self.dump_samples(step, &rows, &generated, &texts, &scores)?;
-        }
-        self.publish(step, &line, &generated, &scores);
-        let reward_mean = mean(&scores.total);
-        Ok(StepReport {
+        let record = StepRecord {
             step,
-            reward_mean,
-            line,
+            policy_version: step as u64 + 1,
+            rewards: RewardStats::of(&scored.scores),
+            rollout: RolloutStats {
+                tokens_per_second: (self.cfg.rollout.source == RolloutSource::Policy)
+                    .then(|| completions.tokens() as f64 / rollout_secs),
+                staleness: step as u64 - batch.policy_version,
+                dropped_stale_samples: self.prefetch.as_ref().map(Prefetch::dropped_stale_samples),
+                refill_batches: refills,
+            },
+            completions,
+            time: PhaseTimes {
+                generate: generate_secs,
+                reward: reward_secs,
+                update: update_secs,
+                step: start.elapsed().as_secs_f64(),
+            },
+            learner: update.metrics,
+        };
+        self.log.step(&record)?;
+        if self.cfg.log.samples_every > 0 && step.is_multiple_of(self.cfg.log.samples_every) {
+            self.log
+                .samples(step, &batch, &scored, &update.advantages)?;
+        }
+        self.publish(&record);
+        Ok(record)
+    }
+
+    /// Step `step`'s batch: generated now by the learner's policy, read from the rows, or
+    /// (async) waited for from the worker.
+    fn rollout(&mut self, step: usize) -> anyhow::Result<RolloutBatch> {
+        if self.prefetch.is_some() {
+            return self.prefetched(step);
+        }
+        let (rows, request) = self.draw(step)?;
+        self.trained_cursor = Some(self.sampler.cursor().clone());
+        let generated = match self.cfg.rollout.source {
+            RolloutSource::Policy => {
+                generate_batch(self.learner.policy(), &request, Some(&self.tokenizer))?
+            }
+            RolloutSource::Dataset => pairs::pair_completions(&rows, &self.tokenizer)?,
+        };
+        Ok(RolloutBatch {
+            rows,
+            request,
+            generated,
+            policy_version: step as u64,
+        })
+    }
+
+    /// Async mode: queues step+1 on the worker, then waits for step's batch (generated by the
+    /// previous policy while the learner trained).
+    fn prefetched(&mut self, step: usize) -> anyhow::Result<RolloutBatch> {
+        let steps = self.cfg.steps;
+        for s in [step, step + 1].into_iter().filter(|&s| s < steps) {
+            if self.prefetch.as_ref().is_some_and(|p| !p.has(s)) {
+                let (rows, request) = self.draw(s)?;
+                let cursor = self.sampler.cursor().clone();
+                if let Some(prefetch) = self.prefetch.as_mut() {
+                    prefetch.submit(s, rows, request, cursor);
+                }
+            }
+        }
+        let Self {
+            prefetch: Some(prefetch),
+            learner,
+            tokenizer,
+            ..
+        } = self
+        else {
+            anyhow::bail!("step {step}: no async rollout worker");
+        };
+        self.trained_cursor = prefetch.oldest_cursor().cloned();
+        prefetch.next(step, |request| {
+            generate_batch(learner.policy(), request, Some(tokenizer))
         })
     }
 
     /// The rows and generation request of `step`.
-    fn draw(&mut self, step: usize) -> anyhow::Result<(Vec<Row>, GenerationRequest)> {
-        let rows: Vec<Row> = self
-            .sampler
-            .next_indices(self.cfg.rollout.prompts_per_step)
-            .into_iter()
-            .map(|i| self.env.train().rows()[i].clone())
-            .collect();
-        let request = self.cfg.rollout.request(
-            &self.env,
-            &rows,
-            self.cfg.rollout.group_size,
+    fn draw(
+        &mut self,
+        step: usize,
+    ) -> anyhow::Result<(Vec<oxrl_envs::Row>, crate::rollout::GenerationRequest)> {
+        let source = PromptSource {
+            cfg: &self.cfg,
+            env: &self.env,
+            tokenizer: &self.tokenizer,
+        };
+        source.draw(&mut self.sampler, rollout_seed(self.cfg.seed, step))
+    }
+
+    fn score(&self, batch: &RolloutBatch) -> anyhow::Result<ScoredBatch> {
+        score_batch(
+            &self.rewards,
             &self.tokenizer,
-            rollout_seed(self.cfg.seed, step),
-        )?;
-        Ok((rows, request))
+            &batch.rows,
+            &batch.generated,
+        )
     }
 
-    /// Async mode: queues step+1 on the worker, then waits for step's batch (generated by the
-    /// previous policy while the learner trained). A batch older than `max_staleness` is
-    /// dropped, counted, and generated again with the current policy.
-    fn next_prefetched(
+    /// DAPO's dynamic sampling (GRPO with `dynamic_sampling`): while fewer than
+    /// `rollout.prompts_per_step` groups have rewards that differ, generates more prompts
+    /// with the current policy (at most `learner.grpo.max_refill_batches` batches), then keeps
+    /// the first `prompts_per_step` informative groups and the uninformative ones before
+    /// them (which the learner drops and counts). Returns the batches added; `None` when
+    /// dynamic sampling is off.
+    fn refill(
         &mut self,
         step: usize,
-    ) -> anyhow::Result<(Vec<Row>, GenerationRequest, Vec<Generated>, u64)> {
-        if self.prefetch.as_ref().is_some_and(|p| p.pending.is_empty()) {
-            self.submit_prefetch(step)?;
+        batch: &mut RolloutBatch,
+        scored: &mut ScoredBatch,
+    ) -> anyhow::Result<Option<usize>> {
+        let grpo = &self.cfg.learner.grpo;
+        if self.cfg.learner.algorithm != AlgorithmKind::Grpo || !grpo.dynamic_sampling {
+            return Ok(None);
         }
-        let prefetch = self.prefetch.as_ref().expect("async mode");
-        self.trained_cursor = prefetch.pending.front().map(|q| q.cursor.clone());
-        if step + 1 < self.cfg.steps {
-            self.submit_prefetch(step + 1)?;
-        }
-        let prefetch = self.prefetch.as_mut().expect("async mode");
-        let queued = prefetch.pending.pop_front().expect("a batch was queued");
-        let result = prefetch.pool.recv()?;
-        anyhow::ensure!(result.id == queued.id, "rollout results out of order");
-        let samples = queued.rows.len() * self.cfg.rollout.group_size;
-        if prefetch
-            .staleness
-            .accept(result.policy_version, step as u64, samples)
-        {
-            return Ok((
-                queued.rows,
-                queued.request,
-                result.generated?,
-                result.policy_version,
-            ));
-        }
-        let generated = generate_batch(
-            self.learner.policy(),
-            &queued.request,
-            Some(&self.tokenizer),
-        )?;
-        Ok((queued.rows, queued.request, generated, step as u64))
-    }
-
-    fn submit_prefetch(&mut self, step: usize) -> anyhow::Result<()> {
-        if self
-            .prefetch
-            .as_ref()
-            .is_some_and(|p| p.pending.iter().any(|q| q.step == step))
-        {
-            return Ok(());
-        }
-        let (rows, request) = self.draw(step)?;
-        let cursor = self.sampler.cursor().clone();
-        let prefetch = self.prefetch.as_mut().expect("async mode");
-        let id = prefetch.pool.submit(request.clone());
-        prefetch.pending.push_back(Queued {
-            id,
-            step,
-            rows,
-            request,
-            cursor,
-        });
-        Ok(())
-    }
-
-    /// Writes the first completion of every group with its prompt and rewards.
-    fn dump_samples(
-        &mut self,
-        step: usize,
-        rows: &[Row],
-        generated: &[Generated],
-        texts: &[String],
-        scores: &CombinedScores,
-    ) -> anyhow::Result<()> {
-        // The group-relative advantage (GRPO's) of each completion: what it was pushed by.
-        let groups: Vec<u64> = generated.iter().map(|g| g.prompt_index as u64).collect();
-        let advantages = group_advantages(&scores.total, &groups, ScaleRewards::Group).advantages;
-        for (i, (g, text)) in generated
+        let target = self.cfg.rollout.prompts_per_step;
+        let mut refills = 0;
+        while informative_groups(batch, &scored.scores)
             .iter()
-            .zip(texts)
-            .enumerate()
-            .filter(|(_, (g, _))| g.sample_index == 0)
+            .filter(|&&i| i)
+            .count()
+            < target
+            && refills < grpo.max_refill_batches
         {
-            let prompt = rows[g.prompt_index]
-                .get("prompt")
-                .cloned()
-                .unwrap_or(Value::Null);
-            let rewards: Map<String, Value> = scores
-                .rewards
-                .iter()
-                .map(|r| (r.name.clone(), json!(r.values[i])))
-                .collect();
-            let row = json!({"step": step, "prompt": prompt, "completion": text,
-                             "reward": scores.total[i], "rewards": rewards, "advantage": advantages[i],
-                             "finish_reason": g.finish_reason});
-            writeln!(self.samples_log, "{row}")?;
+            refills += 1;
+            let seed = refill_seed(self.cfg.seed, step, refills);
+            let (rows, request) = PromptSource {
+                cfg: &self.cfg,
+                env: &self.env,
+                tokenizer: &self.tokenizer,
+            }
+            .draw(&mut self.sampler, seed)?;
+            let generated = generate_batch(self.learner.policy(), &request, Some(&self.tokenizer))?;
+            let extra = RolloutBatch {
+                rows,
+                request,
+                generated,
+                policy_version: step as u64,
+            };
+            let extra_scored = self.score(&extra)?;
+            batch.append(extra);
+            scored.append(extra_scored);
         }
-        Ok(())
+        if self.prefetch.is_none() {
+            self.trained_cursor = Some(self.sampler.cursor().clone());
+        }
+        let informative = informative_groups(batch, &scored.scores);
+        let mut seen = 0;
+        let keep: Vec<bool> = informative
+            .iter()
+            .map(|&i| {
+                seen += usize::from(i);
+                seen <= target && (i || seen < target)
+            })
+            .collect();
+        scored.retain(batch, |p| keep[p]);
+        batch.retain_prompts(|p| keep[p]);
+        Ok(Some(refills))
+    }
+
+    /// The learner's view of a scored batch: one [`Sample`] per completion, grouped by
+    /// prompt.
+    fn training_samples(
+        &self,
+        batch: &RolloutBatch,
+        scores: &CombinedScores,
+        step: usize,
+    ) -> Vec<Sample> {
+        let prompts = batch.request.prompts.len();
+        let mut samples: Vec<Sample> = batch
+            .generated
+            .iter()
+            .enumerate()
+            .map(|(i, g)| Sample {
+                prompt_ids: batch.request.prompts[g.prompt_index].clone(),
+                completion_ids: g.tokens.clone(),
+                loss_mask: vec![true; g.tokens.len()],
+                behaviour_logprobs: g.logprobs.clone(),
+                policy_version: batch.policy_version,
+                group_id: (step * prompts + g.prompt_index) as u64,
+                finish_reason: g.finish_reason,
+                reward: scores.total[i],
+                rewards: scores
+                    .rewards
+                    .iter()
+                    .map(|r| (r.name.clone(), r.values[i]))
+                    .collect(),
+            })
+            .collect();
+        if self.cfg.rollout.source == RolloutSource::Dataset {
+            pairs::label(&mut samples, &batch.generated);
+        }
+        samples
+    }
+
+    /// Updates the Prometheus collectors and `/status` after a step.
+    fn publish(&self, record: &StepRecord) {
+        self.telemetry.observe_step(record);
+        if let Some(server) = &self.server {
+            let eval = self.last_eval.as_ref().map_or(Value::Null, |e| e.1.clone());
+            server.set_status(json!({
+                "step": record.step, "steps": self.cfg.steps, "phase": "training",
+                "policy_version": record.policy_version, "metrics": record.to_json(), "eval": eval,
+            }));
+        }
     }
 
     /// Writes the policy as an HF directory (config, weights with any LoRA adapters merged,
@@ -617,67 +563,84 @@ impl Trainer {
     }
 }
 
-/// A batch queued on the async worker.
-struct Queued {
-    id: u64,
-    step: usize,
-    rows: Vec<Row>,
-    request: GenerationRequest,
-    /// The data cursor right after this batch's rows were drawn.
-    cursor: oxrl_envs::Cursor,
-}
-
-/// Async rollouts: one worker with its own copy of the weights, one batch ahead.
-struct Prefetch {
-    pool: RolloutPool,
-    pending: std::collections::VecDeque<Queued>,
-    staleness: Staleness,
-}
-
-impl Prefetch {
-    fn start(
-        learner: &Learner,
-        cfg: &RunConfig,
-        tokenizer: Arc<Tokenizer>,
-        version: usize,
-    ) -> anyhow::Result<Self> {
-        let policy = learner.policy();
-        let mut vs = VarStore::new(learner.var_store().device());
-        let spec = cfg.model.lora.as_ref().map(|l| l.spec()).transpose()?;
-        let model = Llama::with_lora(&vs.root(), policy.config(), spec.as_ref());
-        if let Some(kind) = learner
-            .var_store()
-            .variables()
-            .values()
-            .next()
-            .map(|t| t.kind())
-        {
-            vs.set_kind(kind);
+/// The policy to train: the model of `[model]` (or random weights of `[model.random]`'s
+/// shape), with LoRA adapters when `[model.lora]` asks, and its tokenizer.
+fn load_policy(cfg: &RunConfig) -> anyhow::Result<(VarStore, Llama, Tokenizer)> {
+    let opts = LoadOptions {
+        device: parse_device(&cfg.model.device)?,
+        kind: parse_kind(&cfg.model.dtype)?,
+    };
+    let loaded = Pretrained::load(&cfg.model.path, opts)
+        .with_context(|| format!("loading model {}", cfg.model.path.display()))?;
+    let (vs, model) = match &cfg.model.random {
+        Some(shape) => {
+            let config = shape.config(loaded.model.config(), loaded.tokenizer.vocab_size());
+            random_model(&config, cfg.seed, opts)
         }
-        vs.copy(learner.var_store())
-            .context("copying the policy to the rollout worker")?;
-        let pool = RolloutPool::start(
-            vec![WorkerModel { vs, model }],
-            version as u64,
-            Some(tokenizer),
-        );
-        let staleness = Staleness {
-            max: cfg.rollout.max_staleness,
-            dropped: 0,
-        };
-        Ok(Self {
-            pool,
-            pending: Default::default(),
-            staleness,
-        })
-    }
+        None => (loaded.vs, loaded.model),
+    };
+    let (vs, model) = match &cfg.model.lora {
+        Some(lora_cfg) => {
+            lora::with_adapters(&vs, model.config(), lora_cfg).context("building [model.lora]")?
+        }
+        None => (vs, model),
+    };
+    Ok((vs, model, loaded.tokenizer))
+}
 
-    /// Sends the learner's new weights; the worker applies them before its next batch.
-    fn push_weights(&self, learner: &Learner, version: u64) {
-        let tensors = Arc::new(snapshot(learner.var_store()));
-        self.pool
-            .update_weights(WeightUpdate::Copy { version, tensors });
+/// What the loaded environment must offer this run: an eval split to evaluate on, and the
+/// preference pairs that stand in for rollouts. Rows skipped as malformed are reported.
+fn check_env(cfg: &RunConfig, env: &LoadedEnv) -> anyhow::Result<()> {
+    if env.is_multi_turn() {
+        anyhow::bail!("{}", super::config::MULTI_TURN);
     }
+    let skipped = env.skipped();
+    if !skipped.is_empty() {
+        eprintln!(
+            "warning: env.data.on_bad_row = \"skip\" skipped {} row(s):",
+            skipped.len()
+        );
+        for e in skipped {
+            eprintln!("  {e}");
+        }
+    }
+    if cfg.eval.every > 0 && env.eval().rows().is_empty() {
+        anyhow::bail!(
+            "eval.every = {}: the eval split is empty; set env.data.eval_size (or eval_fraction, or eval_path)",
+            cfg.eval.every
+        );
+    }
+    if cfg.rollout.source == RolloutSource::Dataset {
+        pairs::check_rows(env)?;
+    }
+    Ok(())
+}
+
+/// The checkpoint state `resume` names, restored into `learner`.
+fn restore(
+    cfg: &RunConfig,
+    resume: Resume,
+    learner: &mut Learner,
+) -> anyhow::Result<Option<TrainState>> {
+    let from = match resume {
+        Resume::No => None,
+        Resume::Auto => checkpoint::list(&checkpoint::root(&cfg.output_dir))?.pop(),
+        Resume::Dir(dir) => Some(dir),
+    };
+    let Some(dir) = from else { return Ok(None) };
+    let state = checkpoint::restore(&dir, learner)
+        .with_context(|| format!("resuming from {}", dir.display()))?;
+    eprintln!("resuming from {} (step {})", dir.display(), state.next_step);
+    Ok(Some(state))
+}
+
+/// A flag that SIGINT and SIGTERM raise: the loop stops cleanly after the current step.
+fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    Ok(stop)
 }
 
 /// Starts the metrics endpoint unless `metrics.listen` is empty; writes its address to
@@ -698,83 +661,19 @@ fn start_server(
     Ok(Some(server))
 }
 
-/// Opens a JSONL log for appending, first dropping lines of steps at or after `next_step`
-/// (written by a run that was killed before its next checkpoint).
-fn open_log(path: &Path, next_step: usize) -> anyhow::Result<std::fs::File> {
-    let kept: Vec<String> = match std::fs::File::open(path) {
-        Ok(f) if next_step > 0 => std::io::BufReader::new(f)
-            .lines()
-            .map_while(Result::ok)
-            .filter(|l| {
-                serde_json::from_str::<Value>(l)
-                    .ok()
-                    .and_then(|v| v["step"].as_u64())
-                    .is_some_and(|s| (s as usize) < next_step)
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    let mut file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    for line in kept {
-        writeln!(file, "{line}")?;
-    }
-    Ok(file)
-}
-
-/// A randomly initialised model of `shape`, with the vocabulary of `tokenizer`.
-fn random_model(
-    base: &ModelConfig,
-    shape: &super::config::RandomModel,
-    tokenizer: &Tokenizer,
-    seed: u64,
-    opts: LoadOptions,
-) -> (VarStore, Llama) {
-    let mut cfg = base.clone();
-    cfg.vocab_size = tokenizer.vocab_size().max(base.vocab_size);
-    cfg.hidden_size = shape.hidden_size;
-    cfg.num_hidden_layers = shape.num_hidden_layers;
-    cfg.num_attention_heads = shape.num_attention_heads;
-    cfg.num_key_value_heads = Some(shape.num_key_value_heads);
-    cfg.intermediate_size = shape.intermediate_size;
-    cfg.head_dim = None;
-    let mut vs = VarStore::new(opts.device);
-    let model = Llama::new(&vs.root(), &cfg);
-    randomize(&vs, seed as i64, 0.02);
-    if opts.kind != tch::Kind::Float {
-        vs.set_kind(opts.kind);
-    }
-    (vs, model)
-}
-
-fn to_samples(
-    req: &GenerationRequest,
-    generated: &[Generated],
-    scores: &CombinedScores,
-    rows: &[Row],
-    step: usize,
-    version: u64,
-) -> Vec<Sample> {
-    generated
+/// Per prompt of `batch`: whether its completions' total rewards differ (a GRPO signal).
+fn informative_groups(batch: &RolloutBatch, scores: &CombinedScores) -> Vec<bool> {
+    let groups: Vec<u64> = batch
+        .generated
         .iter()
-        .enumerate()
-        .map(|(i, g)| Sample {
-            prompt_ids: req.prompts[g.prompt_index].clone(),
-            completion_ids: g.tokens.clone(),
-            loss_mask: vec![true; g.tokens.len()],
-            behaviour_logprobs: g.logprobs.clone(),
-            policy_version: version,
-            group_id: (step * req.prompts.len() + g.prompt_index) as u64,
-            finish_reason: g.finish_reason,
-            reward: scores.total[i],
-            rewards: scores
-                .rewards
-                .iter()
-                .map(|r| (r.name.clone(), r.values[i]))
-                .collect(),
-            metadata: rows[g.prompt_index].to_value(),
-        })
-        .collect()
+        .map(|g| g.prompt_index as u64)
+        .collect();
+    let zero_std = group_advantages(&scores.total, &groups, ScaleRewards::None).zero_std;
+    let mut informative = vec![false; batch.rows.len()];
+    for (g, zero) in batch.generated.iter().zip(zero_std) {
+        informative[g.prompt_index] = !zero;
+    }
+    informative
 }
 
 /// The sampling seed of step `step`'s rollouts: from the run seed and the step alone, so no
@@ -783,44 +682,15 @@ fn rollout_seed(seed: u64, step: usize) -> u64 {
     seed.wrapping_mul(1_000_003).wrapping_add(step as u64)
 }
 
+/// The sampling seed of refill batch `refill` (1-based) of step `step`: apart from every
+/// step's own seed.
+fn refill_seed(seed: u64, step: usize, refill: usize) -> u64 {
+    rollout_seed(seed, step) ^ ((refill as u64) << 40) ^ 0x5851_f42d_4c95_7f2d
+}
+
 /// The sampling seed of the evaluation after `step` updates: like the rollouts' but in a
 /// distant part of the seed space (eval batch i uses this + i), so evaluations never replay
 /// a training batch's random streams, and nothing of the training's state is consumed.
 fn eval_seed(seed: u64, step: usize) -> u64 {
     rollout_seed(seed, step) ^ 0x9e37_79b9_7f4a_7c15
-}
-
-fn mean(xs: &[f64]) -> f64 {
-    xs.iter().sum::<f64>() / xs.len().max(1) as f64
-}
-
-fn add_reward_metrics(line: &mut Map<String, Value>, scores: &CombinedScores) {
-    let m = mean(&scores.total);
-    let std = (scores.total.iter().map(|x| (x - m).powi(2)).sum::<f64>()
-        / scores.total.len().max(1) as f64)
-        .sqrt();
-    line.insert("reward".into(), json!(m));
-    line.insert("reward_std".into(), json!(std));
-    for r in &scores.rewards {
-        line.insert(format!("rewards/{}/mean", r.name), json!(r.mean()));
-        let failures: usize = r.failures.values().sum();
-        line.insert(format!("rewards/{}/failures", r.name), json!(failures));
-    }
-}
-
-fn add_length_metrics(line: &mut Map<String, Value>, generated: &[Generated], max_tokens: usize) {
-    let lengths: Vec<f64> = generated.iter().map(|g| g.tokens.len() as f64).collect();
-    let clipped = generated
-        .iter()
-        .filter(|g| g.tokens.len() >= max_tokens)
-        .count();
-    line.insert("completions/mean_length".into(), json!(mean(&lengths)));
-    line.insert(
-        "completions/max_length".into(),
-        json!(lengths.iter().cloned().fold(0.0, f64::max)),
-    );
-    line.insert(
-        "completions/clipped_ratio".into(),
-        json!(clipped as f64 / generated.len().max(1) as f64),
-    );
 }

@@ -1,15 +1,15 @@
 //! Countdown (as in TinyZero): combine the given numbers with `+ - * /` to reach the target,
 //! using each number exactly once. Rows: `numbers` (array of integers), `target` (integer),
 //! `solution` (one expression that works). The answer goes in `<answer>...</answer>`; an
-//! `= target` suffix is allowed. Score: 1.0 for a correct equation, else 0.0.
+//! `= target` suffix is allowed. Score: 1.0 for a correct equation, else 0.0. Trained with the
+//! `oxrl-rewards` `countdown` reward ([`RewardKind::Countdown`]), which uses the same verifier.
 
 use serde_json::json;
 
-use super::{util::extract_tag, RewardKind, SingleTurn, Task};
+use super::{RewardKind, SingleTurn, Task};
 use crate::chat_template::Message;
 use crate::episode::Environment;
 use crate::error::Result;
-use crate::expr::{Expr, Op, Rational};
 use crate::rng::Rng;
 use crate::row::Row;
 
@@ -17,25 +17,11 @@ use crate::row::Row;
 #[derive(Debug, Clone, Copy)]
 pub struct Countdown;
 
-/// Scores `completion` for `numbers` and `target`: 1.0 if its `<answer>` is an expression
-/// over exactly those numbers (each once), using only `+ - * /`, equal to `target`.
-pub fn score(numbers: &[i64], target: i64, completion: &str) -> f64 {
-    let Some(answer) = extract_tag(completion, "answer") else {
-        return 0.0;
-    };
-    let lhs = answer.split('=').next().unwrap_or_default();
-    let Ok(expr) = Expr::parse(lhs) else {
-        return 0.0;
-    };
-    let mut used: Vec<Rational> = expr.literals();
-    let mut given: Vec<Rational> = numbers.iter().map(|&n| Rational::int(n.into())).collect();
-    let key = |r: &Rational| (r.numer(), r.denom());
-    used.sort_by_key(key);
-    given.sort_by_key(key);
-    let ops_ok = expr.uses_only(&[Op::Add, Op::Sub, Op::Mul, Op::Div], false);
-    let value_ok = expr.eval().is_ok_and(|v| v == Rational::int(target.into()));
-    f64::from(u8::from(ops_ok && used == given && value_ok))
-}
+/// Scores `completion` for `numbers` and `target`: 1.0 if its last `<answer>` is an expression
+/// over exactly those numbers (each once), using only `+ - * /`, equal to `target`. This is the
+/// `oxrl-rewards` `countdown` reward's verifier ([`oxrl_rewards::countdown::score`]), so the
+/// task's self-check and training agree.
+pub use oxrl_rewards::countdown::score;
 
 /// Builds a random expression over `numbers` with integer intermediate results; returns the
 /// expression text and its value.
@@ -204,6 +190,26 @@ mod tests {
         );
         let bad = Row::from_pairs("c", [("numbers", json!([3, "x"])), ("target", json!(22))]);
         assert!(Countdown.score(&bad, "<answer>3</answer>").is_err());
+    }
+
+    #[test]
+    fn the_countdown_reward_scores_rows_like_the_task() {
+        let reward = oxrl_rewards::Registry::default()
+            .build(&oxrl_rewards::RewardSpec::new(RewardKind::Countdown.name()))
+            .unwrap();
+        let rows = Countdown.generate(50, 7).unwrap();
+        for row in &rows {
+            let reference = &Countdown.reference(row).unwrap()[0];
+            for completion in [reference.as_str(), "<answer>1 + 1</answer>", "no answer"] {
+                let sample: oxrl_rewards::Sample =
+                    serde_json::from_value(row.with_completion(completion)).unwrap();
+                assert_eq!(
+                    reward.score_batch(&[sample]),
+                    vec![Ok(Countdown.score(row, completion).unwrap())],
+                    "{row:?} {completion}"
+                );
+            }
+        }
     }
 
     #[test]

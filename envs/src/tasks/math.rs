@@ -1,59 +1,81 @@
 //! Math tasks with GSM8K-format answers: `answer` holds worked steps and ends in `#### N`, as
-//! in GSM8K, so the math reward of `oxrl-rewards` reads it unchanged.
+//! in GSM8K, so the math reward of `oxrl-rewards` reads it unchanged. The task's own check
+//! ([`Task::score`]) and [`extract_answer`] go through that reward too, so they agree with
+//! training.
 //!
 //! - `arithmetic`: integer expressions with `+ - *` and parentheses; `[env.arithmetic]`
 //!   ([`ArithmeticConfig`]) sets how many terms, how large, which operators.
 //! - `gsm8k`: templated multi-step word problems (shopping, rates, ages, percentages, ...),
 //!   each with its worked solution.
 
+use oxrl_rewards::math::{self as math_reward, parse::Expr as Parsed, MathConfig, MathReward};
+use oxrl_rewards::RewardFailure;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{util, RewardKind, SingleTurn, Task};
 use crate::episode::Environment;
 use crate::error::{EnvError, Result};
-use crate::expr::{self, Rational};
+use crate::expr::{self, Op, Rational};
 use crate::rng::Rng;
 use crate::row::Row;
 
 const INSTRUCTION: &str =
     "Solve the problem step by step. End with a final line of the form `#### <answer>`.";
 
-/// The final answer a completion gives: after the last `####`, else in the last `\boxed{}`,
-/// else the last number. `None` if there is none or it does not parse.
+/// The final answer a completion gives, read by the `oxrl-rewards` math reward's extraction
+/// ([`oxrl_rewards::math::parse_completion`]: GSM8K `#### x`, else the last `\boxed{}`, else
+/// "the answer is x", else the last math span or number; see docs/rewards.md), as an exact
+/// rational. An equation chain gives its last member (`x = 7 - 5 = 2` is 2) and a percent sign
+/// is dropped (`25%` is 25). `None` if there is no answer or it is not a rational number (a
+/// variable, `\sqrt{2}`, a set, an interval, text).
 pub fn extract_answer(text: &str) -> Option<Rational> {
-    let candidate = if let Some(pos) = text.rfind("####") {
-        text[pos + 4..].split_whitespace().next()?.to_owned()
-    } else if let Some(pos) = text.rfind("\\boxed{") {
-        let rest = &text[pos + 7..];
-        rest[..rest.find('}')?].to_owned()
-    } else {
-        last_number(text)?
+    let answer = math_reward::parse_completion(text)?;
+    exact(&answer.expr)?.eval().ok()
+}
+
+/// The math reward's parse of an answer as an exact expression, when it is plain arithmetic.
+fn exact(parsed: &Parsed) -> Option<expr::Expr> {
+    let bin = |op, a: &Parsed, b: &Parsed| {
+        Some(expr::Expr::Bin(
+            op,
+            Box::new(exact(a)?),
+            Box::new(exact(b)?),
+        ))
     };
-    let cleaned: String = candidate
-        .trim_end_matches('.')
-        .chars()
-        .filter(|c| !matches!(c, '$' | ',' | ' '))
-        .collect();
-    expr::evaluate(&cleaned).ok()
+    match parsed {
+        // `f64`'s `Display` is the shortest text that reads back as the same value, so a
+        // number written as `0.1` comes back as exactly 1/10.
+        Parsed::Num(v) if v.is_finite() => expr::Expr::parse(&v.to_string()).ok(),
+        Parsed::Neg(a) => Some(expr::Expr::Neg(Box::new(exact(a)?))),
+        Parsed::Add(a, b) => bin(Op::Add, a, b),
+        Parsed::Mul(a, b) => bin(Op::Mul, a, b),
+        Parsed::Div(a, b) => bin(Op::Div, a, b),
+        Parsed::Pow(a, b) => bin(Op::Pow, a, b),
+        Parsed::Eq(members) => exact(members.last()?),
+        _ => None,
+    }
 }
 
-fn last_number(text: &str) -> Option<String> {
-    let is_num = |c: char| c.is_ascii_digit() || matches!(c, '.' | ',' | '-' | '/');
-    text.split(|c: char| !is_num(c))
-        .rev()
-        .map(|t| t.trim_matches(|c| matches!(c, '.' | ',')))
-        .find(|t| t.chars().any(|c| c.is_ascii_digit()))
-        .map(str::to_owned)
+/// The math reward a task's completions are scored with: default options, plus
+/// `literal_answer` for `arithmetic` (its prompt is the expression, which must not score when
+/// echoed back; the shipped arithmetic configs set it too).
+fn math_reward(task: &str) -> MathReward {
+    MathReward::new(MathConfig {
+        literal_answer: task == "arithmetic",
+        ..MathConfig::default()
+    })
 }
 
-/// 1.0 if `completion`'s final answer equals the row's `answer` (both extracted the same way).
+/// The `oxrl-rewards` math reward's score of `completion` against the row's `answer`: 1.0 if
+/// the final answers are equal, else 0.0 (also when the completion has no answer).
 fn score_math(task: &str, row: &Row, completion: &str) -> Result<f64> {
-    let gold = extract_answer(row.require_str(task, "answer")?)
-        .ok_or_else(|| row.bad(task, "`answer` has no final number"))?;
-    Ok(f64::from(u8::from(
-        extract_answer(completion) == Some(gold),
-    )))
+    let gold = row.require_str(task, "answer")?;
+    match math_reward(task).score_one(completion, gold) {
+        Ok(score) => Ok(score),
+        Err(RewardFailure::BadReference(why)) => Err(row.bad(task, format!("`answer`: {why}"))),
+        Err(_) => Ok(0.0),
+    }
 }
 
 /// GSM8K-style answer text: the steps, then `#### value`.
@@ -417,6 +439,64 @@ mod tests {
         assert_eq!(r("the answer is \\boxed{3/4}"), Some("0.75".into()));
         assert_eq!(r("I get 5 apples, then 12."), Some("12".into()));
         assert_eq!(r("no idea"), None);
+    }
+
+    /// This crate used to have its own extractor, which disagreed with the math reward: it cut
+    /// `\boxed{\frac{3}{4}}` at the first `}` (no answer), took the word after `####`, and
+    /// read `$\frac{1}{2}$` as its last number, 2. Now both read the same answer.
+    #[test]
+    fn extraction_and_score_agree_with_the_math_reward() {
+        let reward = MathReward::default();
+        for (completion, value) in [
+            (r"so the answer is \boxed{\frac{3}{4}}", "3/4"),
+            ("#### 42", "42"),
+            ("#### The answer is 42", "42"),
+            (r"The answer is $\frac{1}{2}$ of the pie", "1/2"),
+            ("I get 5 apples, then 12.", "12"),
+        ] {
+            let want = expr::evaluate(value).unwrap();
+            assert_eq!(extract_answer(completion), Some(want), "{completion}");
+            let parsed = math_reward::parse_completion(completion).unwrap();
+            assert_eq!(
+                exact(&parsed.expr).unwrap().eval(),
+                Ok(want),
+                "{completion}"
+            );
+            assert_eq!(reward.score_one(completion, value), Ok(1.0), "{completion}");
+            let row = Row::from_pairs(
+                "r",
+                [
+                    ("prompt", json!("?")),
+                    ("answer", json!(format!("#### {value}"))),
+                ],
+            );
+            assert_eq!(MathTask::GSM8K.score(&row, completion).unwrap(), 1.0);
+            assert_eq!(MathTask::GSM8K.score(&row, "#### 7").unwrap(), 0.0);
+        }
+        // Answers the reward parses but that are no rational number have no exact value.
+        assert_eq!(extract_answer(r"\boxed{\sqrt{2}}"), None);
+        assert_eq!(extract_answer(r"\boxed{x + 1}"), None);
+        assert_eq!(
+            extract_answer(r"\boxed{x = 7 - 5}").map(|v| v.to_string()),
+            Some("2".into())
+        );
+    }
+
+    #[test]
+    fn arithmetic_does_not_score_an_echoed_expression() {
+        let row = &MathTask::ARITHMETIC.generate(1, 0).unwrap()[0];
+        let prompt = row.require_str("t", "prompt").unwrap();
+        let echo = prompt.trim_start_matches("What is ").trim_end_matches('?');
+        assert_eq!(
+            MathTask::ARITHMETIC.score(row, echo).unwrap(),
+            0.0,
+            "{echo}"
+        );
+        let row = Row::from_pairs("r", [("prompt", json!("?")), ("answer", json!(7))]);
+        assert!(
+            MathTask::GSM8K.score(&row, "#### 7").is_err(),
+            "`answer` must be a string"
+        );
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Built-in tasks. A task knows its row schema, generates a seeded dataset of its own, turns a
 //! row into opening messages, gives a reference solution, and verifies completions for its own
-//! items. Single-turn tasks are scored in training by the `oxrl-rewards` crate (math, code,
-//! IoU) from the row's metadata; their `score` here is a small self-contained check used to
-//! prove every generated item is solvable. Multi-turn tasks score themselves through their
-//! [`Environment`].
+//! items. Single-turn tasks are scored in training by the `oxrl-rewards` reward that
+//! [`Task::reward`] names (math, code, IoU, countdown), reading the row's fields
+//! ([`Row::with_completion`] is the reward sample); their `score` here is a self-contained check
+//! used to prove every generated item is solvable (math and countdown score with the same
+//! `oxrl-rewards` code as training; code and grounding with a simpler check). Multi-turn tasks
+//! score themselves through their [`Environment`].
 
 pub mod calculator;
 pub mod code;
@@ -22,7 +24,8 @@ use crate::row::Row;
 
 pub use util::extract_tag;
 
-/// Which reward scores a task's completions.
+/// Which reward scores a task's completions. Every kind but `Environment` is the name of an
+/// `oxrl-rewards` reward (built by `Registry::default()`) that reads the row's fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RewardKind {
@@ -32,15 +35,16 @@ pub enum RewardKind {
     Code,
     /// `oxrl-rewards` box IoU against the row's `boxes`.
     Iou,
-    /// This crate's [`countdown::score`] (`numbers`, `target`).
+    /// `oxrl-rewards` countdown checking with the row's `numbers` and `target` (the same
+    /// verifier as [`countdown::score`]).
     Countdown,
     /// The environment's own per-turn rewards (multi-turn tasks, external environments).
     Environment,
 }
 
 impl RewardKind {
-    /// The name as written in config; for `math`, `code` and `iou` it is the name of the
-    /// `oxrl-rewards` reward that scores the task.
+    /// The name as written in config; for `math`, `code`, `iou` and `countdown` it is the
+    /// name (`type`) of the `oxrl-rewards` reward that scores the task.
     pub fn name(self) -> &'static str {
         match self {
             RewardKind::Math => "math",
@@ -141,6 +145,26 @@ pub enum TaskKind {
     Custom,
 }
 
+impl TaskKind {
+    /// Whether episodes of this task take several model turns (the environment replies and
+    /// scores, [`RewardKind::Environment`]), known from the config alone: `Some(true)` for
+    /// `calculator`, `guessing` and `external`; `Some(false)` for the single-turn built-ins;
+    /// `None` for `custom`, whose program-supplied [`Task::reward`] decides (after loading,
+    /// [`LoadedEnv::is_multi_turn`](crate::LoadedEnv::is_multi_turn) answers for every task).
+    pub fn is_multi_turn(self) -> Option<bool> {
+        match self {
+            TaskKind::Calculator | TaskKind::Guessing | TaskKind::External => Some(true),
+            TaskKind::Arithmetic
+            | TaskKind::Gsm8k
+            | TaskKind::Humaneval
+            | TaskKind::Mbpp
+            | TaskKind::Grounding
+            | TaskKind::Countdown => Some(false),
+            TaskKind::Custom => None,
+        }
+    }
+}
+
 /// The built-in task for `kind` (`External` is built from its config by the caller).
 pub fn builtin(kind: TaskKind) -> Option<Box<dyn Task>> {
     Some(match kind {
@@ -174,6 +198,11 @@ mod tests {
         ];
         for kind in kinds {
             let task = builtin(kind).unwrap();
+            assert_eq!(
+                kind.is_multi_turn(),
+                Some(task.reward() == RewardKind::Environment),
+                "{kind:?}"
+            );
             let long = task.generate(40, 1).unwrap();
             assert_eq!(task.generate(5, 1).unwrap(), long[..5], "{kind:?}");
             let mut ids: Vec<&str> = long.iter().map(Row::id).collect();
@@ -187,6 +216,8 @@ mod tests {
             }
         }
         assert!(builtin(TaskKind::External).is_none());
+        assert_eq!(TaskKind::External.is_multi_turn(), Some(true));
+        assert_eq!(TaskKind::Custom.is_multi_turn(), None);
         for kind in [
             RewardKind::Math,
             RewardKind::Code,

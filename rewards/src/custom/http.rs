@@ -56,7 +56,6 @@ fn default_concurrency() -> usize {
 
 /// The `http` reward.
 pub struct HttpReward {
-    name: String,
     cfg: HttpConfig,
     poster: Arc<JsonPoster>,
     rt: tokio::runtime::Runtime,
@@ -82,20 +81,11 @@ impl HttpReward {
         };
         let poster = Arc::new(JsonPoster::new(key, policy).map_err(bad)?);
         let rt = runtime::build(2).map_err(|e| bad(e.to_string()))?;
-        Ok(HttpReward {
-            name: name.into(),
-            cfg,
-            poster,
-            rt,
-        })
+        Ok(HttpReward { cfg, poster, rt })
     }
 }
 
 impl Reward for HttpReward {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
     fn score_batch(&self, samples: &[Sample]) -> Vec<Score> {
         let chunks: Vec<Vec<Sample>> = samples
             .chunks(self.cfg.batch_size.max(1))

@@ -16,8 +16,9 @@ use serde_json::Value;
 use crate::{Reward, RewardFailure, Sample, Score};
 
 /// A reward from a per-sample function, scored in parallel with rayon.
+/// Like every [`Reward`], it reports under the name it is added with
+/// ([`crate::WeightedRewards::push`], or the `[[rewards]]` name of a registered builder).
 pub struct FnReward<F> {
-    name: String,
     f: F,
 }
 
@@ -25,12 +26,9 @@ impl<F> FnReward<F>
 where
     F: Fn(&Sample) -> Score + Send + Sync,
 {
-    /// Wraps `f` under `name`.
-    pub fn new(name: &str, f: F) -> Self {
-        FnReward {
-            name: name.to_string(),
-            f,
-        }
+    /// Wraps `f`.
+    pub fn new(f: F) -> Self {
+        FnReward { f }
     }
 }
 
@@ -38,10 +36,6 @@ impl<F> Reward for FnReward<F>
 where
     F: Fn(&Sample) -> Score + Send + Sync,
 {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
     fn score_batch(&self, samples: &[Sample]) -> Vec<Score> {
         samples.par_iter().map(|s| (self.f)(s)).collect()
     }

@@ -174,10 +174,6 @@ fn text_norm(s: &str) -> String {
 }
 
 impl Reward for MathReward {
-    fn name(&self) -> &str {
-        "math"
-    }
-
     fn score_batch(&self, samples: &[Sample]) -> Vec<Score> {
         samples
             .par_iter()

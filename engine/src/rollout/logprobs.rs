@@ -1,5 +1,6 @@
-//! Per-token log-probabilities of a completion given a prompt, from one full forward pass —
-//! the learner's view of a sample, which the sampler's recorded logprobs must equal.
+//! Full-forward logprobs: per-token log-probabilities of a completion given a prompt, from one
+//! full forward pass — the learner's view of a completion and the reference the recorded
+//! behaviour logprobs of [`crate::rollout::generate`] must equal.
 
 use tch::{Kind, Tensor};
 

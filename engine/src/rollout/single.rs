@@ -1,6 +1,6 @@
-//! Single-prompt generation with a KV cache: greedy at temperature 0, otherwise sampling
-//! from `softmax(logits / temperature)`. The batched rollout engine builds on the same model
-//! calls; this is the reference path behind `oxrl generate`.
+//! The one-prompt reference path behind `oxrl generate`: generation with a KV cache, greedy at
+//! temperature 0, otherwise sampling from `softmax(logits / temperature)`. The batched engine
+//! is [`crate::rollout::generate`], built on the same model calls.
 
 use tch::{Kind, Tensor};
 

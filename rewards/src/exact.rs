@@ -1,7 +1,8 @@
 //! Exact arithmetic expressions: parsing and evaluation over rationals.
 //!
-//! Used to verify Countdown answers (which numbers were used, and the value) and to run the
-//! calculator tool. Exact rationals avoid `0.1 + 0.2 != 0.3` style false negatives; all
+//! Used by the [`countdown`](crate::countdown) reward (which numbers were used, and the value),
+//! and by `oxrl-envs` (re-exported there as `oxrl_envs::expr`) for its calculator tool and
+//! generated arithmetic. Exact rationals avoid `0.1 + 0.2 != 0.3` style false negatives; all
 //! operations are overflow-checked so hostile input yields an error, never a panic.
 //!
 //! Grammar: `expr := term (('+'|'-') term)*`, `term := unary (('*'|'/') unary)*`,

@@ -332,7 +332,7 @@ mod tests {
         let angles = Tensor::randn([b, 1, t, d], F32);
         let (cos, sin) = (angles.cos(), angles.sin());
         let view = |y: &Tensor| y.view([b, t, heads, d]).transpose(1, 2);
-        let want = super::super::rope::Rope::rotate(&view(&q), &cos, &sin);
+        let want = crate::model::rope::Rope::rotate(&view(&q), &cos, &sin);
         let rotated = q.copy();
         assert!(rope_in_place(&rotated, &cos, &sin));
         assert!(view(&rotated).equal(&want), "rope");

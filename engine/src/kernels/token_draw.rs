@@ -1,18 +1,19 @@
-//! Untruncated sampling (temperature or greedy, no top-k/top-p/min-p: the usual RL setting) in
-//! one Rust pass per row on the CPU, instead of libtorch's log-softmax, exp, cumsum and
-//! searchsorted over the whole vocabulary: a decode step at batch 32 spent ~3 ms there.
+//! Drawing the next token without truncation (temperature or greedy, no top-k/top-p/min-p: the
+//! usual RL setting) in one Rust pass per row on the CPU, instead of libtorch's log-softmax,
+//! exp, cumsum and searchsorted over the whole vocabulary: a decode step at batch 32 spent
+//! ~3 ms there.
 //!
-//! Same semantics as the libtorch path in [`super::sampling`]: the token is the first whose
-//! cumulative probability exceeds `u`, and its logprob is `log_softmax(logits / T)` there.
+//! Same semantics as the libtorch path in [`crate::rollout::sampling`]: the token is the first
+//! whose cumulative probability exceeds `u`, and its logprob is `log_softmax(logits / T)` there.
 
 use tch::{Device, Kind, Tensor};
 
-use super::sampling::{SamplingParams, SequenceRng};
-use crate::model::fused::{self, split_rows};
+use super::fused::{self, split_rows};
+use crate::rollout::sampling::{SamplingParams, SequenceRng};
 
 /// Tokens and behaviour logprobs, or `None` when the kernel does not apply (truncation is on,
 /// the logits are not f32 on the CPU, no AVX-512).
-pub fn sample(
+pub fn draw(
     logits: &Tensor,
     params: &SamplingParams,
     rngs: &mut [SequenceRng],
@@ -53,7 +54,7 @@ pub fn sample(
             // thread that takes the row.
             unsafe {
                 let x = std::slice::from_raw_parts((src as *const f32).add(row * vocab), vocab);
-                let (token, logprob) = sample_row(x, inv_t, greedy, draws[row], &mut scratch);
+                let (token, logprob) = draw_row(x, inv_t, greedy, draws[row], &mut scratch);
                 *(toks as *mut i64).add(row) = token as i64;
                 *(lps as *mut f32).add(row) = logprob;
             }
@@ -64,7 +65,7 @@ pub fn sample(
 
 /// One row: scales by `1 / T` into `scratch`, then the token and its logprob.
 #[target_feature(enable = "avx512f")]
-fn sample_row(x: &[f32], inv_t: f32, greedy: bool, u: f32, scratch: &mut [f32]) -> (usize, f32) {
+fn draw_row(x: &[f32], inv_t: f32, greedy: bool, u: f32, scratch: &mut [f32]) -> (usize, f32) {
     let mut max = f32::NEG_INFINITY;
     let mut argmax = 0;
     for (i, (s, &v)) in scratch.iter_mut().zip(x).enumerate() {
