@@ -344,3 +344,94 @@ fn periodic_eval_logs_at_start_every_n_steps_and_at_the_end_without_changing_tra
         assert!(ta.equal(&tb), "{na}: eval changed the training");
     }
 }
+
+#[test]
+fn config_check_refuses_bad_learner_options_and_multi_turn_tasks_before_loading() {
+    let check = |set: &str| {
+        let out = Command::new(oxrl_bin())
+            .args(["config", "check"])
+            .arg(config())
+            .args(["--set", set])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (set, named) in [
+        ("learner.grpo.epsilon=-1", "learner.grpo.epsilon = -1"),
+        ("learner.dpo.beta=0", "learner.dpo.beta = 0"),
+        ("learner.ppo.gamma=2", "learner.ppo.gamma = 2"),
+        ("env.task=calculator", "multi-turn"),
+    ] {
+        let (ok, err) = check(set);
+        assert!(!ok && err.contains(named), "{set}: {err}");
+    }
+}
+
+#[test]
+fn dynamic_sampling_refills_a_step_whose_groups_all_tie() {
+    let out = tempfile::tempdir().unwrap();
+    // Only the math reward, which a random model never earns: every group ties at 0, so the
+    // step refills up to the cap and the learner drops every (uninformative) sample.
+    let status = smoke_train(
+        out.path(),
+        &[
+            "rewards=[{name = \"math\"}]",
+            "learner.grpo.dynamic_sampling=true",
+            "learner.grpo.max_refill_batches=2",
+            "steps=1",
+        ],
+    )
+    .status()
+    .unwrap();
+    assert!(status.success());
+    let lines = training_lines(out.path());
+    let line = &lines[0];
+    assert_eq!(line["rollout/refill_batches"], 2, "{line}");
+    // 3 batches of 2 prompts x 4 completions.
+    assert_eq!(line["oxrl_learner_samples"], 24.0, "{line}");
+    assert_eq!(line["oxrl_learner_dropped_samples"], 24.0, "{line}");
+    assert_eq!(line["oxrl_learner_optimizer_steps"], 0.0, "{line}");
+    let samples = std::fs::read_to_string(out.path().join("samples.jsonl")).unwrap();
+    for sample in samples.lines() {
+        let v: Value = serde_json::from_str(sample).unwrap();
+        assert!(
+            v["advantage"].is_null(),
+            "a dropped sample has no advantage: {v}"
+        );
+    }
+}
+
+#[test]
+fn rows_skipped_under_on_bad_row_skip_are_reported() {
+    let out = tempfile::tempdir().unwrap();
+    let data = out.path().join("rows.jsonl");
+    let good = (1..=8)
+        .map(|i| {
+            format!(
+                "{{\"prompt\": \"What is {i} + 1?\", \"answer\": \"{}\"}}\n",
+                i + 1
+            )
+        })
+        .collect::<String>();
+    std::fs::write(&data, format!("{good}{{\"prompt\": \"What is 9 + 1?\"}}\n")).unwrap();
+    let output = smoke_train(
+        out.path(),
+        &[
+            &format!("env.data.path={}", data.display()),
+            "env.data.on_bad_row=skip",
+            "steps=1",
+        ],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{err}");
+    assert!(err.contains("skipped 1 row"), "{err}");
+    assert!(
+        err.contains("rows.jsonl:9"),
+        "the skipped row names its line: {err}"
+    );
+}

@@ -7,7 +7,7 @@
 //! - [`EnvConfig`] (`[env]` in the run config) → [`LoadedEnv::from_config`]: the task, its
 //!   train/eval [`Dataset`]s, and a [`Sampler`] whose [`Cursor`] goes into checkpoints.
 //! - Single-turn: [`LoadedEnv::prompt`] (text) or [`LoadedEnv::messages`]; the row
-//!   ([`Row::with_completion`]) is the sample the rewards crate scores.
+//!   ([`Row::with_completion`]) is the `oxrl_rewards::Completion` the rewards crate scores.
 //! - Multi-turn: [`LoadedEnv::start_episode`] → [`Episode::model_turn`] after each
 //!   generation → [`Transcript::tokenize`] for ids and the loss mask.
 //!

@@ -60,9 +60,9 @@ impl Row {
         Value::Object(self.0.clone())
     }
 
-    /// The row plus `completion`: the JSON object a reward sample is read from (the
-    /// `oxrl-rewards` `Sample` deserializes exactly this shape; `prompt` stays the row's
-    /// question, which the code reward uses as the HumanEval function header).
+    /// The row plus `completion`: the JSON object a reward's [`oxrl_rewards::Completion`] is
+    /// read from (it deserializes exactly this shape; `prompt` stays the row's question, which
+    /// the code reward uses as the HumanEval function header).
     pub fn with_completion(&self, completion: &str) -> Value {
         let mut obj = self.0.clone();
         obj.insert("completion".into(), Value::String(completion.to_owned()));

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::{FailureKind, Registry, Result, Reward, RewardSpec, Sample, Score};
+use crate::{Completion, FailureKind, Registry, Result, Reward, RewardSpec, Score};
 
 /// Failures counted by kind.
 pub type FailureCounts = BTreeMap<FailureKind, usize>;
@@ -34,9 +34,9 @@ pub struct RewardReport {
     pub name: String,
     /// Its weight in the total.
     pub weight: f64,
-    /// Per-sample outcome.
+    /// Per-completion outcome.
     pub scores: Vec<Score>,
-    /// Per-sample value used in the total (failures replaced by the failure score).
+    /// Per-completion value used in the total (failures replaced by the failure score).
     pub values: Vec<f64>,
     /// This batch's failures by kind.
     pub failures: FailureCounts,
@@ -58,7 +58,7 @@ impl RewardReport {
 /// The result of scoring a batch with a [`WeightedRewards`].
 #[derive(Debug, Clone)]
 pub struct CombinedScores {
-    /// Per-sample weighted sum.
+    /// Per-completion weighted sum.
     pub total: Vec<f64>,
     /// One report per reward, in config order.
     pub rewards: Vec<RewardReport>,
@@ -95,22 +95,22 @@ impl WeightedRewards {
     }
 
     /// Scores a batch with every reward (rewards run concurrently).
-    pub fn score(&self, samples: &[Sample]) -> CombinedScores {
+    pub fn score(&self, completions: &[Completion]) -> CombinedScores {
         let rewards: Vec<RewardReport> = self
             .entries
             .par_iter()
             .map(|e| {
                 let t = Instant::now();
-                let mut scores = e.reward.score_batch(samples);
-                // A reward that returns the wrong count is a bug in it; report it per sample
+                let mut scores = e.reward.score_batch(completions);
+                // A reward that returns the wrong count is a bug in it; report it per completion
                 // instead of panicking.
-                if scores.len() != samples.len() {
+                if scores.len() != completions.len() {
                     let msg = format!(
                         "reward returned {} scores for {} samples",
                         scores.len(),
-                        samples.len()
+                        completions.len()
                     );
-                    scores = vec![Err(crate::RewardFailure::Crash(msg)); samples.len()];
+                    scores = vec![Err(crate::RewardFailure::Crash(msg)); completions.len()];
                 }
                 let mut failures = FailureCounts::new();
                 let values = scores
@@ -137,7 +137,7 @@ impl WeightedRewards {
                 }
             })
             .collect();
-        let mut total = vec![0.0; samples.len()];
+        let mut total = vec![0.0; completions.len()];
         for r in &rewards {
             for (t, v) in total.iter_mut().zip(&r.values) {
                 *t += r.weight * v;

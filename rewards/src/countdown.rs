@@ -1,5 +1,5 @@
 //! The `countdown` reward (as in TinyZero): the completion's last `<answer>...</answer>` must be
-//! an expression over exactly the sample's `numbers` (each used once), with only `+ - * /` and
+//! an expression over exactly the task's `numbers` (each used once), with only `+ - * /` and
 //! parentheses, equal to its `target`. An `= target` suffix is allowed. Score 1.0 or 0.0.
 //!
 //! [`score`] is the verifier itself; `oxrl-envs`' Countdown task scores with the same function,
@@ -9,15 +9,15 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::exact::{Expr, Op, Rational};
-use crate::{Reward, RewardFailure, Sample, Score};
+use crate::{Completion, Reward, RewardFailure, Score};
 
 /// Options of the `countdown` reward.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CountdownConfig {
-    /// Sample field holding the numbers to use (an array of integers).
+    /// Task field holding the numbers to use (an array of integers).
     pub numbers_field: String,
-    /// Sample field holding the target (an integer, or a string holding one).
+    /// Task field holding the target (an integer, or a string holding one).
     pub target_field: String,
 }
 
@@ -73,8 +73,8 @@ impl CountdownReward {
         CountdownReward { cfg }
     }
 
-    /// Scores one sample.
-    pub fn score_one(&self, s: &Sample) -> Score {
+    /// Scores one completion.
+    pub fn score_one(&self, s: &Completion) -> Score {
         let bad = |what: &str| RewardFailure::BadReference(what.to_string());
         let numbers: Vec<i64> = s
             .field(&self.cfg.numbers_field)
@@ -102,8 +102,8 @@ impl CountdownReward {
 }
 
 impl Reward for CountdownReward {
-    fn score_batch(&self, samples: &[Sample]) -> Vec<Score> {
-        samples.iter().map(|s| self.score_one(s)).collect()
+    fn score_batch(&self, completions: &[Completion]) -> Vec<Score> {
+        completions.iter().map(|s| self.score_one(s)).collect()
     }
 }
 
@@ -117,18 +117,18 @@ mod tests {
         let reward = Registry::default()
             .build(&RewardSpec::new("countdown"))
             .unwrap();
-        let sample = |c: &str| {
-            Sample::new(c)
+        let completion = |c: &str| {
+            Completion::new(c)
                 .with("numbers", serde_json::json!([3, 5, 7]))
                 .with("target", 22)
         };
         let out = reward.score_batch(&[
-            sample("<answer>3 * 5 + 7</answer>"),
-            sample("<answer>3 * 5 + 8</answer>"),
-            sample("no tag"),
-            sample("<answer>(7 + 5 * 3) = 22</answer>").with("target", "22"),
-            Sample::new("<answer>1</answer>").with("target", 1),
-            sample("<answer>1</answer>").with("numbers", serde_json::json!([1, "x"])),
+            completion("<answer>3 * 5 + 7</answer>"),
+            completion("<answer>3 * 5 + 8</answer>"),
+            completion("no tag"),
+            completion("<answer>(7 + 5 * 3) = 22</answer>").with("target", "22"),
+            Completion::new("<answer>1</answer>").with("target", 1),
+            completion("<answer>1</answer>").with("numbers", serde_json::json!([1, "x"])),
         ]);
         assert_eq!(out[0], Ok(1.0));
         assert_eq!(out[1], Ok(0.0));

@@ -1,9 +1,9 @@
-//! Error types: [`RewardFailure`] is a per-sample outcome that the run counts and goes on;
+//! Error types: [`RewardFailure`] is a per-completion outcome that the run counts and goes on;
 //! [`Error`] is a configuration or I/O problem that stops the caller.
 
 use std::time::Duration;
 
-/// Why one sample could not be scored. A failure never stops a run: the combination
+/// Why one completion could not be scored. A failure never stops a run: the combination
 /// scores it as its reward's `failure_score` (0 by default) and counts it by kind.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RewardFailure {
@@ -99,7 +99,7 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
-    /// An input line could not be read as a sample.
+    /// An input line could not be read as a completion.
     #[error("line {line}: {message}")]
     Input {
         /// 1-based line number.

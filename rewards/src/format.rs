@@ -9,7 +9,7 @@
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::{Error, Reward, Sample, Score};
+use crate::{Completion, Error, Reward, Score};
 
 /// Options of the `format` reward.
 #[derive(Debug, Clone, Deserialize)]
@@ -24,7 +24,7 @@ pub struct FormatConfig {
     pub overlong_max: Option<usize>,
     /// Width of the linear penalty zone before `overlong_max`.
     pub overlong_buffer: usize,
-    /// Sample field with the completion length in tokens; characters are counted without it.
+    /// Task field with the completion length in tokens; characters are counted without it.
     pub length_field: String,
 }
 
@@ -116,7 +116,7 @@ impl FormatReward {
     }
 
     /// Scores one completion.
-    pub fn score_one(&self, s: &Sample) -> f64 {
+    pub fn score_one(&self, s: &Completion) -> f64 {
         let has_checks = !self.checks.is_empty() || !self.cfg.tags.is_empty();
         let structure = has_checks
             && tags_match(&s.completion, &self.cfg.tags)
@@ -135,7 +135,7 @@ impl FormatReward {
 }
 
 impl Reward for FormatReward {
-    fn score_batch(&self, samples: &[Sample]) -> Vec<Score> {
-        samples.iter().map(|s| Ok(self.score_one(s))).collect()
+    fn score_batch(&self, completions: &[Completion]) -> Vec<Score> {
+        completions.iter().map(|s| Ok(self.score_one(s))).collect()
     }
 }

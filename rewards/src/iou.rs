@@ -11,7 +11,7 @@ use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::{Reward, RewardFailure, Sample, Score};
+use crate::{Completion, Reward, RewardFailure, Score};
 
 /// Which overlap value a match contributes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -27,7 +27,7 @@ pub enum Metric {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IouConfig {
-    /// Sample field with the reference boxes `[[x1,y1,x2,y2], ...]`.
+    /// Task field with the reference boxes `[[x1,y1,x2,y2], ...]`.
     pub boxes_field: String,
     /// A match counts when its IoU is above this.
     pub threshold: f64,
@@ -199,8 +199,8 @@ impl IouReward {
         IouReward { cfg }
     }
 
-    /// Scores one sample.
-    pub fn score_one(&self, s: &Sample) -> Score {
+    /// Scores one completion.
+    pub fn score_one(&self, s: &Completion) -> Score {
         let bad = |m: String| RewardFailure::BadReference(m);
         let gt_value = s
             .field(&self.cfg.boxes_field)
@@ -233,7 +233,7 @@ impl IouReward {
 }
 
 impl Reward for IouReward {
-    fn score_batch(&self, samples: &[Sample]) -> Vec<Score> {
-        samples.iter().map(|s| self.score_one(s)).collect()
+    fn score_batch(&self, completions: &[Completion]) -> Vec<Score> {
+        completions.iter().map(|s| self.score_one(s)).collect()
     }
 }

@@ -1,5 +1,5 @@
 //! The `oxrl reward --reward NAME [--config FILE] --input FILE.jsonl` entry point: read one
-//! sample per JSON line, write one `{"score": f, "error": "..."}` line per input line (the
+//! completion per JSON line, write one `{"score": f, "error": "..."}` line per input line (the
 //! `error` key only on failure, when `score` is the reward's `failure_score`).
 
 use std::io::{BufRead, Write};
@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use serde_json::{Map, Value};
 
-use crate::{Error, FailureCounts, Registry, Result, Reward, RewardFailure, RewardSpec, Sample};
+use crate::{
+    Completion, Error, FailureCounts, Registry, Result, Reward, RewardFailure, RewardSpec,
+};
 
 /// Lines scored per batch handed to the reward.
 const BATCH_LINES: usize = 256;
@@ -20,7 +22,7 @@ pub struct JsonlSummary {
     pub lines: usize,
     /// Sum of the scores written.
     pub score_sum: f64,
-    /// Failures by kind; lines that are not valid samples count as `parse`.
+    /// Failures by kind; lines that are not valid completions count as `parse`.
     pub failures: FailureCounts,
     /// Wall-clock seconds.
     pub seconds: f64,
@@ -97,24 +99,24 @@ pub fn score_jsonl_with(
     let mut summary = JsonlSummary::default();
     let mut lines = input.lines();
     loop {
-        // Each slot: a sample, or the reason the line is not one.
-        let mut batch: Vec<std::result::Result<Sample, RewardFailure>> =
+        // Each slot: a completion, or the reason the line is not one.
+        let mut batch: Vec<std::result::Result<Completion, RewardFailure>> =
             Vec::with_capacity(BATCH_LINES);
         for line in lines.by_ref().take(BATCH_LINES) {
             let line = line?;
             batch.push(
-                serde_json::from_str::<Sample>(&line)
+                serde_json::from_str::<Completion>(&line)
                     .map_err(|e| RewardFailure::Parse(format!("input line is not a sample: {e}"))),
             );
         }
         if batch.is_empty() {
             break;
         }
-        let samples: Vec<Sample> = batch
+        let completions: Vec<Completion> = batch
             .iter()
             .filter_map(|b| b.as_ref().ok().cloned())
             .collect();
-        let mut scored = reward.score_batch(&samples).into_iter();
+        let mut scored = reward.score_batch(&completions).into_iter();
         for slot in batch {
             let outcome = match slot {
                 Ok(_) => scored.next().unwrap_or_else(|| {

@@ -1,9 +1,9 @@
-//! LLM-as-judge reward: a rubric prompt per sample sent to a chat model, the score parsed
+//! LLM-as-judge reward: a rubric prompt per completion sent to a chat model, the score parsed
 //! from its answer and mapped to [0, 1]. The model is reached through a [`JudgeBackend`]:
 //! [`OpenAiBackend`] speaks the OpenAI-compatible `POST {base_url}/chat/completions`
 //! protocol (API key from an environment variable, never logged); the engine can plug in a
 //! local model by implementing the trait and calling [`JudgeReward::with_backend`].
-//! Answers are cached by a SHA-256 of (model, messages), so a repeated sample costs nothing.
+//! Answers are cached by a SHA-256 of (model, messages), so a repeated completion costs nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::http_client::{HttpPolicy, JsonPoster, Secret};
-use crate::{runtime, Error, Reward, RewardFailure, Sample, Score};
+use crate::{runtime, Completion, Error, Reward, RewardFailure, Score};
 
 /// One chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -46,7 +46,7 @@ pub struct JudgeConfig {
     pub api_key_env: String,
     /// Optional system message.
     pub system: Option<String>,
-    /// Rubric template: `{prompt}`, `{completion}` and any sample field as `{name}`.
+    /// Rubric template: `{prompt}`, `{completion}` and any task field as `{name}`.
     pub rubric: String,
     /// Regex whose first group is the score; the last number of the answer when it fails.
     pub score_regex: String,
@@ -173,8 +173,8 @@ pub struct JudgeReward {
     cache: Mutex<HashMap<[u8; 32], String>>,
 }
 
-/// Fills `{name}` placeholders from the sample; a missing field is a bad reference.
-pub fn render(template: &str, s: &Sample) -> Result<String, RewardFailure> {
+/// Fills `{name}` placeholders from the completion; a missing field is a bad reference.
+pub fn render(template: &str, s: &Completion) -> Result<String, RewardFailure> {
     static CELL: OnceLock<Regex> = OnceLock::new();
     // Constant pattern, covered by the judge tests.
     let re = CELL.get_or_init(|| Regex::new(r"\{([A-Za-z_][A-Za-z0-9_]*)\}").expect("valid regex"));
@@ -231,8 +231,8 @@ impl JudgeReward {
         })
     }
 
-    /// The conversation sent for a sample.
-    pub fn messages(&self, s: &Sample) -> Result<Vec<ChatMessage>, RewardFailure> {
+    /// The conversation sent for a completion.
+    pub fn messages(&self, s: &Completion) -> Result<Vec<ChatMessage>, RewardFailure> {
         let mut m = Vec::new();
         if let Some(sys) = &self.cfg.system {
             m.push(ChatMessage {
@@ -292,8 +292,8 @@ fn clip(s: &str) -> String {
 type Keyed = (Vec<ChatMessage>, [u8; 32]);
 
 impl Reward for JudgeReward {
-    fn score_batch(&self, samples: &[Sample]) -> Vec<Score> {
-        let prepared: Vec<Result<Keyed, RewardFailure>> = samples
+    fn score_batch(&self, completions: &[Completion]) -> Vec<Score> {
+        let prepared: Vec<Result<Keyed, RewardFailure>> = completions
             .iter()
             .map(|s| {
                 self.messages(s).map(|m| {

@@ -1,6 +1,6 @@
 //! Reward functions for oxrl. No libtorch dependency.
 //!
-//! A [`Reward`] scores a batch of [`Sample`]s and returns, per sample, a score or a typed
+//! A [`Reward`] scores a batch of [`Completion`]s and returns, per completion, a score or a typed
 //! [`RewardFailure`]. Rewards are built by name from serde config through a [`Registry`]
 //! and combined with weights by [`WeightedRewards`], which reports every reward separately
 //! and counts failures per reward and per [`FailureKind`]. Design notes: `docs/rewards.md`.
@@ -8,6 +8,7 @@
 
 pub mod code;
 pub mod combine;
+pub mod completion;
 pub mod countdown;
 pub mod custom;
 pub mod error;
@@ -20,28 +21,27 @@ pub mod judge;
 pub mod math;
 pub mod registry;
 mod runtime;
-pub mod sample;
 
 pub use combine::{CombinedScores, FailureCounts, RewardReport, WeightedRewards};
+pub use completion::Completion;
 pub use error::{Error, FailureKind, Result, RewardFailure};
 pub use jsonl::score_jsonl;
 pub use registry::{Registry, RewardSpec};
-pub use sample::Sample;
 
-/// Outcome for one sample: a score, or a typed failure that the caller counts.
+/// Outcome for one completion: a score, or a typed failure that the caller counts.
 pub type Score = std::result::Result<f64, RewardFailure>;
 
-/// A reward function over a batch of samples.
+/// A reward function over a batch of completions.
 ///
-/// Implementations must never panic on bad input: every problem with a sample is reported
-/// as a [`RewardFailure`] in that sample's slot. The returned vector has exactly one entry
-/// per input sample, in order.
+/// Implementations must never panic on bad input: every problem with a completion is reported
+/// as a [`RewardFailure`] in that completion's slot. The returned vector has exactly one entry
+/// per input completion, in order.
 ///
 /// A reward has no name of its own: the name it reports under (metrics, logs, failure
 /// counts) is the one it is added with, [`RewardSpec::name`] through
 /// [`WeightedRewards::from_specs`] or the `name` argument of [`WeightedRewards::push`].
 /// Builders receive that name too, for their error messages.
 pub trait Reward: Send + Sync {
-    /// Scores every sample of the batch.
-    fn score_batch(&self, samples: &[Sample]) -> Vec<Score>;
+    /// Scores every completion of the batch.
+    fn score_batch(&self, completions: &[Completion]) -> Vec<Score>;
 }

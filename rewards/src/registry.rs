@@ -43,7 +43,7 @@ pub struct RewardSpec {
     /// Weight in the combined reward.
     #[serde(default = "one")]
     pub weight: f64,
-    /// Score used for a sample whose scoring failed.
+    /// Score used for a completion whose scoring failed.
     #[serde(default)]
     pub failure_score: f64,
     /// The reward's own options.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use oxrl_rewards::code::sandbox::{Exit, Limits, RunSpec, Sandbox};
 use oxrl_rewards::code::{CodeConfig, CodeReward};
-use oxrl_rewards::{FailureKind, Reward, Sample};
+use oxrl_rewards::{Completion, FailureKind, Reward};
 use serde_json::json;
 
 fn reward(partial: bool) -> CodeReward {
@@ -23,15 +23,15 @@ const HE_PROMPT: &str = "def add(a, b):\n    \"\"\"Add two numbers.\"\"\"\n";
 const HE_TESTS: &str =
     "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n";
 
-fn he(completion: &str) -> Sample {
-    Sample::new(completion)
+fn he(completion: &str) -> Completion {
+    Completion::new(completion)
         .with_prompt(HE_PROMPT)
         .with("tests", HE_TESTS)
         .with("entry_point", "add")
 }
 
-fn mbpp(completion: &str) -> Sample {
-    Sample::new(completion).with(
+fn mbpp(completion: &str) -> Completion {
+    Completion::new(completion).with(
         "tests",
         json!([
             "assert sq(2) == 4",
@@ -57,14 +57,14 @@ fn processes_with_env(marker: &str) -> usize {
 #[test]
 fn formats_table() {
     let r = reward(false);
-    let rows: Vec<(Sample, f64)> = vec![
+    let rows: Vec<(Completion, f64)> = vec![
         (he("    return a + b\n"), 1.0),
         (he("    return a - b\n"), 0.0),
         (he("    return a +\n"), 0.0), // syntax error
         (he("```python\ndef add(a, b):\n    return b + a\n```"), 1.0), // full function in a fence
         // A full function relying on the prompt's import.
         (
-            Sample::new("def add(a, b):\n    return int(math.fsum([a, b]))\n")
+            Completion::new("def add(a, b):\n    return int(math.fsum([a, b]))\n")
                 .with_prompt(format!("import math\n\n{HE_PROMPT}"))
                 .with("tests", HE_TESTS)
                 .with("entry_point", "add"),
@@ -73,23 +73,23 @@ fn formats_table() {
         (mbpp("def sq(x):\n    return x * x\n"), 1.0),
         (mbpp("def sq(x):\n    return x * 2\n"), 0.0),
         (
-            Sample::new("n = int(input())\nprint(n * 2)\n").with(
+            Completion::new("n = int(input())\nprint(n * 2)\n").with(
                 "tests",
                 json!([{"input": "3\n", "output": "6\n"}, {"input": "10\n", "output": "20"}]),
             ),
             1.0,
         ),
         (
-            Sample::new("n = int(input())\nprint(n + 2)\n").with(
+            Completion::new("n = int(input())\nprint(n + 2)\n").with(
                 "tests",
                 json!([{"input": "2\n", "output": "4\n"}, {"input": "10\n", "output": "20"}]),
             ),
             0.0,
         ),
-        (Sample::new("x = 1").with("tests", "assert x == 1"), 1.0), // plain script
+        (Completion::new("x = 1").with("tests", "assert x == 1"), 1.0), // plain script
     ];
-    let samples: Vec<Sample> = rows.iter().map(|(s, _)| s.clone()).collect();
-    let got = r.score_batch(&samples);
+    let completions: Vec<Completion> = rows.iter().map(|(s, _)| s.clone()).collect();
+    let got = r.score_batch(&completions);
     for (i, ((_, want), got)) in rows.iter().zip(&got).enumerate() {
         assert_eq!(got.as_ref().ok(), Some(want), "row {i}: {got:?}");
     }
@@ -114,8 +114,8 @@ fn partial_credit_fraction() {
 fn bad_references_are_typed() {
     let r = reward(false);
     let out = r.score_batch(&[
-        Sample::new("x=1"),
-        Sample::new("x=1").with("tests", json!([])),
+        Completion::new("x=1"),
+        Completion::new("x=1").with("tests", json!([])),
     ]);
     for o in out {
         assert_eq!(o.unwrap_err().kind(), FailureKind::BadReference);
@@ -167,11 +167,11 @@ fn adversarial_completions_score_zero() {
         ("network", "import socket\ns = socket.create_connection(('127.0.0.1', 22), timeout=1)\n".into(), None),
     ];
     let start = Instant::now();
-    let samples: Vec<Sample> = rows
+    let completions: Vec<Completion> = rows
         .iter()
         .map(|(_, c, _)| mbpp(&format!("{c}\ndef sq(x):\n    return x * x\n")))
         .collect();
-    let out = r.score_batch(&samples);
+    let out = r.score_batch(&completions);
     for ((name, _, kind), got) in rows.iter().zip(&out) {
         match kind {
             None => assert_eq!(got, &Ok(0.0), "{name}"),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use oxrl_rewards::jsonl::{load_spec, score_jsonl_with};
 use oxrl_rewards::{
-    score_jsonl, FailureKind, Registry, Reward, RewardFailure, RewardSpec, Sample, Score,
+    score_jsonl, Completion, FailureKind, Registry, Reward, RewardFailure, RewardSpec, Score,
     WeightedRewards,
 };
 use serde::Deserialize;
@@ -15,8 +15,8 @@ struct WordCount {
 }
 
 impl Reward for WordCount {
-    fn score_batch(&self, samples: &[Sample]) -> Vec<Score> {
-        samples
+    fn score_batch(&self, completions: &[Completion]) -> Vec<Score> {
+        completions
             .iter()
             .map(|s| {
                 let n = s.completion.split_whitespace().count() as f64;
@@ -64,11 +64,11 @@ fn registry_builds_from_toml_and_combines() {
     });
     let w = WeightedRewards::from_specs(&reg, &cfg.rewards).unwrap();
     assert_eq!(w.names(), ["math", "think_format", "words"]);
-    let samples = [
-        Sample::new("<think>2+2</think><answer>\\boxed{4}</answer>").with("answer", "4"),
-        Sample::new("").with("answer", "4"),
+    let completions = [
+        Completion::new("<think>2+2</think><answer>\\boxed{4}</answer>").with("answer", "4"),
+        Completion::new("").with("answer", "4"),
     ];
-    let out = w.score(&samples);
+    let out = w.score(&completions);
     // 1*1 + 0.5*1 + 0.1*min(2 words... "<think>2+2</think><answer>\boxed{4}</answer>" is 1 word)
     assert!(
         (out.total[0] - (1.0 + 0.5 + 0.1)).abs() < 1e-9,
@@ -80,7 +80,7 @@ fn registry_builds_from_toml_and_combines() {
     let math = &out.rewards[0];
     assert_eq!(math.failures.get(&FailureKind::Parse), Some(&1));
     assert_eq!(out.rewards[2].values, vec![1.0, -1.0]);
-    w.score(&samples);
+    w.score(&completions);
     assert_eq!(
         w.failure_totals()
             .get(&("math".to_string(), FailureKind::Parse)),
@@ -214,7 +214,7 @@ fn function_rewards() {
     use oxrl_rewards::custom::FnReward;
     let mut reg = Registry::default();
     reg.register("has_please", |_name, _opts| {
-        Ok(Arc::new(FnReward::new(|s: &Sample| {
+        Ok(Arc::new(FnReward::new(|s: &Completion| {
             Ok(if s.completion.contains("please") {
                 1.0
             } else {
@@ -223,7 +223,7 @@ fn function_rewards() {
         })))
     });
     let w = WeightedRewards::from_specs(&reg, &[RewardSpec::new("has_please")]).unwrap();
-    let out = w.score(&[Sample::new("yes please"), Sample::new("no")]);
+    let out = w.score(&[Completion::new("yes please"), Completion::new("no")]);
     assert_eq!(out.total, vec![1.0, 0.0]);
     assert_eq!(out.rewards[0].name, "has_please");
 }

@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use oxrl_rewards::custom::command::{CommandConfig, CommandReward};
 use oxrl_rewards::custom::http::{HttpConfig, HttpReward};
 use oxrl_rewards::judge::{JudgeConfig, JudgeReward};
-use oxrl_rewards::{FailureKind, Reward, Sample};
+use oxrl_rewards::{Completion, FailureKind, Reward};
 use serde_json::{json, Value};
 
 #[derive(Default)]
@@ -109,7 +109,7 @@ fn judge_against_real_server() {
         ..JudgeConfig::default()
     };
     let judge = JudgeReward::new("judge", cfg).unwrap();
-    let q = |c: &str| Sample::new(c).with_prompt("What is 2+2?");
+    let q = |c: &str| Completion::new(c).with_prompt("What is 2+2?");
     let batch = [
         q("a good answer"),
         q("meh"),
@@ -148,7 +148,7 @@ fn judge_against_real_server() {
     assert_eq!(per["flaky"], 2);
     assert_eq!(per["slow"], 2, "timeout retried once");
     assert_eq!(per["forbidden"], 1, "4xx not retried");
-    // Cached: the same good samples cost no request.
+    // Cached: the same good completions cost no request.
     let before = seen.requests.load(Ordering::SeqCst);
     assert_eq!(
         judge.score_batch(&[q("a good answer"), q("meh")]),
@@ -161,7 +161,7 @@ fn judge_against_real_server() {
             assert!(!e.to_string().contains("sk-test-judge"));
         }
     }
-    // A rubric naming a field the sample lacks is a bad reference.
+    // A rubric naming a field the completion lacks is a bad reference.
     let cfg = JudgeConfig {
         base_url: format!("http://{addr}/v1"),
         rubric: "Gold: {answer}\n{completion}".into(),
@@ -169,7 +169,7 @@ fn judge_against_real_server() {
     };
     let j = JudgeReward::new("judge", cfg).unwrap();
     assert_eq!(
-        j.score_batch(&[Sample::new("x")])[0]
+        j.score_batch(&[Completion::new("x")])[0]
             .as_ref()
             .unwrap_err()
             .kind(),
@@ -178,11 +178,11 @@ fn judge_against_real_server() {
 }
 
 async fn batch_scores(Json(body): Json<Value>) -> Json<Value> {
-    let samples = body["samples"].as_array().cloned().unwrap_or_default();
-    if samples.iter().any(|s| s["completion"] == "short") {
+    let completions = body["samples"].as_array().cloned().unwrap_or_default();
+    if completions.iter().any(|s| s["completion"] == "short") {
         return Json(json!({"scores": [1.0]}));
     }
-    let scores: Vec<Value> = samples
+    let scores: Vec<Value> = completions
         .iter()
         .map(|s| match s["completion"].as_str().unwrap_or("") {
             "error" => json!({"error": "cannot score"}),
@@ -210,12 +210,12 @@ fn http_reward_against_real_server() {
     )
     .unwrap();
     let out = r.score_batch(&[
-        Sample::new("abc").with("bonus", 0.5),
-        Sample::new("error"),
-        Sample::new("text"),
-        Sample::new("abcdef"),
-        Sample::new("short"),
-        Sample::new("xyz"),
+        Completion::new("abc").with("bonus", 0.5),
+        Completion::new("error"),
+        Completion::new("text"),
+        Completion::new("abcdef"),
+        Completion::new("short"),
+        Completion::new("xyz"),
     ]);
     assert_eq!(out[0], Ok(3.5));
     assert_eq!(out[1].as_ref().unwrap_err().kind(), FailureKind::Crash);
@@ -224,7 +224,7 @@ fn http_reward_against_real_server() {
         FailureKind::MalformedReply
     );
     assert_eq!(out[3], Ok(6.0));
-    // The last chunk gets one score for two samples: both fail, nothing is misattributed.
+    // The last chunk gets one score for two completions: both fail, nothing is misattributed.
     assert_eq!(
         out[4].as_ref().unwrap_err().kind(),
         FailureKind::MalformedReply,
@@ -235,7 +235,7 @@ fn http_reward_against_real_server() {
         FailureKind::MalformedReply,
         "count mismatch"
     );
-    // Nobody listening: a transport failure per sample, not a panic.
+    // Nobody listening: a transport failure per completion, not a panic.
     let dead = HttpReward::new(
         "dead",
         HttpConfig {
@@ -249,7 +249,7 @@ fn http_reward_against_real_server() {
         },
     )
     .unwrap();
-    let out = dead.score_batch(&[Sample::new("a"), Sample::new("b")]);
+    let out = dead.score_batch(&[Completion::new("a"), Completion::new("b")]);
     assert!(
         out.iter()
             .all(|o| o.as_ref().unwrap_err().kind() == FailureKind::Transport),
@@ -274,9 +274,9 @@ fn shipped_python_example() {
     )
     .unwrap();
     let out = r.score_batch(&[
-        Sample::new("the answer is 42").with("answer", 42),
-        Sample::new("the answer is 41").with("answer", 42),
-        Sample::new("no reference"),
+        Completion::new("the answer is 42").with("answer", 42),
+        Completion::new("the answer is 41").with("answer", 42),
+        Completion::new("no reference"),
     ]);
     assert_eq!(out[0], Ok(1.0));
     assert_eq!(out[1], Ok(0.0));
@@ -323,13 +323,13 @@ for line in sys.stdin:
     )
     .unwrap();
     let out = r.score_batch(&[
-        Sample::new("ab"),
-        Sample::new("crash"),
-        Sample::new("abc"),
-        Sample::new("hang"),
-        Sample::new("abcd"),
-        Sample::new("garbage"),
-        Sample::new("abcde"),
+        Completion::new("ab"),
+        Completion::new("crash"),
+        Completion::new("abc"),
+        Completion::new("hang"),
+        Completion::new("abcd"),
+        Completion::new("garbage"),
+        Completion::new("abcde"),
     ]);
     assert_eq!(out[0], Ok(2.0));
     assert_eq!(out[1].as_ref().unwrap_err().kind(), FailureKind::Crash);
@@ -395,9 +395,9 @@ fn shipped_python_http_example() {
     )
     .unwrap();
     let out = r.score_batch(&[
-        Sample::new("one"),
-        Sample::new("one two three"),
-        Sample::new(""),
+        Completion::new("one"),
+        Completion::new("one two three"),
+        Completion::new(""),
     ]);
     assert_eq!(out, vec![Ok(0.5), Ok(0.25), Ok(1.0)]);
 }

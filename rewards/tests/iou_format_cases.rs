@@ -3,7 +3,7 @@
 
 use oxrl_rewards::format::{overlong_penalty, FormatConfig, FormatReward};
 use oxrl_rewards::iou::{giou, iou, parse_boxes, score_boxes, IouConfig, IouReward, Metric};
-use oxrl_rewards::{FailureKind, Reward, Sample};
+use oxrl_rewards::{Completion, FailureKind, Reward};
 use serde_json::json;
 
 fn close(a: f64, b: f64) -> bool {
@@ -32,7 +32,7 @@ fn visual_rft_worked_examples() {
     let r = IouReward::new(IouConfig::default());
     for (name, completion, want) in rows {
         let got = r
-            .score_one(&Sample::new(completion).with("boxes", gt.clone()))
+            .score_one(&Completion::new(completion).with("boxes", gt.clone()))
             .unwrap();
         assert!(close(got, want), "{name}: got {got}, want {want}");
     }
@@ -87,10 +87,10 @@ fn iou_and_giou_values() {
 fn iou_failures() {
     let r = IouReward::new(IouConfig::default());
     let out = r.score_batch(&[
-        Sample::new("no boxes here").with("boxes", json!([[0, 0, 1, 1]])),
-        Sample::new("[0,0,1,1]"),
-        Sample::new("[0,0,1,1]").with("boxes", json!([[0, 0, 1]])),
-        Sample::new("nothing").with("boxes", json!([])),
+        Completion::new("no boxes here").with("boxes", json!([[0, 0, 1, 1]])),
+        Completion::new("[0,0,1,1]"),
+        Completion::new("[0,0,1,1]").with("boxes", json!([[0, 0, 1]])),
+        Completion::new("nothing").with("boxes", json!([])),
     ]);
     assert_eq!(out[0].as_ref().unwrap_err().kind(), FailureKind::Parse);
     assert_eq!(
@@ -124,7 +124,7 @@ fn format_table() {
         ("preamble <think>x</think><answer>1</answer>", 0.0),
     ];
     for (c, want) in rows {
-        assert_eq!(tags.score_one(&Sample::new(c)), want, "{c:?}");
+        assert_eq!(tags.score_one(&Completion::new(c)), want, "{c:?}");
     }
     let re = FormatReward::new(
         "re",
@@ -134,8 +134,8 @@ fn format_table() {
         },
     )
     .unwrap();
-    assert_eq!(re.score_one(&Sample::new("so \\boxed{3}")), 1.0);
-    assert_eq!(re.score_one(&Sample::new("so 3")), 0.0);
+    assert_eq!(re.score_one(&Completion::new("so \\boxed{3}")), 1.0);
+    assert_eq!(re.score_one(&Completion::new("so 3")), 0.0);
     assert!(FormatReward::new(
         "bad",
         FormatConfig {
@@ -163,8 +163,8 @@ fn overlong_penalty_dapo() {
     )
     .unwrap();
     assert!(close(
-        r.score_one(&Sample::new("x").with("completion_tokens", 175)),
+        r.score_one(&Completion::new("x").with("completion_tokens", 175)),
         -0.5
     ));
-    assert_eq!(r.score_one(&Sample::new("x".repeat(10))), 0.0);
+    assert_eq!(r.score_one(&Completion::new("x".repeat(10))), 0.0);
 }

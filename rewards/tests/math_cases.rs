@@ -3,7 +3,7 @@
 //! (GSM8K `####`, boxed, "the answer is", units, percentages, intervals, sets, equations).
 
 use oxrl_rewards::math::MathReward;
-use oxrl_rewards::{Reward, RewardFailure, Sample};
+use oxrl_rewards::{Completion, Reward, RewardFailure};
 
 fn check(rows: &[(&str, &str, f64)]) {
     let r = MathReward::default();
@@ -180,8 +180,8 @@ fn failures_are_typed() {
         Err(RewardFailure::BadReference(_))
     ));
     let out = r.score_batch(&[
-        Sample::new("\\boxed{5}"),
-        Sample::new("\\boxed{5}").with("answer", 5),
+        Completion::new("\\boxed{5}"),
+        Completion::new("\\boxed{5}").with("answer", 5),
     ]);
     assert!(
         matches!(out[0], Err(RewardFailure::BadReference(_))),
@@ -213,9 +213,9 @@ fn adversarial_inputs_do_not_panic() {
     let nested = format!("\\boxed{{{}1{}}}", "(".repeat(900), ")".repeat(900));
     let signs = format!("\\boxed{{{}1}}", "-".repeat(1900));
     let powers = format!("\\boxed{{2{}}}", "^2".repeat(900));
-    let batch: Vec<Sample> = [nested, signs, powers]
+    let batch: Vec<Completion> = [nested, signs, powers]
         .iter()
-        .map(|c| Sample::new(c.clone()).with("answer", "1"))
+        .map(|c| Completion::new(c.clone()).with("answer", "1"))
         .collect();
     let out = r.score_batch(&batch);
     assert_eq!(out.len(), 3);

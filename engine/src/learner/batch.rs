@@ -93,14 +93,12 @@ pub fn validate_batch(samples: &[Sample]) -> Result<()> {
     Ok(())
 }
 
-/// Pads `samples` into tensors on `device`. Rows of one group (`group_id`) are taken to share
-/// their prompt ([`validate_batch`] checks it).
+/// Pads `samples` into tensors on `device`. The samples are taken to have passed
+/// [`validate_batch`] (the learner checks each batch once, not each micro-batch of each pass):
+/// rows of one group (`group_id`) share their prompt.
 pub fn collate(samples: &[&Sample], device: Device) -> Result<Rows> {
     if samples.is_empty() {
         return Err(Error::Invalid("learner: empty micro-batch".into()));
-    }
-    for s in samples {
-        validate(s)?;
     }
     let b = samples.len();
     let l = samples
@@ -127,12 +125,13 @@ pub fn collate(samples: &[&Sample], device: Device) -> Result<Rows> {
         for j in 0..t {
             // Padding predicts from the last prompt position: harmless, masked out.
             predict_at[i * t + j] =
-                (p - 1 + j.min(s.completion_ids.len().saturating_sub(1))) as i64;
+                (p.saturating_sub(1) + j.min(s.completion_ids.len().saturating_sub(1))) as i64;
         }
-        for (j, &id) in s.completion_ids.iter().enumerate() {
+        let per_token = s.loss_mask.iter().zip(&s.behaviour_logprobs);
+        for (j, (&id, (&trained, &logp))) in s.completion_ids.iter().zip(per_token).enumerate() {
             targets[i * t + j] = id as i64;
-            mask[i * t + j] = if s.loss_mask[j] { 1.0 } else { 0.0 };
-            old[i * t + j] = s.behaviour_logprobs[j];
+            mask[i * t + j] = if trained { 1.0 } else { 0.0 };
+            old[i * t + j] = logp;
         }
     }
     let (b, l, t) = (b as i64, l as i64, t as i64);

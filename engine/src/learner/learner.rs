@@ -16,7 +16,7 @@ use super::algorithm::{
     mask_count, masked_sum, Algorithm, BatchContext, CriticInput, CriticTargets, LossInput,
     StepScale,
 };
-use super::batch::{collate, prompt_micro_batches, token_logprobs, validate_batch, Rows};
+use super::batch::{collate, prompt_micro_batches, token_logprobs, validate, validate_batch, Rows};
 use super::dpo::{Dpo, DpoConfig};
 use super::expert::{ExpertIteration, ExpertIterationConfig};
 use super::grpo::{Grpo, GrpoConfig};
@@ -245,8 +245,14 @@ impl Learner {
         })
     }
 
-    /// Critic values per completion token of `samples` (PPO only).
+    /// Critic values per completion token of `samples` (PPO only; each sample is checked with
+    /// [`validate`](super::batch::validate)).
     pub fn values(&self, samples: &[&Sample]) -> Result<Vec<Vec<f32>>> {
+        samples.iter().try_for_each(|s| validate(s))?;
+        self.critic_values(samples)
+    }
+
+    fn critic_values(&self, samples: &[&Sample]) -> Result<Vec<Vec<f32>>> {
         let critic = self
             .critic
             .as_ref()
@@ -387,7 +393,7 @@ impl Learner {
             false => None,
         };
         let values = match self.critic.is_some() && needed {
-            true => Some(self.values(&all)?),
+            true => Some(self.critic_values(&all)?),
             false => None,
         };
         let ctx = BatchContext {

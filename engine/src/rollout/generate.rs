@@ -4,7 +4,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::sampling::{sample, SamplingParams, SequenceRng};
+use super::sampling::{draw_tokens, SamplingParams, SequenceRng};
 use super::stop::{hits_stop_string, StopConditions};
 use crate::error::{Error, Result};
 use crate::model::{KvCache, Llama};
@@ -112,7 +112,7 @@ fn run(
     }
     loop {
         let mut rngs: Vec<SequenceRng> = live.iter().map(|l| l.rng.clone()).collect();
-        let (tokens, logprobs) = sample(&logits, &req.sampling, &mut rngs);
+        let (tokens, logprobs) = draw_tokens(&logits, &req.sampling, &mut rngs);
         let tokens = Vec::<i64>::try_from(tokens.to_device(Device::Cpu))?;
         let logprobs = Vec::<f32>::try_from(logprobs.to_device(Device::Cpu))?;
         let mut keep = Vec::with_capacity(live.len());

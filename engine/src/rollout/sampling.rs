@@ -94,7 +94,7 @@ impl SequenceRng {
 ///
 /// # Shapes
 /// - `logits`: `[batch, vocab]`; `rngs.len() == batch`
-pub fn sample(
+pub fn draw_tokens(
     logits: &Tensor,
     params: &SamplingParams,
     rngs: &mut [SequenceRng],
@@ -201,7 +201,7 @@ mod tests {
             temperature: 0.7,
             ..Default::default()
         };
-        let (tokens, logp) = sample(&logits(), &params, &mut rngs(4000));
+        let (tokens, logp) = draw_tokens(&logits(), &params, &mut rngs(4000));
         let want = Vec::<f64>::try_from((logits().get(0) / 0.7).softmax(-1, Kind::Double)).unwrap();
         for (got, want) in histogram(&tokens).iter().zip(&want) {
             assert!((got - want).abs() < 0.03, "{got} vs {want}");
@@ -239,7 +239,7 @@ mod tests {
             ), // .20/.53 > .3 > .12/.53
         ];
         for (params, kept) in cases {
-            let (tokens, logp) = sample(&logits(), &params, &mut rngs(4000));
+            let (tokens, logp) = draw_tokens(&logits(), &params, &mut rngs(4000));
             let hist = histogram(&tokens);
             assert!(
                 hist[..kept].iter().all(|&p| p > 0.1),
@@ -263,11 +263,11 @@ mod tests {
             temperature: 0.0,
             ..Default::default()
         };
-        let (tokens, _) = sample(&logits(), &params, &mut rngs(4000));
+        let (tokens, _) = draw_tokens(&logits(), &params, &mut rngs(4000));
         assert_eq!(tokens.max().int64_value(&[]), 0);
         let x = Tensor::randn([3, 50], (Kind::Float, Device::Cpu));
-        let a = sample(&x, &SamplingParams::default(), &mut rngs(3)).0;
-        let b = sample(&x, &SamplingParams::default(), &mut rngs(3)).0;
+        let a = draw_tokens(&x, &SamplingParams::default(), &mut rngs(3)).0;
+        let b = draw_tokens(&x, &SamplingParams::default(), &mut rngs(3)).0;
         assert!(a.equal(&b));
     }
 
@@ -279,7 +279,7 @@ mod tests {
                 temperature,
                 ..Default::default()
             };
-            let (tokens, logp) = sample(&x, &params, &mut rngs(64));
+            let (tokens, logp) = draw_tokens(&x, &params, &mut rngs(64));
             let (want_tokens, want_logp) = sample_torch(&x, &params, &mut rngs(64));
             assert!(tokens.equal(&want_tokens), "temperature {temperature}");
             assert!(logp.allclose(&want_logp, 1e-6, 1e-6, false));

@@ -33,7 +33,7 @@ pub fn score_batch(
         .iter()
         .zip(&texts)
         .map(|(g, text)| serde_json::from_value(rows[g.prompt_index].with_completion(text)))
-        .collect::<Result<Vec<oxrl_rewards::Sample>, _>>()?;
+        .collect::<Result<Vec<oxrl_rewards::Completion>, _>>()?;
     let scores = rewards.score(&inputs);
     Ok(ScoredBatch { texts, scores })
 }

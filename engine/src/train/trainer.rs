@@ -463,15 +463,7 @@ impl Trainer {
         if self.prefetch.is_none() {
             self.trained_cursor = Some(self.sampler.cursor().clone());
         }
-        let informative = informative_groups(batch, &scored.scores);
-        let mut seen = 0;
-        let keep: Vec<bool> = informative
-            .iter()
-            .map(|&i| {
-                seen += usize::from(i);
-                seen <= target && (i || seen < target)
-            })
-            .collect();
+        let keep = groups_to_keep(&informative_groups(batch, &scored.scores), target);
         scored.retain(batch, |p| keep[p]);
         batch.retain_prompts(|p| keep[p]);
         Ok(Some(refills))
@@ -676,6 +668,19 @@ fn informative_groups(batch: &RolloutBatch, scores: &CombinedScores) -> Vec<bool
     informative
 }
 
+/// Which groups a refilled step trains on: the first `target` informative ones and the
+/// uninformative ones before the last of those (the learner drops those and counts them).
+fn groups_to_keep(informative: &[bool], target: usize) -> Vec<bool> {
+    let mut seen = 0;
+    informative
+        .iter()
+        .map(|&i| {
+            seen += usize::from(i);
+            seen <= target && (i || seen < target)
+        })
+        .collect()
+}
+
 /// The sampling seed of step `step`'s rollouts: from the run seed and the step alone, so no
 /// RNG state needs checkpointing.
 fn rollout_seed(seed: u64, step: usize) -> u64 {
@@ -693,4 +698,23 @@ fn refill_seed(seed: u64, step: usize, refill: usize) -> u64 {
 /// a training batch's random streams, and nothing of the training's state is consumed.
 fn eval_seed(seed: u64, step: usize) -> u64 {
     rollout_seed(seed, step) ^ 0x9e37_79b9_7f4a_7c15
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refilled_step_keeps_the_first_informative_groups() {
+        let (t, f) = (true, false);
+        // Two wanted: the uninformative group before the second informative one stays (the
+        // learner drops it), everything after is left out.
+        assert_eq!(
+            groups_to_keep(&[f, t, f, t, t, f, t], 2),
+            [t, t, t, t, f, f, f]
+        );
+        // Too few informative groups: all are kept.
+        assert_eq!(groups_to_keep(&[f, t, f], 2), [t, t, t]);
+        assert_eq!(groups_to_keep(&[t, t], 2), [t, t]);
+    }
 }

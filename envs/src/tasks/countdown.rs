@@ -201,10 +201,10 @@ mod tests {
         for row in &rows {
             let reference = &Countdown.reference(row).unwrap()[0];
             for completion in [reference.as_str(), "<answer>1 + 1</answer>", "no answer"] {
-                let sample: oxrl_rewards::Sample =
+                let scored: oxrl_rewards::Completion =
                     serde_json::from_value(row.with_completion(completion)).unwrap();
                 assert_eq!(
-                    reward.score_batch(&[sample]),
+                    reward.score_batch(&[scored]),
                     vec![Ok(Countdown.score(row, completion).unwrap())],
                     "{row:?} {completion}"
                 );

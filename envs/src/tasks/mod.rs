@@ -2,10 +2,10 @@
 //! row into opening messages, gives a reference solution, and verifies completions for its own
 //! items. Single-turn tasks are scored in training by the `oxrl-rewards` reward that
 //! [`Task::reward`] names (math, code, IoU, countdown), reading the row's fields
-//! ([`Row::with_completion`] is the reward sample); their `score` here is a self-contained check
-//! used to prove every generated item is solvable (math and countdown score with the same
-//! `oxrl-rewards` code as training; code and grounding with a simpler check). Multi-turn tasks
-//! score themselves through their [`Environment`].
+//! ([`Row::with_completion`] is the reward's `oxrl_rewards::Completion`); their `score` here is
+//! a self-contained check used to prove every generated item is solvable (math and countdown
+//! score with the same `oxrl-rewards` code as training; code and grounding with a simpler
+//! check). Multi-turn tasks score themselves through their [`Environment`].
 
 pub mod calculator;
 pub mod code;

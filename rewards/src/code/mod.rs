@@ -1,5 +1,5 @@
 //! Verifiable code reward: runs Python completions against the task's tests in a sandboxed
-//! child process (see [`sandbox`]). Test formats, chosen from the sample's `tests` field:
+//! child process (see [`sandbox`]). Test formats, chosen from the task's `tests` field:
 //! - HumanEval: a string defining `check(candidate)` plus `entry_point`; the program is
 //!   `prompt + completion` (a completion that defines the entry point itself goes after the
 //!   whole prompt, so the prompt's imports and helpers stay available),
@@ -25,7 +25,7 @@ use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::{Reward, RewardFailure, Sample, Score};
+use crate::{Completion, Reward, RewardFailure, Score};
 use sandbox::{Exit, Limits, RunOutcome, RunSpec, Sandbox};
 
 const HARNESS: &str = include_str!("harness.py");
@@ -36,9 +36,9 @@ const HARNESS: &str = include_str!("harness.py");
 pub struct CodeConfig {
     /// Python interpreter (resolved once through PATH to the real executable).
     pub python: String,
-    /// Sample field holding the tests.
+    /// Task field holding the tests.
     pub tests_field: String,
-    /// Sample field holding the HumanEval entry point.
+    /// Task field holding the HumanEval entry point.
     pub entry_point_field: String,
     /// Score the fraction of tests passed instead of all-or-nothing.
     pub partial_credit: bool,
@@ -115,7 +115,7 @@ pub struct CodeReward {
     pool: Option<rayon::ThreadPool>,
 }
 
-/// The tests of one sample, by format.
+/// The tests of one completion, by format.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Tests {
     /// HumanEval `check(candidate)` code and the entry point.
@@ -134,9 +134,9 @@ pub enum Tests {
 }
 
 impl Tests {
-    /// Reads the tests of a sample.
-    pub fn from_sample(
-        s: &Sample,
+    /// Reads the tests of a completion.
+    pub fn from_completion(
+        s: &Completion,
         tests_field: &str,
         entry_field: &str,
     ) -> Result<Tests, RewardFailure> {
@@ -284,7 +284,7 @@ impl CodeReward {
     }
 
     /// Builds the program text for HumanEval-style tasks.
-    fn program(&self, s: &Sample, entry_point: Option<&str>) -> String {
+    fn program(&self, s: &Completion, entry_point: Option<&str>) -> String {
         let code = if self.cfg.extract_code_block {
             extract_code(&s.completion)
         } else {
@@ -395,9 +395,9 @@ impl CodeReward {
         Ok(passed as f64 / cases.len().max(1) as f64)
     }
 
-    /// Scores one sample.
-    pub fn score_one(&self, s: &Sample) -> Score {
-        let tests = Tests::from_sample(s, &self.cfg.tests_field, &self.cfg.entry_point_field)?;
+    /// Scores one completion.
+    pub fn score_one(&self, s: &Completion) -> Score {
+        let tests = Tests::from_completion(s, &self.cfg.tests_field, &self.cfg.entry_point_field)?;
         match tests {
             Tests::HumanEval { code, entry_point } => {
                 let program = format!(
@@ -419,8 +419,8 @@ impl CodeReward {
 }
 
 impl Reward for CodeReward {
-    fn score_batch(&self, samples: &[Sample]) -> Vec<Score> {
-        let work = || samples.par_iter().map(|s| self.score_one(s)).collect();
+    fn score_batch(&self, completions: &[Completion]) -> Vec<Score> {
+        let work = || completions.par_iter().map(|s| self.score_one(s)).collect();
         match &self.pool {
             Some(pool) => pool.install(work),
             None => work(),

@@ -1,8 +1,8 @@
-//! A reward computed by an external command, started once and kept running: each sample is
+//! A reward computed by an external command, started once and kept running: each completion is
 //! written to its stdin as one JSON line (`{"prompt", "completion", ...fields}`), and it
-//! answers one line per sample, in order (see [`super::parse_reply`]). A reply that does not
-//! come within `timeout_s` fails that sample; a command that exits or times out is restarted
-//! for the next sample; a reply that is not valid JSON fails that sample only.
+//! answers one line per completion, in order (see [`super::parse_reply`]). A reply that does not
+//! come within `timeout_s` fails that completion; a command that exits or times out is restarted
+//! for the next completion; a reply that is not valid JSON fails that completion only.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::{Error, Reward, RewardFailure, Sample, Score};
+use crate::{Completion, Error, Reward, RewardFailure, Score};
 
 /// Options of the `command` reward.
 #[derive(Debug, Clone, Deserialize)]
@@ -26,7 +26,7 @@ pub struct CommandConfig {
     /// Working directory of the command.
     #[serde(default)]
     pub cwd: Option<String>,
-    /// Most restarts over the reward's life before every sample fails fast.
+    /// Most restarts over the reward's life before every completion fails fast.
     #[serde(default = "default_restarts")]
     pub max_restarts: u32,
 }
@@ -116,13 +116,16 @@ fn start(cfg: &CommandConfig) -> std::io::Result<Running> {
 }
 
 impl Reward for CommandReward {
-    fn score_batch(&self, samples: &[Sample]) -> Vec<Score> {
+    fn score_batch(&self, completions: &[Completion]) -> Vec<Score> {
         let Ok(mut state) = self.state.lock() else {
-            return vec![Err(RewardFailure::Crash("reward state poisoned".into())); samples.len()];
+            return vec![
+                Err(RewardFailure::Crash("reward state poisoned".into()));
+                completions.len()
+            ];
         };
         let timeout = Duration::from_secs_f64(self.cfg.timeout_s.max(0.001));
-        let mut out = Vec::with_capacity(samples.len());
-        for s in samples {
+        let mut out = Vec::with_capacity(completions.len());
+        for s in completions {
             if state.0.is_none() {
                 if state.1 >= self.cfg.max_restarts {
                     out.push(Err(RewardFailure::Crash(format!(
@@ -173,7 +176,7 @@ impl Reward for CommandReward {
                     }
                 },
             };
-            // Out of sync or dead: restart before the next sample.
+            // Out of sync or dead: restart before the next completion.
             if matches!(
                 reply,
                 Err(RewardFailure::Timeout(_)) | Err(RewardFailure::Crash(_))

@@ -1,6 +1,6 @@
-//! A reward computed by an HTTP endpoint: samples are POSTed in chunks as
+//! A reward computed by an HTTP endpoint: completions are POSTed in chunks as
 //! `{"samples": [{"prompt", "completion", ...fields}, ...]}` and the reply must be
-//! `{"scores": [item, ...]}`, one item per sample (see [`super::parse_reply`]). Timeouts,
+//! `{"scores": [item, ...]}`, one item per completion (see [`super::parse_reply`]). Timeouts,
 //! retries with backoff and a concurrency limit as for the judge.
 
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::http_client::{HttpPolicy, JsonPoster, Secret};
-use crate::{runtime, Error, Reward, RewardFailure, Sample, Score};
+use crate::{runtime, Completion, Error, Reward, RewardFailure, Score};
 
 /// Options of the `http` reward.
 #[derive(Debug, Clone, Deserialize)]
@@ -21,7 +21,7 @@ pub struct HttpConfig {
     /// Environment variable with a bearer token (optional).
     #[serde(default)]
     pub api_key_env: Option<String>,
-    /// Samples per request.
+    /// Completions per request.
     #[serde(default = "default_chunk")]
     pub batch_size: usize,
     /// Per-request timeout, seconds.
@@ -86,10 +86,10 @@ impl HttpReward {
 }
 
 impl Reward for HttpReward {
-    fn score_batch(&self, samples: &[Sample]) -> Vec<Score> {
-        let chunks: Vec<Vec<Sample>> = samples
+    fn score_batch(&self, completions: &[Completion]) -> Vec<Score> {
+        let chunks: Vec<Vec<Completion>> = completions
             .chunks(self.cfg.batch_size.max(1))
-            .map(<[Sample]>::to_vec)
+            .map(<[Completion]>::to_vec)
             .collect();
         let poster = self.poster.clone();
         let url = self.cfg.url.clone();
@@ -135,10 +135,10 @@ impl Reward for HttpReward {
             }
             out
         });
-        if results.len() == samples.len() {
+        if results.len() == completions.len() {
             results
         } else {
-            vec![Err(RewardFailure::Crash("lost replies".into())); samples.len()]
+            vec![Err(RewardFailure::Crash("lost replies".into())); completions.len()]
         }
     }
 }

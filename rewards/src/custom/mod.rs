@@ -1,10 +1,10 @@
 //! Custom rewards in any language.
-//! 1. Rust: implement [`crate::Reward`] (or wrap a per-sample function in [`FnReward`]) and
+//! 1. Rust: implement [`crate::Reward`] (or wrap a per-completion function in [`FnReward`]) and
 //!    [`crate::Registry::register`] it by name.
 //! 2. [`command::CommandReward`]: an external program started once and fed JSON lines.
 //! 3. [`http::HttpReward`]: an HTTP endpoint scoring batches.
 //!
-//! Both external forms read the same reply for each sample: a bare number, `{"score": n}`,
+//! Both external forms read the same reply for each completion: a bare number, `{"score": n}`,
 //! or `{"error": "why"}`.
 
 pub mod command;
@@ -13,9 +13,9 @@ pub mod http;
 use rayon::prelude::*;
 use serde_json::Value;
 
-use crate::{Reward, RewardFailure, Sample, Score};
+use crate::{Completion, Reward, RewardFailure, Score};
 
-/// A reward from a per-sample function, scored in parallel with rayon.
+/// A reward from a per-completion function, scored in parallel with rayon.
 /// Like every [`Reward`], it reports under the name it is added with
 /// ([`crate::WeightedRewards::push`], or the `[[rewards]]` name of a registered builder).
 pub struct FnReward<F> {
@@ -24,7 +24,7 @@ pub struct FnReward<F> {
 
 impl<F> FnReward<F>
 where
-    F: Fn(&Sample) -> Score + Send + Sync,
+    F: Fn(&Completion) -> Score + Send + Sync,
 {
     /// Wraps `f`.
     pub fn new(f: F) -> Self {
@@ -34,10 +34,10 @@ where
 
 impl<F> Reward for FnReward<F>
 where
-    F: Fn(&Sample) -> Score + Send + Sync,
+    F: Fn(&Completion) -> Score + Send + Sync,
 {
-    fn score_batch(&self, samples: &[Sample]) -> Vec<Score> {
-        samples.par_iter().map(|s| (self.f)(s)).collect()
+    fn score_batch(&self, completions: &[Completion]) -> Vec<Score> {
+        completions.par_iter().map(|s| (self.f)(s)).collect()
     }
 }
 

@@ -14,14 +14,14 @@ use std::collections::BTreeSet;
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use crate::{Reward, RewardFailure, Sample, Score};
+use crate::{Completion, Reward, RewardFailure, Score};
 use parse::Expr;
 
 /// Options of the `math` reward.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MathConfig {
-    /// Sample field holding the reference answer.
+    /// Task field holding the reference answer.
     pub answer_field: String,
     /// Also accept `x/100` against `x%` (and the reverse) when one side carries a percent sign.
     pub percent_as_fraction: bool,
@@ -174,8 +174,8 @@ fn text_norm(s: &str) -> String {
 }
 
 impl Reward for MathReward {
-    fn score_batch(&self, samples: &[Sample]) -> Vec<Score> {
-        samples
+    fn score_batch(&self, completions: &[Completion]) -> Vec<Score> {
+        completions
             .par_iter()
             .map(|s| match s.field_text(&self.cfg.answer_field) {
                 None => Err(RewardFailure::BadReference(format!(

@@ -3,29 +3,29 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// One sample: the model's completion plus whatever reference fields its task carries
+/// One completion to score: the model's text plus whatever reference fields its task carries
 /// (`answer` for math, `tests`/`entry_point` for code, `boxes` for IoU, ...).
 ///
 /// Deserializes straight from a JSONL line such as `{"completion": "...", "answer": "72"}`:
 /// every field other than `prompt` and `completion` lands in `fields`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Sample {
+pub struct Completion {
     /// The prompt text (optional; HumanEval-style code tasks use it as the function header).
     #[serde(default)]
     pub prompt: String,
-    /// The model's completion.
+    /// The completion text.
     pub completion: String,
     /// Task fields (reference answer, tests, boxes, ...).
     #[serde(flatten)]
     pub fields: Map<String, Value>,
 }
 
-impl Sample {
-    /// A sample with a completion and no other fields.
+impl Completion {
+    /// A completion with just its text and no other fields.
     pub fn new(completion: impl Into<String>) -> Self {
-        Sample {
+        Completion {
             completion: completion.into(),
-            ..Sample::default()
+            ..Completion::default()
         }
     }
 
