@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use oxrl_envs::{Cursor, LoadedEnv, Sampler};
+use oxrl_envs::{Cursor, LoadedEnv, Row, Sampler};
 use oxrl_rewards::{CombinedScores, WeightedRewards};
 use serde_json::{json, Value};
 use tch::nn::VarStore;
@@ -42,7 +42,7 @@ use crate::learner::{lora, metrics, AlgorithmKind, Learner};
 use crate::model::random::random_model;
 use crate::model::Llama;
 use crate::pretrained::{save_model_dir, LoadOptions, Pretrained};
-use crate::rollout::generate_batch;
+use crate::rollout::{generate_batch, GenerationRequest};
 use crate::sample::Sample;
 use crate::telemetry::{serve, MetricsServer, RunMetrics};
 use crate::tokenizer::Tokenizer;
@@ -350,14 +350,28 @@ impl Trainer {
         if self.prefetch.is_some() {
             return self.prefetched(step);
         }
-        let (rows, request) = self.draw(step)?;
+        let (rows, request) = self.draw(rollout_seed(self.cfg.seed, step))?;
         self.trained_cursor = Some(self.sampler.cursor().clone());
-        let generated = match self.cfg.rollout.source {
-            RolloutSource::Policy => {
-                generate_batch(self.learner.policy(), &request, Some(&self.tokenizer))?
-            }
-            RolloutSource::Dataset => pairs::pair_completions(&rows, &self.tokenizer)?,
-        };
+        match self.cfg.rollout.source {
+            RolloutSource::Policy => self.generate(rows, request, step),
+            RolloutSource::Dataset => Ok(RolloutBatch {
+                generated: pairs::pair_completions(&rows, &self.tokenizer)?,
+                rows,
+                request,
+                policy_version: step as u64,
+            }),
+        }
+    }
+
+    /// Generates `request` (the prompts of `rows`) with the learner's current policy, the
+    /// version trained `step` times.
+    fn generate(
+        &self,
+        rows: Vec<Row>,
+        request: GenerationRequest,
+        step: usize,
+    ) -> anyhow::Result<RolloutBatch> {
+        let generated = generate_batch(self.learner.policy(), &request, Some(&self.tokenizer))?;
         Ok(RolloutBatch {
             rows,
             request,
@@ -372,7 +386,7 @@ impl Trainer {
         let steps = self.cfg.steps;
         for s in [step, step + 1].into_iter().filter(|&s| s < steps) {
             if self.prefetch.as_ref().is_some_and(|p| !p.has(s)) {
-                let (rows, request) = self.draw(s)?;
+                let (rows, request) = self.draw(rollout_seed(self.cfg.seed, s))?;
                 let cursor = self.sampler.cursor().clone();
                 if let Some(prefetch) = self.prefetch.as_mut() {
                     prefetch.submit(s, rows, request, cursor);
@@ -394,17 +408,14 @@ impl Trainer {
         })
     }
 
-    /// The rows and generation request of `step`.
-    fn draw(
-        &mut self,
-        step: usize,
-    ) -> anyhow::Result<(Vec<oxrl_envs::Row>, crate::rollout::GenerationRequest)> {
+    /// The next rows and their generation request, sampled with `seed`.
+    fn draw(&mut self, seed: u64) -> anyhow::Result<(Vec<Row>, GenerationRequest)> {
         let source = PromptSource {
             cfg: &self.cfg,
             env: &self.env,
             tokenizer: &self.tokenizer,
         };
-        source.draw(&mut self.sampler, rollout_seed(self.cfg.seed, step))
+        source.draw(&mut self.sampler, seed)
     }
 
     fn score(&self, batch: &RolloutBatch) -> anyhow::Result<ScoredBatch> {
@@ -433,29 +444,17 @@ impl Trainer {
             return Ok(None);
         }
         let target = self.cfg.rollout.prompts_per_step;
-        let mut refills = 0;
-        while informative_groups(batch, &scored.scores)
-            .iter()
-            .filter(|&&i| i)
-            .count()
-            < target
-            && refills < grpo.max_refill_batches
-        {
+        let (mut refills, max_refills) = (0, grpo.max_refill_batches);
+        let informative = |b: &RolloutBatch, s: &ScoredBatch| {
+            informative_groups(b, &s.scores)
+                .iter()
+                .filter(|&&i| i)
+                .count()
+        };
+        while informative(batch, scored) < target && refills < max_refills {
             refills += 1;
-            let seed = refill_seed(self.cfg.seed, step, refills);
-            let (rows, request) = PromptSource {
-                cfg: &self.cfg,
-                env: &self.env,
-                tokenizer: &self.tokenizer,
-            }
-            .draw(&mut self.sampler, seed)?;
-            let generated = generate_batch(self.learner.policy(), &request, Some(&self.tokenizer))?;
-            let extra = RolloutBatch {
-                rows,
-                request,
-                generated,
-                policy_version: step as u64,
-            };
+            let (rows, request) = self.draw(refill_seed(self.cfg.seed, step, refills))?;
+            let extra = self.generate(rows, request, step)?;
             let extra_scored = self.score(&extra)?;
             batch.append(extra);
             scored.append(extra_scored);
