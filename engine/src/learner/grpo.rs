@@ -88,15 +88,6 @@ pub struct Grpo {
     pub cfg: GrpoConfig,
 }
 
-/// Indices of the samples in groups whose rewards are not all equal (what dynamic sampling
-/// keeps); the trainer keeps sampling until it has enough of them.
-pub fn informative(samples: &[Sample], scale: ScaleRewards) -> Vec<usize> {
-    let rewards: Vec<f64> = samples.iter().map(|s| s.reward).collect();
-    let ids: Vec<u64> = samples.iter().map(|s| s.group_id).collect();
-    let adv = group_advantages(&rewards, &ids, scale);
-    (0..samples.len()).filter(|&i| !adv.zero_std[i]).collect()
-}
-
 impl Algorithm for Grpo {
     fn name(&self) -> &'static str {
         "grpo"

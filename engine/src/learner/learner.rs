@@ -333,21 +333,27 @@ impl Learner {
     /// One learner update on a batch of scored samples.
     pub fn train(&mut self, samples: &[Sample]) -> Result<Update> {
         validate_batch(samples)?;
-        let rows = self.training_rows(samples)?;
-        let mut stats = rows.stats;
+        let mut stats = Stats::default();
+        let rows = self.training_rows(samples, &mut stats)?;
         let mut advantages = vec![None; samples.len()];
-        for (row, index) in rows.rows.iter().zip(&rows.indices) {
-            advantages[*index] = Some(row.mean_advantage());
+        for row in &rows {
+            advantages[row.index] = Some(row.mean_advantage());
         }
-        if rows.rows.is_empty() {
-            stats.set(m::OPTIMIZER_STEPS, 0.0);
-            stats.set(m::TRAINED_TOKENS, 0.0);
-            return Ok(Update {
-                metrics: stats.finish(),
-                advantages,
-            });
-        }
-        let rows = rows.rows;
+        let steps = match rows.is_empty() {
+            true => 0,
+            false => self.optimize(&rows, &mut stats)?,
+        };
+        stats.set(m::OPTIMIZER_STEPS, steps as f64);
+        let tokens: usize = rows.iter().map(|r| r.sample.trained_tokens()).sum();
+        stats.set(m::TRAINED_TOKENS, tokens as f64);
+        Ok(Update {
+            metrics: stats.finish(),
+            advantages,
+        })
+    }
+
+    /// `passes` x `mini_batches` optimizer steps over `rows`; returns how many were taken.
+    fn optimize(&mut self, rows: &[TrainingRow], stats: &mut Stats) -> Result<usize> {
         let unit = self.algorithm.unit();
         let max_len = self.algorithm.max_completion_length().unwrap_or_else(|| {
             rows.iter()
@@ -370,22 +376,19 @@ impl Learner {
                 false => rows.iter().collect(),
             };
             for mini in &minis {
-                self.optimizer_step(&order[mini.clone()], max_len, &mut stats)?;
+                self.optimizer_step(&order[mini.clone()], max_len, stats)?;
                 steps += 1;
             }
         }
-        stats.set(m::OPTIMIZER_STEPS, steps as f64);
-        let tokens: usize = rows.iter().map(|r| r.sample.trained_tokens()).sum();
-        stats.set(m::TRAINED_TOKENS, tokens as f64);
-        Ok(Update {
-            metrics: stats.finish(),
-            advantages,
-        })
+        Ok(steps)
     }
 
     /// The algorithm's choice of samples, each carrying everything its loss needs.
-    fn training_rows<'s>(&mut self, samples: &'s [Sample]) -> Result<ChosenRows<'s>> {
-        let mut stats = Stats::default();
+    fn training_rows<'s>(
+        &mut self,
+        samples: &'s [Sample],
+        stats: &mut Stats,
+    ) -> Result<Vec<TrainingRow<'s>>> {
         let all: Vec<&Sample> = samples.iter().collect();
         let needed = !samples.is_empty();
         let mut references = match self.algorithm.needs_reference() && needed {
@@ -400,11 +403,10 @@ impl Learner {
             reference: references.as_deref(),
             values: values.as_deref(),
         };
-        reward_stats(samples, &mut stats);
-        let prepared = self.algorithm.prepare(samples, &ctx, &mut stats)?;
+        reward_stats(samples, stats);
+        let prepared = self.algorithm.prepare(samples, &ctx, stats)?;
         let mut seen = vec![false; samples.len()];
         let mut rows = Vec::with_capacity(prepared.rows.len());
-        let mut indices = Vec::with_capacity(prepared.rows.len());
         for p in prepared.rows {
             if std::mem::replace(&mut seen[p.index], true) {
                 return Err(Error::Invalid(format!(
@@ -413,19 +415,15 @@ impl Learner {
                     p.index
                 )));
             }
-            indices.push(p.index);
             rows.push(TrainingRow {
+                index: p.index,
                 sample: &samples[p.index],
                 reference: references.as_mut().map(|r| std::mem::take(&mut r[p.index])),
                 advantages: p.advantages,
                 critic: p.critic,
             });
         }
-        Ok(ChosenRows {
-            rows,
-            indices,
-            stats,
-        })
+        Ok(rows)
     }
 
     fn optimizer_step(
@@ -541,6 +539,8 @@ pub struct Update {
 
 /// One sample's training data, carried together so that one permutation moves one thing.
 struct TrainingRow<'s> {
+    /// Index of the sample in the update's batch.
+    index: usize,
     sample: &'s Sample,
     /// One advantage per completion token.
     advantages: Vec<f32>,
@@ -562,13 +562,6 @@ impl TrainingRow<'_> {
         let (sum, n) = trained.fold((0.0, 0usize), |(s, n), a| (s + a, n + 1));
         sum / n.max(1) as f64
     }
-}
-
-/// The rows an algorithm chose, their indices in the input batch, and its batch metrics.
-struct ChosenRows<'s> {
-    rows: Vec<TrainingRow<'s>>,
-    indices: Vec<usize>,
-    stats: Stats,
 }
 
 /// The batch's reward mean/std and size, for every algorithm (DPO then counts its pairs' samples).
