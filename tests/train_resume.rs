@@ -140,3 +140,59 @@ fn resume_from_a_directory_that_is_not_a_checkpoint_is_an_error() {
         "{err}"
     );
 }
+
+#[test]
+fn a_damaged_newest_checkpoint_falls_back_to_the_previous_intact_one() {
+    let out = tempfile::tempdir().unwrap();
+    let sets = |steps: &'static str| [steps, "checkpoint.every=2", "checkpoint.keep_last=3"];
+    assert!(smoke_train(out.path(), &sets("steps=4"))
+        .status()
+        .unwrap()
+        .success());
+    // Truncate the newest checkpoint's weights, as a full disk or a bad copy would.
+    let newest = out.path().join("checkpoints/step-00000004");
+    let weights = newest.join("model.safetensors");
+    let len = std::fs::metadata(&weights).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+
+    // Naming it fails clearly...
+    let output = smoke_train(out.path(), &sets("steps=6"))
+        .args(["--resume"])
+        .arg(&newest)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("truncated"),
+        "{err}"
+    );
+    // ...and `--resume auto` says so and continues from the one before.
+    let output = smoke_train(out.path(), &sets("steps=6"))
+        .args(["--resume", "auto"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{err}");
+    assert!(
+        err.contains("step-00000004 is damaged")
+            && err.contains("resuming from")
+            && err.contains("step-00000002"),
+        "{err}"
+    );
+    let steps: Vec<u64> = metrics_lines(out.path())
+        .iter()
+        .filter(|l| !is_eval_line(l))
+        .map(|l| l["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [0, 1, 2, 3, 4, 5],
+        "steps 2 and 3 ran again, once each"
+    );
+}

@@ -435,3 +435,63 @@ fn rows_skipped_under_on_bad_row_skip_are_reported() {
         "the skipped row names its line: {err}"
     );
 }
+
+#[test]
+fn a_second_run_on_the_same_output_dir_is_refused() {
+    let out = tempfile::tempdir().unwrap();
+    let mut first = smoke_train(out.path(), &["steps=100000"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The lock is taken before the logs open.
+    let start = std::time::Instant::now();
+    while !out.path().join("metrics.jsonl").exists() {
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first run ended early"
+        );
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "the first run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = smoke_train(out.path(), &["steps=1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    let holder = format!("pid {}", first.id());
+    oxrl_tests::terminate_cleanly(first);
+    assert!(!second.status.success(), "{err}");
+    assert!(
+        err.contains("in use by another oxrl run") && err.contains(&holder),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_check_finds_missing_models_bad_data_and_empty_completions() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = dir.path().join("rows.jsonl");
+    std::fs::write(
+        &rows,
+        "{\"prompt\": \"What is 1 + 1?\", \"answer\": \"2\"}\n{not json\n",
+    )
+    .unwrap();
+    let check = |set: &str| {
+        let out = Command::new(oxrl_bin())
+            .args(["config", "check"])
+            .arg(config())
+            .args(["--set", set])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = check("model.path=/nonexistent/model-dir");
+    assert!(!ok && err.contains("/nonexistent/model-dir"), "{err}");
+    let (ok, err) = check(&format!("env.data.path={}", rows.display()));
+    assert!(!ok && err.contains("rows.jsonl:2"), "{err}");
+    let (ok, err) = check("rollout.max_tokens=0");
+    assert!(!ok && err.contains("rollout.max_tokens = 0"), "{err}");
+}

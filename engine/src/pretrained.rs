@@ -56,6 +56,17 @@ impl Pretrained {
         }
     }
 
+    /// The tokenizer (with its chat template) of `path`, a directory or a `.gguf` file,
+    /// without loading any weights.
+    pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+        if path.is_dir() {
+            let config = ModelConfig::from_file(&path.join("config.json"))?;
+            return Tokenizer::from_dir(path, &config.eos_token_ids());
+        }
+        let (config, json, tokenizer_config) = gguf::to_hf_tokenizer(&GgufFile::open(path)?)?;
+        tokenizer_from_gguf(path, &config, &json, &tokenizer_config)
+    }
+
     fn load_dir(dir: &Path, opts: LoadOptions) -> Result<Self> {
         let (vs, model) = load_model_dir(dir, opts)?;
         let tokenizer = Tokenizer::from_dir(dir, &model.config().eos_token_ids())?;
@@ -69,16 +80,8 @@ impl Pretrained {
 
     fn load_gguf(path: &Path, opts: LoadOptions) -> Result<Self> {
         let hf = gguf::to_hf(&GgufFile::open(path)?)?;
-        let template = hf.tokenizer_config["chat_template"]
-            .as_str()
-            .map(str::to_owned);
-        let tokenizer = Tokenizer::from_parts(
-            hf.tokenizer_json.to_string().as_bytes(),
-            &hf.tokenizer_config,
-            template,
-            &hf.config.eos_token_ids(),
-        )
-        .map_err(|e| Error::bad_file(path, e.to_string()))?;
+        let tokenizer =
+            tokenizer_from_gguf(path, &hf.config, &hf.tokenizer_json, &hf.tokenizer_config)?;
         let (vs, model) = build(&hf.config, hf.tensors, path, opts)?;
         Ok(Self {
             vs,
@@ -87,6 +90,25 @@ impl Pretrained {
             source: path.to_owned(),
         })
     }
+}
+
+/// The tokenizer of GGUF file `path` from its converted tokenizer files.
+fn tokenizer_from_gguf(
+    path: &Path,
+    config: &ModelConfig,
+    json: &serde_json::Value,
+    tokenizer_config: &serde_json::Value,
+) -> Result<Tokenizer> {
+    let template = tokenizer_config["chat_template"]
+        .as_str()
+        .map(str::to_owned);
+    Tokenizer::from_parts(
+        json.to_string().as_bytes(),
+        tokenizer_config,
+        template,
+        &config.eos_token_ids(),
+    )
+    .map_err(|e| Error::bad_file(path, e.to_string()))
 }
 
 /// Loads the model (no tokenizer) of an HF directory: `config.json` plus safetensors weights.

@@ -2,16 +2,25 @@
 //! be written in Python (or anything). One process serves one episode at a time; a new
 //! `reset` starts the next episode in the same process.
 //!
-//! Protocol (one JSON object per line; the process must flush after each reply):
-//! - `{"op": "reset", "row": {...}}` → `{"messages": [{"role": "user", "content": "..."}]}`
-//! - `{"op": "step", "action": "..."}` →
-//!   `{"observation": [{"role": ..., "content": ...}], "reward": 0.0, "done": false}`
+//! Protocol (one JSON object per line; the process must flush after each reply). Every request
+//! carries `request_id` (1, 2, ... in each process) and every reply must echo it:
+//! - `{"request_id": 1, "op": "reset", "row": {...}}` →
+//!   `{"request_id": 1, "messages": [{"role": "user", "content": "..."}]}`
+//! - `{"request_id": 2, "op": "step", "action": "..."}` →
+//!   `{"request_id": 2, "observation": [{"role": ..., "content": ...}], "reward": 0.0, "done": false}`
 //!   (`observation` and `reward` may be omitted; `done` defaults to false)
-//! - Either reply may instead be `{"error": "..."}`.
+//! - Either reply may instead be `{"request_id": n, "error": "..."}`.
+//! - Stdout lines that are not replies (not JSON, or JSON that is not an object with
+//!   `request_id` or a reply key) are skipped, up to [`MAX_SKIPPED_LINES`] per reply.
+//! - A reply with another `request_id`, one without it (unless `legacy_replies = true`), too many
+//!   skipped lines, a timeout or an exit fail the call and stop the process; the next `reset`
+//!   starts a fresh one (a `step` fails: the episode's state died with the process).
 //! - When the environment is dropped, stdin is closed; the process should exit. It is killed
 //!   if it has not exited shortly after.
 //!
 //! Stderr is inherited (it shows in the run's log). Each reply must arrive within `timeout_s`.
+//! The process inherits oxrl's environment unless `env` lists the variables to pass (see
+//! [`oxrl_rewards::custom::command::apply_env_allowlist`]); secrets go there, not in `command`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -19,6 +28,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use oxrl_rewards::custom::command::{apply_env_allowlist, check_env_allowlist};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -27,6 +37,15 @@ use crate::episode::{Environment, StepResult};
 use crate::error::{EnvError, Result};
 use crate::row::Row;
 use crate::tasks::{RewardKind, Task};
+
+/// Non-reply stdout lines skipped while waiting for one reply.
+pub const MAX_SKIPPED_LINES: usize = 32;
+
+/// The key each request carries and each reply must echo.
+pub const REQUEST_ID: &str = "request_id";
+
+/// Keys that make an object without `request_id` an (id-less) reply rather than a stray print.
+const REPLY_KEYS: &[&str] = &["messages", "observation", "reward", "done", "error"];
 
 fn default_timeout() -> f64 {
     30.0
@@ -44,20 +63,101 @@ pub struct ExternalConfig {
     /// Fields each dataset row must have (checked at load time, with line numbers).
     #[serde(default)]
     pub required_fields: Vec<String>,
+    /// Variables passed from oxrl's environment (e.g. `["OPENAI_API_KEY"]`); the process then
+    /// gets only these plus `PATH`, `HOME`, `LANG`, `LC_ALL`, `TMPDIR`. `None` (the default):
+    /// it inherits oxrl's whole environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    /// Accept replies without `request_id` (processes written before ids existed); replies
+    /// that carry one are still checked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub legacy_replies: bool,
+}
+
+/// The live half of an [`ExternalEnv`]: one process and its reply stream.
+struct Process {
+    child: Child,
+    stdin: ChildStdin,
+    replies: Receiver<std::io::Result<String>>,
+    /// The last `request_id` sent to this process.
+    last_id: u64,
 }
 
 /// A running external environment process.
 pub struct ExternalEnv {
+    cfg: ExternalConfig,
+    cwd: Option<PathBuf>,
     command: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    replies: Receiver<std::io::Result<String>>,
+    /// `None` after a failure stopped the process (the next `reset` starts a new one).
+    process: Option<Process>,
     timeout: Duration,
 }
 
 #[derive(Deserialize)]
 struct ResetReply {
     messages: Vec<Message>,
+}
+
+fn start_process(cfg: &ExternalConfig, cwd: Option<&Path>) -> std::result::Result<Process, String> {
+    let (program, args) = cfg
+        .command
+        .split_first()
+        .ok_or_else(|| "empty command".to_string())?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    apply_env_allowlist(&mut cmd, cfg.env.as_deref());
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start: {e}"))?;
+    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err("no stdin or stdout".into());
+    };
+    let (tx, replies) = mpsc::channel();
+    // A reader thread lets `request` wait with a timeout; it ends when stdout closes.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(Process {
+        child,
+        stdin,
+        replies,
+        last_id: 0,
+    })
+}
+
+/// What one stdout line is, while waiting for a reply.
+enum Line {
+    /// Not a reply: skipped.
+    Other,
+    /// A reply object, with its `request_id` if it has one.
+    Reply(Value, Option<Value>),
+}
+
+fn classify(text: &str) -> Line {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(mut o)) => match o.remove(REQUEST_ID) {
+            Some(id) => Line::Reply(Value::Object(o), Some(id)),
+            None if REPLY_KEYS.iter().any(|k| o.contains_key(*k)) => {
+                Line::Reply(Value::Object(o), None)
+            }
+            None => Line::Other,
+        },
+        _ => Line::Other,
+    }
+}
+
+fn clip(text: &str) -> String {
+    text.chars().take(200).collect()
 }
 
 impl ExternalEnv {
@@ -68,45 +168,19 @@ impl ExternalEnv {
             command: command.clone(),
             reason,
         };
-        let (program, args) = cfg
-            .command
-            .split_first()
-            .ok_or_else(|| fail("empty command".into()))?;
         if !(cfg.timeout_s > 0.0 && cfg.timeout_s.is_finite()) {
             return Err(fail(format!(
                 "timeout_s must be positive, got {}",
                 cfg.timeout_s
             )));
         }
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if let Some(dir) = cwd {
-            cmd.current_dir(dir);
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| fail(format!("cannot start: {e}")))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| fail("no stdout".into()))?;
-        let (tx, replies) = mpsc::channel();
-        // A reader thread lets `request` wait with a timeout; it ends when stdout closes.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        check_env_allowlist(cfg.env.as_deref()).map_err(fail)?;
+        let process = start_process(cfg, cwd).map_err(fail)?;
         Ok(Self {
-            stdin: child.stdin.take(),
+            cfg: cfg.clone(),
+            cwd: cwd.map(Path::to_path_buf),
             command,
-            child,
-            replies,
+            process: Some(process),
             timeout: Duration::from_secs_f64(cfg.timeout_s),
         })
     }
@@ -118,87 +192,145 @@ impl ExternalEnv {
         }
     }
 
-    /// Sends one request line and waits for one reply object. A reply that is late, missing
-    /// or not JSON leaves request and reply streams out of step, so the process is stopped
-    /// and every later request fails (never reading a stale reply as a fresh one).
-    fn request(&mut self, request: &Value) -> Result<Value> {
-        let text = match self.exchange(request) {
-            Ok(text) => text,
+    /// Sends one request (with a fresh `request_id`) and waits for the reply that echoes it.
+    /// A reply that is late, missing, for another request or without an id leaves the streams
+    /// out of step, so the process is stopped (never reading a stale reply as a fresh one); a
+    /// later `reset` starts a new process, a later `step` fails.
+    fn request(&mut self, mut request: Value) -> Result<Value> {
+        if self.process.is_none() && request["op"] == "reset" {
+            let process = start_process(&self.cfg, self.cwd.as_deref())
+                .map_err(|e| self.fail(format!("restarting after an earlier failure: {e}")))?;
+            self.process = Some(process);
+        }
+        let reply = match self.exchange(&mut request) {
+            Ok(reply) => reply,
             Err(reason) => {
                 self.stop();
                 return Err(self.fail(reason));
             }
         };
-        let reply: Value = match serde_json::from_str(&text) {
-            Ok(reply) => reply,
-            Err(e) => {
-                self.stop();
-                return Err(self.fail(format!("reply is not JSON ({e}): {text}")));
-            }
-        };
-        if let Some(err) = reply.get("error") {
+        if let Some(err) = reply.get("error").filter(|e| !e.is_null()) {
             return Err(self.fail(format!("environment error: {err}")));
         }
         Ok(reply)
     }
 
-    /// Writes `request` and reads one line; `Err` says what went wrong.
-    fn exchange(&mut self, request: &Value) -> std::result::Result<String, String> {
-        let stdin = self
-            .stdin
+    /// Writes `request` and reads lines until its reply; `Err` says what went wrong.
+    fn exchange(&mut self, request: &mut Value) -> std::result::Result<Value, String> {
+        let legacy = self.cfg.legacy_replies;
+        let timeout = self.timeout;
+        let process = self
+            .process
             .as_mut()
             .ok_or("the process was stopped after an earlier failure")?;
+        process.last_id += 1;
+        let id = process.last_id;
+        request[REQUEST_ID] = json!(id);
         let line = format!("{request}\n");
-        stdin
+        process
+            .stdin
             .write_all(line.as_bytes())
-            .and_then(|()| stdin.flush())
+            .and_then(|()| process.stdin.flush())
             .map_err(|e| format!("cannot write request: {e}"))?;
-        match self.replies.recv_timeout(self.timeout) {
-            Ok(Ok(text)) => Ok(text),
-            Ok(Err(e)) => Err(format!("cannot read reply: {e}")),
-            Err(RecvTimeoutError::Timeout) => Err(format!("no reply within {:?}", self.timeout)),
-            Err(RecvTimeoutError::Disconnected) => {
-                let status = self.child.try_wait().ok().flatten();
-                Err(format!("process exited ({status:?}) without replying"))
+        let deadline = Instant::now() + timeout;
+        let mut skipped = 0usize;
+        let mut first_skipped = String::new();
+        loop {
+            let text = match process
+                .replies
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(Ok(text)) => text,
+                Ok(Err(e)) => return Err(format!("cannot read reply: {e}")),
+                Err(RecvTimeoutError::Timeout) if skipped > 0 => {
+                    return Err(format!(
+                        "no reply with {REQUEST_ID} {id} within {timeout:?}; the process printed \
+                         {skipped} stdout line(s) that are not JSON replies (first: \
+                         {first_skipped:?}); write logs to stderr"
+                    ))
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(format!("no reply within {timeout:?}"))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = process.child.try_wait().ok().flatten();
+                    return Err(format!("process exited ({status:?}) without replying"));
+                }
+            };
+            match classify(&text) {
+                Line::Other => {
+                    if skipped == 0 {
+                        first_skipped = clip(&text);
+                    }
+                    skipped += 1;
+                    if skipped > MAX_SKIPPED_LINES {
+                        return Err(format!(
+                            "more than {MAX_SKIPPED_LINES} stdout lines that are not JSON replies \
+                             while waiting for {REQUEST_ID} {id} (first: {first_skipped:?}); \
+                             write logs to stderr"
+                        ));
+                    }
+                }
+                Line::Reply(reply, Some(got)) if got.as_u64() == Some(id) => return Ok(reply),
+                Line::Reply(_, Some(got)) => {
+                    return Err(format!(
+                        "reply carries {REQUEST_ID} {got}, expected {id} (echo the request's \
+                         {REQUEST_ID} unchanged); the process is stopped: {}",
+                        clip(&text)
+                    ))
+                }
+                Line::Reply(reply, None) if legacy => return Ok(reply),
+                Line::Reply(_, None) => {
+                    return Err(format!(
+                        "reply has no `{REQUEST_ID}`: echo the request's `{REQUEST_ID}` in every \
+                         reply (or set `legacy_replies = true` in [env.external]): {}",
+                        clip(&text)
+                    ))
+                }
             }
         }
     }
 
     /// Closes the process's input and kills it.
     fn stop(&mut self) {
-        drop(self.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut p) = self.process.take() {
+            drop(p.stdin);
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
     }
 }
 
 impl Environment for ExternalEnv {
     fn reset(&mut self, row: &Row) -> Result<Vec<Message>> {
-        let reply = self.request(&json!({"op": "reset", "row": row}))?;
+        let reply = self.request(json!({"op": "reset", "row": row}))?;
         let parsed: ResetReply = serde_json::from_value(reply)
             .map_err(|e| self.fail(format!("bad reset reply: {e}")))?;
         Ok(parsed.messages)
     }
 
     fn step(&mut self, action: &str) -> Result<StepResult> {
-        let reply = self.request(&json!({"op": "step", "action": action}))?;
+        let reply = self.request(json!({"op": "step", "action": action}))?;
         serde_json::from_value(reply).map_err(|e| self.fail(format!("bad step reply: {e}")))
     }
 }
 
 impl Drop for ExternalEnv {
     fn drop(&mut self) {
+        let Some(mut p) = self.process.take() else {
+            return;
+        };
         // Closing stdin is the shutdown signal; give the process a moment, then kill it.
-        drop(self.stdin.take());
+        drop(p.stdin);
         let deadline = Instant::now() + Duration::from_millis(500);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = p.child.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = p.child.kill();
+        let _ = p.child.wait();
     }
 }
 
@@ -277,6 +409,8 @@ mod tests {
             command: vec!["python3".into(), "-c".into(), script.into()],
             timeout_s,
             required_fields: vec![],
+            env: None,
+            legacy_replies: false,
         }
     }
 
@@ -286,14 +420,20 @@ mod tests {
         // Generous timeouts where a reply is due (a loaded CI machine starts Python slowly).
         let cases = [
             (
-                "import sys\nfor l in sys.stdin: print('{\"error\": \"nope\"}', flush=True)",
+                "import json, sys\nfor l in sys.stdin: print(json.dumps({'request_id': json.loads(l)['request_id'], 'error': 'nope'}), flush=True)",
                 30.0,
-                &["nope"][..],
+                &["environment error: \"nope\""][..],
             ),
+            // A stray line is skipped; the reply it stood for never comes.
             (
                 "import sys\nfor l in sys.stdin: print('hello', flush=True)",
-                30.0,
+                1.0,
                 &["not JSON"],
+            ),
+            (
+                "import sys\nfor l in sys.stdin: print('{\"messages\": []}', flush=True)",
+                30.0,
+                &["no `request_id`"],
             ),
             ("import time\ntime.sleep(60)", 0.5, &["no reply"]),
             // Exiting at once: the write or the read fails, depending on timing.
@@ -308,7 +448,7 @@ mod tests {
 
     #[test]
     fn a_late_reply_is_never_taken_for_the_next_one() {
-        let slow = "import sys, time\nfor l in sys.stdin:\n    time.sleep(1.0)\n    print('{\"messages\": []}', flush=True)";
+        let slow = "import json, sys, time\nfor l in sys.stdin:\n    time.sleep(1.0)\n    print(json.dumps({'request_id': json.loads(l)['request_id'], 'messages': []}), flush=True)";
         let mut env = ExternalEnv::spawn(&python(slow, 0.3), None).unwrap();
         let row = Row::from_pairs("r", []);
         assert!(env
@@ -317,8 +457,72 @@ mod tests {
             .to_string()
             .contains("no reply"));
         std::thread::sleep(Duration::from_millis(1200)); // the late reply has arrived by now
-        let err = env.reset(&row).unwrap_err().to_string();
+                                                         // The episode died with the process: a step cannot go on.
+        let err = env.step("x").unwrap_err().to_string();
         assert!(err.contains("stopped after an earlier failure"), "{err}");
+        // A reset starts a fresh process (as slow): the old process's late reply is never read.
+        let err = env.reset(&row).unwrap_err().to_string();
+        assert!(err.contains("no reply"), "{err}");
+    }
+
+    /// A guessing-free echo environment: `reset` opens with the row's `text`, `step` replies
+    /// with the action, optionally after stray stdout lines or with a wrong id.
+    const ECHO_ENV: &str = r#"import json, sys
+for line in sys.stdin:
+    req = json.loads(line)
+    rid = req.get("request_id")
+    if req["op"] == "reset":
+        reply = {"messages": [{"role": "user", "content": req["row"]["text"]}]}
+    else:
+        a = req["action"]
+        if a == "debug":
+            print("debug: got", a, flush=True)
+        if a == "wrong":
+            rid = (rid or 0) + 1000
+        reply = {"observation": [{"role": "user", "content": "echo " + a}], "reward": len(a)}
+    print(json.dumps({"request_id": rid, **reply}), flush=True)
+"#;
+
+    fn echo_row(text: &str) -> Row {
+        Row::from_pairs("r", [("text", json!(text))])
+    }
+
+    fn observed(r: &StepResult) -> (String, f64) {
+        (r.observation[0].content.clone(), r.reward)
+    }
+
+    #[test]
+    fn banner_and_debug_lines_do_not_shift_replies() {
+        let banner = "import json\nprint('env v0.1 starting', flush=True)\nprint(json.dumps({'log': 'ready'}), flush=True)\n";
+        let script = format!("{banner}{ECHO_ENV}");
+        let mut env = ExternalEnv::spawn(&python(&script, 30.0), None).unwrap();
+        let opening = env.reset(&echo_row("hello")).unwrap();
+        assert_eq!(opening[0].content, "hello", "the banner is skipped");
+        assert_eq!(observed(&env.step("ab").unwrap()), ("echo ab".into(), 2.0));
+        assert_eq!(
+            observed(&env.step("debug").unwrap()),
+            ("echo debug".into(), 5.0)
+        );
+        assert_eq!(
+            observed(&env.step("abc").unwrap()),
+            ("echo abc".into(), 3.0)
+        );
+    }
+
+    #[test]
+    fn a_wrong_id_fails_the_call_and_the_next_reset_restarts_the_process() {
+        let mut env = ExternalEnv::spawn(&python(ECHO_ENV, 30.0), None).unwrap();
+        env.reset(&echo_row("one")).unwrap();
+        let err = env.step("wrong").unwrap_err().to_string();
+        assert!(err.contains("request_id"), "{err}");
+        let err = env.step("ab").unwrap_err().to_string();
+        assert!(err.contains("stopped after an earlier failure"), "{err}");
+        let opening = env.reset(&echo_row("two")).unwrap();
+        assert_eq!(
+            opening[0].content, "two",
+            "a fresh process serves the next episode"
+        );
+        assert_eq!(observed(&env.step("ab").unwrap()), ("echo ab".into(), 2.0));
     }
 
     #[test]

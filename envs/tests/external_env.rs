@@ -90,3 +90,57 @@ fn one_process_serves_successive_episodes() {
         process = ep.into_environment();
     }
 }
+
+/// The interpreter itself, not a launcher such as a pyenv shim that edits the environment.
+fn real_python() -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn env_allowlist_passes_only_listed_variables() {
+    std::env::set_var("OXRL_TEST_EXT_PASSED", "passed-value");
+    std::env::set_var("OXRL_TEST_EXT_HIDDEN", "hidden-value");
+    // Opens every episode with the environment it got, as JSON.
+    let script = "import json, os, sys\nfor l in sys.stdin:\n    r = json.loads(l)\n    \
+                  print(json.dumps({'request_id': r['request_id'], 'messages': \
+                  [{'role': 'user', 'content': json.dumps(dict(os.environ))}]}), flush=True)";
+    let env_of = |allow: Option<Vec<&str>>| -> serde_json::Map<String, serde_json::Value> {
+        let mut cfg = external(json!({ "generate": 1, "seed": 1 }));
+        cfg["external"]["command"] = json!([real_python(), "-c", script]);
+        if let Some(allow) = allow {
+            cfg["external"]["env"] = json!(allow);
+        }
+        let env = load(cfg, &repo_root());
+        let mut process = env.task().environment().unwrap();
+        let opening = process.reset(&env.train().rows()[0]).unwrap();
+        serde_json::from_str(&opening[0].content).unwrap()
+    };
+    let inherited = env_of(None);
+    assert_eq!(
+        inherited["OXRL_TEST_EXT_HIDDEN"], "hidden-value",
+        "default: inherit all"
+    );
+    let allowed = env_of(Some(vec!["OXRL_TEST_EXT_PASSED"]));
+    assert_eq!(allowed["OXRL_TEST_EXT_PASSED"], "passed-value");
+    assert!(!allowed.contains_key("OXRL_TEST_EXT_HIDDEN"), "{allowed:?}");
+    // Python may add LC_CTYPE itself (PEP 538 locale coercion); nothing else gets through.
+    let expected = [
+        "PATH",
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "TMPDIR",
+        "LC_CTYPE",
+        "OXRL_TEST_EXT_PASSED",
+    ];
+    for key in allowed.keys() {
+        assert!(
+            expected.contains(&key.as_str()),
+            "{key} leaked: {allowed:?}"
+        );
+    }
+}

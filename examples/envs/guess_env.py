@@ -4,9 +4,14 @@
 oxrl starts this program and talks to it in JSON lines over stdin/stdout
 (protocol: docs/envs.md, "External environments"):
 
-  {"op": "reset", "row": {...}}     -> {"messages": [{"role": "user", "content": "..."}]}
-  {"op": "step", "action": "..."}   -> {"observation": [...], "reward": r, "done": bool}
-  anything wrong                    -> {"error": "..."}
+  {"request_id": 1, "op": "reset", "row": {...}}
+      -> {"request_id": 1, "messages": [{"role": "user", "content": "..."}]}
+  {"request_id": 2, "op": "step", "action": "..."}
+      -> {"request_id": 2, "observation": [...], "reward": r, "done": bool}
+  anything wrong -> {"request_id": n, "error": "..."}
+
+Every reply echoes its request's `request_id`. Print logs to stderr: oxrl skips stray stdout
+lines, but only a few.
 
 The secret comes from the row: `secret` if present, else derived from `seed` (rows that oxrl
 generates for external tasks carry a `seed`). Each wrong guess costs 0.05 (a per-turn
@@ -58,6 +63,7 @@ class Game:
 def main():
     game = Game()
     for line in sys.stdin:  # oxrl closes stdin when it is done with the environment
+        request = {}
         try:
             request = json.loads(line)
             if request["op"] == "reset":
@@ -68,7 +74,7 @@ def main():
                 reply = {"error": f"unknown op {request['op']!r}"}
         except Exception as exc:  # report, don't crash: the run records the failure
             reply = {"error": f"{type(exc).__name__}: {exc}"}
-        print(json.dumps(reply), flush=True)
+        print(json.dumps({"request_id": request.get("request_id"), **reply}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""oxrl command reward: one JSON sample per stdin line in, one JSON score per line out."""
+"""oxrl command reward: one JSON sample per stdin line in, one JSON score per line out.
+Each reply echoes the sample's `request_id`; print logs to stderr, never to stdout."""
 import json, sys
 
 def score(sample):  # your reward: 1.0 when the reference answer appears in the completion
     return float(str(sample["answer"]) in sample["completion"])
 
 for line in sys.stdin:
+    sample = json.loads(line)
     try:
-        print(json.dumps({"score": score(json.loads(line))}), flush=True)
+        reply = {"score": score(sample)}
     except Exception as e:  # report, don't die: oxrl counts it as a failure of this sample
-        print(json.dumps({"error": repr(e)}), flush=True)
+        reply = {"error": repr(e)}
+    print(json.dumps({"request_id": sample["request_id"], **reply}), flush=True)

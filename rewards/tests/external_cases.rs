@@ -270,6 +270,8 @@ fn shipped_python_example() {
             timeout_s: 10.0,
             cwd: None,
             max_restarts: 3,
+            env: None,
+            legacy_replies: false,
         },
     )
     .unwrap();
@@ -300,7 +302,8 @@ fn command_crash_hang_and_garbage() {
         &script,
         r#"import json, sys, time
 for line in sys.stdin:
-    c = json.loads(line)["completion"]
+    req = json.loads(line)
+    c = req["completion"]
     if c == "crash":
         sys.exit(3)
     if c == "hang":
@@ -308,7 +311,7 @@ for line in sys.stdin:
     if c == "garbage":
         print("this is not json", flush=True)
         continue
-    print(json.dumps({"score": len(c)}), flush=True)
+    print(json.dumps({"request_id": req["request_id"], "score": len(c)}), flush=True)
 "#,
     )
     .unwrap();
@@ -319,6 +322,8 @@ for line in sys.stdin:
             timeout_s: 1.5,
             cwd: None,
             max_restarts: 10,
+            env: None,
+            legacy_replies: false,
         },
     )
     .unwrap();
@@ -341,14 +346,19 @@ for line in sys.stdin:
         FailureKind::MalformedReply
     );
     assert_eq!(out[6], Ok(5.0), "a malformed reply fails only its sample");
-    assert_eq!(r.restarts(), 2);
+    // A non-JSON line is skipped as a stray print; the reply it stood for never comes, so that
+    // completion fails when `timeout_s` runs out and the command is restarted (it was 2 when a
+    // non-JSON line counted as the reply).
+    assert_eq!(r.restarts(), 3);
     assert!(CommandReward::new(
         "none",
         CommandConfig {
             command: vec!["/nonexistent/cmd".into()],
             timeout_s: 1.0,
             cwd: None,
-            max_restarts: 1
+            max_restarts: 1,
+            env: None,
+            legacy_replies: false,
         }
     )
     .is_err());
@@ -400,4 +410,269 @@ fn shipped_python_http_example() {
         Completion::new(""),
     ]);
     assert_eq!(out, vec![Ok(0.5), Ok(0.25), Ok(1.0)]);
+}
+
+/// A command reward running `python3 -c script`.
+fn python_command(name: &str, script: &str, timeout_s: f64) -> CommandReward {
+    CommandReward::new(
+        name,
+        CommandConfig {
+            command: vec!["python3".into(), "-c".into(), script.into()],
+            timeout_s,
+            cwd: None,
+            max_restarts: 10,
+            env: None,
+            legacy_replies: false,
+        },
+    )
+    .unwrap()
+}
+
+/// Scores the length of the completion, echoing the request id.
+const ECHO_LEN: &str = r#"
+def reply(req, **kw):
+    print(json.dumps({"request_id": req.get("request_id"), **kw}), flush=True)
+"#;
+
+#[test]
+fn command_banner_before_replies_does_not_shift_scores() {
+    let script = format!(
+        r#"import json, sys
+{ECHO_LEN}
+print("Loading scorer v1.2 ... done", flush=True)
+print(json.dumps({{"status": "ready"}}), flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    reply(req, score=len(req["completion"]))
+"#
+    );
+    let r = python_command("banner", &script, 10.0);
+    let batch = ["a", "bb", "ccc", "dddd"].map(Completion::new);
+    assert_eq!(
+        r.score_batch(&batch),
+        vec![Ok(1.0), Ok(2.0), Ok(3.0), Ok(4.0)]
+    );
+    assert_eq!(r.score_batch(&batch[..2]), vec![Ok(1.0), Ok(2.0)]);
+    assert_eq!(
+        r.restarts(),
+        0,
+        "a banner is skipped, not a reason to restart"
+    );
+}
+
+#[test]
+fn command_stray_debug_lines_mid_stream_do_not_shift_scores() {
+    let script = format!(
+        r#"import json, sys
+{ECHO_LEN}
+for line in sys.stdin:
+    req = json.loads(line)
+    c = req["completion"]
+    if c == "bb":
+        print("debug: scoring", c, flush=True)
+    if c == "ccc":
+        print(json.dumps({{"debug": c}}), flush=True)
+        print(json.dumps([1, 2, 3]), flush=True)
+    reply(req, score=len(c))
+"#
+    );
+    let r = python_command("chatty", &script, 10.0);
+    let batch = ["a", "bb", "ccc", "dddd", "eeeee"].map(Completion::new);
+    assert_eq!(
+        r.score_batch(&batch),
+        vec![Ok(1.0), Ok(2.0), Ok(3.0), Ok(4.0), Ok(5.0)]
+    );
+    assert_eq!(r.restarts(), 0);
+}
+
+#[test]
+fn command_reply_with_wrong_id_fails_only_its_sample() {
+    let script = format!(
+        r#"import json, sys
+{ECHO_LEN}
+for line in sys.stdin:
+    req = json.loads(line)
+    c = req["completion"]
+    if c == "wrong":
+        req["request_id"] = (req.get("request_id") or 0) + 1000
+    reply(req, score=len(c))
+"#
+    );
+    let r = python_command("wrong_id", &script, 10.0);
+    let out = r.score_batch(&["a", "wrong", "ccc", "dddd"].map(Completion::new));
+    assert_eq!(out[0], Ok(1.0));
+    let err = out[1].as_ref().unwrap_err();
+    assert_eq!(err.kind(), FailureKind::MalformedReply, "{err}");
+    assert!(err.to_string().contains("request_id"), "{err}");
+    assert_eq!(out[2], Ok(3.0), "later samples keep their own scores");
+    assert_eq!(out[3], Ok(4.0));
+    assert_eq!(r.restarts(), 1, "a mismatched id restarts the command");
+}
+
+#[test]
+fn command_replies_without_id_fail_unless_legacy() {
+    let legacy_script = r#"import json, sys
+for line in sys.stdin:
+    c = json.loads(line)["completion"]
+    print(len(c) if c == "bare" else json.dumps({"score": len(c)}), flush=True)
+"#;
+    let r = python_command("no_id", legacy_script, 10.0);
+    let out = r.score_batch(&["a", "bare", "ccc"].map(Completion::new));
+    for o in &out {
+        let err = o.as_ref().unwrap_err();
+        assert_eq!(err.kind(), FailureKind::MalformedReply, "{err}");
+        assert!(
+            err.to_string().contains("echo the request's `request_id`"),
+            "{err}"
+        );
+    }
+    assert_eq!(r.restarts(), 0, "id-less replies keep the stream in step");
+
+    let mut cfg = CommandConfig {
+        command: vec!["python3".into(), "-c".into(), legacy_script.into()],
+        timeout_s: 10.0,
+        cwd: None,
+        max_restarts: 10,
+        env: None,
+        legacy_replies: true,
+    };
+    let r = CommandReward::new("legacy", cfg.clone()).unwrap();
+    assert_eq!(
+        r.score_batch(&["a", "bare", "ccc"].map(Completion::new)),
+        vec![Ok(1.0), Ok(4.0), Ok(3.0)],
+        "legacy_replies accepts replies in order"
+    );
+    // Legacy mode still checks an id that is there.
+    cfg.command[2] = "import json, sys\nfor line in sys.stdin:\n    print(json.dumps({'request_id': 99, 'score': 1}), flush=True)".into();
+    let r = CommandReward::new("legacy_bad_id", cfg).unwrap();
+    assert_eq!(
+        r.score_batch(&[Completion::new("a")])[0]
+            .as_ref()
+            .unwrap_err()
+            .kind(),
+        FailureKind::MalformedReply
+    );
+}
+
+#[test]
+fn command_flooding_stdout_fails_that_sample_and_restarts() {
+    let script = format!(
+        r#"import json, sys
+{ECHO_LEN}
+for line in sys.stdin:
+    req = json.loads(line)
+    c = req["completion"]
+    if c == "flood":
+        for i in range(100):
+            print("progress", i, flush=True)
+    reply(req, score=len(c))
+"#
+    );
+    let r = python_command("flood", &script, 10.0);
+    let out = r.score_batch(&["a", "flood", "ccc"].map(Completion::new));
+    assert_eq!(out[0], Ok(1.0));
+    let err = out[1].as_ref().unwrap_err();
+    assert_eq!(err.kind(), FailureKind::MalformedReply, "{err}");
+    assert!(err.to_string().contains("stderr"), "{err}");
+    assert_eq!(out[2], Ok(3.0));
+    assert_eq!(r.restarts(), 1);
+}
+
+#[test]
+fn command_reserved_request_id_field_is_a_bad_reference() {
+    let script = format!(
+        "import json, sys\n{ECHO_LEN}\nfor line in sys.stdin:\n    req = json.loads(line)\n    reply(req, score=1)\n"
+    );
+    let r = python_command("reserved", &script, 10.0);
+    let out = r.score_batch(&[
+        Completion::new("a").with("request_id", 5),
+        Completion::new("b"),
+    ]);
+    assert_eq!(
+        out[0].as_ref().unwrap_err().kind(),
+        FailureKind::BadReference
+    );
+    assert_eq!(out[1], Ok(1.0));
+}
+
+#[test]
+fn command_env_allowlist_passes_only_listed_variables() {
+    std::env::set_var("OXRL_TEST_CMD_PASSED", "passed-value");
+    std::env::set_var("OXRL_TEST_CMD_HIDDEN", "hidden-value");
+    // Reports the environment it got as the error message.
+    let script = format!(
+        "import json, os, sys\n{ECHO_LEN}\nfor line in sys.stdin:\n    req = json.loads(line)\n    reply(req, error=json.dumps(dict(os.environ)))\n"
+    );
+    // The interpreter itself, not a launcher such as a pyenv shim that edits the environment.
+    let python = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap();
+    let python = String::from_utf8(python.stdout).unwrap().trim().to_string();
+    let env_of = |env: Option<Vec<String>>| -> serde_json::Map<String, Value> {
+        let r = CommandReward::new(
+            "env",
+            CommandConfig {
+                command: vec![python.clone(), "-c".into(), script.clone()],
+                timeout_s: 10.0,
+                cwd: None,
+                max_restarts: 1,
+                env,
+                legacy_replies: false,
+            },
+        )
+        .unwrap();
+        let msg = r.score_batch(&[Completion::new("x")])[0]
+            .as_ref()
+            .unwrap_err()
+            .to_string();
+        let json = msg.split_once("scorer reported: ").unwrap().1;
+        serde_json::from_str(json).unwrap()
+    };
+    let inherited = env_of(None);
+    assert_eq!(
+        inherited["OXRL_TEST_CMD_HIDDEN"], "hidden-value",
+        "default: inherit all"
+    );
+    assert_eq!(inherited["OXRL_TEST_CMD_PASSED"], "passed-value");
+
+    let allowed = env_of(Some(vec![
+        "OXRL_TEST_CMD_PASSED".into(),
+        "OXRL_TEST_CMD_UNSET_ANYWHERE".into(),
+    ]));
+    assert_eq!(allowed["OXRL_TEST_CMD_PASSED"], "passed-value");
+    assert!(!allowed.contains_key("OXRL_TEST_CMD_HIDDEN"), "{allowed:?}");
+    assert!(!allowed.contains_key("OXRL_TEST_CMD_UNSET_ANYWHERE"));
+    assert_eq!(
+        allowed.get("PATH").and_then(Value::as_str),
+        std::env::var("PATH").ok().as_deref(),
+        "PATH passes so programs are found"
+    );
+    // Python may add LC_CTYPE itself (PEP 538 locale coercion); nothing else gets through.
+    let expected: Vec<&str> = oxrl_rewards::custom::command::BASE_ENV
+        .iter()
+        .copied()
+        .chain(["OXRL_TEST_CMD_PASSED", "LC_CTYPE"])
+        .collect();
+    for key in allowed.keys() {
+        assert!(
+            expected.contains(&key.as_str()),
+            "{key} leaked: {allowed:?}"
+        );
+    }
+
+    let clean = env_of(Some(vec![]));
+    assert!(!clean.contains_key("OXRL_TEST_CMD_PASSED"), "{clean:?}");
+    assert!(CommandReward::new(
+        "bad_env",
+        CommandConfig {
+            command: vec!["true".into()],
+            timeout_s: 1.0,
+            cwd: None,
+            max_restarts: 1,
+            env: Some(vec!["A=B".into()]),
+            legacy_replies: false,
+        }
+    )
+    .is_err());
 }

@@ -47,8 +47,9 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
 pub(super) fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
     let ConfigCommand::Check(args) = cmd;
     let cfg = RunConfig::load(&args.config, &args.overrides)?;
-    cfg.build_rewards()
-        .with_context(|| args.config.display().to_string())?;
+    let file = || args.config.display().to_string();
+    cfg.build_rewards().with_context(file)?;
+    cfg.check_files().with_context(file)?;
     println!(
         "{}: ok ({} steps, algorithm {:?})",
         args.config.display(),

@@ -41,6 +41,14 @@ pub fn to_hf(gguf: &GgufFile) -> Result<HfModel> {
     })
 }
 
+/// The model config and tokenizer files of an open GGUF file, without converting a single
+/// tensor (what reading a model's tokenizer needs).
+pub fn to_hf_tokenizer(gguf: &GgufFile) -> Result<(ModelConfig, Json, Json)> {
+    let config = model_config(gguf)?;
+    let (tokenizer_json, tokenizer_config) = tokenizer(gguf, &config)?;
+    Ok((config, tokenizer_json, tokenizer_config))
+}
+
 fn arch(gguf: &GgufFile) -> Result<String> {
     let arch = gguf
         .require("general.architecture")?

@@ -4,5 +4,5 @@ pub mod convert;
 pub mod dequant;
 pub mod reader;
 
-pub use convert::{to_hf, HfModel};
+pub use convert::{to_hf, to_hf_tokenizer, HfModel};
 pub use reader::GgufFile;

@@ -1,9 +1,13 @@
 //! Checkpoints: everything needed to continue a run exactly — policy (and critic) weights,
 //! optimizer moments, the data cursor and the step — written to a temporary directory and
 //! renamed into place, so a run killed at any moment leaves either the old or the new
-//! checkpoint, never half of one. The rollout RNG needs no saving: each step's sampling seed is
-//! derived from the run seed and the step number.
+//! checkpoint, never half of one. A manifest records every file's size and CRC-32, so a
+//! checkpoint damaged later (a truncated file, a bad disk) is detected before it loads, and
+//! `--resume auto` falls back to the newest intact one. The rollout RNG needs no saving: each
+//! step's sampling seed is derived from the run seed and the step number.
 
+use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -17,6 +21,7 @@ const STATE: &str = "state.json";
 const MODEL: &str = "model.safetensors";
 const CRITIC: &str = "critic.safetensors";
 const OPTIMIZER: &str = "optimizer.safetensors";
+const MANIFEST: &str = "manifest.json";
 /// LoRA options of a checkpoint trained with adapters.
 pub const LORA: &str = "lora.json";
 
@@ -57,15 +62,117 @@ pub fn save(
     }
     learner.save_optimizer(&tmp.join(OPTIMIZER))?;
     describe(&tmp)?;
-    // state.json last: a directory with it is complete.
     std::fs::write(tmp.join(STATE), serde_json::to_string_pretty(state)?)?;
+    write_manifest(&tmp)?;
     let dir = root.join(&name);
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    std::fs::rename(&tmp, &dir).with_context(|| format!("publishing {}", dir.display()))?;
+    publish(&tmp, &dir)?;
     prune(root, keep_last.max(1))?;
     Ok(dir)
+}
+
+/// Moves the finished directory `tmp` to `dir` with one rename (replacing an older `dir`), so
+/// readers see the old or the new directory, never a half-written one.
+pub fn publish(tmp: &Path, dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("replacing {}", dir.display()))?;
+    }
+    std::fs::rename(tmp, dir).with_context(|| format!("publishing {}", dir.display()))
+}
+
+/// A file's size and CRC-32, as the manifest records them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct FileSum {
+    bytes: u64,
+    crc32: u32,
+}
+
+fn file_sum(path: &Path) -> anyhow::Result<FileSum> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    Ok(FileSum {
+        bytes,
+        crc32: hasher.finalize(),
+    })
+}
+
+/// Records the size and checksum of every file in `dir`.
+fn write_manifest(dir: &Path) -> anyhow::Result<()> {
+    let mut sums = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_file() {
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            sums.insert(name, file_sum(&path)?);
+        }
+    }
+    std::fs::write(dir.join(MANIFEST), serde_json::to_string_pretty(&sums)?)?;
+    Ok(())
+}
+
+/// Checks a checkpoint against its manifest: every file present, of its recorded size and
+/// checksum. A checkpoint written before manifests existed passes unchecked.
+pub fn verify(dir: &Path) -> anyhow::Result<()> {
+    let manifest = dir.join(MANIFEST);
+    let Ok(text) = std::fs::read_to_string(&manifest) else {
+        return Ok(());
+    };
+    let sums: BTreeMap<String, FileSum> = serde_json::from_str(&text)
+        .with_context(|| format!("{} is damaged", manifest.display()))?;
+    for (name, want) in sums {
+        let path = dir.join(&name);
+        let got = file_sum(&path)?;
+        anyhow::ensure!(
+            got.bytes == want.bytes,
+            "{}: {} bytes where the manifest records {} (truncated?)",
+            path.display(),
+            got.bytes,
+            want.bytes
+        );
+        anyhow::ensure!(
+            got.crc32 == want.crc32,
+            "{}: its checksum differs from the manifest's (corrupted)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The newest checkpoint under `root` that passes [`verify`], saying on stderr which newer
+/// ones were skipped as damaged. `None` when there are none at all; an error when there are
+/// checkpoints but every one is damaged.
+pub fn newest_intact(root: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let all = list(root)?;
+    for dir in all.iter().rev() {
+        match verify(dir) {
+            Ok(()) => return Ok(Some(dir.clone())),
+            Err(e) => eprintln!(
+                "warning: checkpoint {} is damaged ({e:#}); falling back to the one before it",
+                dir.display()
+            ),
+        }
+    }
+    match all.is_empty() {
+        true => Ok(None),
+        false => anyhow::bail!(
+            "every checkpoint in {} is damaged; nothing to resume from",
+            root.display()
+        ),
+    }
 }
 
 /// Complete checkpoints under `root`, oldest first.
@@ -98,6 +205,7 @@ pub fn restore(dir: &Path, learner: &mut Learner) -> anyhow::Result<TrainState> 
     let state_path = dir.join(STATE);
     let text = std::fs::read_to_string(&state_path)
         .with_context(|| format!("{} is not a checkpoint", dir.display()))?;
+    verify(dir)?;
     let state: TrainState =
         serde_json::from_str(&text).with_context(|| state_path.display().to_string())?;
     load_weights(learner.var_store(), &dir.join(MODEL))?;

@@ -348,6 +348,25 @@ impl RunConfig {
         Ok(cfg)
     }
 
+    /// What `oxrl config check` can check without loading the model's weights: that
+    /// `model.path` holds a model whose tokenizer reads, and that the environment's data loads
+    /// (every row of it, under `on_bad_row`) and renders with that tokenizer's chat template.
+    pub fn check_files(&self) -> anyhow::Result<()> {
+        let model = &self.model.path;
+        if !model.exists() {
+            bail!(
+                "model.path = {}: no such file or directory",
+                model.display()
+            );
+        }
+        let tokenizer = crate::pretrained::Pretrained::load_tokenizer(model)
+            .with_context(|| format!("model.path = {}", model.display()))?;
+        let template = tokenizer.chat_template().cloned();
+        LoadedEnv::from_config(&self.env, &self.base_dir, template)
+            .context("loading [env] data")?;
+        Ok(())
+    }
+
     /// The `[[rewards]]`, built: each reward parses (and so checks) its own options.
     pub fn build_rewards(&self) -> anyhow::Result<WeightedRewards> {
         WeightedRewards::from_specs(&Registry::default(), &self.rewards)
@@ -360,6 +379,9 @@ impl RunConfig {
         }
         if self.rollout.prompts_per_step == 0 || self.rollout.group_size == 0 {
             bail!("rollout.prompts_per_step and rollout.group_size must be at least 1");
+        }
+        if self.rollout.max_tokens == 0 {
+            bail!("rollout.max_tokens = 0: completions would be empty and nothing would train; must be at least 1");
         }
         self.rollout.sampling.validate()?;
         if self.rollout.source == RolloutSource::Dataset {

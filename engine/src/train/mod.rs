@@ -8,6 +8,7 @@ pub mod eval;
 pub mod pairs;
 pub mod prefetch;
 pub mod progress;
+pub mod run_lock;
 pub mod scoring;
 pub mod step_log;
 pub mod step_record;

@@ -33,6 +33,7 @@ use super::eval::Evaluator;
 use super::pairs;
 use super::prefetch::Prefetch;
 use super::progress::Progress;
+use super::run_lock::RunLock;
 use super::scoring::{score_batch, ScoredBatch};
 use super::step_log::StepLog;
 use super::step_record::{CompletionStats, PhaseTimes, RewardStats, RolloutStats, StepRecord};
@@ -68,6 +69,8 @@ pub struct Trainer {
     server: Option<MetricsServer>,
     /// The step (policy version) and `metrics.jsonl` line of the last evaluation.
     last_eval: Option<(usize, Value)>,
+    /// This run's hold on `output_dir`.
+    _lock: RunLock,
 }
 
 /// Where to continue from.
@@ -99,6 +102,7 @@ impl Trainer {
         let sampler = env.sampler(state.map(|s| s.cursor))?;
         std::fs::create_dir_all(&cfg.output_dir)
             .with_context(|| format!("creating {}", cfg.output_dir.display()))?;
+        let lock = RunLock::acquire(&cfg.output_dir)?;
         // The unexpanded config: `${VAR}` secrets stay in the environment, not on disk.
         std::fs::write(cfg.output_dir.join("config.toml"), &cfg.unexpanded)?;
         let tokenizer = Arc::new(tokenizer);
@@ -121,6 +125,7 @@ impl Trainer {
         let server = start_server(&cfg, telemetry.clone())?;
         let log = StepLog::open(&cfg.output_dir, next_step)?;
         Ok(Self {
+            _lock: lock,
             log,
             next_step,
             nonfinite_streak: 0,
@@ -516,14 +521,21 @@ impl Trainer {
     }
 
     /// Writes the policy as an HF directory (config, weights with any LoRA adapters merged,
-    /// tokenizer).
+    /// tokenizer): into a temporary directory beside `dir`, then renamed, so a kill never
+    /// leaves a complete-looking `dir` with half-written weights.
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = dir.with_file_name(format!(".tmp-{name}"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
         let (vs, config) = (self.learner.var_store(), self.learner.policy().config());
         match &self.cfg.model.lora {
-            Some(lora_cfg) => lora::export_merged(vs, config, lora_cfg, dir, None)?,
-            None => save_model_dir(vs, config, dir, None)?,
+            Some(lora_cfg) => lora::export_merged(vs, config, lora_cfg, &tmp, None)?,
+            None => save_model_dir(vs, config, &tmp, None)?,
         }
-        self.write_tokenizer(dir)
+        self.write_tokenizer(&tmp)?;
+        checkpoint::publish(&tmp, dir)
     }
 
     /// What makes a checkpoint self-contained: the model config, LoRA options and tokenizer.
@@ -615,7 +627,7 @@ fn restore(
 ) -> anyhow::Result<Option<TrainState>> {
     let from = match resume {
         Resume::No => None,
-        Resume::Auto => checkpoint::list(&checkpoint::root(&cfg.output_dir))?.pop(),
+        Resume::Auto => checkpoint::newest_intact(&checkpoint::root(&cfg.output_dir))?,
         Resume::Dir(dir) => Some(dir),
     };
     let Some(dir) = from else { return Ok(None) };

