@@ -31,9 +31,12 @@ fn own_path(controller: &str) -> Option<String> {
     })
 }
 
+/// Prefix of a run's cgroup; the owner's pid follows, so a sweep can tell stale ones.
+const PREFIX: &str = "oxrl-sandbox-";
+
 fn make(base: &Path, limits: &[(&str, String)]) -> Option<PathBuf> {
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    let dir = base.join(format!("oxrl-sandbox-{}-{n}", std::process::id()));
+    let dir = base.join(format!("{PREFIX}{}-{n}", std::process::id()));
     fs::create_dir(&dir).ok()?;
     for (file, value) in limits {
         if fs::write(dir.join(file), value).is_err() {
@@ -42,6 +45,39 @@ fn make(base: &Path, limits: &[(&str, String)]) -> Option<PathBuf> {
         }
     }
     Some(dir)
+}
+
+/// The hierarchies' directories this process's run groups are made in.
+fn bases() -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let under = |controller: &str, dir: PathBuf| {
+        own_path(controller).map(|p| dir.join(p.trim_start_matches('/')))
+    };
+    if root.join("pids").is_dir() {
+        [("pids", root.join("pids")), ("memory", root.join("memory"))]
+            .into_iter()
+            .filter_map(|(c, d)| under(c, d))
+            .collect()
+    } else {
+        under("", root.to_path_buf()).into_iter().collect()
+    }
+}
+
+/// Kills what is left in the run groups of processes that died without removing them, then
+/// removes the groups.
+pub fn sweep_stale() {
+    let mut dirs = Vec::new();
+    for base in bases() {
+        for entry in fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if super::sandbox::owner(&name, PREFIX).is_some_and(super::sandbox::is_dead) {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    if !dirs.is_empty() {
+        RunGroup { dirs }.destroy();
+    }
 }
 
 impl RunGroup {

@@ -156,6 +156,9 @@ struct ChildPlan {
     limits: Limits,
     namespaces: bool,
     is_root: bool,
+    /// The sandbox's own pid: if the child's parent is no longer it, the parent died
+    /// between `fork` and `prctl`.
+    parent: libc::pid_t,
     /// For non-root users: `/proc/self/{setgroups,uid_map,gid_map}` and what to write there
     /// to become root of a new user namespace (mapped to the caller's own ids).
     userns: Vec<(CString, CString)>,
@@ -181,6 +184,18 @@ impl ChildPlan {
     /// # Safety
     /// Must only be called between fork and exec.
     unsafe fn apply(&self) -> std::io::Result<()> {
+        // Die with oxrl: a SIGKILLed trainer must not leave a program running with no wall
+        // clock (PID 1 of the namespace, so everything it started dies with it).
+        cvt(libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) as libc::c_long)?;
+        if libc::getppid() != self.parent {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
         cvt(libc::setsid() as libc::c_long)?;
         for procs in &self.cgroup_procs {
             write_file(procs, b"0")?;
@@ -390,9 +405,43 @@ pub fn which(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Prefix of a run's temp dir; the owner's pid follows, so a sweep can tell stale ones.
+const TEMP_PREFIX: &str = "oxrl-code-";
+
+/// Whether process `pid` is gone (a reused pid counts as alive: never sweep a live owner's).
+pub(crate) fn is_dead(pid: libc::pid_t) -> bool {
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == -1 && *libc::__errno_location() == libc::ESRCH }
+}
+
+/// The owner pid in a name `{prefix}{pid}-...`.
+pub(crate) fn owner(name: &str, prefix: &str) -> Option<libc::pid_t> {
+    name.strip_prefix(prefix)?.split('-').next()?.parse().ok()
+}
+
+/// Removes what runs of processes that died without cleaning up left behind (a SIGKILLed
+/// trainer): their temp dirs and, in [`cgroup::sweep_stale`], their cgroups. Once per process.
+pub fn sweep_stale() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        super::cgroup::sweep_stale();
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if owner(&name, TEMP_PREFIX).is_some_and(is_dead) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    });
+}
+
 impl Sandbox {
-    /// A sandbox with these limits; probes once which protections this machine allows.
+    /// A sandbox with these limits; probes once which protections this machine allows, and
+    /// sweeps what runs of dead processes left behind ([`sweep_stale`]).
     pub fn new(limits: Limits) -> Sandbox {
+        sweep_stale();
         let sb = Sandbox {
             limits,
             namespaces: AtomicBool::new(true),
@@ -434,7 +483,9 @@ impl Sandbox {
     /// Runs `spec` in a fresh temp dir under the limits. An `Err` means the sandbox itself
     /// could not start the program (not that the program failed).
     pub fn run(&self, spec: &RunSpec) -> std::io::Result<RunOutcome> {
-        let dir = tempfile::Builder::new().prefix("oxrl-code-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
+            .tempdir()?;
         let namespaces = self.namespaces.load(Ordering::SeqCst);
         let mut child_files = Vec::new();
         for (name, data) in &spec.files {
@@ -500,6 +551,8 @@ impl Sandbox {
             limits: self.limits.clone(),
             namespaces,
             is_root,
+            // SAFETY: getpid has no preconditions.
+            parent: unsafe { libc::getpid() },
             userns,
         };
         let mut cmd = Command::new(&program);
