@@ -373,3 +373,17 @@ fn math_verify_matrices() {
         ), // MV
     ]);
 }
+
+/// `\pm b` is the set of both values (docs/rewards.md): it equals `{b, -b}` and `x = \pm b`,
+/// and neither value alone (both scored 1 before).
+#[test]
+fn plus_minus_is_both_values_not_one() {
+    check(&[
+        ("2", "$\\pm 2$", 0.0),
+        ("\\pm 2", "$2$", 0.0),
+        ("\\pm 2", "$\\pm 2$", 1.0),
+        ("\\pm 2", "$\\{-2, 2\\}$", 1.0),
+        ("\\{2, -2\\}", "$x = \\pm 2$", 1.0),
+        ("\\frac{1 \\pm \\sqrt{5}}{2}", "$\\frac{1 + \\sqrt{5}}{2}, \\frac{1 - \\sqrt{5}}{2}$", 1.0),
+    ]);
+}

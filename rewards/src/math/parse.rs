@@ -409,6 +409,10 @@ impl Parser {
     fn parse_additive(&mut self) -> Result<Expr, String> {
         let mut acc = if self.eat_sym('-') {
             Expr::Neg(Box::new(self.parse_term()?))
+        } else if self.eat_sym('±') {
+            // A leading `± b` is the set {b, -b}, as `a ± b` below.
+            let t = self.parse_term()?;
+            Expr::Set(vec![t.clone(), Expr::Neg(Box::new(t))])
         } else {
             self.eat_sym('+');
             self.parse_term()?
