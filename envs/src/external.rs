@@ -20,15 +20,16 @@
 //!
 //! Stderr is inherited (it shows in the run's log). Each reply must arrive within `timeout_s`.
 //! The process inherits oxrl's environment unless `env` lists the variables to pass (see
-//! [`oxrl_rewards::custom::command::apply_env_allowlist`]); secrets go there, not in `command`.
+//! [`oxrl_rewards::json_lines::apply_env_allowlist`]); secrets go there, not in `command`. The
+//! process and the id matching are [`oxrl_rewards::json_lines`]'s, shared with the `command`
+//! reward.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use oxrl_rewards::custom::command::{apply_env_allowlist, check_env_allowlist};
+use oxrl_rewards::json_lines::{check_env_allowlist, JsonLinesProcess, Protocol};
+pub use oxrl_rewards::json_lines::{MAX_SKIPPED_LINES, REQUEST_ID};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -37,12 +38,6 @@ use crate::episode::{Environment, StepResult};
 use crate::error::{EnvError, Result};
 use crate::row::Row;
 use crate::tasks::{RewardKind, Task};
-
-/// Non-reply stdout lines skipped while waiting for one reply.
-pub const MAX_SKIPPED_LINES: usize = 32;
-
-/// The key each request carries and each reply must echo.
-pub const REQUEST_ID: &str = "request_id";
 
 /// Keys that make an object without `request_id` an (id-less) reply rather than a stray print.
 const REPLY_KEYS: &[&str] = &["messages", "observation", "reward", "done", "error"];
@@ -74,22 +69,13 @@ pub struct ExternalConfig {
     pub legacy_replies: bool,
 }
 
-/// The live half of an [`ExternalEnv`]: one process and its reply stream.
-struct Process {
-    child: Child,
-    stdin: ChildStdin,
-    replies: Receiver<std::io::Result<String>>,
-    /// The last `request_id` sent to this process.
-    last_id: u64,
-}
-
 /// A running external environment process.
 pub struct ExternalEnv {
     cfg: ExternalConfig,
     cwd: Option<PathBuf>,
     command: String,
     /// `None` after a failure stopped the process (the next `reset` starts a new one).
-    process: Option<Process>,
+    process: Option<JsonLinesProcess>,
     timeout: Duration,
 }
 
@@ -98,66 +84,20 @@ struct ResetReply {
     messages: Vec<Message>,
 }
 
-fn start_process(cfg: &ExternalConfig, cwd: Option<&Path>) -> std::result::Result<Process, String> {
+fn start_process(
+    cfg: &ExternalConfig,
+    cwd: Option<&Path>,
+) -> std::result::Result<JsonLinesProcess, String> {
     let (program, args) = cfg
         .command
         .split_first()
         .ok_or_else(|| "empty command".to_string())?;
     let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.args(args);
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
-    apply_env_allowlist(&mut cmd, cfg.env.as_deref());
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start: {e}"))?;
-    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err("no stdin or stdout".into());
-    };
-    let (tx, replies) = mpsc::channel();
-    // A reader thread lets `request` wait with a timeout; it ends when stdout closes.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Ok(Process {
-        child,
-        stdin,
-        replies,
-        last_id: 0,
-    })
-}
-
-/// What one stdout line is, while waiting for a reply.
-enum Line {
-    /// Not a reply: skipped.
-    Other,
-    /// A reply object, with its `request_id` if it has one.
-    Reply(Value, Option<Value>),
-}
-
-fn classify(text: &str) -> Line {
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(mut o)) => match o.remove(REQUEST_ID) {
-            Some(id) => Line::Reply(Value::Object(o), Some(id)),
-            None if REPLY_KEYS.iter().any(|k| o.contains_key(*k)) => {
-                Line::Reply(Value::Object(o), None)
-            }
-            None => Line::Other,
-        },
-        _ => Line::Other,
-    }
-}
-
-fn clip(text: &str) -> String {
-    text.chars().take(200).collect()
+    JsonLinesProcess::spawn(cmd, cfg.env.as_deref()).map_err(|e| format!("cannot start: {e}"))
 }
 
 impl ExternalEnv {
@@ -196,13 +136,13 @@ impl ExternalEnv {
     /// A reply that is late, missing, for another request or without an id leaves the streams
     /// out of step, so the process is stopped (never reading a stale reply as a fresh one); a
     /// later `reset` starts a new process, a later `step` fails.
-    fn request(&mut self, mut request: Value) -> Result<Value> {
+    fn request(&mut self, request: Value) -> Result<Value> {
         if self.process.is_none() && request["op"] == "reset" {
             let process = start_process(&self.cfg, self.cwd.as_deref())
                 .map_err(|e| self.fail(format!("restarting after an earlier failure: {e}")))?;
             self.process = Some(process);
         }
-        let reply = match self.exchange(&mut request) {
+        let reply = match self.exchange(request) {
             Ok(reply) => reply,
             Err(reason) => {
                 self.stop();
@@ -216,87 +156,29 @@ impl ExternalEnv {
     }
 
     /// Writes `request` and reads lines until its reply; `Err` says what went wrong.
-    fn exchange(&mut self, request: &mut Value) -> std::result::Result<Value, String> {
-        let legacy = self.cfg.legacy_replies;
-        let timeout = self.timeout;
+    fn exchange(&mut self, request: Value) -> std::result::Result<Value, String> {
+        let protocol = Protocol {
+            timeout: self.timeout,
+            reply_keys: REPLY_KEYS,
+            numbers_are_replies: false,
+            legacy_replies: self.cfg.legacy_replies,
+        };
         let process = self
             .process
             .as_mut()
             .ok_or("the process was stopped after an earlier failure")?;
-        process.last_id += 1;
-        let id = process.last_id;
-        request[REQUEST_ID] = json!(id);
-        let line = format!("{request}\n");
+        let Value::Object(request) = request else {
+            return Err("a request must be a JSON object".into());
+        };
         process
-            .stdin
-            .write_all(line.as_bytes())
-            .and_then(|()| process.stdin.flush())
-            .map_err(|e| format!("cannot write request: {e}"))?;
-        let deadline = Instant::now() + timeout;
-        let mut skipped = 0usize;
-        let mut first_skipped = String::new();
-        loop {
-            let text = match process
-                .replies
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(Ok(text)) => text,
-                Ok(Err(e)) => return Err(format!("cannot read reply: {e}")),
-                Err(RecvTimeoutError::Timeout) if skipped > 0 => {
-                    return Err(format!(
-                        "no reply with {REQUEST_ID} {id} within {timeout:?}; the process printed \
-                         {skipped} stdout line(s) that are not JSON replies (first: \
-                         {first_skipped:?}); write logs to stderr"
-                    ))
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    return Err(format!("no reply within {timeout:?}"))
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = process.child.try_wait().ok().flatten();
-                    return Err(format!("process exited ({status:?}) without replying"));
-                }
-            };
-            match classify(&text) {
-                Line::Other => {
-                    if skipped == 0 {
-                        first_skipped = clip(&text);
-                    }
-                    skipped += 1;
-                    if skipped > MAX_SKIPPED_LINES {
-                        return Err(format!(
-                            "more than {MAX_SKIPPED_LINES} stdout lines that are not JSON replies \
-                             while waiting for {REQUEST_ID} {id} (first: {first_skipped:?}); \
-                             write logs to stderr"
-                        ));
-                    }
-                }
-                Line::Reply(reply, Some(got)) if got.as_u64() == Some(id) => return Ok(reply),
-                Line::Reply(_, Some(got)) => {
-                    return Err(format!(
-                        "reply carries {REQUEST_ID} {got}, expected {id} (echo the request's \
-                         {REQUEST_ID} unchanged); the process is stopped: {}",
-                        clip(&text)
-                    ))
-                }
-                Line::Reply(reply, None) if legacy => return Ok(reply),
-                Line::Reply(_, None) => {
-                    return Err(format!(
-                        "reply has no `{REQUEST_ID}`: echo the request's `{REQUEST_ID}` in every \
-                         reply (or set `legacy_replies = true` in [env.external]): {}",
-                        clip(&text)
-                    ))
-                }
-            }
-        }
+            .request(request, &protocol)
+            .map_err(|e| e.to_string())
     }
 
     /// Closes the process's input and kills it.
     fn stop(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            drop(p.stdin);
-            let _ = p.child.kill();
-            let _ = p.child.wait();
+        if let Some(p) = self.process.take() {
+            p.kill();
         }
     }
 }
@@ -317,20 +199,10 @@ impl Environment for ExternalEnv {
 
 impl Drop for ExternalEnv {
     fn drop(&mut self) {
-        let Some(mut p) = self.process.take() else {
-            return;
-        };
         // Closing stdin is the shutdown signal; give the process a moment, then kill it.
-        drop(p.stdin);
-        let deadline = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = p.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if let Some(p) = self.process.take() {
+            p.close(Duration::from_millis(500));
         }
-        let _ = p.child.kill();
-        let _ = p.child.wait();
     }
 }
 

@@ -16,6 +16,7 @@ pub mod exact;
 pub mod format;
 mod http_client;
 pub mod iou;
+pub mod json_lines;
 pub mod jsonl;
 pub mod judge;
 pub mod math;

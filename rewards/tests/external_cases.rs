@@ -649,7 +649,7 @@ fn command_env_allowlist_passes_only_listed_variables() {
         "PATH passes so programs are found"
     );
     // Python may add LC_CTYPE itself (PEP 538 locale coercion); nothing else gets through.
-    let expected: Vec<&str> = oxrl_rewards::custom::command::BASE_ENV
+    let expected: Vec<&str> = oxrl_rewards::json_lines::BASE_ENV
         .iter()
         .copied()
         .chain(["OXRL_TEST_CMD_PASSED", "LC_CTYPE"])
