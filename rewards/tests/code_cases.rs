@@ -9,6 +9,11 @@ use oxrl_rewards::code::{CodeConfig, CodeReward};
 use oxrl_rewards::{Completion, FailureKind, Reward};
 use serde_json::json;
 
+/// The real interpreter behind `python3` (not a pyenv shim), as the code reward runs it.
+fn python() -> String {
+    oxrl_rewards::code::resolve_python("python3")
+}
+
 fn reward(partial: bool) -> CodeReward {
     CodeReward::new(CodeConfig {
         timeout_s: 2.0,
@@ -209,7 +214,7 @@ fn sandbox_leaves_no_process_behind() {
     let code = "import os, time\nfor _ in range(5):\n    if os.fork() == 0:\n        os.setsid()\n        if os.fork() == 0:\n            time.sleep(1000)\n        os._exit(0)\ntime.sleep(1000)\n";
     let out = sb
         .run(&RunSpec {
-            argv: vec!["python3".into(), "-c".into(), code.into()],
+            argv: vec![python(), "-c".into(), code.into()],
             env: vec![(k.into(), v.into())],
             ..RunSpec::default()
         })
@@ -246,7 +251,7 @@ except OSError:
 open("mine.txt", "w").write("ok"); print("own:" + open("mine.txt").read())
 print("pid:%d" % os.getpid())
 "#;
-    let argv = vec!["python3".into(), "-c".into(), code.into(), port.to_string()];
+    let argv = vec![python(), "-c".into(), code.into(), port.to_string()];
     let out = sb
         .run(&RunSpec {
             argv,
@@ -271,6 +276,131 @@ print("pid:%d" % os.getpid())
     assert!(!std::path::Path::new("/etc/oxrl-test").exists());
 }
 
+/// A host path the test removes when it ends, pass or fail.
+struct Removed(std::path::PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Run by root (as CI is), sandboxed code must not keep root's reach over the host: it runs
+/// as `nobody`, a root-only file stays shut, the host's processes (and a secret in one's
+/// argv) are out of sight in `/proc`, and the caller's home is hidden.
+#[test]
+fn sandboxed_code_cannot_read_the_host() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "run these tests as root, as CI does"
+    );
+    let tag = format!("oxrl-host-secret-{}", std::process::id());
+    let root_only = Removed(std::env::temp_dir().join(&tag));
+    std::fs::write(&root_only.0, &tag).unwrap();
+    std::fs::set_permissions(&root_only.0, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let home = std::path::PathBuf::from(std::env::var("HOME").unwrap());
+    let in_home = Removed(home.join(format!(".{tag}")));
+    std::fs::write(&in_home.0, &tag).unwrap();
+    std::fs::set_permissions(&in_home.0, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let argv_secret = format!("oxrl-argv-{}", std::process::id());
+    let mut host = std::process::Command::new("/bin/sh")
+        .args(["-c", "sleep 30", &argv_secret])
+        .spawn()
+        .unwrap();
+    let sb = Sandbox::new(Limits {
+        timeout_s: 10.0,
+        ..Limits::default()
+    });
+    let p = sb.protections();
+    assert!(p.namespaces && p.unprivileged, "{p:?}");
+    let code = r#"
+import os, sys
+print("uid:%d" % os.getuid())
+for name, path in (("root-only", sys.argv[1]), ("home", sys.argv[2])):
+    try:
+        print(name + ":" + open(path).read())
+    except OSError:
+        print(name + ":denied")
+pids = [p for p in os.listdir("/proc") if p.isdigit()]
+seen = ""
+for p in pids:
+    try:
+        seen += open("/proc/%s/cmdline" % p, "rb").read().decode(errors="replace")
+    except OSError:
+        pass
+print("procs:%d" % len(pids))
+print("argv-secret:%s" % (sys.argv[3][::-1] in seen))  # reversed: not in our own argv
+"#;
+    let python = python();
+    let argv = [
+        python.as_str(),
+        "-c",
+        code,
+        root_only.0.to_str().unwrap(),
+        in_home.0.to_str().unwrap(),
+        &argv_secret.chars().rev().collect::<String>(),
+    ];
+    let out = sb
+        .run(&RunSpec {
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            ..RunSpec::default()
+        })
+        .unwrap();
+    let _ = host.kill();
+    let _ = host.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.exit, Exit::Code(0), "{text} {err}");
+    assert!(text.contains("uid:65534\n"), "{text}");
+    assert!(text.contains("root-only:denied\n"), "{text}");
+    assert!(text.contains("home:denied\n"), "{text}");
+    assert!(text.contains("argv-secret:False\n"), "{text}");
+    let procs: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("procs:"))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(procs <= 2, "sees {procs} processes: {text}");
+}
+
+/// An interpreter installed under the hidden home stays usable: a venv made in `$HOME`
+/// (its `python` links to the base interpreter, elsewhere) runs in the sandbox, as `nobody`,
+/// and sees its own prefix.
+#[test]
+fn an_interpreter_under_the_hidden_home_still_runs() {
+    let home = std::path::PathBuf::from(std::env::var("HOME").unwrap());
+    let venv = Removed(home.join(format!(".oxrl-sandbox-venv-{}", std::process::id())));
+    let made = std::process::Command::new("python3")
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv.0)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let python = venv.0.join("bin/python");
+    let python = python.to_str().unwrap();
+    let sb = Sandbox::for_program(Limits::default(), &[python, "-I", "-c", "pass"]);
+    assert!(sb.protections().unprivileged, "{:?}", sb.protections());
+    let code = "import os, sys; print(os.getuid(), sys.prefix)";
+    let out = sb
+        .run(&RunSpec {
+            argv: vec![python.into(), "-I".into(), "-c".into(), code.into()],
+            ..RunSpec::default()
+        })
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.exit,
+        Exit::Code(0),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.trim(), format!("65534 {}", venv.0.display()));
+}
+
 #[test]
 fn memory_cap_covers_all_processes_of_a_run() {
     // Each child stays under the per-process address-space limit; together they exceed the
@@ -284,7 +414,7 @@ fn memory_cap_covers_all_processes_of_a_run() {
     let code = "import os, time\npids = []\nfor _ in range(4):\n    pid = os.fork()\n    if pid == 0:\n        b = b'x' * (150 << 20)\n        time.sleep(1)\n        os._exit(0)\n    pids.append(pid)\nfor p in pids:\n    os.waitpid(p, 0)\n";
     let out = sb
         .run(&RunSpec {
-            argv: vec!["python3".into(), "-c".into(), code.into()],
+            argv: vec![python(), "-c".into(), code.into()],
             ..RunSpec::default()
         })
         .unwrap();
@@ -345,7 +475,9 @@ fn unprivileged_users_still_get_namespaces() {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains("Protections { namespaces: true, cgroups: false } Code(0)"),
+        text.contains(
+            "Protections { namespaces: true, cgroups: false, unprivileged: true } Code(0)"
+        ),
         "{text}"
     );
     assert!(text.contains("pid:1\n"), "{text}");

@@ -205,7 +205,10 @@ pub fn extract_code(completion: &str) -> String {
         .unwrap_or_else(|| completion.to_string())
 }
 
-fn resolve_python(python: &str) -> String {
+/// The interpreter `python` names, as its `sys.executable` says: a launcher such as a pyenv
+/// shim resolves to the real interpreter, whose install the sandbox keeps visible under a
+/// hidden home (a shim needs its tool's whole tree). `python` itself if it cannot say.
+pub fn resolve_python(python: &str) -> String {
     let out = std::process::Command::new(python)
         .args(["-c", "import sys; print(sys.executable)"])
         .stdin(std::process::Stdio::null())
@@ -255,7 +258,7 @@ impl CodeReward {
     /// A code reward with these options.
     pub fn new(cfg: CodeConfig) -> Self {
         let python = resolve_python(&cfg.python);
-        let sandbox = Sandbox::new(cfg.limits());
+        let sandbox = Sandbox::for_program(cfg.limits(), &[&python, "-I", "-S", "-c", "pass"]);
         let threads = if cfg.concurrency == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())

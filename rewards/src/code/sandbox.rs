@@ -9,7 +9,10 @@
 //! - where the OS allows (root, or a user namespace for other users): new PID, mount,
 //!   network, IPC and UTS namespaces. The child is PID 1 of its namespace, so when it dies
 //!   the kernel kills every process it left; the network namespace has no interfaces up;
-//!   every mount is read-only except the run's own directory; all capabilities are dropped;
+//!   every mount is read-only except the run's own directory; the PID namespace gets a
+//!   `/proc` of its own (the host's processes stay out of sight); the caller's home is
+//!   hidden under an empty tmpfs, all but the program's own install; all capabilities are
+//!   dropped, and a root caller's program runs as `nobody` (root-only host files stay shut);
 //! - where cgroups are writable: per-run `pids.max` and memory limits (a fork bomb stops at
 //!   the process cap and the memory of all its processes together is capped);
 //! - stdout/stderr capped: past the cap the run is killed.
@@ -97,10 +100,13 @@ pub struct RunOutcome {
 /// Which protections a sandbox actually applies on this machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Protections {
-    /// PID, mount (read-only), network, IPC and UTS namespaces, capabilities dropped.
+    /// PID, mount (read-only, own `/proc`, home hidden), network, IPC and UTS namespaces,
+    /// capabilities dropped.
     pub namespaces: bool,
     /// Per-run cgroups for processes and memory.
     pub cgroups: bool,
+    /// The program does not run as the host's root (a root caller's runs as `nobody`).
+    pub unprivileged: bool,
 }
 
 /// A sandbox for running programs (usually `python3`) on files in a fresh directory.
@@ -109,7 +115,15 @@ pub struct Sandbox {
     limits: Limits,
     namespaces: AtomicBool,
     cgroups: AtomicBool,
+    /// Whether a root caller's programs run as [`NOBODY`] (namespaced runs only).
+    drop_root: AtomicBool,
 }
+
+/// The uid and gid a root caller's programs run as (the kernel's overflow ids).
+pub const NOBODY: (libc::uid_t, libc::gid_t) = (65534, 65534);
+
+/// At most this many directories stay visible under a hidden home.
+const MAX_KEPT: usize = 8;
 
 /// What to run.
 #[derive(Debug, Clone, Default)]
@@ -135,6 +149,8 @@ struct MountAttr {
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
 fn cvt(r: libc::c_long) -> std::io::Result<()> {
     if r < 0 {
@@ -144,11 +160,27 @@ fn cvt(r: libc::c_long) -> std::io::Result<()> {
     }
 }
 
+/// A home directory hidden under an empty tmpfs, and what stays visible below it.
+struct HomeMask {
+    home: CString,
+    /// Directories under `home` (the program's install, the run's own dir) that stay, each
+    /// with its ancestors below `home`, outermost first, made again in the mask.
+    kept: Vec<(CString, Vec<CString>)>,
+}
+
 /// Everything the child needs, prepared before `fork` so that the child allocates nothing.
 struct ChildPlan {
     dir: CString,
     tmpfs: CString,
     tmpfs_opts: CString,
+    /// Homes to hide (namespaced runs only).
+    masks: Vec<HomeMask>,
+    /// Options of a hiding tmpfs (a home; `/proc` where a fresh one is refused).
+    mask_opts: CString,
+    proc_dir: CString,
+    proc_fs: CString,
+    /// Run the program as this uid and gid (a root caller's namespaced runs).
+    drop_to: Option<(libc::uid_t, libc::gid_t)>,
     /// Files the child writes into its tmpfs (namespaced runs only).
     files: Vec<(CString, Vec<u8>)>,
     root: CString,
@@ -248,6 +280,9 @@ impl ChildPlan {
                 libc::MS_NOSUID | libc::MS_NODEV,
                 self.tmpfs_opts.as_ptr().cast(),
             ) as libc::c_long)?;
+            for mask in &self.masks {
+                self.hide_home(mask)?;
+            }
             let ro = MountAttr {
                 attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
                 attr_clr: 0,
@@ -330,10 +365,18 @@ impl ChildPlan {
             // it killed before this line, the run's cgroup clean-up still kills this process,
             // and the process-group kill reaches it too.)
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            self.mount_own_proc()?;
             {
                 // Root of the host or of our user namespace: drop every capability.
                 for cap in 0..64 {
                     libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong);
+                }
+                if let Some((uid, gid)) = self.drop_to {
+                    cvt(libc::setgroups(0, std::ptr::null()) as libc::c_long)?;
+                    cvt(libc::setresgid(gid, gid, gid) as libc::c_long)?;
+                    cvt(libc::setresuid(uid, uid, uid) as libc::c_long)?;
+                    // A change of credentials clears the parent-death signal.
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
                 }
                 #[repr(C)]
                 struct CapHeader {
@@ -366,6 +409,172 @@ impl ChildPlan {
         cvt(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long)?;
         Ok(())
     }
+
+    /// Hides `mask.home` under an empty tmpfs, all but its kept directories: each is cloned
+    /// as a detached mount first, then moved back onto the same path inside the mask.
+    ///
+    /// # Safety
+    /// Must only be called between fork and exec, in a mount namespace of our own.
+    unsafe fn hide_home(&self, mask: &HomeMask) -> std::io::Result<()> {
+        let mut trees = [-1 as libc::c_int; MAX_KEPT];
+        for (tree, (path, _)) in trees.iter_mut().zip(&mask.kept) {
+            let fd = libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint,
+            );
+            cvt(fd)?;
+            *tree = fd as libc::c_int;
+        }
+        cvt(libc::mount(
+            self.tmpfs.as_ptr(),
+            mask.home.as_ptr(),
+            self.tmpfs.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            self.mask_opts.as_ptr().cast(),
+        ) as libc::c_long)?;
+        for (tree, (path, parents)) in trees.iter().zip(&mask.kept) {
+            for dir in parents.iter().chain(std::iter::once(path)) {
+                if libc::mkdir(dir.as_ptr(), 0o755) < 0 && *libc::__errno_location() != libc::EEXIST
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            cvt(libc::syscall(
+                libc::SYS_move_mount,
+                *tree,
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            ))?;
+            libc::close(*tree);
+        }
+        Ok(())
+    }
+
+    /// Mounts a `/proc` of the new PID namespace over the host's, so that the program sees
+    /// only its own processes; where the kernel refuses one (a container that masks parts of
+    /// its `/proc`), an empty tmpfs hides the host's instead.
+    ///
+    /// # Safety
+    /// Must only be called between fork and exec, as PID 1 of a namespace of our own.
+    unsafe fn mount_own_proc(&self) -> std::io::Result<()> {
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
+        let fresh = libc::mount(
+            self.proc_fs.as_ptr(),
+            self.proc_dir.as_ptr(),
+            self.proc_fs.as_ptr(),
+            flags,
+            std::ptr::null(),
+        );
+        if fresh == 0 {
+            return Ok(());
+        }
+        cvt(libc::mount(
+            self.tmpfs.as_ptr(),
+            self.proc_dir.as_ptr(),
+            self.tmpfs.as_ptr(),
+            flags,
+            self.mask_opts.as_ptr().cast(),
+        ) as libc::c_long)
+    }
+}
+
+/// The homes a run hides: the caller's `$HOME` and its passwd entry's (`/root` for root),
+/// each with the directories that must stay visible below it (`needed`: the program's
+/// install, the run's own directory). A home that holds another is the one hidden.
+fn home_masks(needed: &[PathBuf]) -> std::io::Result<Vec<HomeMask>> {
+    let mut homes: Vec<PathBuf> = [std::env::var_os("HOME").map(PathBuf::from), passwd_home()]
+        .into_iter()
+        .flatten()
+        .filter(|h| h.is_absolute() && h.is_dir() && h.parent().is_some())
+        .filter_map(|h| h.canonicalize().ok())
+        .collect();
+    homes.sort();
+    homes.dedup();
+    let outer: Vec<PathBuf> = homes
+        .iter()
+        .filter(|h| !homes.iter().any(|o| o != *h && h.starts_with(o)))
+        .cloned()
+        .collect();
+    outer
+        .into_iter()
+        .map(|home| {
+            let mut kept: Vec<&PathBuf> = needed
+                .iter()
+                .filter(|k| k.starts_with(&home) && **k != home)
+                .collect();
+            kept.sort();
+            kept.dedup();
+            // A directory inside another kept one comes along with it.
+            let all = kept.clone();
+            kept.retain(|k| !all.iter().any(|o| o != k && k.starts_with(o)));
+            if kept.len() > MAX_KEPT {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("more than {MAX_KEPT} directories to keep under {home:?}"),
+                ));
+            }
+            let kept = kept
+                .into_iter()
+                .map(|k| {
+                    let parents = k
+                        .ancestors()
+                        .skip(1)
+                        .take_while(|a| *a != home)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .map(c_path)
+                        .collect::<std::io::Result<_>>()?;
+                    Ok((c_path(k)?, parents))
+                })
+                .collect::<std::io::Result<_>>()?;
+            Ok(HomeMask {
+                home: c_path(&home)?,
+                kept,
+            })
+        })
+        .collect()
+}
+
+/// The effective user's home from the passwd database.
+fn passwd_home() -> Option<PathBuf> {
+    // SAFETY: getpwuid returns a pointer into static storage or null; we copy out at once.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if pw.is_null() || (*pw).pw_dir.is_null() {
+            return None;
+        }
+        let dir = std::ffi::CStr::from_ptr((*pw).pw_dir);
+        Some(PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())))
+    }
+}
+
+/// The install a program belongs to: the directory above its `bin/` (a venv, a pyenv
+/// version), else its own directory; for the path as named and as resolved (a venv's
+/// `python` links to its base interpreter).
+fn program_installs(program: &Path) -> Vec<PathBuf> {
+    let named = std::path::absolute(program).unwrap_or_else(|_| program.to_path_buf());
+    let resolved = program.canonicalize().unwrap_or_else(|_| named.clone());
+    [named, resolved]
+        .into_iter()
+        .filter_map(|p| {
+            let dir = p.parent()?;
+            let install = match dir.file_name() {
+                Some(n) if n == "bin" => dir.parent().unwrap_or(dir),
+                _ => dir,
+            };
+            Some(install.to_path_buf())
+        })
+        .collect()
+}
+
+fn c_path(p: &Path) -> std::io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
 }
 
 fn read_capped(
@@ -438,31 +647,43 @@ pub fn sweep_stale() {
 }
 
 impl Sandbox {
-    /// A sandbox with these limits; probes once which protections this machine allows, and
-    /// sweeps what runs of dead processes left behind ([`sweep_stale`]).
+    /// A sandbox with these limits; probes once which protections this machine allows (with
+    /// `/bin/sh`), and sweeps what runs of dead processes left behind ([`sweep_stale`]).
     pub fn new(limits: Limits) -> Sandbox {
+        Sandbox::for_program(limits, &["/bin/sh", "-c", "exit 0"])
+    }
+
+    /// A sandbox whose protections are the most this machine allows for `probe` (a command
+    /// that exits 0, e.g. the interpreter the runs will use): every protection first; then,
+    /// if the probe fails, its program keeps the caller's uid (an interpreter `nobody` may
+    /// not read); then no namespaces.
+    pub fn for_program(limits: Limits, probe: &[&str]) -> Sandbox {
         sweep_stale();
         let sb = Sandbox {
             limits,
             namespaces: AtomicBool::new(true),
             cgroups: AtomicBool::new(true),
+            drop_root: AtomicBool::new(true),
         };
         // Cgroups: usable when a run group can be made here.
         match RunGroup::create(sb.limits.max_processes, sb.limits.memory_bytes) {
             Some(g) => g.destroy(),
             None => sb.cgroups.store(false, Ordering::SeqCst),
         }
-        // Probe: a trivial run with every protection; drop what the OS refuses.
         let probe = RunSpec {
-            argv: vec!["/bin/sh".into(), "-c".into(), "exit 0".into()],
+            argv: probe.iter().map(|a| a.to_string()).collect(),
             ..RunSpec::default()
         };
-        if sb
-            .run(&probe)
-            .map(|o| o.exit != Exit::Code(0))
-            .unwrap_or(true)
-        {
-            sb.namespaces.store(false, Ordering::SeqCst);
+        let works = |sb: &Sandbox| {
+            sb.run(&probe)
+                .map(|o| o.exit == Exit::Code(0))
+                .unwrap_or(false)
+        };
+        for fallback in [&sb.drop_root, &sb.namespaces] {
+            if works(&sb) {
+                break;
+            }
+            fallback.store(false, Ordering::SeqCst);
         }
         sb
     }
@@ -474,9 +695,11 @@ impl Sandbox {
 
     /// Which protections are active.
     pub fn protections(&self) -> Protections {
+        let namespaces = self.namespaces.load(Ordering::SeqCst);
         Protections {
-            namespaces: self.namespaces.load(Ordering::SeqCst),
+            namespaces,
             cgroups: self.cgroups.load(Ordering::SeqCst),
+            unprivileged: !is_root() || (namespaces && self.drop_root.load(Ordering::SeqCst)),
         }
     }
 
@@ -518,6 +741,16 @@ impl Sandbox {
         // SAFETY: geteuid/getegid have no preconditions.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         let is_root = uid == 0;
+        let drop_to =
+            (is_root && namespaces && self.drop_root.load(Ordering::SeqCst)).then_some(NOBODY);
+        let masks = if namespaces {
+            let mut needed = program_installs(&program);
+            needed.push(dir.path().canonicalize()?);
+            home_masks(&needed)?
+        } else {
+            Vec::new()
+        };
+        let owner = drop_to.map_or(String::new(), |(u, g)| format!(",uid={u},gid={g}"));
         let userns = if is_root {
             Vec::new()
         } else {
@@ -535,9 +768,14 @@ impl Sandbox {
             dir: to_c(dir.path())?,
             tmpfs: to_c(Path::new("tmpfs"))?,
             tmpfs_opts: to_c(Path::new(&format!(
-                "size={},mode=0755",
+                "size={},mode=0755{owner}",
                 self.limits.disk_bytes.max(4096)
             )))?,
+            masks,
+            mask_opts: c_path(Path::new("size=64k,mode=0755"))?,
+            proc_dir: c_path(Path::new("/proc"))?,
+            proc_fs: c_path(Path::new("proc"))?,
+            drop_to,
             files: child_files,
             root: to_c(Path::new("/"))?,
             cgroup_procs: match &group {
@@ -641,6 +879,11 @@ impl Sandbox {
             wall,
         })
     }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Whether the child has exited, without reaping it (`waitid` with `WNOWAIT`).
