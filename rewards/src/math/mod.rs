@@ -2,12 +2,17 @@
 //! numerically and symbolically. Reference behaviour: HF Math-Verify (`parse` + `verify`);
 //! see `docs/rewards.md` for where and why this implementation differs.
 //!
+//! Answers without variables whose values are rational (integers of any size, fractions,
+//! integer powers) compare exactly ([`rational`]); a float tolerance applies only where a
+//! value is inexact (a decimal, `\pi`, a root).
+//!
 //! Symbolic equality is decided by evaluating both sides at several fixed pseudo-random
 //! points for their free variables (a polynomial-identity style test), which agrees with
 //! sympy simplification on the expressions answers are written in.
 
 pub mod extract;
 pub mod parse;
+pub mod rational;
 
 use std::collections::BTreeSet;
 
@@ -112,7 +117,7 @@ impl MathReward {
             return true;
         }
         if self.cfg.percent_as_fraction && gold.percent != pred.percent {
-            let hundred = Box::new(Expr::Num(100.0));
+            let hundred = Box::new(Expr::Int(100.into()));
             let (scaled, other) = if gold.percent {
                 (Expr::Div(Box::new(gold.expr.clone()), hundred), &pred.expr)
             } else {
@@ -154,8 +159,8 @@ impl MathReward {
 /// ending in one (`7 - 5 = 2` states 2).
 fn states_a_number(expr: &Expr) -> bool {
     match expr {
-        Expr::Num(_) => true,
-        Expr::Neg(inner) => matches!(**inner, Expr::Num(_)),
+        Expr::Int(_) | Expr::Num(_) => true,
+        Expr::Neg(inner) => matches!(**inner, Expr::Int(_) | Expr::Num(_)),
         Expr::Eq(members) => members.last().is_some_and(states_a_number),
         _ => false,
     }
@@ -387,6 +392,9 @@ fn point(var_index: usize, trial: usize) -> f64 {
 fn scalar_eq(a: &Expr, b: &Expr, rel_tol: f64) -> bool {
     let (values, has_vars) = evaluate_pair(a, b);
     if !has_vars {
+        if let Some(same) = rational::exact_eq(a, b) {
+            return same;
+        }
         let no_vars = |_: &str| f64::NAN;
         return num_eq(a.eval(&no_vars), b.eval(&no_vars), rel_tol);
     }

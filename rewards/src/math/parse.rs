@@ -7,10 +7,16 @@
 
 use std::collections::BTreeSet;
 
+use num_bigint::BigInt;
+use num_traits::ToPrimitive;
+
 /// A parsed answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
-    /// A number.
+    /// An integer as written (any size): exact, as are fractions and powers built from it.
+    Int(BigInt),
+    /// An inexact number: a decimal (`0.5`, `2e-3`, read as a float, as Math-Verify does),
+    /// or a constant (`\pi`, `e`, `\infty`).
     Num(f64),
     /// A free variable (`x`, `a_1`).
     Var(String),
@@ -63,12 +69,10 @@ pub enum Expr {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
-    Num(f64),
+    /// A numeral as written (`204`, `0.5`, `2.5e3`).
+    Num(String),
     /// A letter run or a `\command` (without the backslash, marked by `cmd`).
-    Word {
-        text: String,
-        cmd: bool,
-    },
+    Word { text: String, cmd: bool },
     /// A one-character operator or bracket; `{`/`}` escaped as `\{`/`\}` become `⦃`/`⦄`.
     Sym(char),
     /// A `\text{...}`-style group.
@@ -104,8 +108,8 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
                 }
             }
             let text: String = chars[start..i].iter().collect();
-            let v: f64 = text.parse().map_err(|_| format!("bad number `{text}`"))?;
-            out.push(Tok::Num(v));
+            numeral(&text)?;
+            out.push(Tok::Num(text));
         } else if c == '\\' {
             let next = chars.get(i + 1).copied();
             match next {
@@ -464,8 +468,7 @@ impl Parser {
             } else if self.starts_primary() {
                 // Implicit multiplication, with one exception: a whole number written right
                 // before a numeric \frac is a mixed number (`2\frac{1}{2}` = 5/2).
-                let mixed =
-                    matches!(acc, Expr::Num(n) if n.fract() == 0.0) && self.peek_frac_numeric();
+                let mixed = matches!(acc, Expr::Int(_)) && self.peek_frac_numeric();
                 let r = self.parse_power()?;
                 acc = if mixed {
                     Expr::Add(Box::new(acc), Box::new(r))
@@ -520,16 +523,17 @@ impl Parser {
     fn parse_power(&mut self) -> Result<Expr, String> {
         let mut base = self.parse_primary()?;
         // `204_5`: a number written in base 5.
-        if let (Expr::Num(v), true) = (&base, self.peek_sym('_')) {
-            let digits = format_num(*v);
+        if let (Expr::Int(v), true) = (&base, self.peek_sym('_')) {
+            let digits = v.to_string();
             self.pos += 1;
             let radix = match self.parse_arg()? {
-                Expr::Num(b) if (2.0..=36.0).contains(&b) && b.fract() == 0.0 => b as u32,
-                _ => return Err("bad number base".into()),
-            };
-            let value = u64::from_str_radix(&digits, radix)
-                .map_err(|e| format!("base-{radix} number: {e}"))?;
-            base = Expr::Num(value as f64);
+                Expr::Int(b) => b.to_u32().filter(|b| (2..=36).contains(b)),
+                _ => None,
+            }
+            .ok_or("bad number base")?;
+            let value = BigInt::parse_bytes(digits.as_bytes(), radix)
+                .ok_or_else(|| format!("`{digits}` is not a base-{radix} number"))?;
+            base = Expr::Int(value);
         }
         loop {
             if self.eat_sym('!') {
@@ -555,18 +559,16 @@ impl Parser {
             return self.parse_group();
         }
         match self.peek().cloned() {
-            Some(Tok::Num(v)) => {
+            Some(Tok::Num(text)) => {
                 // `\frac13`: a bare argument is a single digit.
                 self.pos += 1;
-                let text = format_num(v);
                 if text.len() > 1 && text.chars().all(|c| c.is_ascii_digit()) {
                     let (head, tail) = text.split_at(1);
                     // Put the remaining digits back as their own number token.
-                    self.toks
-                        .insert(self.pos, Tok::Num(tail.parse().map_err(|_| "digits")?));
-                    return Ok(Expr::Num(head.parse().map_err(|_| "digit")?));
+                    self.toks.insert(self.pos, Tok::Num(tail.to_string()));
+                    return numeral(head);
                 }
-                Ok(Expr::Num(v))
+                numeral(&text)
             }
             Some(Tok::Word { .. }) => self.parse_primary(),
             _ => Err("expected an argument".into()),
@@ -596,7 +598,7 @@ impl Parser {
         let tok = self.peek().cloned().ok_or("unexpected end of input")?;
         self.pos += 1;
         match tok {
-            Tok::Num(v) => Ok(Expr::Num(v)),
+            Tok::Num(text) => numeral(&text),
             Tok::Text(t) => Ok(Expr::Text(t.trim().to_lowercase())),
             Tok::Sym('{') => {
                 self.pos -= 1;
@@ -670,7 +672,7 @@ impl Parser {
                     None => Expr::Func("sqrt".into(), Box::new(arg)),
                     Some(k) => Expr::Pow(
                         Box::new(arg),
-                        Box::new(Expr::Div(Box::new(Expr::Num(1.0)), Box::new(k))),
+                        Box::new(Expr::Div(Box::new(Expr::Int(1.into())), Box::new(k))),
                     ),
                 })
             }
@@ -744,9 +746,9 @@ impl Parser {
                 let e = self.parse_group()?;
                 format!("{e:?}")
             }
-            Some(Tok::Num(v)) => {
+            Some(Tok::Num(text)) => {
                 self.pos += 1;
-                format_num(v)
+                text
             }
             Some(Tok::Word { text, .. }) => {
                 self.pos += 1;
@@ -805,12 +807,16 @@ impl Parser {
     }
 }
 
-fn format_num(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{}", v as i64)
-    } else {
-        format!("{v}")
+/// A numeral's value: an exact [`Expr::Int`] for digits alone, else an inexact float.
+fn numeral(text: &str) -> Result<Expr, String> {
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(n) = text.parse::<BigInt>() {
+            return Ok(Expr::Int(n));
+        }
     }
+    text.parse()
+        .map(Expr::Num)
+        .map_err(|_| format!("bad number `{text}`"))
 }
 
 /// Deepest bracket nesting accepted.
@@ -924,7 +930,7 @@ impl Expr {
             Expr::Var(v) => {
                 out.insert(v.clone());
             }
-            Expr::Num(_) | Expr::Text(_) => {}
+            Expr::Int(_) | Expr::Num(_) | Expr::Text(_) => {}
             Expr::Neg(a) | Expr::Func(_, a) | Expr::Factorial(a) => a.vars(out),
             Expr::Rel { lhs: a, rhs: b, .. } => {
                 a.vars(out);
@@ -946,6 +952,7 @@ impl Expr {
     /// Numeric value under an assignment of the variables; NaN where undefined or not a number.
     pub fn eval(&self, env: &dyn Fn(&str) -> f64) -> f64 {
         match self {
+            Expr::Int(n) => n.to_f64().unwrap_or(f64::NAN),
             Expr::Num(v) => *v,
             Expr::Var(v) => env(v),
             Expr::Neg(a) => -a.eval(env),
