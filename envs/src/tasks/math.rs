@@ -47,6 +47,7 @@ fn exact(parsed: &Parsed) -> Option<expr::Expr> {
         // `f64`'s `Display` is the shortest text that reads back as the same value, so a
         // number written as `0.1` comes back as exactly 1/10.
         Parsed::Num(v) if v.is_finite() => expr::Expr::parse(&v.to_string()).ok(),
+        Parsed::Int(n) => expr::Expr::parse(&n.to_string()).ok(),
         Parsed::Neg(a) => Some(expr::Expr::Neg(Box::new(exact(a)?))),
         Parsed::Add(a, b) => bin(Op::Add, a, b),
         Parsed::Mul(a, b) => bin(Op::Mul, a, b),

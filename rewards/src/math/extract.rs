@@ -28,52 +28,104 @@ fn re(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
 /// Contents of every `\boxed{...}` / `\fbox{...}` (balanced braces), in order of appearance.
 /// `\boxed 5` (no braces) yields the next token.
 pub fn boxed_contents(text: &str) -> Vec<String> {
+    boxed_spans(text).into_iter().map(|b| b.content).collect()
+}
+
+/// One `\boxed{...}` in a text: its content and where the command starts and ends.
+#[derive(Debug, Clone, PartialEq)]
+struct Boxed {
+    start: usize,
+    end: usize,
+    content: String,
+}
+
+fn boxed_spans(text: &str) -> Vec<Boxed> {
     let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(idx) = rest.find("\\boxed").or_else(|| rest.find("\\fbox")) {
-        let after_cmd = &rest[idx..];
-        let cmd_len = if after_cmd.starts_with("\\boxed") {
+    let mut pos = 0;
+    loop {
+        let rest = &text[pos..];
+        let Some(idx) = rest.find("\\boxed").or_else(|| rest.find("\\fbox")) else {
+            break;
+        };
+        let start = pos + idx;
+        let cmd_len = if text[start..].starts_with("\\boxed") {
             6
         } else {
             5
         };
-        let body = &after_cmd[cmd_len..];
+        let body = &text[start + cmd_len..];
         let trimmed = body.trim_start();
+        let body_at = text.len() - trimmed.len();
         if let Some(inner) = trimmed.strip_prefix('{') {
             let mut depth = 1usize;
-            let mut end = None;
-            for (k, c) in inner.char_indices() {
+            let close = inner.char_indices().find_map(|(k, c)| {
                 match c {
                     '{' => depth += 1,
-                    '}' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            end = Some(k);
-                            break;
-                        }
-                    }
+                    '}' => depth -= 1,
                     _ => {}
                 }
-            }
-            match end {
-                Some(k) => {
-                    out.push(inner[..k].to_string());
-                    rest = &inner[k + 1..];
-                }
-                None => break,
-            }
+                (depth == 0).then_some(k)
+            });
+            let Some(k) = close else { break };
+            let end = body_at + 1 + k + 1;
+            out.push(Boxed {
+                start,
+                end,
+                content: inner[..k].to_string(),
+            });
+            pos = end;
         } else {
             let tok: String = trimmed
                 .chars()
                 .take_while(|c| !c.is_whitespace() && *c != '$')
                 .collect();
             if !tok.is_empty() {
-                out.push(tok);
+                out.push(Boxed {
+                    start,
+                    end: body_at + tok.len(),
+                    content: tok.clone(),
+                });
             }
-            rest = body;
+            pos = body_at + tok.len().max(1).min(trimmed.len());
+            if trimmed.is_empty() {
+                break;
+            }
         }
     }
     out
+}
+
+/// The final boxed answer, as Math-Verify reads it: the last `\boxed{}`, together with the
+/// boxes before it that belong to the same answer (`\boxed{1} and \boxed{2}` is the list
+/// `1, 2`): going back from the last box, an earlier one joins while the text between is
+/// under 10 characters, or under 70 with an `and`/`or`/`,`/`;` in it and another content;
+/// repeated contents count once.
+pub fn last_boxed_answer(text: &str) -> Option<String> {
+    static SEPARATOR: OnceLock<Regex> = OnceLock::new();
+    let separator = re(&SEPARATOR, r"\b(?:and|or)\b|,|;");
+    let boxes = boxed_spans(text);
+    let mut joined: Vec<&Boxed> = vec![boxes.last()?];
+    for earlier in boxes.iter().rev().skip(1) {
+        let later = joined[joined.len() - 1];
+        let between = text.get(earlier.end..later.start).unwrap_or("");
+        let chars = between.chars().count();
+        let belongs = chars < 10
+            || (chars < 70 && earlier.content != later.content && separator.is_match(between));
+        if !belongs {
+            break;
+        }
+        if earlier.content != later.content {
+            joined.push(earlier);
+        }
+    }
+    Some(
+        joined
+            .iter()
+            .rev()
+            .map(|b| b.content.trim())
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
 }
 
 /// LaTeX math spans in order of appearance: `$$..$$`, `\[..\]` (may span lines), `$..$`,
@@ -164,8 +216,8 @@ pub fn candidates(text: &str) -> Vec<String> {
             out.push(line.to_string());
         }
     }
-    if let Some(b) = boxed_contents(text).pop() {
-        out.push(b);
+    if let Some(b) = last_boxed_answer(text) {
+        out.push(latex_comma(b));
     }
     if let Some(a) = answer_phrase(text) {
         out.push(a);
@@ -178,12 +230,40 @@ pub fn candidates(text: &str) -> Vec<String> {
     // (a closing "so there are 12 sequences" beats an earlier `$d = \frac{90}{n}$`).
     let span = last_span_with_end(text);
     let number = last_number_with_end(text);
+    let span = span.map(|(s, end)| (latex_comma(s), end));
     match (span, number) {
         (Some((s, se)), Some((n, ne))) if ne > se => out.extend([n, s]),
         (s, n) => out.extend(s.map(|x| x.0).into_iter().chain(n.map(|x| x.0))),
     }
     out.retain(|c| c.chars().count() <= MAX_CANDIDATE_CHARS);
     out
+}
+
+/// In LaTeX a comma between whole numbers separates items (`\\boxed{2,74}` is the list 2, 74,
+/// as Math-Verify reads it), except in thousands (`1,000`) and after a leading zero
+/// (`0,111` is 0.111); in plain text `2,74` stays a decimal comma ([`normalize`]).
+pub fn latex_comma(s: String) -> String {
+    static LIST: OnceLock<Regex> = OnceLock::new();
+    let list = re(&LIST, r"^(\s*-?[1-9]\d*),(\d+\s*)$");
+    let thousands = s
+        .trim()
+        .split_once(',')
+        .is_some_and(|(a, b)| a.trim_start_matches('-').len() <= 3 && b.len() == 3);
+    if thousands {
+        return s;
+    }
+    list.replace(&s, "$1, $2").into_owned()
+}
+
+/// The content of a text that is one math span (`$..$`, `$$..$$`, `\\(..\\)`, `\\[..\\]`).
+pub fn unwrap_math(text: &str) -> Option<&str> {
+    let t = text.trim();
+    [("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$")]
+        .iter()
+        .find_map(|(l, r)| {
+            let inner = t.strip_prefix(l)?.strip_suffix(r)?;
+            (!inner.contains('$')).then_some(inner)
+        })
 }
 
 /// A candidate after normalization, ready for the parser.
@@ -260,12 +340,17 @@ pub fn normalize(raw: &str) -> Normalized {
     s = s.trim().trim_end_matches(['.', ';']).trim().to_string();
     // Number formatting, only when the whole answer is one number.
     let thousands = re(&THOUSANDS, r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$");
-    let space_thousands = re(&SPACE_THOUSANDS, r"^-?\d{1,3}(?:[ ~]\d{3})+(?:\.\d+)?$");
+    // Digit groups apart by a space, `~` or a LaTeX space (`1\,000`; Math-Verify reads that
+    // as 1·000 = 0, see docs/rewards.md).
+    let space_thousands = re(
+        &SPACE_THOUSANDS,
+        r"^-?\d{1,3}(?:(?:[ ~]|\\[,;: ]|\\thinspace ?)\d{3})+(?:\.\d+)?$",
+    );
     let dec_comma = re(&DEC_COMMA, r"^-?\d+,\d+$");
     if thousands.is_match(&s) {
         s = s.replace(',', "");
     } else if space_thousands.is_match(&s) {
-        s = s.replace([' ', '~'], "");
+        s.retain(|c| c.is_ascii_digit() || c == '.' || c == '-');
     } else if dec_comma.is_match(&s) {
         s = s.replace(',', ".");
     }

@@ -90,7 +90,10 @@ pub fn parse_completion(text: &str) -> Option<Answer> {
 /// the same extraction as for completions (GSM8K solutions ending in `#### 72`, `\boxed{}`).
 pub fn parse_reference(text: &str) -> Option<Answer> {
     if !text.contains("####") && !text.contains("\\boxed") {
-        if let Some(a) = parse_candidate(text) {
+        // A reference in a math span is LaTeX: `$-2,1$` lists two roots (`1,22` is 1.22).
+        let text = extract::unwrap_math(text)
+            .map_or_else(|| text.to_string(), |m| extract::latex_comma(m.to_string()));
+        if let Some(a) = parse_candidate(&text) {
             return Some(a);
         }
     }
@@ -279,6 +282,30 @@ pub fn equiv(gold: &Expr, pred: &Expr, rel_tol: f64) -> bool {
                 && a.iter().zip(b).all(|(x, y)| equiv(x, y, rel_tol))
         }
         (Set(a), Set(b)) | (Union(a), Union(b)) => unordered_eq(a, b, rel_tol),
+        // As in Math-Verify, `(a, b, ...)` against a set is a list in order, and a set
+        // against it in any order (so `\{1, 2\}` and `(2, 1)` match, `(1, 2)` and
+        // `\{2, 1\}` do not); an open interval `(a, b)` is one of these lists.
+        (
+            Set(a),
+            Tuple {
+                open: '(',
+                close: ')',
+                items: b,
+            },
+        ) => unordered_eq(a, b, rel_tol),
+        (
+            Tuple {
+                open: '(',
+                close: ')',
+                items: a,
+            },
+            Set(b),
+        ) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| equiv(x, y, rel_tol)),
+        // A reference relation in one variable against a predicted set is the interval it
+        // describes (`1 < x ≤ 2` is `(1, 2]`); as in Math-Verify, not the other way round.
+        (Rel { .. } | Chain(_), Tuple { .. } | Set(_) | Union(_)) => {
+            relation_as_interval(gold).is_some_and(|i| equiv(&i, pred, rel_tol))
+        }
         (Set(a), other) if a.len() == 1 => equiv(&a[0], other, rel_tol),
         (other, Set(b)) if b.len() == 1 => equiv(other, &b[0], rel_tol),
         (Text(a), Text(b)) => a == b,
@@ -291,6 +318,50 @@ pub fn equiv(gold: &Expr, pred: &Expr, rel_tol: f64) -> bool {
         (a, b) if is_scalar(a) && is_scalar(b) => scalar_eq(a, b, rel_tol),
         _ => false,
     }
+}
+
+/// The interval a relation in one variable describes: `1 < x ≤ 2` is `(1, 2]`, `x ≥ -1` is
+/// `[-1, \infty)`. `None` for anything else (`≠`, two variables, a bound with a variable).
+fn relation_as_interval(rel: &Expr) -> Option<Expr> {
+    use Expr::*;
+    let links = match rel {
+        Rel { .. } => std::slice::from_ref(rel),
+        Chain(links) => links.as_slice(),
+        _ => return None,
+    };
+    let constant = |e: &Expr| {
+        let mut vars = BTreeSet::new();
+        e.vars(&mut vars);
+        vars.is_empty()
+    };
+    let (mut var, mut lower, mut upper) = (None, None, None);
+    for link in links {
+        let Rel { op, lhs, rhs } = link else {
+            return None;
+        };
+        if *op == '≠' {
+            return None;
+        }
+        // Stored as `lhs < rhs` (or `≤`): the variable's side says which bound it is.
+        let (x, bound, side) = match (&**lhs, &**rhs) {
+            (Var(x), b) if constant(b) => (x, b, &mut upper),
+            (b, Var(x)) if constant(b) => (x, b, &mut lower),
+            _ => return None,
+        };
+        if var.is_some_and(|v| v != x) || side.is_some() {
+            return None;
+        }
+        var = Some(x);
+        *side = Some((bound.clone(), *op == '≤'));
+    }
+    let infinity = Num(f64::INFINITY);
+    let (lo, lo_closed) = lower.unwrap_or((Neg(Box::new(infinity.clone())), false));
+    let (hi, hi_closed) = upper.unwrap_or((infinity, false));
+    Some(Tuple {
+        open: if lo_closed { '[' } else { '(' },
+        close: if hi_closed { ']' } else { ')' },
+        items: vec![lo, hi],
+    })
 }
 
 fn difference(a: &Expr, b: &Expr) -> Expr {

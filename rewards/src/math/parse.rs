@@ -144,6 +144,7 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
                         "ne" | "neq" => Some('≠'),
                         "approx" => Some('≈'),
                         "pm" => Some('±'),
+                        "in" => Some('∈'),
                         _ => None,
                     };
                     if let Some(c) = sym {
@@ -344,11 +345,12 @@ impl Parser {
     fn parse_relation(&mut self) -> Result<Expr, String> {
         let mut items = vec![self.parse_additive()?];
         let mut ops = Vec::new();
-        while let Some(Tok::Sym(c @ ('=' | '<' | '>' | '≤' | '≥' | '≠' | '≈'))) =
+        while let Some(Tok::Sym(c @ ('=' | '<' | '>' | '≤' | '≥' | '≠' | '≈' | '∈'))) =
             self.peek().cloned()
         {
             self.pos += 1;
-            ops.push(c);
+            // `x \in [1, 2]` states what x is, as `x = [1, 2]` would (Math-Verify reads it so).
+            ops.push(if c == '∈' { '=' } else { c });
             items.push(self.parse_additive()?);
         }
         if ops.is_empty() {
