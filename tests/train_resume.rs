@@ -196,3 +196,55 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_previous_intact_one() {
         "steps 2 and 3 ran again, once each"
     );
 }
+
+/// `final/` is written beside itself and swapped in whole: a run killed while writing it
+/// (here by the file-size limit, SIGXFSZ, in the middle of `model.safetensors`) leaves the
+/// previous `final/` as it was, never a complete-looking directory with truncated weights.
+#[test]
+fn a_run_killed_while_writing_final_leaves_the_previous_final_whole() {
+    let out = tempfile::tempdir().unwrap();
+    assert!(smoke_train(out.path(), &["steps=2"])
+        .status()
+        .unwrap()
+        .success());
+    let final_weights = out.path().join("final/model.safetensors");
+    let before = std::fs::read(&final_weights).unwrap();
+    assert!(before.len() > 2 << 20, "the test needs weights over 2 MiB");
+    // A finished run resumed goes straight to writing final/ again; 1 MiB files at most.
+    let mut resume = smoke_train(out.path(), &["steps=2"]);
+    let resumed = status_with_file_limit(resume.args(["--resume", "auto"]), 1 << 20);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&resumed),
+        Some(libc::SIGXFSZ),
+        "the rewrite of final/ should have hit the file-size limit"
+    );
+    let after = std::fs::read(&final_weights).unwrap();
+    assert!(
+        after == before,
+        "final/model.safetensors changed: {} bytes, was {}",
+        after.len(),
+        before.len()
+    );
+    let model = oxrl::Pretrained::load(&out.path().join("final"), oxrl::LoadOptions::default());
+    assert!(model.is_ok(), "final/ is not loadable after the kill");
+}
+
+/// Runs `cmd` with its file-size limit (`RLIMIT_FSIZE`) at `bytes`: its exit status.
+fn status_with_file_limit(cmd: &mut Command, bytes: u64) -> std::process::ExitStatus {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    cmd.stderr(std::process::Stdio::null()).status().unwrap()
+}

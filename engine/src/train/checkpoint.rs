@@ -70,13 +70,45 @@ pub fn save(
     Ok(dir)
 }
 
-/// Moves the finished directory `tmp` to `dir` with one rename (replacing an older `dir`), so
-/// readers see the old or the new directory, never a half-written one.
+/// Moves the finished directory `tmp` to `dir`, so that a reader (or a kill at any moment)
+/// finds the old or the new directory, whole: one rename, or where `dir` exists one atomic
+/// swap (`renameat2` with `RENAME_EXCHANGE`) before the old one is removed. Filesystems
+/// without the swap remove the old `dir` first.
 pub fn publish(tmp: &Path, dir: &Path) -> anyhow::Result<()> {
     if dir.exists() {
+        if exchange(tmp, dir).is_ok() {
+            // `tmp` now holds the old directory.
+            return std::fs::remove_dir_all(tmp)
+                .with_context(|| format!("removing the replaced {}", dir.display()));
+        }
         std::fs::remove_dir_all(dir).with_context(|| format!("replacing {}", dir.display()))?;
     }
     std::fs::rename(tmp, dir).with_context(|| format!("publishing {}", dir.display()))
+}
+
+/// Swaps two paths in one step.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    };
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: two valid NUL-terminated paths, relative to the working directory.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// A file's size and CRC-32, as the manifest records them.
