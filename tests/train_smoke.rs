@@ -495,3 +495,74 @@ fn config_check_finds_missing_models_bad_data_and_empty_completions() {
     let (ok, err) = check("rollout.max_tokens=0");
     assert!(!ok && err.contains("rollout.max_tokens = 0"), "{err}");
 }
+
+/// `rollout.engine = "vllm"` with what it does not do yet, or a `[rollout.vllm]` that would
+/// be ignored, is refused by name before anything starts.
+#[test]
+fn vllm_engine_refuses_options_it_cannot_honour() {
+    let check = |sets: &[&str]| {
+        let mut cmd = Command::new(oxrl_bin());
+        cmd.args(["config", "check"]).arg(config());
+        for set in sets {
+            cmd.args(["--set", set]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "{sets:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let vllm = "rollout.engine=vllm";
+    let err = check(&["rollout.vllm.replicas=1"]);
+    assert!(
+        err.contains("[rollout.vllm] is set but rollout.engine = \"native\""),
+        "{err}"
+    );
+    let err = check(&[vllm, "rollout.async=true"]);
+    assert!(
+        err.contains("rollout.async with rollout.engine = \"vllm\""),
+        "{err}"
+    );
+    let err = check(&[vllm, "model.lora.r=4"]);
+    assert!(
+        err.contains("model.lora with rollout.engine = \"vllm\""),
+        "{err}"
+    );
+    let err = check(&[vllm, "rollout.vllm.replicas=0"]);
+    assert!(err.contains("no server to generate on"), "{err}");
+    let err = check(&[
+        vllm,
+        "rollout.vllm.urls=[\"http://127.0.0.1:1\"]",
+        "rollout.vllm.python=/usr/bin/python3",
+    ]);
+    assert!(err.contains("set one of them"), "{err}");
+    let err = check(&[vllm, "rollout.vllm.replica=1"]);
+    assert!(
+        err.contains("replica") && err.contains("did you mean"),
+        "{err}"
+    );
+}
+
+/// A vLLM server that cannot be reached, or a python that cannot start one, stops the run at
+/// once with an error naming it.
+#[test]
+fn unreachable_vllm_servers_are_clear_errors() {
+    let train = |sets: &[&str]| {
+        let out = tempfile::tempdir().unwrap();
+        let mut cmd = smoke_train(out.path(), &["rollout.engine=vllm"]);
+        for set in sets {
+            cmd.args(["--set", set]);
+        }
+        let output = cmd.output().unwrap();
+        assert!(!output.status.success(), "{sets:?} trained");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let err = train(&["rollout.vllm.urls=[\"http://127.0.0.1:9\"]"]);
+    assert!(
+        err.contains("vLLM replica http://127.0.0.1:9") && err.contains("syncing"),
+        "{err}"
+    );
+    let err = train(&["rollout.vllm.python=/nonexistent/python"]);
+    assert!(
+        err.contains("starting vLLM with /nonexistent/python"),
+        "{err}"
+    );
+}

@@ -64,6 +64,21 @@ pub const REFILL_BATCHES_KEY: &str = "rollout/refill_batches";
 /// Dynamic sampling: extra rollout batches generated to refill steps.
 pub const ROLLOUT_REFILL_BATCHES_TOTAL: &str = "oxrl_rollout_refill_batches_total";
 
+/// `metrics.jsonl` (vLLM engine): mean |learner - engine| logprob per completion token.
+pub const LOGPROB_ABS_DIFF_MEAN_KEY: &str = "rollout/logprob_abs_diff_mean";
+/// Mean |learner - engine| logprob per completion token of the last step (vLLM engine).
+pub const ROLLOUT_LOGPROB_ABS_DIFF_MEAN: &str = "oxrl_rollout_logprob_abs_diff_mean";
+/// `metrics.jsonl` (vLLM engine): largest |learner - engine| logprob of a token.
+pub const LOGPROB_ABS_DIFF_MAX_KEY: &str = "rollout/logprob_abs_diff_max";
+/// Largest |learner - engine| logprob of a token in the last step (vLLM engine).
+pub const ROLLOUT_LOGPROB_ABS_DIFF_MAX: &str = "oxrl_rollout_logprob_abs_diff_max";
+/// `metrics.jsonl` (vLLM engine): KL(engine ‖ learner) per token (k3 estimate).
+pub const LOGPROB_KL_KEY: &str = "rollout/logprob_kl";
+/// KL(engine ‖ learner) per token of the last step (k3 estimate; vLLM engine).
+pub const ROLLOUT_LOGPROB_KL: &str = "oxrl_rollout_logprob_kl";
+/// `metrics.jsonl` (vLLM engine): seconds syncing the new weights to the servers.
+pub const SYNC_SECONDS_KEY: &str = "time/sync_seconds";
+
 /// `metrics.jsonl`: seconds spent generating (async: waiting for the batch).
 pub const GENERATE_SECONDS_KEY: &str = "time/generate_seconds";
 /// `metrics.jsonl`: seconds spent scoring.

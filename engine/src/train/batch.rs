@@ -5,6 +5,7 @@
 use oxrl_envs::{LoadedEnv, Row, Sampler};
 
 use super::config::RunConfig;
+use super::step_record::LogprobMismatch;
 use crate::rollout::{Generated, GenerationRequest};
 use crate::tokenizer::Tokenizer;
 
@@ -19,6 +20,9 @@ pub struct RolloutBatch {
     pub generated: Vec<Generated>,
     /// Version of the policy that generated them.
     pub policy_version: u64,
+    /// An engine other than the native one: its logprobs' gap from the learner's (of the
+    /// first batch, when dynamic sampling appends more).
+    pub mismatch: Option<LogprobMismatch>,
 }
 
 impl RolloutBatch {

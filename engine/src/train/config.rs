@@ -158,6 +158,64 @@ pub struct RolloutSection {
     /// Where completions come from: `policy` (generated; the default) or `dataset`.
     #[serde(default)]
     pub source: RolloutSource,
+    /// Which engine generates: `native` (oxrl's own; the default) or `vllm`.
+    #[serde(default)]
+    pub engine: RolloutEngine,
+    /// `[rollout.vllm]`: the servers of `engine = "vllm"`.
+    #[serde(default)]
+    pub vllm: Option<VllmSection>,
+}
+
+/// `rollout.engine`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutEngine {
+    /// oxrl's own batched generation, with exact behaviour logprobs.
+    #[default]
+    Native,
+    /// vLLM servers (`[rollout.vllm]`), launched by oxrl or already running.
+    Vllm,
+}
+
+/// `[rollout.vllm]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VllmSection {
+    /// Servers already running (`http://host:port`), serving the run's model. Empty: oxrl
+    /// launches `replicas` servers itself.
+    pub urls: Vec<String>,
+    /// Servers oxrl launches (when `urls` is empty).
+    pub replicas: usize,
+    /// The python that has vLLM (default: `$OXRL_VLLM_PYTHON`; `make vllm` prints one).
+    pub python: Option<PathBuf>,
+    /// `--dtype` of launched servers.
+    pub dtype: String,
+    /// OpenMP threads of each launched server (its CPU backend).
+    pub threads: usize,
+    /// More arguments for launched servers.
+    pub extra_args: Vec<String>,
+    /// Seconds a launched server may take to become healthy.
+    pub startup_timeout_s: f64,
+    /// Seconds one completions request may take.
+    pub request_timeout_s: f64,
+    /// Retries of a failed request (on the least busy replica) before the step fails.
+    pub retries: usize,
+}
+
+impl Default for VllmSection {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            replicas: 1,
+            python: None,
+            dtype: "float32".into(),
+            threads: 2,
+            extra_args: Vec::new(),
+            startup_timeout_s: 600.0,
+            request_timeout_s: 300.0,
+            retries: 2,
+        }
+    }
 }
 
 /// `rollout.source`.
@@ -392,6 +450,7 @@ impl RunConfig {
                 bail!("rollout.source = \"dataset\": a preference pair is a group of 2 (rollout.group_size = 2) and there is nothing to generate ahead (rollout.async = false)");
             }
         }
+        self.check_engine()?;
         if self.rollout.async_ && self.rollout.max_staleness == 0 {
             bail!("rollout.async needs rollout.max_staleness >= 1: the prefetched batch is one version old");
         }
@@ -406,6 +465,38 @@ impl RunConfig {
         }
         self.learner.validate()?;
         self.eval.validate()
+    }
+}
+
+impl RunConfig {
+    /// `rollout.engine` against the options it works with.
+    fn check_engine(&self) -> anyhow::Result<()> {
+        let r = &self.rollout;
+        match (r.engine, &r.vllm) {
+            (RolloutEngine::Native, Some(_)) => {
+                bail!("[rollout.vllm] is set but rollout.engine = \"native\": set rollout.engine = \"vllm\" or remove the section")
+            }
+            (RolloutEngine::Native, None) => Ok(()),
+            (RolloutEngine::Vllm, section) => {
+                let v = section.clone().unwrap_or_default();
+                if r.source != RolloutSource::Policy {
+                    bail!("rollout.engine = \"vllm\" generates completions; rollout.source = \"dataset\" reads them");
+                }
+                if r.async_ {
+                    bail!("rollout.async with rollout.engine = \"vllm\" is not supported yet: set rollout.async = false");
+                }
+                if self.model.lora.is_some() {
+                    bail!("model.lora with rollout.engine = \"vllm\" is not supported yet (adapter sync): train without [model.lora] or use the native engine");
+                }
+                if v.urls.is_empty() && v.replicas == 0 {
+                    bail!("rollout.vllm: no rollout.vllm.urls and rollout.vllm.replicas = 0: there is no server to generate on");
+                }
+                if !v.urls.is_empty() && section.as_ref().is_some_and(|s| s.python.is_some()) {
+                    bail!("rollout.vllm.python launches servers, but rollout.vllm.urls names running ones: set one of them");
+                }
+                Ok(())
+            }
+        }
     }
 }
 

@@ -13,6 +13,7 @@ pub mod scoring;
 pub mod step_log;
 pub mod step_record;
 pub mod trainer;
+pub mod vllm_rollout;
 
 pub use config::RunConfig;
 pub use step_record::StepRecord;

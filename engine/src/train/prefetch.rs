@@ -124,6 +124,7 @@ impl Prefetch {
             request: queued.request,
             generated,
             policy_version,
+            mismatch: None,
         })
     }
 

@@ -122,6 +122,9 @@ pub struct RolloutStats {
     pub dropped_stale_samples: Option<u64>,
     /// Dynamic sampling: extra batches generated to refill the step (`None` when off).
     pub refill_batches: Option<usize>,
+    /// Engines other than the native one: how far the engine's behaviour logprobs are
+    /// from the learner's for the same tokens and weights.
+    pub mismatch: Option<LogprobMismatch>,
 }
 
 /// Seconds per phase of a step.
@@ -135,6 +138,8 @@ pub struct PhaseTimes {
     pub update: f64,
     /// The whole step.
     pub step: f64,
+    /// Seconds syncing the new weights to the rollout engine's servers (vLLM).
+    pub sync: Option<f64>,
 }
 
 impl StepRecord {
@@ -192,6 +197,14 @@ impl StepRecord {
         if let Some(refills) = r.refill_batches {
             put(n::REFILL_BATCHES_KEY, json!(refills));
         }
+        if let Some(m) = &r.mismatch {
+            put(n::LOGPROB_ABS_DIFF_MEAN_KEY, json!(m.mean_abs));
+            put(n::LOGPROB_ABS_DIFF_MAX_KEY, json!(m.max_abs));
+            put(n::LOGPROB_KL_KEY, json!(m.kl));
+        }
+        if let Some(sync) = self.time.sync {
+            put(n::SYNC_SECONDS_KEY, json!(sync));
+        }
         put(n::GENERATE_SECONDS_KEY, json!(self.time.generate));
         put(n::REWARD_SECONDS_KEY, json!(self.time.reward));
         put(n::UPDATE_SECONDS_KEY, json!(self.time.update));
@@ -212,6 +225,17 @@ impl Serialize for StepRecord {
         }
         map.end()
     }
+}
+
+/// The gap between an engine's behaviour logprobs and the learner's, per completion token.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LogprobMismatch {
+    /// Mean |learner - engine|.
+    pub mean_abs: f64,
+    /// Largest |learner - engine|.
+    pub max_abs: f64,
+    /// KL(engine ‖ learner), the k3 estimate over the sampled tokens.
+    pub kl: f64,
 }
 
 /// Mean and (population) standard deviation; zeros for no values.

@@ -28,7 +28,7 @@ use tch::nn::VarStore;
 
 use super::batch::{PromptSource, RolloutBatch};
 use super::checkpoint::{self, TrainState};
-use super::config::{RolloutSource, RunConfig};
+use super::config::{RolloutEngine, RolloutSource, RunConfig};
 use super::eval::Evaluator;
 use super::pairs;
 use super::prefetch::Prefetch;
@@ -37,6 +37,7 @@ use super::run_lock::RunLock;
 use super::scoring::{score_batch, ScoredBatch};
 use super::step_log::StepLog;
 use super::step_record::{CompletionStats, PhaseTimes, RewardStats, RolloutStats, StepRecord};
+use super::vllm_rollout::{measure_mismatch, VllmRollout};
 use crate::device::{parse_device, parse_kind};
 use crate::learner::advantages::{group_advantages, ScaleRewards};
 use crate::learner::{lora, metrics, AlgorithmKind, Learner};
@@ -61,6 +62,8 @@ pub struct Trainer {
     nonfinite_streak: usize,
     /// Async mode: the worker generating the next batch.
     prefetch: Option<Prefetch>,
+    /// `rollout.engine = "vllm"`: the servers that generate.
+    vllm: Option<VllmRollout>,
     /// The data cursor right after the rows of the last trained step were drawn (async mode
     /// draws ahead; a checkpoint must not skip the in-flight batch's prompts).
     trained_cursor: Option<Cursor>,
@@ -124,7 +127,7 @@ impl Trainer {
         telemetry.observe_skipped_rows(env.skipped().len());
         let server = start_server(&cfg, telemetry.clone())?;
         let log = StepLog::open(&cfg.output_dir, next_step)?;
-        Ok(Self {
+        let mut trainer = Self {
             _lock: lock,
             log,
             next_step,
@@ -141,7 +144,19 @@ impl Trainer {
             rewards,
             learner,
             sampler,
-        })
+            vllm: None,
+        };
+        if trainer.cfg.rollout.engine == RolloutEngine::Vllm {
+            // Launched servers start from the current policy (a resumed run's checkpoint).
+            let model_dir = trainer.cfg.output_dir.join("vllm/model");
+            trainer
+                .save(&model_dir)
+                .context("writing the policy for vLLM")?;
+            let vllm = VllmRollout::start(&trainer.cfg, &model_dir, &trainer.learner)
+                .context("starting [rollout.vllm]")?;
+            trainer.vllm = Some(vllm);
+        }
+        Ok(trainer)
     }
 
     /// Runs the remaining steps, checkpointing as configured, then writes the final model to
@@ -307,6 +322,10 @@ impl Trainer {
         let update_start = Instant::now();
         let update = self.learner.train(&samples)?;
         let update_secs = update_start.elapsed().as_secs_f64();
+        let sync_secs = match &self.vllm {
+            Some(vllm) => Some(vllm.sync(&self.learner, step as u64 + 1)?),
+            None => None,
+        };
         if let Some(prefetch) = &self.prefetch {
             prefetch.push_weights(&self.learner, step as u64 + 1);
         }
@@ -330,6 +349,7 @@ impl Trainer {
                 staleness: step as u64 - batch.policy_version,
                 dropped_stale_samples: self.prefetch.as_ref().map(Prefetch::dropped_stale_samples),
                 refill_batches: refills,
+                mismatch: batch.mismatch,
             },
             completions,
             time: PhaseTimes {
@@ -337,6 +357,7 @@ impl Trainer {
                 reward: reward_secs,
                 update: update_secs,
                 step: start.elapsed().as_secs_f64(),
+                sync: sync_secs,
             },
             learner: update.metrics,
         };
@@ -364,6 +385,7 @@ impl Trainer {
                 rows,
                 request,
                 policy_version: step as u64,
+                mismatch: None,
             }),
         }
     }
@@ -376,12 +398,23 @@ impl Trainer {
         request: GenerationRequest,
         step: usize,
     ) -> anyhow::Result<RolloutBatch> {
-        let generated = generate_batch(self.learner.policy(), &request, Some(&self.tokenizer))?;
+        let (generated, mismatch) = match &self.vllm {
+            Some(vllm) => {
+                let generated = vllm.generate(&request)?;
+                let mismatch = measure_mismatch(&self.learner, &request, &generated)?;
+                (generated, Some(mismatch))
+            }
+            None => (
+                generate_batch(self.learner.policy(), &request, Some(&self.tokenizer))?,
+                None,
+            ),
+        };
         Ok(RolloutBatch {
             rows,
             request,
             generated,
             policy_version: step as u64,
+            mismatch,
         })
     }
 
