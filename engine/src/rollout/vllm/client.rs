@@ -179,6 +179,21 @@ impl Replica {
         });
         self.post("/collective_rpc", &body)
             .with_context(|| format!("reloading weights from {}", dir.display()))?;
+        self.reset_prefix_cache()
+    }
+
+    /// Drops the cached keys/values of earlier prompts: computed with the old weights, a
+    /// prefix cache would otherwise serve them to every later prompt that shares the prefix
+    /// (the chat template's system turn), and the completions would come from a mix of old
+    /// and new weights. Nothing runs during a sync, so the reset succeeds or is an error.
+    pub fn reset_prefix_cache(&self) -> anyhow::Result<()> {
+        let reply = self.post("/reset_prefix_cache", &json!({}))?;
+        if reply["success"].as_bool() != Some(true) {
+            bail!(
+                "vLLM replica {}: /reset_prefix_cache answered {reply}",
+                self.url
+            );
+        }
         Ok(())
     }
 }

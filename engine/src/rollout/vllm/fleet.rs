@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tch::nn::VarStore;
+use tch::{Device, Tensor};
 
 use super::client::{CompletionParams, Replica};
 use crate::model::ModelConfig;
-use crate::pretrained::save_model_dir;
 use crate::rollout::{Generated, GenerationRequest};
 
 /// vLLM replicas serving the policy.
@@ -95,7 +95,8 @@ impl Fleet {
     }
 
     /// Writes the weights of `vs` as safetensors into `root/v{version}` and has every
-    /// replica reload them; older version directories under `root` are removed.
+    /// replica reload them (and drop its prefix cache, computed with the old weights); older
+    /// version directories under `root` are removed.
     pub fn sync_weights(
         &self,
         vs: &VarStore,
@@ -104,7 +105,7 @@ impl Fleet {
         version: u64,
     ) -> anyhow::Result<PathBuf> {
         let dir = root.join(format!("v{version:08}"));
-        save_model_dir(vs, config, &dir, None)
+        write_weights(vs, config, &dir)
             .with_context(|| format!("writing weights for vLLM to {}", dir.display()))?;
         for replica in &self.replicas {
             replica.reload_weights(&dir)?;
@@ -113,6 +114,33 @@ impl Fleet {
         Ok(dir)
     }
 }
+
+/// `model.safetensors` with every parameter of `vs`, and for a model with tied embeddings
+/// `lm_head.weight` too: vLLM's in-place reload loads each module from the file and leaves a
+/// tied head it finds no weight for as it was ("ParallelLMHead: Failed to load weights"), so
+/// without it the server would keep the old output layer.
+fn write_weights(vs: &VarStore, config: &ModelConfig, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut tensors: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(name, t)| (name, t.detach().to_device(Device::Cpu).contiguous()))
+        .collect();
+    if config.tie_word_embeddings {
+        let embed = tensors
+            .iter()
+            .find(|(name, _)| name == EMBED)
+            .map(|(_, t)| t.shallow_clone())
+            .with_context(|| format!("a tied model without {EMBED}"))?;
+        tensors.push((LM_HEAD.to_string(), embed));
+    }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    Tensor::write_safetensors(&tensors, dir.join("model.safetensors"))?;
+    Ok(())
+}
+
+const EMBED: &str = "model.embed_tokens.weight";
+const LM_HEAD: &str = "lm_head.weight";
 
 /// Removes every `v*` directory under `root` except `keep`.
 fn remove_older(root: &Path, keep: &Path) {
