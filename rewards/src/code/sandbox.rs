@@ -734,10 +734,6 @@ impl Sandbox {
         } else {
             None
         };
-        let to_c = |p: &Path| {
-            CString::new(p.as_os_str().as_bytes())
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-        };
         // SAFETY: geteuid/getegid have no preconditions.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         let is_root = uid == 0;
@@ -765,9 +761,9 @@ impl Sandbox {
             ]
         };
         let plan = ChildPlan {
-            dir: to_c(dir.path())?,
-            tmpfs: to_c(Path::new("tmpfs"))?,
-            tmpfs_opts: to_c(Path::new(&format!(
+            dir: c_path(dir.path())?,
+            tmpfs: c_path(Path::new("tmpfs"))?,
+            tmpfs_opts: c_path(Path::new(&format!(
                 "size={},mode=0755{owner}",
                 self.limits.disk_bytes.max(4096)
             )))?,
@@ -777,12 +773,12 @@ impl Sandbox {
             proc_fs: c_path(Path::new("proc"))?,
             drop_to,
             files: child_files,
-            root: to_c(Path::new("/"))?,
+            root: c_path(Path::new("/"))?,
             cgroup_procs: match &group {
                 Some(g) => g
                     .procs_files()
                     .iter()
-                    .map(|p| to_c(p))
+                    .map(|p| c_path(p))
                     .collect::<std::io::Result<_>>()?,
                 None => Vec::new(),
             },
