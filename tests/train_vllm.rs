@@ -1,36 +1,108 @@
 //! GRPO end to end on the real vLLM CPU build (`make test` installs it; `OXRL_VLLM_PYTHON`
-//! names its python): oxrl launches a server, trains on its completions, syncs the weights
-//! after every update, logs the engine-vs-learner logprob gap, and stops the server with the
+//! names its python): oxrl launches servers, trains on their completions, syncs the weights
+//! after every update, corrects for and logs the engine-vs-learner logprob gap, restarts a
+//! server that dies, resumes a killed run on fresh servers, and stops the servers with the
 //! run. The model is `configs/smoke.toml`'s tiny random one (a 135M run's checkpoints and
 //! weight copies take ~3 GB of disk); the bundled model against vLLM is `vllm_rollout.rs`;
 //! `configs_run.rs` runs a step of `configs/grpo_vllm.toml`.
 
-use oxrl_tests::{metrics_lines, smoke_train};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-#[test]
-fn grpo_trains_on_a_vllm_server_that_oxrl_launches() {
+use oxrl_tests::{metrics_lines, smoke_train};
+use serde_json::Value;
+
+/// configs/smoke.toml (its length reward moves the weights every step) on vLLM, with one
+/// attention head of 32: vLLM's CPU attention has no kernel for heads of 8.
+const ON_VLLM: [&str; 3] = [
+    "rollout.engine=vllm",
+    "model.random.num_attention_heads=1",
+    "model.random.num_key_value_heads=1",
+];
+
+/// One run at a time: each launches vLLM servers, and two machines' worth of them would
+/// starve each other of the 2 cores.
+fn one_run_at_a_time() -> MutexGuard<'static, ()> {
+    static RUNS: Mutex<()> = Mutex::new(());
     assert!(
         std::env::var_os("OXRL_VLLM_PYTHON").is_some(),
         "OXRL_VLLM_PYTHON is not set: run `make test` (it runs scripts/setup_vllm.sh)"
     );
+    RUNS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn sets<'a>(more: &[&'a str]) -> Vec<&'a str> {
+    ON_VLLM
+        .iter()
+        .copied()
+        .chain(more.iter().copied())
+        .collect()
+}
+
+/// The launched servers' process ids, from `vllm/servers.json`.
+fn server_pids(out: &Path) -> Vec<i32> {
+    let text = std::fs::read_to_string(out.join("vllm/servers.json")).unwrap();
+    let list: Vec<Value> = serde_json::from_str(&text).unwrap();
+    list.iter()
+        .map(|s| s["pid"].as_i64().unwrap() as i32)
+        .collect()
+}
+
+fn server_log(out: &Path, i: usize) -> String {
+    std::fs::read_to_string(out.join(format!("vllm/server-{i}.log"))).unwrap_or_default()
+}
+
+/// Waits until `metrics.jsonl` has `n` lines.
+fn wait_for_steps(out: &Path, n: usize, child: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let done = std::fs::read_to_string(out.join("metrics.jsonl"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if done >= n {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the run ended ({status}) before step {n}:\n{}",
+                server_log(out, 0)
+            );
+        }
+        assert!(Instant::now() < deadline, "no step {n} after 15 minutes");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether any process of the group `pgid` (a launched server and its engine processes)
+/// still exists.
+fn alive(pgid: i32) -> bool {
+    // SAFETY: signal 0 only checks that a process of the group exists.
+    unsafe { libc::kill(-pgid, 0) == 0 }
+}
+
+/// The f32 gap between vLLM's logprobs and the learner's is ~1e-5 per token; a server left
+/// on older weights is far off (the weights move every step).
+fn assert_in_sync(line: &Value) {
+    let mean = line["rollout/logprob_abs_diff_mean"].as_f64().unwrap();
+    let max = line["rollout/logprob_abs_diff_max"].as_f64().unwrap();
+    let kl = line["rollout/logprob_kl"].as_f64().unwrap();
+    assert!(
+        mean < 1e-3 && max < 5e-2 && (0.0..1e-4).contains(&kl),
+        "{line}"
+    );
+}
+
+#[test]
+fn grpo_trains_on_a_vllm_server_that_oxrl_launches() {
+    let _one = one_run_at_a_time();
     let out = tempfile::tempdir().unwrap();
-    // configs/smoke.toml (its length reward moves the weights every step) on vLLM, with one
-    // attention head of 32: vLLM's CPU attention has no kernel for heads of 8.
-    let output = smoke_train(
-        out.path(),
-        &[
-            "rollout.engine=vllm",
-            "model.random.num_attention_heads=1",
-            "model.random.num_key_value_heads=1",
-        ],
-    )
-    .output()
-    .unwrap();
-    let log = std::fs::read_to_string(out.path().join("vllm/server-0.log")).unwrap_or_default();
+    let output = smoke_train(out.path(), &ON_VLLM).output().unwrap();
     assert!(
         output.status.success(),
-        "{}\nserver log:\n{log}",
-        String::from_utf8_lossy(&output.stderr)
+        "{}\nserver log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        server_log(out.path(), 0)
     );
     let lines = metrics_lines(out.path());
     for line in &lines {
@@ -41,26 +113,20 @@ fn grpo_trains_on_a_vllm_server_that_oxrl_launches() {
         for key in ["reward", "oxrl_learner_loss", "time/sync_seconds"] {
             assert!(line[key].is_number(), "{key} missing: {line}");
         }
-        // f32 on both sides: the engine's logprobs are the learner's to ~1e-5.
-        let mean = line["rollout/logprob_abs_diff_mean"].as_f64().unwrap();
-        let max = line["rollout/logprob_abs_diff_max"].as_f64().unwrap();
-        let kl = line["rollout/logprob_kl"].as_f64().unwrap();
-        assert!(
-            mean < 1e-3 && max < 5e-2 && (0.0..1e-4).contains(&kl),
-            "{line}"
-        );
         // The weights move every step (lr 1e-3) and the gap is measured against the
         // learner's after the previous update: it stays this small only because each update
         // reached the server.
+        assert_in_sync(line);
         assert!(
             line["oxrl_learner_grad_norm"].as_f64().unwrap() > 0.0,
             "{line}"
         );
-        let ratio = line["oxrl_learner_ratio_max"].as_f64().unwrap();
-        assert!(
-            (ratio - 1.0).abs() < 0.05,
-            "ratio {ratio}: vLLM is off-policy: {line}"
-        );
+        // The rollout correction pi_old / mu is ~1 for every token: nothing is truncated.
+        let weight = line["oxrl_learner_rollout_is_weight_mean"]
+            .as_f64()
+            .unwrap();
+        assert!((weight - 1.0).abs() < 1e-3, "{line}");
+        assert_eq!(line["oxrl_learner_rollout_is_clipped_fraction"], 0.0);
     }
     let synced: Vec<_> = std::fs::read_dir(out.path().join("vllm/sync"))
         .unwrap()
@@ -73,4 +139,92 @@ fn grpo_trains_on_a_vllm_server_that_oxrl_launches() {
         .output()
         .unwrap();
     assert!(left.stdout.is_empty(), "the vLLM server outlived the run");
+}
+
+/// Two replicas share each step's prompts; one killed (its whole process group, SIGKILL)
+/// mid-run is restarted, re-synced to the current weights, and the run finishes with every
+/// step's logprobs in sync.
+#[test]
+fn two_replicas_share_a_run_and_a_killed_one_is_restarted_and_resynced() {
+    let _one = one_run_at_a_time();
+    let out = tempfile::tempdir().unwrap();
+    let mut child = smoke_train(out.path(), &sets(&["rollout.vllm.replicas=2", "steps=6"]))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_steps(out.path(), 1, &mut child);
+    let pids = server_pids(out.path());
+    assert_eq!(pids.len(), 2);
+    // SAFETY: the server's own process group (oxrl starts each server in one).
+    assert_eq!(unsafe { libc::kill(-pids[1], libc::SIGKILL) }, 0);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{stderr}\nserver 1 log:\n{}",
+        server_log(out.path(), 1)
+    );
+    let lines = metrics_lines(out.path());
+    assert_eq!(lines.len(), 6, "every step ran");
+    lines.iter().for_each(assert_in_sync);
+    let restarted = server_log(out.path(), 1);
+    assert!(
+        restarted.contains("oxrl: restarting the vLLM server"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("vLLM replica 1"),
+        "the restart is reported: {stderr}"
+    );
+    // Both replicas answered completions, the restarted one after its restart too.
+    let answered = |log: &str| log.matches("POST /v1/completions").count();
+    assert!(answered(&server_log(out.path(), 0)) > 0);
+    let after_restart = restarted.split("oxrl: restarting").nth(1).unwrap();
+    assert!(
+        answered(after_restart) > 0,
+        "the restarted replica got work"
+    );
+    let new_pids = server_pids(out.path());
+    assert_ne!(new_pids[1], pids[1], "servers.json names the new process");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        new_pids.iter().all(|&p| !alive(p)),
+        "servers outlived the run"
+    );
+}
+
+/// A run killed with SIGKILL takes its servers with it; `--resume auto` launches new ones from
+/// the checkpoint's weights, and the resumed steps' logprobs match the learner's.
+#[test]
+fn a_killed_vllm_run_resumes_on_new_servers_with_its_checkpoints_weights() {
+    let _one = one_run_at_a_time();
+    let out = tempfile::tempdir().unwrap();
+    let run = || smoke_train(out.path(), &sets(&["steps=4", "checkpoint.every=1"]));
+    let mut child = run().stderr(std::process::Stdio::null()).spawn().unwrap();
+    wait_for_steps(out.path(), 2, &mut child);
+    let pids = server_pids(out.path());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !pids.iter().any(|&p| alive(p)),
+        "the servers outlived a SIGKILLed run"
+    );
+    let output = run().args(["--resume", "auto"]).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}\nserver log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        server_log(out.path(), 0)
+    );
+    let lines = metrics_lines(out.path());
+    let steps: Vec<u64> = lines.iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(*steps.last().unwrap(), 3, "{steps:?}");
+    // Every resumed step ran on the new servers, in sync with the checkpoint's weights
+    // (launched from vllm/model, rewritten from the checkpoint at start).
+    lines.iter().for_each(assert_in_sync);
+    assert!(out.path().join("final/model.safetensors").exists());
 }

@@ -112,7 +112,7 @@ fn completions_are_token_ids_whose_logprobs_oxrl_reproduces() {
         },
         seed: 7,
     };
-    let generated = fleet.generate(&request).unwrap();
+    let generated = fleet.generate_all(&request).unwrap();
     assert_eq!(generated.len(), 8);
     let (mut worst, mut total, mut count) = (0f32, 0f32, 0usize);
     for g in &generated {
@@ -170,18 +170,20 @@ fn a_weight_sync_really_swaps_the_servers_weights() {
     });
     let sync = tempfile::tempdir().unwrap();
     let config = changed.model.config();
-    fleet
+    let (_, failed) = fleet
         .sync_weights(&changed.vs, config, sync.path(), 1)
         .unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
     let after = served(&fleet);
     let theirs = completion_logprobs(&changed.model, &prompt, &completion).unwrap();
     assert_close(&after, &theirs, "synced weights");
     let moved: f32 = after.iter().zip(&before).map(|(a, b)| (a - b).abs()).sum();
     assert!(moved > 0.05, "the sync changed nothing: {moved}");
 
-    fleet
+    let (_, failed) = fleet
         .sync_weights(&model.vs, model.model.config(), sync.path(), 2)
         .unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
     assert_close(&served(&fleet), &ours, "original weights again");
     let left: Vec<_> = std::fs::read_dir(sync.path()).unwrap().flatten().collect();
     assert_eq!(left.len(), 1, "older sync directories are removed");

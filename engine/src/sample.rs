@@ -31,6 +31,13 @@ pub struct Sample {
     /// Per completion token: log-probability under the policy that sampled it (behaviour
     /// policy, mu). Environment tokens carry 0.
     pub behaviour_logprobs: Vec<f32>,
+    /// Per completion token: the learner's own log-probability under the weights that sampled
+    /// it, when another engine (vLLM) sampled and its `behaviour_logprobs` may differ from the
+    /// learner's. The learner's ratios then start from these, and the rollout correction
+    /// weights each token by `pi_old / mu` (`learner::rollout_correction`). `None` when the
+    /// learner's own engine sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learner_logprobs: Option<Vec<f32>>,
     /// Version of the policy weights that generated the sample.
     pub policy_version: u64,
     /// Samples of the same prompt share a group id (the GRPO group).

@@ -12,6 +12,7 @@ use oxrl::learner::grpo::{grpo_loss, GrpoConfig, ImportanceSamplingLevel};
 use oxrl::learner::optim::{AdamW, OptimConfig};
 use oxrl::learner::ppo::{ppo_loss, ppo_targets, PpoConfig};
 use oxrl::learner::topr::topr_loss;
+use oxrl::learner::{RolloutCorrection, Stats};
 use oxrl::{FinishReason, Sample};
 use serde_json::Value;
 use tch::{Kind, Tensor};
@@ -99,6 +100,7 @@ fn grpo_losses_and_gradients_match_golden() {
                 logp: &leaf,
                 old_logp: &f.old,
                 ref_logp: Some(&f.reference),
+                rollout_weight: None,
                 mask: &f.mask,
                 advantages: &adv_t,
                 critic: None,
@@ -110,6 +112,54 @@ fn grpo_losses_and_gradients_match_golden() {
         n += 1;
     }
     assert_eq!(n, 48, "every GRPO option combination is covered");
+}
+
+/// TRL's `vllm_importance_sampling_correction`: the weights `exp(old - engine)` (per token
+/// or per sequence, truncated or masked at the cap), and GRPO's loss and gradient with them.
+#[test]
+fn rollout_correction_matches_trls_importance_sampling_correction() {
+    let g = golden();
+    let f = fixture(&g);
+    let engine = tensor(&g["engine"]);
+    let rewards = vec1(&g["rewards"]);
+    let ids: Vec<u64> = serde_json::from_value(g["group_ids"].clone()).unwrap();
+    let mut n = 0;
+    for case in g["cases"].as_array().unwrap() {
+        if case["algorithm"] != "grpo_rollout_correction" {
+            continue;
+        }
+        let correction = RolloutCorrection {
+            mode: serde_json::from_value(case["mode"].clone()).unwrap(),
+            tis_cap: case["tis_cap"].as_f64().unwrap(),
+        };
+        let mut stats = Stats::default();
+        let w = correction
+            .weights(&f.old, &engine, &f.mask, &mut stats)
+            .unwrap();
+        let d = max_diff(&w, &tensor(&case["weights"]));
+        assert!(d < TOL, "{correction:?}: weights differ by {d}");
+        let cfg: GrpoConfig = serde_json::from_value(case["config"].clone()).unwrap();
+        let adv = group_advantages(&rewards, &ids, cfg.scale_rewards).advantages;
+        let leaf = f.logp.copy().set_requires_grad(true);
+        let adv_t = per_token(&adv, f.mask.size()[1]);
+        let out = grpo_loss(
+            &cfg,
+            &LossInput {
+                logp: &leaf,
+                old_logp: &f.old,
+                ref_logp: Some(&f.reference),
+                rollout_weight: Some(&w),
+                mask: &f.mask,
+                advantages: &adv_t,
+                critic: None,
+                scale: StepScale::single(&f.mask, 8),
+            },
+        )
+        .unwrap();
+        check(&format!("{correction:?}"), &out.loss, &leaf, case);
+        n += 1;
+    }
+    assert_eq!(n, 4, "every correction mode is covered");
 }
 
 #[test]
@@ -147,6 +197,7 @@ fn topr_loss_and_gradient_match_golden() {
             logp: &leaf,
             old_logp: &f.old,
             ref_logp: None,
+            rollout_weight: None,
             mask: &f.mask,
             advantages: &adv,
             critic: None,
@@ -167,6 +218,7 @@ fn dpo_on_fixture(cfg: &DpoConfig, f: &Fixture, logp: &Tensor) -> LossOutput {
             logp,
             old_logp: &f.old,
             ref_logp: Some(&f.reference),
+            rollout_weight: None,
             mask: &f.mask,
             advantages: &zeros,
             critic: None,
@@ -308,6 +360,7 @@ fn ppo_targets_match_golden() {
                 completion_ids: vec![3; mask.len()],
                 loss_mask: mask.iter().map(|&b| b == 1).collect(),
                 behaviour_logprobs: f32s("behaviour"),
+                learner_logprobs: None,
                 policy_version: 0,
                 group_id: 0,
                 finish_reason: FinishReason::Stop,
@@ -349,6 +402,7 @@ fn ppo_loss_and_gradients_match_golden() {
                 logp: &leaf,
                 old_logp: &f.old,
                 ref_logp: None,
+                rollout_weight: None,
                 mask: &f.mask,
                 advantages: &tensor(&g["ppo_advantages"]),
                 critic: Some(CriticInput {

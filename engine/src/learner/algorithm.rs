@@ -84,8 +84,13 @@ pub fn aggregate(per_token: &Tensor, mask: &Tensor, loss_type: LossType, s: &Ste
 pub struct LossInput<'a> {
     /// Current policy log-probabilities (differentiable).
     pub logp: &'a Tensor,
-    /// Behaviour-policy log-probabilities (mu, recorded by the sampler).
+    /// The sampling policy's log-probabilities as the learner computes them (`pi_old`; the
+    /// behaviour logprobs when the learner's own engine sampled).
     pub old_logp: &'a Tensor,
+    /// The rollout correction `pi_old / mu` (truncated or masked; `[B, T]`, or `[B, 1]` per
+    /// sequence) when another engine sampled: every policy-gradient term is multiplied by it
+    /// (see [`corrected`](Self::corrected)). `None`: no correction.
+    pub rollout_weight: Option<&'a Tensor>,
     /// 1 on trained tokens.
     pub mask: &'a Tensor,
     /// Per-token advantages (or per-sequence weights repeated over tokens) from `prepare`.
@@ -116,6 +121,14 @@ pub struct CriticInput<'a> {
 }
 
 impl<'a> LossInput<'a> {
+    /// A per-token (or per-sequence) policy-gradient term with the rollout correction applied.
+    pub fn corrected(&self, pg: Tensor) -> Tensor {
+        match self.rollout_weight {
+            Some(w) => pg * w,
+            None => pg,
+        }
+    }
+
     /// The reference log-probabilities, or an error naming `algorithm` when the learner was
     /// not asked for them.
     pub fn reference(&self, algorithm: &str) -> Result<&'a Tensor> {

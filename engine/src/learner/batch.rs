@@ -31,8 +31,13 @@ pub struct Rows {
     pub targets: Tensor,
     /// float `[B, T]`: 1 where the loss applies (model tokens), 0 on env tokens and padding.
     pub mask: Tensor,
-    /// float `[B, T]`: behaviour log-probabilities (0 on padding).
+    /// float `[B, T]`: the sampling policy's log-probabilities as the learner computes them
+    /// (`pi_old`): the samples' `learner_logprobs` when another engine sampled, else their
+    /// behaviour logprobs (0 on padding).
     pub old_logp: Tensor,
+    /// float `[B, T]`: the other engine's behaviour logprobs (`mu`), when it sampled (the
+    /// samples carry `learner_logprobs`); `None` when `old_logp` is the behaviour itself.
+    pub engine_logp: Option<Tensor>,
     /// Completion length of each row.
     pub completion_lens: Vec<usize>,
     /// Length of the prompt every row shares (0 when the rows are of different groups or
@@ -67,6 +72,12 @@ pub fn validate(s: &Sample) -> Result<()> {
             s.behaviour_logprobs.len()
         )));
     }
+    if let Some(learner) = s.learner_logprobs.as_ref().filter(|l| l.len() != n) {
+        return Err(Error::Invalid(format!(
+            "learner: sample with {n} completion tokens has {} learner-logprob entries",
+            learner.len()
+        )));
+    }
     if !s.reward.is_finite() {
         return Err(Error::Invalid(format!(
             "learner: non-finite reward {}",
@@ -76,12 +87,23 @@ pub fn validate(s: &Sample) -> Result<()> {
     Ok(())
 }
 
-/// Checks a whole batch once: every sample (see [`validate`]), and that samples sharing a
-/// `group_id` share their prompt, which is what lets a group's prompt run once.
+/// Checks a whole batch once: every sample (see [`validate`]); that samples sharing a
+/// `group_id` share their prompt, which is what lets a group's prompt run once; and that all
+/// samples or none carry `learner_logprobs` (one engine drew the batch).
 pub fn validate_batch(samples: &[Sample]) -> Result<()> {
     let mut prompts: HashMap<u64, &[u32]> = HashMap::new();
+    let recomputed = samples
+        .first()
+        .is_some_and(|s| s.learner_logprobs.is_some());
     for (i, s) in samples.iter().enumerate() {
         validate(s).map_err(|e| Error::Invalid(format!("sample {i}: {e}")))?;
+        if s.learner_logprobs.is_some() != recomputed {
+            return Err(Error::Invalid(format!(
+                "learner: sample {i} {} learner logprobs but sample 0 {}: a batch has them for all samples or none",
+                if recomputed { "lacks" } else { "has" },
+                if recomputed { "has them" } else { "does not" },
+            )));
+        }
         let prompt = *prompts.entry(s.group_id).or_insert(&s.prompt_ids);
         if prompt != s.prompt_ids.as_slice() {
             return Err(Error::Invalid(format!(
@@ -117,6 +139,8 @@ pub fn collate(samples: &[&Sample], device: Device) -> Result<Rows> {
     let mut targets = vec![0i64; b * t];
     let mut mask = vec![0f32; b * t];
     let mut old = vec![0f32; b * t];
+    let recomputed = samples[0].learner_logprobs.is_some();
+    let mut engine = vec![0f32; if recomputed { b * t } else { 0 }];
     for (i, s) in samples.iter().enumerate() {
         let p = s.prompt_ids.len();
         for (j, &id) in s.prompt_ids.iter().chain(&s.completion_ids).enumerate() {
@@ -133,6 +157,11 @@ pub fn collate(samples: &[&Sample], device: Device) -> Result<Rows> {
             mask[i * t + j] = if trained { 1.0 } else { 0.0 };
             old[i * t + j] = logp;
         }
+        if let Some(learner) = &s.learner_logprobs {
+            let row = i * t..i * t + learner.len();
+            engine[row.clone()].copy_from_slice(&old[row.clone()]);
+            old[row].copy_from_slice(learner);
+        }
     }
     let (b, l, t) = (b as i64, l as i64, t as i64);
     Ok(Rows {
@@ -147,6 +176,7 @@ pub fn collate(samples: &[&Sample], device: Device) -> Result<Rows> {
         targets: Tensor::from_slice(&targets).view([b, t]).to_device(device),
         mask: Tensor::from_slice(&mask).view([b, t]).to_device(device),
         old_logp: Tensor::from_slice(&old).view([b, t]).to_device(device),
+        engine_logp: recomputed.then(|| Tensor::from_slice(&engine).view([b, t]).to_device(device)),
         completion_lens: samples.iter().map(|s| s.completion_ids.len()).collect(),
         shared_prompt: if b > 1 && samples.iter().all(|s| s.group_id == samples[0].group_id) {
             samples[0].prompt_ids.len() as i64

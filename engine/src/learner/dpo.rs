@@ -78,6 +78,7 @@ pub fn pair_samples(
         completion_ids: completion.to_vec(),
         loss_mask: vec![true; completion.len()],
         behaviour_logprobs: vec![0.0; completion.len()],
+        learner_logprobs: None,
         policy_version: 0,
         group_id,
         finish_reason: FinishReason::Stop,

@@ -131,8 +131,8 @@ impl Algorithm for Grpo {
 
 /// The GRPO loss of one micro-batch.
 ///
-/// `per_token = -min(r A, clip(r, 1 - eps_low, 1 + eps_high) A) + beta * k3`, reduced by
-/// `loss_type`.
+/// `per_token = -w min(r A, clip(r, 1 - eps_low, 1 + eps_high) A) + beta * k3`, reduced by
+/// `loss_type`; `w` is the rollout correction (1 without one), as in TRL.
 ///
 /// # Shapes
 /// inputs `[B, T]`; the loss is a scalar.
@@ -150,7 +150,7 @@ pub fn grpo_loss(cfg: &GrpoConfig, x: &LossInput) -> Result<LossOutput> {
     let (lo, hi) = (1.0 - cfg.epsilon, 1.0 + cfg.eps_high());
     let clipped = ratio.clamp(lo, hi);
     let a = x.advantages;
-    let pg = -(&ratio * a).minimum(&(clipped * a));
+    let pg = x.corrected(-(&ratio * a).minimum(&(clipped * a)));
     let mut per_token = pg.shallow_clone();
     let mut stats = Stats::default();
     let tokens = mask_count(mask);

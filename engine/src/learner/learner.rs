@@ -23,6 +23,7 @@ use super::grpo::{Grpo, GrpoConfig};
 use super::metrics::{self as m, Metrics, Stats};
 use super::optim::{AdamW, OptimConfig};
 use super::ppo::{Critic, Ppo, PpoConfig};
+use super::rollout_correction::{GapMeter, LogprobGap, RolloutCorrection};
 use super::topr::{Topr, ToprConfig};
 use crate::error::{Error, Result};
 use crate::model::replica::replica;
@@ -64,6 +65,8 @@ pub struct LearnerConfig {
     pub ppo: PpoConfig,
     /// `[learner.optim]`: AdamW, schedule, clipping.
     pub optim: OptimConfig,
+    /// `[learner.rollout_correction]`: how samples another engine (vLLM) drew are weighted.
+    pub rollout_correction: RolloutCorrection,
     /// Optimizer steps per pass over a batch (the batch is split into this many mini-batches;
     /// verl's `ppo_mini_batch_size` expressed as a count). 0 is taken as 1.
     pub mini_batches: usize,
@@ -339,9 +342,10 @@ impl Learner {
         for row in &rows {
             advantages[row.index] = Some(row.mean_advantage());
         }
+        let mut gap = GapMeter::default();
         let steps = match rows.is_empty() {
             true => 0,
-            false => self.optimize(&rows, &mut stats)?,
+            false => self.optimize(&rows, &mut stats, &mut gap)?,
         };
         stats.set(m::OPTIMIZER_STEPS, steps as f64);
         let tokens: usize = rows.iter().map(|r| r.sample.trained_tokens()).sum();
@@ -349,11 +353,18 @@ impl Learner {
         Ok(Update {
             metrics: stats.finish(),
             advantages,
+            behaviour_gap: gap.finish(),
         })
     }
 
     /// `passes` x `mini_batches` optimizer steps over `rows`; returns how many were taken.
-    fn optimize(&mut self, rows: &[TrainingRow], stats: &mut Stats) -> Result<usize> {
+    /// The first step, before any weight changes, also measures `gap`.
+    fn optimize(
+        &mut self,
+        rows: &[TrainingRow],
+        stats: &mut Stats,
+        gap: &mut GapMeter,
+    ) -> Result<usize> {
         let unit = self.algorithm.unit();
         let max_len = self.algorithm.max_completion_length().unwrap_or_else(|| {
             rows.iter()
@@ -376,7 +387,8 @@ impl Learner {
                 false => rows.iter().collect(),
             };
             for mini in &minis {
-                self.optimizer_step(&order[mini.clone()], max_len, stats)?;
+                let measure = (steps == 0).then_some(&mut *gap);
+                self.optimizer_step(&order[mini.clone()], max_len, stats, measure)?;
                 steps += 1;
             }
         }
@@ -431,6 +443,7 @@ impl Learner {
         rows: &[&TrainingRow],
         max_completion_length: usize,
         stats: &mut Stats,
+        mut gap: Option<&mut GapMeter>,
     ) -> Result<()> {
         let samples: Vec<&Sample> = rows.iter().map(|r| r.sample).collect();
         let micros = prompt_micro_batches(
@@ -447,7 +460,8 @@ impl Learner {
         self.optimizer.zero_grad();
         let (mut loss_sum, mut pg_sum) = (0.0, 0.0);
         for r in micros {
-            let (loss, pg) = self.micro_step(&rows[r.clone()], &samples[r], scale, stats)?;
+            let micro = (&rows[r.clone()], &samples[r]);
+            let (loss, pg) = self.micro_step(micro, scale, stats, gap.as_deref_mut())?;
             loss_sum += loss;
             pg_sum += pg;
         }
@@ -468,12 +482,14 @@ impl Learner {
         Ok(())
     }
 
+    /// One micro-batch's loss, back-propagated; its total and policy-gradient parts. With
+    /// `gap`, the policy's logprobs are also compared with the behaviour logprobs.
     fn micro_step(
         &mut self,
-        rows: &[&TrainingRow],
-        samples: &[&Sample],
+        (rows, samples): (&[&TrainingRow], &[&Sample]),
         scale: StepScale,
         stats: &mut Stats,
+        gap: Option<&mut GapMeter>,
     ) -> Result<(f64, f64)> {
         let device = self.policy.device();
         let batch: Rows = collate(samples, device)?;
@@ -505,9 +521,19 @@ impl Learner {
         self.policy.set_training(true);
         let tl = token_logprobs(&self.policy, &batch);
         self.policy.set_training(false);
+        if let Some(gap) = gap {
+            let behaviour = batch.engine_logp.as_ref().unwrap_or(&batch.old_logp);
+            gap.add_masked(&tl.logp, behaviour, &batch.mask);
+        }
+        let correction = &self.cfg.rollout_correction;
+        let rollout_weight = batch
+            .engine_logp
+            .as_ref()
+            .and_then(|mu| correction.weights(&batch.old_logp, mu, &batch.mask, stats));
         let out = self.algorithm.loss(&LossInput {
             logp: &tl.logp,
             old_logp: &batch.old_logp,
+            rollout_weight: rollout_weight.as_ref(),
             mask: &batch.mask,
             advantages: &advantages,
             scale,
@@ -535,6 +561,10 @@ pub struct Update {
     /// Per input sample: the mean advantage over its trained tokens that the algorithm
     /// trained it with, `None` for samples it dropped.
     pub advantages: Vec<Option<f64>>,
+    /// How far the learner's logprobs were from the samples' behaviour logprobs before this
+    /// update changed the weights: over the trained tokens of its first optimizer step, a free
+    /// by-product of that step's forward pass. `None` when nothing was trained.
+    pub behaviour_gap: Option<LogprobGap>,
 }
 
 /// One sample's training data, carried together so that one permutation moves one thing.

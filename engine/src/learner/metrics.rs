@@ -43,6 +43,8 @@ learner_metrics! {
     DPO_MARGIN = "oxrl_learner_dpo_rewards_margin": "DPO: mean chosen minus rejected implicit reward (TRL `rewards/margins`).";
     TOPR_POSITIVE_FRACTION = "oxrl_learner_topr_positive_fraction": "TOPR: fraction of trajectories in the positive (untruncated) set.";
     SKIPPED_STEPS = "oxrl_learner_skipped_steps": "Optimizer steps skipped because the loss or a gradient was NaN/inf.";
+    ROLLOUT_IS_WEIGHT_MEAN = "oxrl_learner_rollout_is_weight_mean": "Rollout correction: mean importance weight pi_old/mu (after truncation or masking) over trained tokens, or sequences in the sequence modes; only when another engine (vLLM) sampled.";
+    ROLLOUT_IS_CLIPPED_FRACTION = "oxrl_learner_rollout_is_clipped_fraction": "Rollout correction: fraction of trained tokens (or sequences) whose weight exceeded `tis_cap` and was truncated or masked.";
 }
 
 /// Named metric values of one update.

@@ -20,6 +20,7 @@ pub mod lora;
 pub mod metrics;
 pub mod optim;
 pub mod ppo;
+pub mod rollout_correction;
 pub mod topr;
 mod validate;
 
@@ -29,3 +30,4 @@ pub use algorithm::{
 };
 pub use learner::{AlgorithmKind, Learner, LearnerConfig, Update};
 pub use metrics::{Metrics, Stats};
+pub use rollout_correction::{CorrectionMode, GapMeter, LogprobGap, RolloutCorrection};

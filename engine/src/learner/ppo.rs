@@ -225,7 +225,7 @@ pub fn ppo_loss(cfg: &PpoConfig, x: &LossInput) -> Result<LossOutput> {
     let a = x.advantages;
     let ratio = (x.logp - x.old_logp).exp();
     let clipped = ratio.clamp(1.0 - cfg.cliprange, 1.0 + cfg.cliprange);
-    let pg_per_token = (-a * &ratio).maximum(&(-a * clipped));
+    let pg_per_token = x.corrected((-a * &ratio).maximum(&(-a * clipped)));
     let pg = aggregate(&pg_per_token, mask, LossType::Dapo, &x.scale);
     let critic = x.critic("ppo")?;
     let (v, v_old, ret) = (critic.values, critic.old_values, critic.returns);

@@ -122,7 +122,10 @@ impl Algorithm for Topr {
 /// inputs `[B, T]`; the loss is a scalar.
 pub fn topr_loss(x: &LossInput) -> LossOutput {
     let mask = x.mask;
-    let seq_logp = (x.logp * mask).sum_dim_intlist(-1, false, None::<Kind>);
+    // With a rollout correction, each token's log pi carries its weight.
+    let seq_logp = x
+        .corrected(x.logp * mask)
+        .sum_dim_intlist(-1, false, None::<Kind>);
     let r = x.advantages.select(1, 0);
     let (alpha, ratio) = tch::no_grad(|| {
         let log_ratio =

@@ -119,6 +119,13 @@ impl LearnerConfig {
             p.num_ppo_epochs,
             ">= 1",
         )?;
+        let c = &self.rollout_correction;
+        require(
+            c.tis_cap.is_finite() && c.tis_cap > 0.0,
+            "rollout_correction.tis_cap",
+            c.tis_cap,
+            "> 0",
+        )?;
         let o = &self.optim;
         require(
             o.lr.is_finite() && o.lr >= 0.0,

@@ -41,6 +41,9 @@ pub struct Generated {
     pub logprobs: Vec<f32>,
     /// Why it ended.
     pub finish_reason: FinishReason,
+    /// The learner's logprob of each new token under the weights that generated it, when
+    /// another engine (vLLM) generated and the trainer recomputed them; `None` otherwise.
+    pub learner_logprobs: Option<Vec<f32>>,
 }
 
 /// A sequence still generating.
@@ -256,6 +259,7 @@ fn start_sequences(req: &GenerationRequest) -> Vec<Live> {
                     tokens: Vec::with_capacity(req.max_tokens),
                     logprobs: Vec::with_capacity(req.max_tokens),
                     finish_reason: FinishReason::Length,
+                    learner_logprobs: None,
                 },
                 position: prompt.len() as i64,
                 rng: SequenceRng::new(req.seed, (p * req.n + s) as u64),

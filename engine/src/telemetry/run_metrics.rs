@@ -311,7 +311,7 @@ impl RunMetrics {
 mod tests {
     use super::*;
     use crate::train::step_record::{
-        CompletionStats, LogprobMismatch, NamedRewardStats, PhaseTimes, RewardStats, RolloutStats,
+        CompletionStats, NamedRewardStats, PhaseTimes, RewardStats, RolloutStats,
     };
 
     /// The value of the sample line `name value` in the exposition text.
@@ -341,10 +341,11 @@ mod tests {
                 staleness: 1,
                 dropped_stale_samples: Some(8),
                 refill_batches: Some(2),
-                mismatch: Some(LogprobMismatch {
+                mismatch: Some(crate::learner::LogprobGap {
                     mean_abs: 0.25,
                     max_abs: 0.5,
                     kl: 0.125,
+                    tokens: 10,
                 }),
             },
             time: PhaseTimes {

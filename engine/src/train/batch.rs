@@ -5,7 +5,7 @@
 use oxrl_envs::{LoadedEnv, Row, Sampler};
 
 use super::config::RunConfig;
-use super::step_record::LogprobMismatch;
+use crate::learner::{GapMeter, LogprobGap};
 use crate::rollout::{Generated, GenerationRequest};
 use crate::tokenizer::Tokenizer;
 
@@ -20,12 +20,21 @@ pub struct RolloutBatch {
     pub generated: Vec<Generated>,
     /// Version of the policy that generated them.
     pub policy_version: u64,
-    /// An engine other than the native one: its logprobs' gap from the learner's (of the
-    /// first batch, when dynamic sampling appends more).
-    pub mismatch: Option<LogprobMismatch>,
 }
 
 impl RolloutBatch {
+    /// The gap between the engine's logprobs and the learner's recomputed ones, over every
+    /// completion that carries both (those another engine generated).
+    pub fn recomputed_gap(&self) -> Option<LogprobGap> {
+        let mut meter = GapMeter::default();
+        for g in &self.generated {
+            for (&engine, &learner) in g.logprobs.iter().zip(g.learner_logprobs.iter().flatten()) {
+                meter.add(learner, engine);
+            }
+        }
+        meter.finish()
+    }
+
     /// Appends `other`'s prompts and completions after this batch's (dynamic sampling's
     /// refill), renumbering its prompts so every group stays distinct.
     pub fn append(&mut self, other: RolloutBatch) {

@@ -10,7 +10,7 @@ use oxrl_rewards::{Registry, RewardSpec, WeightedRewards};
 use serde::{Deserialize, Serialize};
 
 use crate::learner::lora::LoraConfig;
-use crate::learner::{AlgorithmKind, LearnerConfig};
+use crate::learner::{AlgorithmKind, LearnerConfig, RolloutCorrection};
 use crate::model::ModelConfig;
 use crate::rollout::{GenerationRequest, SamplingParams, StopConditions};
 use crate::tokenizer::Tokenizer;
@@ -476,7 +476,12 @@ impl RunConfig {
             (RolloutEngine::Native, Some(_)) => {
                 bail!("[rollout.vllm] is set but rollout.engine = \"native\": set rollout.engine = \"vllm\" or remove the section")
             }
-            (RolloutEngine::Native, None) => Ok(()),
+            (RolloutEngine::Native, None) => {
+                if self.learner.rollout_correction != RolloutCorrection::default() {
+                    bail!("[learner.rollout_correction] weights samples another engine drew, but rollout.engine = \"native\" samples with the learner's own logprobs: remove it or set rollout.engine = \"vllm\"");
+                }
+                Ok(())
+            }
             (RolloutEngine::Vllm, section) => {
                 let v = section.clone().unwrap_or_default();
                 if r.source != RolloutSource::Policy {

@@ -42,6 +42,7 @@ pub fn pair_completions(rows: &[Row], tokenizer: &Tokenizer) -> anyhow::Result<V
                 logprobs: vec![0.0; tokens.len()],
                 tokens,
                 finish_reason: FinishReason::Stop,
+                learner_logprobs: None,
             });
         }
     }

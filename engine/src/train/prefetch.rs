@@ -124,7 +124,6 @@ impl Prefetch {
             request: queued.request,
             generated,
             policy_version,
-            mismatch: None,
         })
     }
 

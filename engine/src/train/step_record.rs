@@ -10,7 +10,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Map, Value};
 
 use crate::learner::metrics as learner;
-use crate::learner::Metrics;
+use crate::learner::{LogprobGap, Metrics};
 use crate::telemetry::names as n;
 
 /// One step's results.
@@ -122,9 +122,11 @@ pub struct RolloutStats {
     pub dropped_stale_samples: Option<u64>,
     /// Dynamic sampling: extra batches generated to refill the step (`None` when off).
     pub refill_batches: Option<usize>,
-    /// Engines other than the native one: how far the engine's behaviour logprobs are
-    /// from the learner's for the same tokens and weights.
-    pub mismatch: Option<LogprobMismatch>,
+    /// How far the engine's behaviour logprobs are from the learner's for the same tokens
+    /// and weights: vLLM's against the learner's recomputation over the whole batch, the
+    /// native engine's against the learner's first optimizer step. `None` when the batch was
+    /// stale (async) or not generated.
+    pub mismatch: Option<LogprobGap>,
 }
 
 /// Seconds per phase of a step.
@@ -225,17 +227,6 @@ impl Serialize for StepRecord {
         }
         map.end()
     }
-}
-
-/// The gap between an engine's behaviour logprobs and the learner's, per completion token.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct LogprobMismatch {
-    /// Mean |learner - engine|.
-    pub mean_abs: f64,
-    /// Largest |learner - engine|.
-    pub max_abs: f64,
-    /// KL(engine ‖ learner), the k3 estimate over the sampled tokens.
-    pub kl: f64,
 }
 
 /// Mean and (population) standard deviation; zeros for no values.

@@ -1,6 +1,7 @@
 //! `rollout.engine = "vllm"`: the run's vLLM servers (launched and supervised by oxrl, or
 //! already running), generation on them with retries, the learner's weights synced to them
-//! after every update, and the measured gap between their logprobs and the learner's.
+//! after every update, and the learner's own logprobs of what they generated (the rollout
+//! correction's `pi_old`, and the measure of the gap between the two).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -8,26 +9,30 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::config::{RunConfig, VllmSection};
-use super::step_record::LogprobMismatch;
 use crate::learner::Learner;
 use crate::rollout::logprobs::batch_completion_logprobs;
-use crate::rollout::vllm::{free_port, Fleet, LaunchSpec, VllmServer};
+use crate::rollout::vllm::{free_port, log_tail, Fleet, LaunchSpec, VllmServer};
 use crate::rollout::{Generated, GenerationRequest};
 
 /// The servers a run generates on.
 pub struct VllmRollout {
     fleet: Fleet,
-    /// Launched servers; stopped with the run.
-    _servers: Vec<VllmServer>,
-    /// Where synced weights are written (`v{version}` directories, the newest kept).
-    sync_root: PathBuf,
+    /// Launched servers (`servers[i]` serves `fleet.replicas()[i]`); stopped with the run.
+    servers: Vec<VllmServer>,
+    /// `output_dir/vllm`: server logs, `servers.json`, and `sync/` where synced weights are
+    /// written (`v{version}` directories, the newest kept).
+    dir: PathBuf,
+    /// The newest synced weights: what a replica that comes back is re-synced to. `None`
+    /// until the first sync (launched servers start from the current policy).
+    synced: Option<PathBuf>,
     retries: usize,
 }
 
 impl VllmRollout {
     /// Connects to `rollout.vllm.urls`, or launches `replicas` servers on `model_dir` (an HF
-    /// directory of the current policy, logs in `output_dir/vllm/`). Connected servers get
-    /// the learner's weights at once (a resumed run continues from its checkpoint's).
+    /// directory of the current policy, logs in `output_dir/vllm/`, their pids and ports in
+    /// `output_dir/vllm/servers.json`). Connected servers get the learner's weights at once
+    /// (a resumed run continues from its checkpoint's).
     pub fn start(cfg: &RunConfig, model_dir: &Path, learner: &Learner) -> anyhow::Result<Self> {
         let section = cfg.rollout.vllm.clone().unwrap_or_default();
         let root = cfg.output_dir.join("vllm");
@@ -40,54 +45,150 @@ impl VllmRollout {
         } else {
             (Fleet::connect(&section.urls, timeout)?, Vec::new())
         };
-        let rollout = VllmRollout {
+        let mut rollout = VllmRollout {
             fleet,
-            _servers: servers,
-            sync_root: root.join("sync"),
+            servers,
+            dir: root.clone(),
+            synced: None,
             retries: section.retries,
         };
+        rollout.write_server_list()?;
         if !section.urls.is_empty() {
             rollout.sync(learner, 0)?;
         }
         Ok(rollout)
     }
 
-    /// Generates `req` on the fleet; a failed request is retried `rollout.vllm.retries`
-    /// times (each try on the least busy replica) before the error ends the step.
-    pub fn generate(&self, req: &GenerationRequest) -> anyhow::Result<Vec<Generated>> {
-        let mut tries = 0;
-        loop {
-            match self.fleet.generate(req) {
-                Ok(done) => return Ok(done),
-                Err(e) if tries < self.retries => {
-                    tries += 1;
-                    eprintln!(
-                        "warning: vLLM generation failed ({e:#}); retry {tries} of {}",
-                        self.retries
-                    );
-                }
-                Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!("vLLM generation failed {} times", self.retries + 1)
-                    })
+    /// Generates `req` on the fleet. A prompt whose request fails is sent again, up to
+    /// `rollout.vllm.retries` times, to the least busy healthy replica; before each round
+    /// the replicas that failed are checked (a launched server that exited is restarted) and
+    /// re-synced to the newest weights.
+    pub fn generate(&mut self, req: &GenerationRequest) -> anyhow::Result<Vec<Generated>> {
+        let mut pending: Vec<usize> = (0..req.prompts.len()).collect();
+        let mut done: Vec<Vec<Generated>> = vec![Vec::new(); req.prompts.len()];
+        for round in 0..=self.retries {
+            self.heal()?;
+            let mut failed = Vec::new();
+            for (i, result) in self.fleet.generate(req, &pending) {
+                match result {
+                    Ok(generated) => done[i] = generated,
+                    Err(e) if round < self.retries => {
+                        eprintln!("warning: vLLM: {e:#}; sending it again");
+                        failed.push(i);
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!("vLLM generation failed {} times", self.retries + 1)
+                        })
+                    }
                 }
             }
+            pending = failed;
+            if pending.is_empty() {
+                break;
+            }
         }
+        Ok(done.into_iter().flatten().collect())
     }
 
-    /// Pushes the learner's weights (policy version `version`) to every replica; the
-    /// seconds it took.
-    pub fn sync(&self, learner: &Learner, version: u64) -> anyhow::Result<f64> {
+    /// Brings back the replicas marked unhealthy: a launched server whose process exited is
+    /// restarted; one that answers `/health` again is re-synced to the newest weights and
+    /// used again. An error only when no replica is left to generate on.
+    fn heal(&mut self) -> anyhow::Result<()> {
+        let mut restarted = false;
+        for (i, replica) in self.fleet.replicas().iter().enumerate() {
+            if replica.is_healthy() {
+                continue;
+            }
+            let exited = self.servers.get_mut(i).is_some_and(|s| !s.is_running());
+            if let Some(server) = self.servers.get_mut(i).filter(|_| exited) {
+                eprintln!(
+                    "warning: vLLM replica {i} ({}) exited; restarting it (log: {})",
+                    replica.url,
+                    server.log.display()
+                );
+                server
+                    .restart()
+                    .with_context(|| format!("restarting vLLM replica {i}"))?;
+                restarted = true;
+            }
+            if !replica.responds() {
+                eprintln!("warning: vLLM replica {i} ({}) does not answer /health; its prompts go to the others", replica.url);
+                continue;
+            }
+            let resynced = match &self.synced {
+                Some(dir) => replica.reload_weights(dir),
+                None => Ok(()),
+            };
+            match resynced {
+                Ok(()) => replica.set_healthy(true),
+                Err(e) => eprintln!("warning: vLLM replica {i}: re-sync failed: {e:#}"),
+            }
+        }
+        if restarted {
+            self.write_server_list()?;
+        }
+        if !self.fleet.replicas().iter().any(|r| r.is_healthy()) {
+            let logs: Vec<String> = self
+                .servers
+                .iter()
+                .map(|s| format!("the end of {}:\n{}", s.log.display(), log_tail(&s.log)))
+                .collect();
+            anyhow::bail!(
+                "no vLLM replica is healthy ({}){}{}",
+                self.fleet
+                    .replicas()
+                    .iter()
+                    .map(|r| r.url.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if logs.is_empty() { "" } else { "; " },
+                logs.join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    /// Pushes the learner's weights (policy version `version`) to every healthy replica; the
+    /// seconds it took. A replica that fails to reload is set aside (and re-synced when it
+    /// answers again); the sync is an error only when no replica took the weights.
+    pub fn sync(&mut self, learner: &Learner, version: u64) -> anyhow::Result<f64> {
         let start = Instant::now();
-        self.fleet
+        let (dir, failures) = self
+            .fleet
             .sync_weights(
                 learner.var_store(),
                 learner.policy().config(),
-                &self.sync_root,
+                &self.dir.join("sync"),
                 version,
             )
             .with_context(|| format!("syncing policy version {version} to vLLM"))?;
+        self.synced = Some(dir);
+        for e in &failures {
+            eprintln!("warning: vLLM sync of policy version {version}: {e:#}");
+        }
+        if failures.len() == self.fleet.replicas().len() {
+            anyhow::bail!(
+                "syncing policy version {version} to vLLM: every replica failed; the first: {:#}",
+                failures[0]
+            );
+        }
         Ok(start.elapsed().as_secs_f64())
+    }
+
+    /// `servers.json`: each launched server's URL, process group and log, for operators and
+    /// tests.
+    fn write_server_list(&self) -> anyhow::Result<()> {
+        let list: Vec<serde_json::Value> = self
+            .servers
+            .iter()
+            .map(|s| serde_json::json!({"url": s.url, "pid": s.pid(), "log": s.log}))
+            .collect();
+        std::fs::write(
+            self.dir.join("servers.json"),
+            serde_json::to_string_pretty(&list)?,
+        )?;
+        Ok(())
     }
 }
 
@@ -118,36 +219,24 @@ fn launch(section: &VllmSection, model_dir: &Path, root: &Path) -> anyhow::Resul
         .collect()
 }
 
-/// How far the engine's behaviour logprobs are from the learner's for the same tokens under
-/// the same weights: mean and largest |Δ| per token, and the KL(engine ‖ learner) estimate
-/// `E[exp(r) - 1 - r]`, r = learner - engine (k3, never negative). Rows go through the
-/// learner's policy 8 at a time.
-pub fn measure_mismatch(
+/// Fills each completion's `learner_logprobs`: the learner's own logprobs of its tokens
+/// under the current weights (those that generated it, when the batch is fresh), the
+/// `pi_old` of the rollout correction. Rows go through the policy 8 at a time, without
+/// gradients.
+pub fn recompute_logprobs(
     learner: &Learner,
     req: &GenerationRequest,
-    generated: &[Generated],
-) -> anyhow::Result<LogprobMismatch> {
-    let (mut sum, mut max, mut kl, mut count) = (0f64, 0f64, 0f64, 0usize);
-    for chunk in generated.chunks(8) {
+    generated: &mut [Generated],
+) -> anyhow::Result<()> {
+    for chunk in generated.chunks_mut(8) {
         let pairs: Vec<(&[u32], &[u32])> = chunk
             .iter()
             .map(|g| (req.prompts[g.prompt_index].as_slice(), g.tokens.as_slice()))
             .collect();
         let ours = batch_completion_logprobs(learner.policy(), &pairs, 1.0)?;
-        for (g, ours) in chunk.iter().zip(ours) {
-            for (&theirs, mine) in g.logprobs.iter().zip(ours) {
-                let r = (mine - theirs) as f64;
-                sum += r.abs();
-                max = max.max(r.abs());
-                kl += r.exp() - 1.0 - r;
-                count += 1;
-            }
+        for (g, ours) in chunk.iter_mut().zip(ours) {
+            g.learner_logprobs = Some(ours);
         }
     }
-    let n = count.max(1) as f64;
-    Ok(LogprobMismatch {
-        mean_abs: sum / n,
-        max_abs: max,
-        kl: kl / n,
-    })
+    Ok(())
 }

@@ -106,6 +106,7 @@ pub fn sample(prompt: &[u32], completion: &[u32], logps: Vec<f32>, group: u64) -
         completion_ids: completion.to_vec(),
         loss_mask: vec![true; completion.len()],
         behaviour_logprobs: logps,
+        learner_logprobs: None,
         policy_version: 0,
         group_id: group,
         finish_reason: FinishReason::Length,

@@ -3,7 +3,7 @@
 //! nothing is re-tokenized on the way.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -47,6 +47,9 @@ pub struct Replica {
     http: reqwest::blocking::Client,
     /// Requests in flight (for least-outstanding dispatch).
     outstanding: AtomicUsize,
+    /// False from a failed request until the fleet has checked the server again (and
+    /// re-synced its weights): no request is sent to it meanwhile.
+    healthy: AtomicBool,
 }
 
 impl Replica {
@@ -58,6 +61,7 @@ impl Replica {
                 .timeout(timeout)
                 .build()?,
             outstanding: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
         })
     }
 
@@ -66,14 +70,38 @@ impl Replica {
         self.outstanding.load(Ordering::SeqCst)
     }
 
-    fn post(&self, route: &str, body: &Value) -> anyhow::Result<Value> {
+    /// Whether requests may go to it.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::SeqCst)
+    }
+
+    /// Marks it (un)usable.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Whether `GET /health` answers 200 within a few seconds.
+    pub fn responds(&self) -> bool {
+        self.http
+            .get(format!("{}/health", self.url))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+    }
+
+    /// Counts one more request in flight until the claim is dropped: the dispatcher claims a
+    /// replica when it picks it, so prompts picked in a row see each other.
+    pub fn claim(&self) -> Claim<'_> {
         self.outstanding.fetch_add(1, Ordering::SeqCst);
+        Claim(self)
+    }
+
+    fn post(&self, route: &str, body: &Value) -> anyhow::Result<Value> {
         let sent = self
             .http
             .post(format!("{}{route}", self.url))
             .json(body)
             .send();
-        self.outstanding.fetch_sub(1, Ordering::SeqCst);
         let response = sent.with_context(|| format!("vLLM replica {}: POST {route}", self.url))?;
         let status = response.status();
         let text = response.text().unwrap_or_default();
@@ -195,6 +223,23 @@ impl Replica {
             );
         }
         Ok(())
+    }
+}
+
+/// A request in flight on a replica (see [`Replica::claim`]).
+#[derive(Debug)]
+pub struct Claim<'a>(&'a Replica);
+
+impl std::ops::Deref for Claim<'_> {
+    type Target = Replica;
+    fn deref(&self) -> &Replica {
+        self.0
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

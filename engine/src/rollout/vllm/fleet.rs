@@ -1,6 +1,7 @@
-//! The replicas a run generates on: a request's prompts spread over them (least outstanding
-//! requests first, a prompt's whole group on one replica so it shares the prefix), and the
-//! learner's weights synced to all of them.
+//! The replicas a run generates on: a request's prompts spread over the healthy ones (least
+//! outstanding requests first, a prompt's whole group on one replica so it shares the
+//! prefix), and the learner's weights synced to all of them. A replica whose request fails is
+//! set aside until the caller has checked and re-synced it (`train::vllm_rollout`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,84 +36,124 @@ impl Fleet {
         &self.replicas
     }
 
-    /// Generates every completion of `req`, prompt `i` with seed `req.seed + i` (a prompt's
-    /// group draws from one seeded request). Prompts run concurrently; each goes to the
-    /// replica with the fewest requests in flight.
-    pub fn generate(&self, req: &GenerationRequest) -> anyhow::Result<Vec<Generated>> {
-        let results: Vec<anyhow::Result<Vec<Generated>>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = req
-                .prompts
+    /// Generates the completions of the prompts `prompts` of `req`, prompt `i` with seed
+    /// `req.seed + i` (a prompt's group draws from one seeded request), one try each. Prompts
+    /// run concurrently; each goes to the healthy replica with the fewest requests in flight.
+    /// A replica whose request fails is marked unhealthy (see [`Replica::set_healthy`]).
+    pub fn generate(
+        &self,
+        req: &GenerationRequest,
+        prompts: &[usize],
+    ) -> Vec<(usize, anyhow::Result<Vec<Generated>>)> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = prompts
                 .iter()
-                .enumerate()
-                .map(|(i, prompt)| {
-                    let replica = self.least_busy();
-                    scope.spawn(move || {
-                        let params = CompletionParams {
-                            n: req.n,
-                            max_tokens: req.max_tokens,
-                            sampling: &req.sampling,
-                            stop: &req.stop,
-                            seed: req.seed.wrapping_add(i as u64),
-                        };
-                        let done = replica
-                            .complete(prompt, &params)
-                            .with_context(|| format!("prompt {i} ({} tokens)", prompt.len()))?;
-                        Ok(done
-                            .into_iter()
-                            .enumerate()
-                            .map(|(j, c)| Generated {
-                                prompt_index: i,
-                                sample_index: j,
-                                tokens: c.tokens,
-                                logprobs: c.logprobs,
-                                finish_reason: c.finish_reason,
-                            })
-                            .collect())
-                    })
+                .map(|&i| {
+                    let claim = self.least_busy().map(Replica::claim);
+                    let handle = scope.spawn(move || {
+                        let replica = claim.ok_or_else(|| {
+                            anyhow::anyhow!("no healthy vLLM replica to send prompt {i} to")
+                        })?;
+                        let done = complete(&replica, req, i);
+                        if done.is_err() {
+                            replica.set_healthy(false);
+                        }
+                        done
+                    });
+                    (i, handle)
                 })
                 .collect();
             handles
                 .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("request thread panicked")))
+                .map(|(i, h)| {
+                    let result = h
+                        .join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("request thread panicked")));
+                    (i, result)
                 })
                 .collect()
-        });
+        })
+    }
+
+    /// Every completion of `req`, one try per prompt, in prompt order; the first failure is
+    /// the error.
+    pub fn generate_all(&self, req: &GenerationRequest) -> anyhow::Result<Vec<Generated>> {
+        let all: Vec<usize> = (0..req.prompts.len()).collect();
         let mut out = Vec::with_capacity(req.prompts.len() * req.n);
-        for r in results {
-            out.extend(r?);
+        for (_, done) in self.generate(req, &all) {
+            out.extend(done?);
         }
         Ok(out)
     }
 
-    /// The replica with the fewest requests in flight (the first among equals).
-    fn least_busy(&self) -> &Replica {
+    /// The healthy replica with the fewest requests in flight (the first among equals).
+    fn least_busy(&self) -> Option<&Replica> {
         self.replicas
             .iter()
+            .filter(|r| r.is_healthy())
             .min_by_key(|r| r.outstanding())
-            .unwrap_or(&self.replicas[0])
     }
 
-    /// Writes the weights of `vs` as safetensors into `root/v{version}` and has every
+    /// Writes the weights of `vs` as safetensors into `root/v{version}` and has every healthy
     /// replica reload them (and drop its prefix cache, computed with the old weights); older
-    /// version directories under `root` are removed.
+    /// version directories under `root` are removed. A replica that fails to reload is marked
+    /// unhealthy and its error returned beside the directory; the caller re-syncs it once it
+    /// answers again.
+    ///
+    /// This is the one place a weight transport lives: a GPU fleet would broadcast the
+    /// tensors over NCCL instead (vLLM's `/init_weight_transfer_engine` and `/update_weights`
+    /// routes; docs/rollout.md, "Weight sync").
     pub fn sync_weights(
         &self,
         vs: &VarStore,
         config: &ModelConfig,
         root: &Path,
         version: u64,
-    ) -> anyhow::Result<PathBuf> {
+    ) -> anyhow::Result<(PathBuf, Vec<anyhow::Error>)> {
         let dir = root.join(format!("v{version:08}"));
         write_weights(vs, config, &dir)
             .with_context(|| format!("writing weights for vLLM to {}", dir.display()))?;
-        for replica in &self.replicas {
-            replica.reload_weights(&dir)?;
+        let mut failures = Vec::new();
+        for replica in self.replicas.iter().filter(|r| r.is_healthy()) {
+            if let Err(e) = replica.reload_weights(&dir) {
+                replica.set_healthy(false);
+                failures.push(e);
+            }
         }
         remove_older(root, &dir);
-        Ok(dir)
+        Ok((dir, failures))
     }
+}
+
+/// One try of prompt `i` of `req` on `replica`.
+fn complete(
+    replica: &Replica,
+    req: &GenerationRequest,
+    i: usize,
+) -> anyhow::Result<Vec<Generated>> {
+    let prompt = &req.prompts[i];
+    let params = CompletionParams {
+        n: req.n,
+        max_tokens: req.max_tokens,
+        sampling: &req.sampling,
+        stop: &req.stop,
+        seed: req.seed.wrapping_add(i as u64),
+    };
+    let done = replica
+        .complete(prompt, &params)
+        .with_context(|| format!("prompt {i} ({} tokens)", prompt.len()))?;
+    Ok(done
+        .into_iter()
+        .enumerate()
+        .map(|(j, c)| Generated {
+            prompt_index: i,
+            sample_index: j,
+            tokens: c.tokens,
+            logprobs: c.logprobs,
+            finish_reason: c.finish_reason,
+            learner_logprobs: None,
+        })
+        .collect())
 }
 
 /// `model.safetensors` with every parameter of `vs`, and for a model with tied embeddings

@@ -4,6 +4,7 @@
 //! file whose tail explains a failure, and stopped (its whole process group) with oxrl.
 
 use std::fs::File;
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,6 +40,8 @@ pub struct LaunchSpec {
 #[derive(Debug)]
 pub struct VllmServer {
     child: Child,
+    /// How it was started (a restart starts it the same way).
+    spec: LaunchSpec,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     /// The server's log file.
@@ -50,45 +53,30 @@ impl VllmServer {
     pub fn launch(spec: &LaunchSpec) -> anyhow::Result<Self> {
         let log = File::create(&spec.log)
             .with_context(|| format!("creating the vLLM log {}", spec.log.display()))?;
-        let mut cmd = Command::new(&spec.python);
-        cmd.args(["-m", "vllm.entrypoints.openai.api_server", "--model"])
-            .arg(&spec.model_dir)
-            .args(["--served-model-name", SERVED_MODEL, "--dtype", &spec.dtype])
-            .args(["--enforce-eager", "--host", "127.0.0.1", "--port"])
-            .arg(spec.port.to_string())
-            .args(&spec.extra_args)
-            .env("OMP_NUM_THREADS", spec.threads.to_string())
-            .env("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-            .env("VLLM_CPU_KVCACHE_SPACE", "2")
-            // `/collective_rpc` (weight reloads) is a development route.
-            .env("VLLM_SERVER_DEV_MODE", "1")
-            .env("VLLM_NO_USAGE_STATS", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            // Its own process group, so that stopping it reaches the engine processes it
-            // spawns; and it dies with oxrl.
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().with_context(|| {
-            format!(
-                "starting vLLM with {} (run scripts/setup_vllm.sh)",
-                spec.python.display()
-            )
-        })?;
+        let child = spawn(spec, log)?;
         let mut server = VllmServer {
             child,
+            spec: spec.clone(),
             url: format!("http://127.0.0.1:{}", spec.port),
             log: spec.log.clone(),
         };
         server.wait_ready(spec.startup_timeout)?;
         Ok(server)
+    }
+
+    /// Starts the server again the same way (same port, so its URL stays), after stopping
+    /// whatever is left of the old one; the log continues in the same file after a marker
+    /// line, so the crash stays readable above it.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let mut log = File::options()
+            .append(true)
+            .create(true)
+            .open(&self.log)
+            .with_context(|| format!("opening the vLLM log {}", self.log.display()))?;
+        writeln!(log, "\n===== oxrl: restarting the vLLM server =====\n")?;
+        self.child = spawn(&self.spec, log)?;
+        self.wait_ready(self.spec.startup_timeout)
     }
 
     /// Polls `/health` until it answers 200; a server that exits or stays silent past the
@@ -140,6 +128,13 @@ impl VllmServer {
 
 impl Drop for VllmServer {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl VllmServer {
+    /// Stops the server's whole process group: SIGTERM, then SIGKILL after 10 s.
+    fn stop(&mut self) {
         let group = -(self.child.id() as i32);
         // SAFETY: signalling our own child's process group.
         unsafe { libc::kill(group, libc::SIGTERM) };
@@ -151,6 +146,42 @@ impl Drop for VllmServer {
         unsafe { libc::kill(group, libc::SIGKILL) };
         let _ = self.child.wait();
     }
+}
+
+/// Spawns the server process of `spec`, its output going to `log`.
+fn spawn(spec: &LaunchSpec, log: File) -> anyhow::Result<Child> {
+    let mut cmd = Command::new(&spec.python);
+    cmd.args(["-m", "vllm.entrypoints.openai.api_server", "--model"])
+        .arg(&spec.model_dir)
+        .args(["--served-model-name", SERVED_MODEL, "--dtype", &spec.dtype])
+        .args(["--enforce-eager", "--host", "127.0.0.1", "--port"])
+        .arg(spec.port.to_string())
+        .args(&spec.extra_args)
+        .env("OMP_NUM_THREADS", spec.threads.to_string())
+        .env("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        .env("VLLM_CPU_KVCACHE_SPACE", "2")
+        // `/collective_rpc` (weight reloads) is a development route.
+        .env("VLLM_SERVER_DEV_MODE", "1")
+        .env("VLLM_NO_USAGE_STATS", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group, so that stopping it reaches the engine processes it
+        // spawns; and it dies with oxrl.
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+            Ok(())
+        });
+    }
+    cmd.spawn().with_context(|| {
+        format!(
+            "starting vLLM with {} (run scripts/setup_vllm.sh)",
+            spec.python.display()
+        )
+    })
 }
 
 /// The last lines of a log file (for error messages).
