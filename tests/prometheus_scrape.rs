@@ -121,9 +121,14 @@ fn prometheus_scrapes_a_live_run_and_the_dashboard_queries_work() {
     std::thread::sleep(Duration::from_secs(4));
     let empty: Vec<String> = dashboard_exprs()
         .into_iter()
-        // Series that only exist once something goes wrong (failures), with KL (beta > 0) or
-        // on a GPU.
-        .filter(|e| !e.contains("failures") && e != "oxrl_learner_kl" && !e.contains("gpu"))
+        // Series that only exist once something goes wrong (failures), with KL (beta > 0), on
+        // a GPU, or when another engine (vLLM) sampled (the rollout correction).
+        .filter(|e| {
+            !e.contains("failures")
+                && e != "oxrl_learner_kl"
+                && !e.contains("gpu")
+                && !e.contains("rollout_is_")
+        })
         .filter(|e| query(&prom, e).is_empty())
         .collect();
     assert!(

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use oxrl_tests::{http_get, smoke_train, terminate_cleanly};
+use oxrl_tests::{http_get, is_eval_line, metrics_lines, smoke_train, terminate_cleanly};
 
 /// The body of a GET that must succeed.
 fn get_ok(addr: &str, path: &str) -> String {
@@ -89,6 +89,22 @@ fn a_live_run_serves_metrics_health_and_status() {
         );
     }
     assert!(value(&metrics, "oxrl_eval_reward_mean ").is_some_and(f64::is_finite));
+    let gap = value(&metrics, "oxrl_rollout_logprob_abs_diff_mean ");
+    assert!(gap.is_some_and(|g| g < 1e-4), "{gap:?}");
     assert!(value(&metrics, "oxrl_eval_step ").is_some_and(|s| s >= 1.0));
     terminate_cleanly(child);
+    // The native engine's behaviour logprobs against the learner's first forward pass of each
+    // update: the same weights, different kernels (KV cache, fused decode), measured every
+    // step and equal to float rounding.
+    let steps: Vec<_> = metrics_lines(out.path())
+        .into_iter()
+        .filter(|l| !is_eval_line(l))
+        .collect();
+    assert!(!steps.is_empty());
+    for line in steps {
+        let mean = line["rollout/logprob_abs_diff_mean"].as_f64();
+        let max = line["rollout/logprob_abs_diff_max"].as_f64();
+        assert!(mean.is_some_and(|g| g < 1e-5), "{line}");
+        assert!(max.is_some_and(|g| g < 1e-3), "{line}");
+    }
 }

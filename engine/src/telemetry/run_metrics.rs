@@ -42,7 +42,7 @@ pub struct RunMetrics {
     staleness: IntGauge,
     stale_dropped: IntCounter,
     refills: IntCounter,
-    /// Engine-vs-learner logprob gap: mean |Δ|, max |Δ|, KL (vLLM engine).
+    /// Engine-vs-learner logprob gap: mean |Δ|, max |Δ|, KL (either engine).
     mismatch: [Gauge; 3],
     /// Gauges registered when first set: the learner's (whose names depend on the algorithm)
     /// and the eval ones (absent from runs that never evaluate).
@@ -139,17 +139,17 @@ impl RunMetrics {
                 gauge(
                     &r,
                     n::ROLLOUT_LOGPROB_ABS_DIFF_MEAN,
-                    "Mean |learner - engine| logprob per completion token (vLLM engine)",
+                    "Mean |learner - engine| logprob per completion token under the same weights (vLLM: the whole batch; native: the update's first step)",
                 )?,
                 gauge(
                     &r,
                     n::ROLLOUT_LOGPROB_ABS_DIFF_MAX,
-                    "Largest |learner - engine| logprob of a completion token (vLLM engine)",
+                    "Largest |learner - engine| logprob of a completion token under the same weights",
                 )?,
                 gauge(
                     &r,
                     n::ROLLOUT_LOGPROB_KL,
-                    "KL(engine || learner) per completion token, k3 estimate (vLLM engine)",
+                    "KL(engine || learner) per completion token under the same weights, k3 estimate",
                 )?,
             ],
             reward_by_name,
