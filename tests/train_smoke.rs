@@ -516,11 +516,13 @@ fn vllm_engine_refuses_options_it_cannot_honour() {
         err.contains("[rollout.vllm] is set but rollout.engine = \"native\""),
         "{err}"
     );
-    let err = check(&[vllm, "rollout.async=true"]);
+    let err = check(&["learner.rollout_correction.tis_cap=2.0"]);
     assert!(
-        err.contains("rollout.async with rollout.engine = \"vllm\""),
+        err.contains("[learner.rollout_correction]") && err.contains("native"),
         "{err}"
     );
+    let err = check(&[vllm, "learner.rollout_correction.tis_cap=0"]);
+    assert!(err.contains("rollout_correction.tis_cap = 0"), "{err}");
     let err = check(&[vllm, "model.lora.r=4"]);
     assert!(
         err.contains("model.lora with rollout.engine = \"vllm\""),

@@ -487,9 +487,6 @@ impl RunConfig {
                 if r.source != RolloutSource::Policy {
                     bail!("rollout.engine = \"vllm\" generates completions; rollout.source = \"dataset\" reads them");
                 }
-                if r.async_ {
-                    bail!("rollout.async with rollout.engine = \"vllm\" is not supported yet: set rollout.async = false");
-                }
                 if self.model.lora.is_some() {
                     bail!("model.lora with rollout.engine = \"vllm\" is not supported yet (adapter sync): train without [model.lora] or use the native engine");
                 }

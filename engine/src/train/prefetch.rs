@@ -1,7 +1,7 @@
-//! Async rollouts (`rollout.async`): one worker with its own copy of the weights generates
-//! the next step's batch while the learner trains on this one. A batch more than
-//! `rollout.max_staleness` policy versions old is dropped, counted, and generated again with
-//! the current policy.
+//! Async rollouts (`rollout.async`): the next step's batch is generated while the learner
+//! trains on this one, by one native worker with its own copy of the weights, or on the run's
+//! vLLM servers (`vllm_rollout::VllmQueue`). A batch more than `rollout.max_staleness` policy
+//! versions old is dropped, counted, and generated again with the current policy.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use oxrl_envs::{Cursor, Row};
 
 use super::batch::RolloutBatch;
 use super::config::RunConfig;
+use super::vllm_rollout::{SharedVllm, VllmQueue};
 use crate::learner::Learner;
 use crate::model::replica::replica;
 use crate::model::Llama;
@@ -30,40 +31,41 @@ struct Queued {
     cursor: Cursor,
 }
 
+/// What generates ahead.
+enum Generator {
+    /// A native worker on a copy of the weights, updated after every step.
+    Native(RolloutPool),
+    /// The run's vLLM servers (their weights are synced by the trainer).
+    Vllm(VllmQueue),
+}
+
 /// The async rollout worker and the batches queued on it, oldest first.
 pub struct Prefetch {
-    pool: RolloutPool,
+    generator: Generator,
     pending: VecDeque<Queued>,
     staleness: Staleness,
 }
 
 impl Prefetch {
-    /// Starts a worker on a copy of the learner's weights (policy version `version`).
+    /// Starts generating ahead: on `vllm` when the run generates there, else on a native
+    /// worker with a copy of the learner's weights (policy version `version`).
     pub fn start(
         learner: &Learner,
         cfg: &RunConfig,
         tokenizer: Arc<Tokenizer>,
         version: usize,
+        vllm: Option<SharedVllm>,
     ) -> anyhow::Result<Self> {
-        let spec = cfg.model.lora.as_ref().map(|l| l.spec()).transpose()?;
-        let config = learner.policy().config();
-        let (vs, model) = replica(
-            learner.var_store(),
-            |root| Llama::with_lora(root, config, spec.as_ref()),
-            |_| false,
-        )
-        .context("copying the policy to the rollout worker")?;
-        let pool = RolloutPool::start(
-            vec![WorkerModel { vs, model }],
-            version as u64,
-            Some(tokenizer),
-        );
         let staleness = Staleness {
             max: cfg.rollout.max_staleness,
             dropped: 0,
         };
+        let generator = match vllm {
+            Some(shared) => Generator::Vllm(VllmQueue::start(shared)?),
+            None => Generator::Native(native_worker(learner, cfg, tokenizer, version)?),
+        };
         Ok(Self {
-            pool,
+            generator,
             pending: VecDeque::new(),
             staleness,
         })
@@ -82,7 +84,10 @@ impl Prefetch {
         request: GenerationRequest,
         cursor: Cursor,
     ) {
-        let id = self.pool.submit(request.clone());
+        let id = match &mut self.generator {
+            Generator::Native(pool) => pool.submit(request.clone()),
+            Generator::Vllm(queue) => queue.submit(request.clone()),
+        };
         self.pending.push_back(Queued {
             id,
             step,
@@ -103,20 +108,18 @@ impl Prefetch {
     pub fn next(
         &mut self,
         step: usize,
-        regenerate: impl FnOnce(&GenerationRequest) -> crate::Result<Vec<Generated>>,
+        regenerate: impl FnOnce(&GenerationRequest) -> anyhow::Result<Vec<Generated>>,
     ) -> anyhow::Result<RolloutBatch> {
         let queued = self
             .pending
             .pop_front()
             .with_context(|| format!("step {step}: no rollout batch was queued"))?;
-        let result = self.pool.recv()?;
-        anyhow::ensure!(result.id == queued.id, "rollout results out of order");
+        let (id, version, generated) = self.recv()?;
+        anyhow::ensure!(id == queued.id, "rollout results out of order");
         let samples = queued.rows.len() * queued.request.n;
-        let fresh = self
-            .staleness
-            .accept(result.policy_version, step as u64, samples);
+        let fresh = self.staleness.accept(version, step as u64, samples);
         let (generated, policy_version) = match fresh {
-            true => (result.generated?, result.policy_version),
+            true => (generated?, version),
             false => (regenerate(&queued.request)?, step as u64),
         };
         Ok(RolloutBatch {
@@ -132,10 +135,48 @@ impl Prefetch {
         self.staleness.dropped
     }
 
-    /// Sends the learner's new weights; the worker applies them before its next batch.
-    pub fn push_weights(&self, learner: &Learner, version: u64) {
-        let tensors = Arc::new(snapshot(learner.var_store()));
-        self.pool
-            .update_weights(WeightUpdate::Copy { version, tensors });
+    /// The next finished batch: its id, the policy version that generated it, the completions.
+    fn recv(&self) -> anyhow::Result<(u64, u64, anyhow::Result<Vec<Generated>>)> {
+        Ok(match &self.generator {
+            Generator::Native(pool) => {
+                let r = pool.recv()?;
+                (r.id, r.policy_version, r.generated.map_err(Into::into))
+            }
+            Generator::Vllm(queue) => {
+                let r = queue.recv()?;
+                (r.id, r.policy_version, r.generated)
+            }
+        })
     }
+
+    /// Sends the learner's new weights to a native worker, which applies them before its next
+    /// batch. (The vLLM servers get them from the trainer's sync.)
+    pub fn push_weights(&self, learner: &Learner, version: u64) {
+        if let Generator::Native(pool) = &self.generator {
+            let tensors = Arc::new(snapshot(learner.var_store()));
+            pool.update_weights(WeightUpdate::Copy { version, tensors });
+        }
+    }
+}
+
+/// A native rollout worker on a copy of the learner's weights (policy version `version`).
+fn native_worker(
+    learner: &Learner,
+    cfg: &RunConfig,
+    tokenizer: Arc<Tokenizer>,
+    version: usize,
+) -> anyhow::Result<RolloutPool> {
+    let spec = cfg.model.lora.as_ref().map(|l| l.spec()).transpose()?;
+    let config = learner.policy().config();
+    let (vs, model) = replica(
+        learner.var_store(),
+        |root| Llama::with_lora(root, config, spec.as_ref()),
+        |_| false,
+    )
+    .context("copying the policy to the rollout worker")?;
+    Ok(RolloutPool::start(
+        vec![WorkerModel { vs, model }],
+        version as u64,
+        Some(tokenizer),
+    ))
 }

@@ -17,7 +17,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -37,14 +37,14 @@ use super::run_lock::RunLock;
 use super::scoring::{score_batch, ScoredBatch};
 use super::step_log::StepLog;
 use super::step_record::{CompletionStats, PhaseTimes, RewardStats, RolloutStats, StepRecord};
-use super::vllm_rollout::{recompute_logprobs, VllmRollout};
+use super::vllm_rollout::{hold, recompute_logprobs, SharedVllm, VllmRollout};
 use crate::device::{parse_device, parse_kind};
 use crate::learner::advantages::{group_advantages, ScaleRewards};
 use crate::learner::{lora, metrics, AlgorithmKind, Learner, LogprobGap, Update};
 use crate::model::random::random_model;
 use crate::model::Llama;
 use crate::pretrained::{save_model_dir, LoadOptions, Pretrained};
-use crate::rollout::{generate_batch, GenerationRequest};
+use crate::rollout::{generate_batch, Generated, GenerationRequest};
 use crate::sample::Sample;
 use crate::telemetry::{serve, MetricsServer, RunMetrics};
 use crate::tokenizer::Tokenizer;
@@ -62,8 +62,8 @@ pub struct Trainer {
     nonfinite_streak: usize,
     /// Async mode: the worker generating the next batch.
     prefetch: Option<Prefetch>,
-    /// `rollout.engine = "vllm"`: the servers that generate.
-    vllm: Option<VllmRollout>,
+    /// `rollout.engine = "vllm"`: the servers that generate (shared with the async worker).
+    vllm: Option<SharedVllm>,
     /// The data cursor right after the rows of the last trained step were drawn (async mode
     /// draws ahead; a checkpoint must not skip the in-flight batch's prompts).
     trained_cursor: Option<Cursor>,
@@ -109,15 +109,6 @@ impl Trainer {
         // The unexpanded config: `${VAR}` secrets stay in the environment, not on disk.
         std::fs::write(cfg.output_dir.join("config.toml"), &cfg.unexpanded)?;
         let tokenizer = Arc::new(tokenizer);
-        let prefetch = match cfg.rollout.async_ {
-            true => Some(Prefetch::start(
-                &learner,
-                &cfg,
-                tokenizer.clone(),
-                next_step,
-            )?),
-            false => None,
-        };
         let telemetry = Arc::new(RunMetrics::new().context("creating metrics")?);
         if learner.var_store().device().is_cuda() {
             if let Err(e) = telemetry.watch_gpu_memory() {
@@ -132,7 +123,7 @@ impl Trainer {
             log,
             next_step,
             nonfinite_streak: 0,
-            prefetch,
+            prefetch: None,
             trained_cursor: None,
             telemetry,
             server,
@@ -152,9 +143,20 @@ impl Trainer {
             trainer
                 .save(&model_dir)
                 .context("writing the policy for vLLM")?;
-            let vllm = VllmRollout::start(&trainer.cfg, &model_dir, &trainer.learner)
-                .context("starting [rollout.vllm]")?;
-            trainer.vllm = Some(vllm);
+            let vllm =
+                VllmRollout::start(&trainer.cfg, &model_dir, &trainer.learner, next_step as u64)
+                    .context("starting [rollout.vllm]")?;
+            trainer.vllm = Some(Arc::new(Mutex::new(vllm)));
+        }
+        if trainer.cfg.rollout.async_ {
+            let prefetch = Prefetch::start(
+                &trainer.learner,
+                &trainer.cfg,
+                trainer.tokenizer.clone(),
+                next_step,
+                trainer.vllm.clone(),
+            )?;
+            trainer.prefetch = Some(prefetch);
         }
         Ok(trainer)
     }
@@ -322,8 +324,9 @@ impl Trainer {
         let update_start = Instant::now();
         let update = self.learner.train(&samples)?;
         let update_secs = update_start.elapsed().as_secs_f64();
-        let sync_secs = match &mut self.vllm {
-            Some(vllm) => Some(vllm.sync(&self.learner, step as u64 + 1)?),
+        // With async rollouts this waits for the batch the servers are generating.
+        let sync_secs = match &self.vllm {
+            Some(vllm) => Some(hold(vllm)?.sync(&self.learner, step as u64 + 1)?),
             None => None,
         };
         if let Some(prefetch) = &self.prefetch {
@@ -392,19 +395,15 @@ impl Trainer {
     /// Generates `request` (the prompts of `rows`) with the learner's current policy, the
     /// version trained `step` times.
     fn generate(
-        &mut self,
+        &self,
         rows: Vec<Row>,
         request: GenerationRequest,
         step: usize,
     ) -> anyhow::Result<RolloutBatch> {
-        let generated = match &mut self.vllm {
-            Some(vllm) => {
-                let mut generated = vllm.generate(&request)?;
-                recompute_logprobs(&self.learner, &request, &mut generated)?;
-                generated
-            }
-            None => generate_batch(self.learner.policy(), &request, Some(&self.tokenizer))?,
-        };
+        let mut generated = complete(self.vllm.as_ref(), &self.learner, &self.tokenizer, &request)?;
+        if self.vllm.is_some() {
+            recompute_logprobs(&self.learner, &request, &mut generated)?;
+        }
         Ok(RolloutBatch {
             rows,
             request,
@@ -447,15 +446,22 @@ impl Trainer {
             prefetch: Some(prefetch),
             learner,
             tokenizer,
+            vllm,
             ..
         } = self
         else {
             anyhow::bail!("step {step}: no async rollout worker");
         };
         self.trained_cursor = prefetch.oldest_cursor().cloned();
-        prefetch.next(step, |request| {
-            generate_batch(learner.policy(), request, Some(tokenizer))
-        })
+        let mut batch = prefetch.next(step, |request| {
+            complete(vllm.as_ref(), learner, tokenizer, request)
+        })?;
+        if self.vllm.is_some() {
+            // Under the current weights, one version past the batch's: the correction then
+            // weighs the staleness too.
+            recompute_logprobs(&self.learner, &batch.request, &mut batch.generated)?;
+        }
+        Ok(batch)
     }
 
     /// The next rows and their generation request, sampled with `seed`.
@@ -609,6 +615,20 @@ impl Trainer {
             std::fs::write(dir.join("chat_template.jinja"), t.source())?;
         }
         Ok(())
+    }
+}
+
+/// Completions of `request` with the learner's current policy: on the run's vLLM servers
+/// (which hold its weights) or on the native engine.
+fn complete(
+    vllm: Option<&SharedVllm>,
+    learner: &Learner,
+    tokenizer: &Tokenizer,
+    request: &GenerationRequest,
+) -> anyhow::Result<Vec<Generated>> {
+    match vllm {
+        Some(vllm) => hold(vllm)?.generate(request),
+        None => Ok(generate_batch(learner.policy(), request, Some(tokenizer))?),
     }
 }
 

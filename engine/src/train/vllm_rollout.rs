@@ -4,9 +4,12 @@
 //! correction's `pi_old`, and the measure of the gap between the two).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use super::config::{RunConfig, VllmSection};
 use crate::learner::Learner;
@@ -25,15 +28,22 @@ pub struct VllmRollout {
     /// The newest synced weights: what a replica that comes back is re-synced to. `None`
     /// until the first sync (launched servers start from the current policy).
     synced: Option<PathBuf>,
+    /// The policy version the servers hold.
+    version: u64,
     retries: usize,
 }
 
 impl VllmRollout {
     /// Connects to `rollout.vllm.urls`, or launches `replicas` servers on `model_dir` (an HF
-    /// directory of the current policy, logs in `output_dir/vllm/`, their pids and ports in
-    /// `output_dir/vllm/servers.json`). Connected servers get the learner's weights at once
-    /// (a resumed run continues from its checkpoint's).
-    pub fn start(cfg: &RunConfig, model_dir: &Path, learner: &Learner) -> anyhow::Result<Self> {
+    /// directory of the current policy, version `version`; logs in `output_dir/vllm/`, their
+    /// pids and ports in `output_dir/vllm/servers.json`). Connected servers get the learner's
+    /// weights at once (a resumed run continues from its checkpoint's).
+    pub fn start(
+        cfg: &RunConfig,
+        model_dir: &Path,
+        learner: &Learner,
+        version: u64,
+    ) -> anyhow::Result<Self> {
         let section = cfg.rollout.vllm.clone().unwrap_or_default();
         let root = cfg.output_dir.join("vllm");
         std::fs::create_dir_all(&root)?;
@@ -50,11 +60,12 @@ impl VllmRollout {
             servers,
             dir: root.clone(),
             synced: None,
+            version,
             retries: section.retries,
         };
         rollout.write_server_list()?;
         if !section.urls.is_empty() {
-            rollout.sync(learner, 0)?;
+            rollout.sync(learner, version)?;
         }
         Ok(rollout)
     }
@@ -164,6 +175,7 @@ impl VllmRollout {
             )
             .with_context(|| format!("syncing policy version {version} to vLLM"))?;
         self.synced = Some(dir);
+        self.version = version;
         for e in &failures {
             eprintln!("warning: vLLM sync of policy version {version}: {e:#}");
         }
@@ -174,6 +186,11 @@ impl VllmRollout {
             );
         }
         Ok(start.elapsed().as_secs_f64())
+    }
+
+    /// The policy version the servers hold (that the next generation runs on).
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// `servers.json`: each launched server's URL, process group and log, for operators and
@@ -189,6 +206,97 @@ impl VllmRollout {
             serde_json::to_string_pretty(&list)?,
         )?;
         Ok(())
+    }
+}
+
+/// The run's vLLM rollout, shared by the trainer (generation, refills, weight syncs) and the
+/// async worker ([`VllmQueue`]): one holder at a time, so a weight sync waits for the
+/// generation in flight and every batch comes from one version of the weights.
+pub type SharedVllm = Arc<Mutex<VllmRollout>>;
+
+/// Takes the shared rollout (a panic while it was held is an error, not a second panic).
+pub fn hold(shared: &SharedVllm) -> anyhow::Result<MutexGuard<'_, VllmRollout>> {
+    shared
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the vLLM rollout panicked in another thread"))
+}
+
+/// A prefetched batch generated on vLLM.
+pub struct Prefetched {
+    /// Its submission number.
+    pub id: u64,
+    /// The policy version the servers held while generating it.
+    pub policy_version: u64,
+    /// The completions, or why there are none.
+    pub generated: anyhow::Result<Vec<Generated>>,
+}
+
+/// `rollout.async` on vLLM: a thread that generates queued requests on the shared rollout in
+/// order, so the servers generate step k+1 while the learner trains on step k; the trainer's
+/// weight sync after the update waits for that generation to finish.
+pub struct VllmQueue {
+    jobs: Option<Sender<(u64, GenerationRequest)>>,
+    done: Receiver<Prefetched>,
+    next_id: u64,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl VllmQueue {
+    /// Starts the worker thread.
+    pub fn start(shared: SharedVllm) -> anyhow::Result<Self> {
+        let (jobs, queued) = unbounded::<(u64, GenerationRequest)>();
+        let (finished, done) = unbounded();
+        let worker = std::thread::Builder::new()
+            .name("oxrl-vllm-prefetch".into())
+            .spawn(move || {
+                for (id, request) in queued {
+                    let (policy_version, generated) = match hold(&shared) {
+                        Ok(mut rollout) => (rollout.version(), rollout.generate(&request)),
+                        Err(e) => (0, Err(e)),
+                    };
+                    let result = Prefetched {
+                        id,
+                        policy_version,
+                        generated,
+                    };
+                    if finished.send(result).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self {
+            jobs: Some(jobs),
+            done,
+            next_id: 0,
+            worker: Some(worker),
+        })
+    }
+
+    /// Queues a request; returns its id.
+    pub fn submit(&mut self, request: GenerationRequest) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        if let Some(jobs) = &self.jobs {
+            // The worker only stops when this queue drops its sender.
+            let _ = jobs.send((id, request));
+        }
+        id
+    }
+
+    /// The next finished request, in submission order (blocking).
+    pub fn recv(&self) -> anyhow::Result<Prefetched> {
+        self.done
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the vLLM prefetch thread stopped"))
+    }
+}
+
+impl Drop for VllmQueue {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
     }
 }
 
