@@ -523,9 +523,9 @@ fn vllm_engine_refuses_options_it_cannot_honour() {
     );
     let err = check(&[vllm, "learner.rollout_correction.tis_cap=0"]);
     assert!(err.contains("rollout_correction.tis_cap = 0"), "{err}");
-    let err = check(&[vllm, "model.lora.r=4"]);
+    let err = check(&[vllm, "model.lora.r=1024"]);
     assert!(
-        err.contains("model.lora with rollout.engine = \"vllm\""),
+        err.contains("model.lora.r = 1024") && err.contains("up to 512"),
         "{err}"
     );
     let err = check(&[vllm, "rollout.vllm.replicas=0"]);

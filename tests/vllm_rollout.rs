@@ -52,6 +52,7 @@ fn start() -> Shared {
         extra_args: vec!["--max-model-len".into(), "1024".into()],
         log: dir.path().join("vllm.log"),
         startup_timeout: Duration::from_secs(600),
+        lora_rank: None,
     };
     // The server dies with the thread that started it (PR_SET_PDEATHSIG): start it on one
     // that lives as long as the test binary.

@@ -162,6 +162,50 @@ pub fn merged_tensors(vs: &VarStore, lora: &LoraConfig) -> Vec<(String, Tensor)>
     })
 }
 
+/// Writes the adapters of `vs` as a PEFT adapter directory (`adapter_config.json`,
+/// `adapter_model.safetensors` with PEFT's `base_model.model.` prefix), which vLLM and PEFT
+/// load on top of the base model.
+pub fn save_adapter(vs: &VarStore, lora: &LoraConfig, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut tensors: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(name, _)| is_adapter(name))
+        .map(|(name, t)| {
+            let t = t.detach().to_device(tch::Device::Cpu).contiguous();
+            (format!("base_model.model.{name}"), t)
+        })
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    Tensor::write_safetensors(&tensors, dir.join("adapter_model.safetensors"))?;
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": lora.r,
+        "lora_alpha": lora.lora_alpha,
+        "lora_dropout": lora.lora_dropout,
+        "target_modules": lora.target_modules,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "use_rslora": false,
+        "use_dora": false,
+        "modules_to_save": null,
+    });
+    let path = dir.join("adapter_config.json");
+    std::fs::write(&path, format!("{config:#}")).map_err(|e| Error::io(&path, e))
+}
+
+/// Writes a plain HF model directory (no adapters) of the frozen base weights: what a vLLM
+/// server serves under a LoRA run's adapters.
+pub fn export_base(vs: &VarStore, cfg: &ModelConfig, dir: &Path, kind: Option<Kind>) -> Result<()> {
+    let base: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(name, _)| !is_adapter(name))
+        .collect();
+    export_tensors(&base, cfg, dir, kind)
+}
+
 /// Writes a plain HF model directory (no adapters) with the adapters merged in.
 pub fn export_merged(
     vs: &VarStore,
@@ -170,12 +214,24 @@ pub fn export_merged(
     dir: &Path,
     kind: Option<Kind>,
 ) -> Result<()> {
-    let plain = VarStore::new(vs.device());
+    export_tensors(&merged_tensors(vs, lora), cfg, dir, kind)
+}
+
+/// Writes `tensors` (a plain model's variables by HF name) as an HF model directory.
+fn export_tensors(
+    tensors: &[(String, Tensor)],
+    cfg: &ModelConfig,
+    dir: &Path,
+    kind: Option<Kind>,
+) -> Result<()> {
+    let device = tensors
+        .first()
+        .map_or(tch::Device::Cpu, |(_, t)| t.device());
+    let plain = VarStore::new(device);
     let _model = Llama::new(&plain.root(), cfg);
-    let merged = merged_tensors(vs, lora);
     let vars = plain.variables();
     tch::no_grad(|| -> Result<()> {
-        for (name, t) in &merged {
+        for (name, t) in tensors {
             let mut dst = vars
                 .get(name)
                 .ok_or_else(|| Error::Invalid(format!("lora: unexpected variable {name}")))?

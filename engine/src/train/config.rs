@@ -487,8 +487,8 @@ impl RunConfig {
                 if r.source != RolloutSource::Policy {
                     bail!("rollout.engine = \"vllm\" generates completions; rollout.source = \"dataset\" reads them");
                 }
-                if self.model.lora.is_some() {
-                    bail!("model.lora with rollout.engine = \"vllm\" is not supported yet (adapter sync): train without [model.lora] or use the native engine");
+                if let Some(r) = self.model.lora.as_ref().map(|l| l.r).filter(|&r| r > 512) {
+                    bail!("model.lora.r = {r} with rollout.engine = \"vllm\": vLLM serves LoRA ranks up to 512");
                 }
                 if v.urls.is_empty() && v.replicas == 0 {
                     bail!("rollout.vllm: no rollout.vllm.urls and rollout.vllm.replicas = 0: there is no server to generate on");

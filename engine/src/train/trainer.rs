@@ -42,7 +42,7 @@ use crate::device::{parse_device, parse_kind};
 use crate::learner::advantages::{group_advantages, ScaleRewards};
 use crate::learner::{lora, metrics, AlgorithmKind, Learner, LogprobGap, Update};
 use crate::model::random::random_model;
-use crate::model::Llama;
+use crate::model::{Llama, ModelConfig};
 use crate::pretrained::{save_model_dir, LoadOptions, Pretrained};
 use crate::rollout::{generate_batch, Generated, GenerationRequest};
 use crate::sample::Sample;
@@ -138,10 +138,11 @@ impl Trainer {
             vllm: None,
         };
         if trainer.cfg.rollout.engine == RolloutEngine::Vllm {
-            // Launched servers start from the current policy (a resumed run's checkpoint).
+            // Launched servers start from the current policy (a resumed run's checkpoint), or
+            // a LoRA run's frozen base (its adapters are synced at start).
             let model_dir = trainer.cfg.output_dir.join("vllm/model");
             trainer
-                .save(&model_dir)
+                .save_served_base(&model_dir)
                 .context("writing the policy for vLLM")?;
             let vllm =
                 VllmRollout::start(&trainer.cfg, &model_dir, &trainer.learner, next_step as u64)
@@ -576,16 +577,40 @@ impl Trainer {
     /// tokenizer): into a temporary directory beside `dir`, then renamed, so a kill never
     /// leaves a complete-looking `dir` with half-written weights.
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        self.publish_model(dir, |vs, config, tmp| match &self.cfg.model.lora {
+            Some(lora_cfg) => lora::export_merged(vs, config, lora_cfg, tmp, None),
+            None => save_model_dir(vs, config, tmp, None),
+        })
+    }
+
+    /// What vLLM servers serve: the policy, or a LoRA run's frozen base weights (the
+    /// adapters reach the servers with each sync).
+    fn save_served_base(&self, dir: &Path) -> anyhow::Result<()> {
+        match &self.cfg.model.lora {
+            Some(_) => self.publish_model(dir, |vs, config, tmp| {
+                lora::export_base(vs, config, tmp, None)
+            }),
+            None => self.save(dir),
+        }
+    }
+
+    /// An HF directory at `dir` of the weights `write` puts in a temporary directory beside
+    /// it, with the tokenizer, then renamed into place.
+    fn publish_model(
+        &self,
+        dir: &Path,
+        write: impl FnOnce(&VarStore, &ModelConfig, &Path) -> crate::Result<()>,
+    ) -> anyhow::Result<()> {
         let name = dir.file_name().unwrap_or_default().to_string_lossy();
         let tmp = dir.with_file_name(format!(".tmp-{name}"));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)?;
         }
-        let (vs, config) = (self.learner.var_store(), self.learner.policy().config());
-        match &self.cfg.model.lora {
-            Some(lora_cfg) => lora::export_merged(vs, config, lora_cfg, &tmp, None)?,
-            None => save_model_dir(vs, config, &tmp, None)?,
-        }
+        write(
+            self.learner.var_store(),
+            self.learner.policy().config(),
+            &tmp,
+        )?;
         self.write_tokenizer(&tmp)?;
         checkpoint::publish(&tmp, dir)
     }

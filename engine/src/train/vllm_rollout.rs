@@ -12,9 +12,10 @@ use anyhow::Context;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use super::config::{RunConfig, VllmSection};
+use crate::learner::lora::LoraConfig;
 use crate::learner::Learner;
 use crate::rollout::logprobs::batch_completion_logprobs;
-use crate::rollout::vllm::{free_port, log_tail, Fleet, LaunchSpec, VllmServer};
+use crate::rollout::vllm::{free_port, log_tail, Fleet, LaunchSpec, VllmServer, SERVED_MODEL};
 use crate::rollout::{Generated, GenerationRequest};
 
 /// The servers a run generates on.
@@ -30,6 +31,11 @@ pub struct VllmRollout {
     synced: Option<PathBuf>,
     /// The policy version the servers hold.
     version: u64,
+    /// A LoRA run's adapter options: the servers serve the frozen base, and each sync loads
+    /// the adapters under a new name.
+    lora: Option<LoraConfig>,
+    /// The model requests name: the served base, or the newest adapter of a LoRA run.
+    model: String,
     retries: usize,
 }
 
@@ -49,7 +55,8 @@ impl VllmRollout {
         std::fs::create_dir_all(&root)?;
         let timeout = Duration::from_secs_f64(section.request_timeout_s);
         let (fleet, servers) = if section.urls.is_empty() {
-            let servers = launch(&section, model_dir, &root)?;
+            let lora_rank = cfg.model.lora.as_ref().map(|l| l.r);
+            let servers = launch(&section, model_dir, &root, lora_rank)?;
             let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
             (Fleet::connect(&urls, timeout)?, servers)
         } else {
@@ -61,10 +68,13 @@ impl VllmRollout {
             dir: root.clone(),
             synced: None,
             version,
+            lora: cfg.model.lora.clone(),
+            model: SERVED_MODEL.to_owned(),
             retries: section.retries,
         };
         rollout.write_server_list()?;
-        if !section.urls.is_empty() {
+        // Running servers need the policy's weights; a LoRA run's servers, its adapters.
+        if !section.urls.is_empty() || rollout.lora.is_some() {
             rollout.sync(learner, version)?;
         }
         Ok(rollout)
@@ -80,7 +90,7 @@ impl VllmRollout {
         for round in 0..=self.retries {
             self.heal()?;
             let mut failed = Vec::new();
-            for (i, result) in self.fleet.generate(req, &pending) {
+            for (i, result) in self.fleet.generate(req, &pending, &self.model) {
                 match result {
                     Ok(generated) => done[i] = generated,
                     Err(e) if round < self.retries => {
@@ -127,9 +137,10 @@ impl VllmRollout {
                 eprintln!("warning: vLLM replica {i} ({}) does not answer /health; its prompts go to the others", replica.url);
                 continue;
             }
-            let resynced = match &self.synced {
-                Some(dir) => replica.reload_weights(dir),
-                None => Ok(()),
+            let resynced = match (&self.synced, &self.lora) {
+                (Some(dir), Some(_)) => replica.load_adapter(&self.model, dir),
+                (Some(dir), None) => replica.reload_weights(dir),
+                (None, _) => Ok(()),
             };
             match resynced {
                 Ok(()) => replica.set_healthy(true),
@@ -160,20 +171,29 @@ impl VllmRollout {
         Ok(())
     }
 
-    /// Pushes the learner's weights (policy version `version`) to every healthy replica; the
-    /// seconds it took. A replica that fails to reload is set aside (and re-synced when it
-    /// answers again); the sync is an error only when no replica took the weights.
+    /// Pushes the learner's weights (policy version `version`) to every healthy replica (a
+    /// LoRA run's adapters only, under a new name); the seconds it took. A replica that fails
+    /// to take them is set aside (and re-synced when it answers again); the sync is an error
+    /// only when no replica took them.
     pub fn sync(&mut self, learner: &Learner, version: u64) -> anyhow::Result<f64> {
         let start = Instant::now();
-        let (dir, failures) = self
-            .fleet
-            .sync_weights(
-                learner.var_store(),
-                learner.policy().config(),
-                &self.dir.join("sync"),
-                version,
-            )
-            .with_context(|| format!("syncing policy version {version} to vLLM"))?;
+        let (vs, root) = (learner.var_store(), self.dir.join("sync"));
+        let name = format!("{SERVED_MODEL}-v{version}");
+        let (dir, failures) = match &self.lora {
+            Some(lora) => {
+                let previous = (self.model != SERVED_MODEL).then_some(self.model.as_str());
+                let versions = (version, name.as_str(), previous);
+                self.fleet.sync_adapter(vs, lora, &root, versions)
+            }
+            None => {
+                let config = learner.policy().config();
+                self.fleet.sync_weights(vs, config, &root, version)
+            }
+        }
+        .with_context(|| format!("syncing policy version {version} to vLLM"))?;
+        if self.lora.is_some() {
+            self.model = name;
+        }
         self.synced = Some(dir);
         self.version = version;
         for e in &failures {
@@ -300,7 +320,12 @@ impl Drop for VllmQueue {
     }
 }
 
-fn launch(section: &VllmSection, model_dir: &Path, root: &Path) -> anyhow::Result<Vec<VllmServer>> {
+fn launch(
+    section: &VllmSection,
+    model_dir: &Path,
+    root: &Path,
+    lora_rank: Option<i64>,
+) -> anyhow::Result<Vec<VllmServer>> {
     let python = match &section.python {
         Some(p) => p.clone(),
         None => std::env::var_os("OXRL_VLLM_PYTHON")
@@ -321,6 +346,7 @@ fn launch(section: &VllmSection, model_dir: &Path, root: &Path) -> anyhow::Resul
                 extra_args: section.extra_args.clone(),
                 log: root.join(format!("server-{i}.log")),
                 startup_timeout: Duration::from_secs_f64(section.startup_timeout_s),
+                lora_rank,
             };
             VllmServer::launch(&spec).with_context(|| format!("vLLM replica {i}"))
         })

@@ -37,6 +37,8 @@ pub struct CompletionParams<'a> {
     pub stop: &'a StopConditions,
     /// The request's seed.
     pub seed: u64,
+    /// The model to sample: the served base ([`SERVED_MODEL`]) or a loaded LoRA adapter.
+    pub model: &'a str,
 }
 
 /// A vLLM server's OpenAI-compatible endpoint.
@@ -96,7 +98,8 @@ impl Replica {
         Claim(self)
     }
 
-    fn post(&self, route: &str, body: &Value) -> anyhow::Result<Value> {
+    /// POSTs `body` as JSON; the reply's text, or an error naming the replica and route.
+    fn post_text(&self, route: &str, body: &Value) -> anyhow::Result<String> {
         let sent = self
             .http
             .post(format!("{}{route}", self.url))
@@ -112,6 +115,11 @@ impl Replica {
                 clip(&text)
             );
         }
+        Ok(text)
+    }
+
+    fn post(&self, route: &str, body: &Value) -> anyhow::Result<Value> {
+        let text = self.post_text(route, body)?;
         serde_json::from_str(&text).with_context(|| {
             format!(
                 "vLLM replica {}: POST {route} answered no JSON: {}",
@@ -129,7 +137,7 @@ impl Replica {
     ) -> anyhow::Result<Vec<EngineCompletion>> {
         let s = params.sampling;
         let body = json!({
-            "model": SERVED_MODEL,
+            "model": params.model,
             "prompt": prompt,
             "n": params.n,
             "max_tokens": params.max_tokens,
@@ -208,6 +216,23 @@ impl Replica {
         self.post("/collective_rpc", &body)
             .with_context(|| format!("reloading weights from {}", dir.display()))?;
         self.reset_prefix_cache()
+    }
+
+    /// Loads the LoRA adapter in `dir` (PEFT files) under `name`, which requests then name as
+    /// their model (`POST /v1/load_lora_adapter`; the server runs with `--enable-lora` and
+    /// `VLLM_ALLOW_RUNTIME_LORA_UPDATING`).
+    pub fn load_adapter(&self, name: &str, dir: &Path) -> anyhow::Result<()> {
+        let body = json!({"lora_name": name, "lora_path": dir.display().to_string()});
+        self.post_text("/v1/load_lora_adapter", &body)
+            .with_context(|| format!("loading LoRA adapter {name} from {}", dir.display()))?;
+        Ok(())
+    }
+
+    /// Unloads the LoRA adapter `name` (`POST /v1/unload_lora_adapter`).
+    pub fn unload_adapter(&self, name: &str) -> anyhow::Result<()> {
+        self.post_text("/v1/unload_lora_adapter", &json!({"lora_name": name}))
+            .with_context(|| format!("unloading LoRA adapter {name}"))?;
+        Ok(())
     }
 
     /// Drops the cached keys/values of earlier prompts: computed with the old weights, a

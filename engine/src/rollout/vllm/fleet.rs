@@ -11,6 +11,8 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use super::client::{CompletionParams, Replica};
+use super::server::SERVED_MODEL;
+use crate::learner::lora::{save_adapter, LoraConfig};
 use crate::model::ModelConfig;
 use crate::rollout::{Generated, GenerationRequest};
 
@@ -44,6 +46,7 @@ impl Fleet {
         &self,
         req: &GenerationRequest,
         prompts: &[usize],
+        model: &str,
     ) -> Vec<(usize, anyhow::Result<Vec<Generated>>)> {
         std::thread::scope(|scope| {
             let handles: Vec<_> = prompts
@@ -54,7 +57,7 @@ impl Fleet {
                         let replica = claim.ok_or_else(|| {
                             anyhow::anyhow!("no healthy vLLM replica to send prompt {i} to")
                         })?;
-                        let done = complete(&replica, req, i);
+                        let done = complete(&replica, req, i, model);
                         if done.is_err() {
                             replica.set_healthy(false);
                         }
@@ -75,12 +78,12 @@ impl Fleet {
         })
     }
 
-    /// Every completion of `req`, one try per prompt, in prompt order; the first failure is
-    /// the error.
+    /// Every completion of `req` by the served base model, one try per prompt, in prompt
+    /// order; the first failure is the error.
     pub fn generate_all(&self, req: &GenerationRequest) -> anyhow::Result<Vec<Generated>> {
         let all: Vec<usize> = (0..req.prompts.len()).collect();
         let mut out = Vec::with_capacity(req.prompts.len() * req.n);
-        for (_, done) in self.generate(req, &all) {
+        for (_, done) in self.generate(req, &all, SERVED_MODEL) {
             out.extend(done?);
         }
         Ok(out)
@@ -125,11 +128,44 @@ impl Fleet {
     }
 }
 
-/// One try of prompt `i` of `req` on `replica`.
+impl Fleet {
+    /// A LoRA run's sync: writes the adapters of `vs` (PEFT files) into `root/v{version}` and
+    /// has every healthy replica load them as `name`, then unload `previous`; older version
+    /// directories are removed. Failures are handled as in [`sync_weights`](Self::sync_weights).
+    pub fn sync_adapter(
+        &self,
+        vs: &VarStore,
+        lora: &LoraConfig,
+        root: &Path,
+        (version, name, previous): (u64, &str, Option<&str>),
+    ) -> anyhow::Result<(PathBuf, Vec<anyhow::Error>)> {
+        let dir = root.join(format!("v{version:08}"));
+        save_adapter(vs, lora, &dir)
+            .with_context(|| format!("writing the LoRA adapter for vLLM to {}", dir.display()))?;
+        let mut failures = Vec::new();
+        for replica in self.replicas.iter().filter(|r| r.is_healthy()) {
+            let loaded = replica
+                .load_adapter(name, &dir)
+                .and_then(|()| match previous {
+                    Some(old) if old != name => replica.unload_adapter(old),
+                    _ => Ok(()),
+                });
+            if let Err(e) = loaded {
+                replica.set_healthy(false);
+                failures.push(e);
+            }
+        }
+        remove_older(root, &dir);
+        Ok((dir, failures))
+    }
+}
+
+/// One try of prompt `i` of `req` on `replica`, sampling `model`.
 fn complete(
     replica: &Replica,
     req: &GenerationRequest,
     i: usize,
+    model: &str,
 ) -> anyhow::Result<Vec<Generated>> {
     let prompt = &req.prompts[i];
     let params = CompletionParams {
@@ -138,6 +174,7 @@ fn complete(
         sampling: &req.sampling,
         stop: &req.stop,
         seed: req.seed.wrapping_add(i as u64),
+        model,
     };
     let done = replica
         .complete(prompt, &params)

@@ -8,4 +8,4 @@ pub mod server;
 
 pub use client::{CompletionParams, EngineCompletion, Replica};
 pub use fleet::Fleet;
-pub use server::{free_port, log_tail, LaunchSpec, VllmServer};
+pub use server::{free_port, log_tail, LaunchSpec, VllmServer, SERVED_MODEL};

@@ -34,6 +34,17 @@ pub struct LaunchSpec {
     pub log: PathBuf,
     /// How long start-up may take (compile warm-up: 65-105 s on a 2-core CPU).
     pub startup_timeout: Duration,
+    /// A LoRA run's adapter rank: the server then takes adapters at run time
+    /// (`--enable-lora`, the smallest `--max-lora-rank` vLLM offers that fits).
+    pub lora_rank: Option<i64>,
+}
+
+/// The `--max-lora-rank` values vLLM accepts.
+const LORA_RANKS: [i64; 9] = [1, 8, 16, 32, 64, 128, 256, 320, 512];
+
+/// vLLM's smallest LoRA rank slot that holds adapters of rank `r`.
+pub fn lora_rank_slot(r: i64) -> Option<i64> {
+    LORA_RANKS.into_iter().find(|&slot| slot >= r)
 }
 
 /// A running server; stopped when dropped.
@@ -133,17 +144,20 @@ impl Drop for VllmServer {
 }
 
 impl VllmServer {
-    /// Stops the server's whole process group: SIGTERM, then SIGKILL after 10 s.
+    /// Stops the server: SIGTERM to it, then SIGKILL to its whole process group once it has
+    /// exited or after 10 s.
     fn stop(&mut self) {
-        let group = -(self.child.id() as i32);
-        // SAFETY: signalling our own child's process group.
-        unsafe { libc::kill(group, libc::SIGTERM) };
+        let leader = self.child.id() as i32;
+        // The API server first: it shuts its engine processes down in order (signalled
+        // together, the engine dies under it and the log fills with EngineDeadError).
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(leader, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline && self.is_running() {
             std::thread::sleep(Duration::from_millis(100));
         }
-        // SAFETY: as above; whatever is left of the group goes now.
-        unsafe { libc::kill(group, libc::SIGKILL) };
+        // SAFETY: our own child's process group; whatever is left of it goes now.
+        unsafe { libc::kill(-leader, libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
@@ -156,12 +170,15 @@ fn spawn(spec: &LaunchSpec, log: File) -> anyhow::Result<Child> {
         .args(["--served-model-name", SERVED_MODEL, "--dtype", &spec.dtype])
         .args(["--enforce-eager", "--host", "127.0.0.1", "--port"])
         .arg(spec.port.to_string())
+        .args(lora_args(spec.lora_rank)?)
         .args(&spec.extra_args)
         .env("OMP_NUM_THREADS", spec.threads.to_string())
         .env("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         .env("VLLM_CPU_KVCACHE_SPACE", "2")
         // `/collective_rpc` (weight reloads) is a development route.
         .env("VLLM_SERVER_DEV_MODE", "1")
+        // `/v1/load_lora_adapter` (a LoRA run's sync) exists only with this.
+        .env("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "1")
         .env("VLLM_NO_USAGE_STATS", "1")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -182,6 +199,19 @@ fn spawn(spec: &LaunchSpec, log: File) -> anyhow::Result<Child> {
             spec.python.display()
         )
     })
+}
+
+/// The arguments that let a server take adapters of rank `rank` at run time (one adapter per
+/// request; two held, the new one and the one being replaced).
+fn lora_args(rank: Option<i64>) -> anyhow::Result<Vec<String>> {
+    let Some(r) = rank else { return Ok(Vec::new()) };
+    let slot =
+        lora_rank_slot(r).with_context(|| format!("LoRA rank {r}: vLLM serves ranks up to 512"))?;
+    Ok(["--enable-lora", "--max-lora-rank", &slot.to_string()]
+        .into_iter()
+        .chain(["--max-loras", "1", "--max-cpu-loras", "2"])
+        .map(str::to_owned)
+        .collect())
 }
 
 /// The last lines of a log file (for error messages).
