@@ -2,8 +2,8 @@
 # Native oxrl vs vLLM (the CPU build, `make vllm`) on the bundled SmolLM2-135M, f32, in one
 # run: generation tok/s at each batch size (temperature 1, EOS ignored, same new tokens and
 # threads), then GRPO seconds per step with each engine (configs/grpo_vllm.toml, the same run
-# with rollout.engine = "native"; the mean over steps 2..STEPS). Run on a quiet machine from
-# the repo root after `make build`.
+# with rollout.engine = "native", and on vLLM with rollout.async = true; the mean over steps
+# 2..STEPS). Run on a quiet machine from the repo root after `make build`.
 # Usage: bench/vllm_vs_native.sh [NEW_TOKENS=64] [THREADS=nproc] [STEPS=6] [BATCH...=8 32]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,10 +43,11 @@ step_mean() {  # mean time/step_seconds of steps 2.. in a run's metrics.jsonl
 }
 # The same run on the native engine: the config without its engine line and [rollout.vllm].
 sed '/^engine = "vllm"/d; /^\[rollout.vllm\]/,/^$/d' configs/grpo_vllm.toml > "$WORK/native.toml"
-for engine in native vllm; do
+for engine in native vllm vllm-async; do
     config=configs/grpo_vllm.toml
     sets=(--set "steps=$STEPS" --set "output_dir=$WORK/$engine" --set "model.path=$MODEL")
     if [[ $engine == native ]]; then config="$WORK/native.toml"; else sets+=(--set "rollout.vllm.threads=$THREADS"); fi
+    if [[ $engine == vllm-async ]]; then sets+=(--set "rollout.async=true"); fi
     OMP_NUM_THREADS=$THREADS "$OXRL" train "$config" "${sets[@]}" >/dev/null 2>"$WORK/$engine.err" \
         || { tail -20 "$WORK/$engine.err"; exit 1; }
     echo "grpo $engine: $(step_mean "$WORK/$engine") s/step"
