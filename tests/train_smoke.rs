@@ -528,6 +528,13 @@ fn vllm_engine_refuses_options_it_cannot_honour() {
         err.contains("model.lora.r = 1024") && err.contains("up to 512"),
         "{err}"
     );
+    let err = check(&[vllm, "rollout.vllm.sync_every=3"]);
+    assert!(
+        err.contains("rollout.vllm.sync_every = 3") && err.contains("rollout.max_staleness = 1"),
+        "{err}"
+    );
+    let err = check(&[vllm, "rollout.vllm.sync_every=2", "rollout.async=true"]);
+    assert!(err.contains("up to 2 policy versions old"), "{err}");
     let err = check(&[vllm, "rollout.vllm.replicas=0"]);
     assert!(err.contains("no server to generate on"), "{err}");
     let err = check(&[

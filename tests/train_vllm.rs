@@ -328,3 +328,46 @@ fn a_lora_run_pushes_only_its_adapters_to_vllm() {
         "only the adapters move"
     );
 }
+
+/// `rollout.vllm.sync_every = 2`: the servers get the weights after every second update, so
+/// every other batch is one version old (within `rollout.max_staleness = 1`); fresh batches
+/// are in sync, and the learner's recomputation corrects the stale ones.
+#[test]
+fn weights_synced_every_second_update_leave_every_other_batch_one_version_old() {
+    let _one = one_run_at_a_time();
+    let out = tempfile::tempdir().unwrap();
+    let output = smoke_train(out.path(), &sets(&["rollout.vllm.sync_every=2", "steps=4"]))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}\nserver log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        server_log(out.path(), 0)
+    );
+    let lines = metrics_lines(out.path());
+    let staleness: Vec<u64> = lines
+        .iter()
+        .map(|l| l["rollout/staleness"].as_u64().unwrap())
+        .collect();
+    assert_eq!(staleness, [0, 1, 0, 1]);
+    for (step, line) in lines.iter().enumerate() {
+        assert_eq!(
+            line["time/sync_seconds"].is_number(),
+            step % 2 == 1,
+            "{line}"
+        );
+        let weight = line["oxrl_learner_rollout_is_weight_mean"]
+            .as_f64()
+            .unwrap();
+        if step % 2 == 0 {
+            assert_in_sync(line);
+        } else {
+            assert!(
+                line.get("rollout/logprob_abs_diff_mean").is_none(),
+                "{line}"
+            );
+            assert!((weight - 1.0).abs() < 0.2 && weight != 1.0, "{line}");
+        }
+    }
+}

@@ -200,6 +200,10 @@ pub struct VllmSection {
     pub request_timeout_s: f64,
     /// Retries of a failed request (on the least busy replica) before the step fails.
     pub retries: usize,
+    /// Updates between weight syncs: the servers then generate with weights up to
+    /// `sync_every - 1` versions old (one more with `rollout.async`), which
+    /// `rollout.max_staleness` must allow.
+    pub sync_every: usize,
 }
 
 impl Default for VllmSection {
@@ -214,6 +218,7 @@ impl Default for VllmSection {
             startup_timeout_s: 600.0,
             request_timeout_s: 300.0,
             retries: 2,
+            sync_every: 1,
         }
     }
 }
@@ -489,6 +494,13 @@ impl RunConfig {
                 }
                 if let Some(r) = self.model.lora.as_ref().map(|l| l.r).filter(|&r| r > 512) {
                     bail!("model.lora.r = {r} with rollout.engine = \"vllm\": vLLM serves LoRA ranks up to 512");
+                }
+                if v.sync_every == 0 {
+                    bail!("rollout.vllm.sync_every = 0: must be at least 1 (sync after every N updates)");
+                }
+                let oldest = v.sync_every as u64 - 1 + u64::from(r.async_);
+                if oldest > r.max_staleness {
+                    bail!("rollout.vllm.sync_every = {} generates batches up to {oldest} policy versions old{}, but rollout.max_staleness = {}: raise rollout.max_staleness to {oldest} or sync more often", v.sync_every, if r.async_ { " (with rollout.async)" } else { "" }, r.max_staleness);
                 }
                 if v.urls.is_empty() && v.replicas == 0 {
                     bail!("rollout.vllm: no rollout.vllm.urls and rollout.vllm.replicas = 0: there is no server to generate on");

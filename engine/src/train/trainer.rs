@@ -327,8 +327,10 @@ impl Trainer {
         let update_secs = update_start.elapsed().as_secs_f64();
         // With async rollouts this waits for the batch the servers are generating.
         let sync_secs = match &self.vllm {
-            Some(vllm) => Some(hold(vllm)?.sync(&self.learner, step as u64 + 1)?),
-            None => None,
+            Some(vllm) if self.sync_due(step) => {
+                Some(hold(vllm)?.sync(&self.learner, step as u64 + 1)?)
+            }
+            _ => None,
         };
         if let Some(prefetch) = &self.prefetch {
             prefetch.push_weights(&self.learner, step as u64 + 1);
@@ -394,14 +396,21 @@ impl Trainer {
     }
 
     /// Generates `request` (the prompts of `rows`) with the learner's current policy, the
-    /// version trained `step` times.
+    /// version trained `step` times (on vLLM, the version last synced).
     fn generate(
         &self,
         rows: Vec<Row>,
         request: GenerationRequest,
         step: usize,
     ) -> anyhow::Result<RolloutBatch> {
-        let mut generated = complete(self.vllm.as_ref(), &self.learner, &self.tokenizer, &request)?;
+        // The vLLM servers may hold an older version (`rollout.vllm.sync_every`); only this
+        // thread syncs them, so the version read here is the one that generates.
+        let policy_version = match &self.vllm {
+            Some(vllm) => hold(vllm)?.version(),
+            None => step as u64,
+        };
+        let (vllm, learner) = (self.vllm.as_ref(), &self.learner);
+        let mut generated = complete(vllm, learner, &self.tokenizer, &request)?;
         if self.vllm.is_some() {
             recompute_logprobs(&self.learner, &request, &mut generated)?;
         }
@@ -409,8 +418,15 @@ impl Trainer {
             rows,
             request,
             generated,
-            policy_version: step as u64,
+            policy_version,
         })
+    }
+
+    /// Whether the weights after step `step`'s update go to the vLLM servers: every
+    /// `rollout.vllm.sync_every` updates.
+    fn sync_due(&self, step: usize) -> bool {
+        let every = self.cfg.rollout.vllm.as_ref().map_or(1, |v| v.sync_every);
+        (step + 1).is_multiple_of(every.max(1))
     }
 
     /// How far the engine's logprobs of a fresh batch were from the learner's: vLLM's against

@@ -43,7 +43,7 @@ pub struct LaunchSpec {
 const LORA_RANKS: [i64; 9] = [1, 8, 16, 32, 64, 128, 256, 320, 512];
 
 /// vLLM's smallest LoRA rank slot that holds adapters of rank `r`.
-pub fn lora_rank_slot(r: i64) -> Option<i64> {
+fn lora_rank_slot(r: i64) -> Option<i64> {
     LORA_RANKS.into_iter().find(|&slot| slot >= r)
 }
 
@@ -88,6 +88,23 @@ impl VllmServer {
         writeln!(log, "\n===== oxrl: restarting the vLLM server =====\n")?;
         self.child = spawn(&self.spec, log)?;
         self.wait_ready(self.spec.startup_timeout)
+    }
+
+    /// Stops the server: SIGTERM to it, then SIGKILL to its whole process group once it has
+    /// exited or after 10 s.
+    fn stop(&mut self) {
+        let leader = self.child.id() as i32;
+        // The API server first: it shuts its engine processes down in order (signalled
+        // together, the engine dies under it and the log fills with EngineDeadError).
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(leader, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && self.is_running() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // SAFETY: our own child's process group; whatever is left of it goes now.
+        unsafe { libc::kill(-leader, libc::SIGKILL) };
+        let _ = self.child.wait();
     }
 
     /// Polls `/health` until it answers 200; a server that exits or stays silent past the
@@ -140,25 +157,6 @@ impl VllmServer {
 impl Drop for VllmServer {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-impl VllmServer {
-    /// Stops the server: SIGTERM to it, then SIGKILL to its whole process group once it has
-    /// exited or after 10 s.
-    fn stop(&mut self) {
-        let leader = self.child.id() as i32;
-        // The API server first: it shuts its engine processes down in order (signalled
-        // together, the engine dies under it and the log fills with EngineDeadError).
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(leader, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && self.is_running() {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // SAFETY: our own child's process group; whatever is left of it goes now.
-        unsafe { libc::kill(-leader, libc::SIGKILL) };
-        let _ = self.child.wait();
     }
 }
 
