@@ -173,7 +173,11 @@ impl Trainer {
                 self.evaluate(step, &progress)
                     .with_context(|| format!("evaluating at step {step}"))?;
             }
-            let record = self.step(step).with_context(|| format!("step {step}"))?;
+            let before = self.resume_point();
+            let record = match self.step(step) {
+                Ok(record) => record,
+                Err(e) => return Err(self.stop_after_failed_step(step, before, e)),
+            };
             self.next_step = step + 1;
             self.stop_if_nonfinite(step, &record)?;
             let every = self.cfg.checkpoint.every;
@@ -210,6 +214,37 @@ impl Trainer {
         }
         self.save(&self.cfg.output_dir.join("final"))?;
         Ok(records)
+    }
+
+    /// What a checkpoint taken now would hold: the optimizer steps so far and the data cursor.
+    fn resume_point(&self) -> (usize, Cursor) {
+        let cursor = self.trained_cursor.clone();
+        let cursor = cursor.unwrap_or_else(|| self.sampler.cursor().clone());
+        (self.learner.steps(), cursor)
+    }
+
+    /// A step that failed (a vLLM fleet with no replica left, say) before its update leaves
+    /// the state as it was before the step: that state is checkpointed, so `--resume auto`
+    /// replays the step exactly. After the update there is nothing exact to save, and the
+    /// last checkpoint stands.
+    fn stop_after_failed_step(
+        &mut self,
+        step: usize,
+        (optimizer_steps, cursor): (usize, Cursor),
+        error: anyhow::Error,
+    ) -> anyhow::Error {
+        let error = error.context(format!("step {step}"));
+        if self.learner.steps() != optimizer_steps {
+            return error.context("the update had begun: resume from the last checkpoint");
+        }
+        self.trained_cursor = Some(cursor);
+        match self.checkpoint() {
+            Ok(dir) => error.context(format!(
+                "stopped before step {step}'s update; checkpoint {} saved: continue with --resume auto",
+                dir.display()
+            )),
+            Err(e) => error.context(format!("the checkpoint before step {step} failed too: {e:#}")),
+        }
     }
 
     /// Counts steps skipped for NaN/inf in a row; too many stop the run with a checkpoint.
@@ -315,8 +350,10 @@ impl Trainer {
     /// then log and export what happened.
     pub fn step(&mut self, step: usize) -> anyhow::Result<StepRecord> {
         let start = Instant::now();
+        let sync_secs = self.sync_servers(step)?;
+        let generate_start = Instant::now();
         let mut batch = self.rollout(step)?;
-        let generate_secs = start.elapsed().as_secs_f64();
+        let generate_secs = generate_start.elapsed().as_secs_f64();
         let reward_start = Instant::now();
         let mut scored = self.score(&batch)?;
         let refills = self.refill(step, &mut batch, &mut scored)?;
@@ -325,13 +362,6 @@ impl Trainer {
         let update_start = Instant::now();
         let update = self.learner.train(&samples)?;
         let update_secs = update_start.elapsed().as_secs_f64();
-        // With async rollouts this waits for the batch the servers are generating.
-        let sync_secs = match &self.vllm {
-            Some(vllm) if self.sync_due(step) => {
-                Some(hold(vllm)?.sync(&self.learner, step as u64 + 1)?)
-            }
-            _ => None,
-        };
         if let Some(prefetch) = &self.prefetch {
             prefetch.push_weights(&self.learner, step as u64 + 1);
         }
@@ -422,11 +452,21 @@ impl Trainer {
         })
     }
 
-    /// Whether the weights after step `step`'s update go to the vLLM servers: every
-    /// `rollout.vllm.sync_every` updates.
-    fn sync_due(&self, step: usize) -> bool {
-        let every = self.cfg.rollout.vllm.as_ref().map_or(1, |v| v.sync_every);
-        (step + 1).is_multiple_of(every.max(1))
+    /// Before step `step` generates: the learner's weights (version `step`) go to the vLLM
+    /// servers once they are `rollout.vllm.sync_every` versions behind; the seconds it took.
+    /// Syncing here, not after the update, keeps every vLLM failure before the step's update,
+    /// where a checkpoint of the state before the step is exact. With async rollouts, taking
+    /// the servers waits for the batch they are generating.
+    fn sync_servers(&self, step: usize) -> anyhow::Result<Option<f64>> {
+        let Some(vllm) = &self.vllm else {
+            return Ok(None);
+        };
+        let every = self.cfg.rollout.vllm.as_ref().map_or(1, |v| v.sync_every) as u64;
+        let mut servers = hold(vllm)?;
+        if (step as u64).saturating_sub(servers.version()) < every.max(1) {
+            return Ok(None);
+        }
+        Ok(Some(servers.sync(&self.learner, step as u64)?))
     }
 
     /// How far the engine's logprobs of a fresh batch were from the learner's: vLLM's against

@@ -75,7 +75,12 @@ impl VllmRollout {
         rollout.write_server_list()?;
         // Running servers need the policy's weights; a LoRA run's servers, its adapters.
         if !section.urls.is_empty() || rollout.lora.is_some() {
-            rollout.sync(learner, version)?;
+            // Every replica failing (a fleet has at least one) is a configuration error.
+            let mut failures = rollout.push(learner, version)?;
+            if failures.len() == rollout.fleet.replicas().len() {
+                let first = failures.swap_remove(0);
+                return Err(first.context(format!("syncing policy version {version} to vLLM")));
+            }
         }
         Ok(rollout)
     }
@@ -112,28 +117,34 @@ impl VllmRollout {
         Ok(done.into_iter().flatten().collect())
     }
 
-    /// Brings back the replicas marked unhealthy: a launched server whose process exited is
-    /// restarted; one that answers `/health` again is re-synced to the newest weights and
-    /// used again. An error only when no replica is left to generate on.
+    /// Brings back the replicas marked unhealthy: a launched server whose process exited, or
+    /// that does not answer `/health`, is restarted (a restart that fails is an error); a
+    /// replica that answers is re-synced to the newest weights and used again. An error
+    /// also when no replica is left to generate on.
     fn heal(&mut self) -> anyhow::Result<()> {
         let mut restarted = false;
         for (i, replica) in self.fleet.replicas().iter().enumerate() {
             if replica.is_healthy() {
                 continue;
             }
-            let exited = self.servers.get_mut(i).is_some_and(|s| !s.is_running());
-            if let Some(server) = self.servers.get_mut(i).filter(|_| exited) {
-                eprintln!(
-                    "warning: vLLM replica {i} ({}) exited; restarting it (log: {})",
-                    replica.url,
-                    server.log.display()
-                );
-                server
-                    .restart()
-                    .with_context(|| format!("restarting vLLM replica {i}"))?;
-                restarted = true;
-            }
-            if !replica.responds() {
+            if let Some(server) = self.servers.get_mut(i) {
+                // Launched: one that exited, or hangs without answering, starts again.
+                let state = match server.is_running() {
+                    false => Some("exited"),
+                    true => (!replica.responds()).then_some("does not answer /health"),
+                };
+                if let Some(state) = state {
+                    let log = server.log.display();
+                    eprintln!(
+                        "warning: vLLM replica {i} ({}) {state}; restarting it (log: {log})",
+                        replica.url
+                    );
+                    server
+                        .restart()
+                        .with_context(|| format!("restarting vLLM replica {i}"))?;
+                    restarted = true;
+                }
+            } else if !replica.responds() {
                 eprintln!("warning: vLLM replica {i} ({}) does not answer /health; its prompts go to the others", replica.url);
                 continue;
             }
@@ -173,10 +184,21 @@ impl VllmRollout {
 
     /// Pushes the learner's weights (policy version `version`) to every healthy replica (a
     /// LoRA run's adapters only, under a new name); the seconds it took. A replica that fails
-    /// to take them is set aside (and re-synced when it answers again); the sync is an error
-    /// only when no replica took them.
+    /// to take them is healed at once (restarted if its server exited, re-synced when it
+    /// answers); the sync is an error only when no replica is left.
     pub fn sync(&mut self, learner: &Learner, version: u64) -> anyhow::Result<f64> {
         let start = Instant::now();
+        for e in self.push(learner, version)? {
+            eprintln!("warning: vLLM sync of policy version {version}: {e:#}");
+        }
+        self.heal()
+            .with_context(|| format!("syncing policy version {version} to vLLM"))?;
+        Ok(start.elapsed().as_secs_f64())
+    }
+
+    /// Writes the weights (or adapters) of `version` and has every healthy replica load
+    /// them; the replicas that failed are marked unhealthy and their errors returned.
+    fn push(&mut self, learner: &Learner, version: u64) -> anyhow::Result<Vec<anyhow::Error>> {
         let (vs, root) = (learner.var_store(), self.dir.join("sync"));
         let name = format!("{SERVED_MODEL}-v{version}");
         let (dir, failures) = match &self.lora {
@@ -196,16 +218,7 @@ impl VllmRollout {
         }
         self.synced = Some(dir);
         self.version = version;
-        for e in &failures {
-            eprintln!("warning: vLLM sync of policy version {version}: {e:#}");
-        }
-        if failures.len() == self.fleet.replicas().len() {
-            anyhow::bail!(
-                "syncing policy version {version} to vLLM: every replica failed; the first: {:#}",
-                failures[0]
-            );
-        }
-        Ok(start.elapsed().as_secs_f64())
+        Ok(failures)
     }
 
     /// The policy version the servers hold (that the next generation runs on).
