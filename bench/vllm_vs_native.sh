@@ -38,8 +38,16 @@ for B in ${BATCHES[@]}; do
 done
 kill %1; wait %1 2>/dev/null || true
 
-step_mean() {  # mean time/step_seconds of steps 2.. in a run's metrics.jsonl
-    python3 -c 'import json,sys; t=[json.loads(l)["time/step_seconds"] for l in open(sys.argv[1]) if "\"eval/" not in l][1:]; print(f"{sum(t)/len(t):.2f}")' "$1/metrics.jsonl"
+step_mean() {  # mean time/step_seconds of steps 2.., and the engine/learner logprob gap
+    python3 - "$1/metrics.jsonl" <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1]) if '"eval/' not in l]
+t = [l["time/step_seconds"] for l in lines][1:]
+gaps = [l["rollout/logprob_abs_diff_mean"] for l in lines if "rollout/logprob_abs_diff_mean" in l]
+worst = max((l["rollout/logprob_abs_diff_max"] for l in lines if "rollout/logprob_abs_diff_max" in l), default=float("nan"))
+gap = f"{sum(gaps)/len(gaps):.2e} (max {worst:.2e}, {len(gaps)} fresh steps)" if gaps else "n/a (stale batches)"
+print(f"{sum(t)/len(t):.2f} s/step, logprob gap mean {gap}")
+PY
 }
 # The same run on the native engine: the config without its engine line and [rollout.vllm].
 sed '/^engine = "vllm"/d; /^\[rollout.vllm\]/,/^$/d' configs/grpo_vllm.toml > "$WORK/native.toml"
@@ -50,6 +58,6 @@ for engine in native vllm vllm-async; do
     if [[ $engine == vllm-async ]]; then sets+=(--set "rollout.async=true"); fi
     OMP_NUM_THREADS=$THREADS "$OXRL" train "$config" "${sets[@]}" >/dev/null 2>"$WORK/$engine.err" \
         || { tail -20 "$WORK/$engine.err"; exit 1; }
-    echo "grpo $engine: $(step_mean "$WORK/$engine") s/step"
+    echo "grpo $engine: $(step_mean "$WORK/$engine")"
 done
 echo "new_tokens=$N threads=$THREADS steps=$STEPS dtype=f32 device=cpu"

@@ -4,11 +4,13 @@
 //!
 //! Synchronously the rollout runs on the learner's own parameters (no copy), then the learner
 //! updates them; with `rollout.async` a worker with copied weights generates one step ahead
-//! (`prefetch.rs`); with `rollout.source = "dataset"` the rows' preference pairs stand in for
-//! generations (`pairs.rs`). With GRPO's `dynamic_sampling`, groups whose rewards are all
+//! (`prefetch.rs`); with `rollout.engine = "vllm"` vLLM servers generate, synced before each
+//! step's generation (`vllm_rollout.rs`); with `rollout.source = "dataset"` the rows'
+//! preference pairs stand in for generations (`pairs.rs`). With GRPO's `dynamic_sampling`, groups whose rewards are all
 //! equal are dropped and the step is refilled with fresh prompts (DAPO). Checkpoints are
 //! written every `checkpoint.every` steps, after the last step, and when SIGINT/SIGTERM
-//! arrive (the run then stops cleanly); `--resume` continues from the newest one exactly.
+//! arrive (the run then stops cleanly), and when a step fails before its update (the state
+//! before the step); `--resume` continues from the newest one exactly.
 //!
 //! With `[eval] every = N`, the current policy is evaluated on the held-out split (`eval.rs`)
 //! before the first step, after every N steps and after the last one. An evaluation reads the
