@@ -39,7 +39,7 @@ ROWS = {
         ("Clipped completions", ["oxrl_completion_clipped_ratio"]),
         ("Step and policy version", ["oxrl_step", "oxrl_policy_version"]),
         ("Rollout staleness (policy versions)", ["oxrl_rollout_staleness"]),
-        ("Engine vs learner logprobs (native ~1e-7, vLLM f32 ~1e-5)",
+        ("Engine vs learner logprobs (f32: native ~3e-6, vLLM ~5e-6 per token)",
          ["oxrl_rollout_logprob_abs_diff_mean", "oxrl_rollout_logprob_abs_diff_max",
           "oxrl_rollout_logprob_kl"]),
         ("Rollout correction pi_old / mu (vLLM)",
