@@ -7,6 +7,7 @@
 //! `configs_run.rs` runs a step of `configs/grpo_vllm.toml`.
 
 use std::path::Path;
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -53,6 +54,19 @@ fn server_log(out: &Path, i: usize) -> String {
     std::fs::read_to_string(out.join(format!("vllm/server-{i}.log"))).unwrap_or_default()
 }
 
+/// Runs `cmd` (a training run into `out`) to the end, asserting it succeeded (its stderr and
+/// the first server's log otherwise); the run's `metrics.jsonl` lines.
+fn train_to_the_end(mut cmd: Command, out: &Path) -> Vec<Value> {
+    let output = cmd.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}\nserver log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        server_log(out, 0)
+    );
+    metrics_lines(out)
+}
+
 /// Waits until `metrics.jsonl` has `n` lines.
 fn wait_for_steps(out: &Path, n: usize, child: &mut std::process::Child) {
     let deadline = Instant::now() + Duration::from_secs(900);
@@ -97,14 +111,7 @@ fn assert_in_sync(line: &Value) {
 fn grpo_trains_on_a_vllm_server_that_oxrl_launches() {
     let _one = one_run_at_a_time();
     let out = tempfile::tempdir().unwrap();
-    let output = smoke_train(out.path(), &ON_VLLM).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}\nserver log:\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        server_log(out.path(), 0)
-    );
-    let lines = metrics_lines(out.path());
+    let lines = train_to_the_end(smoke_train(out.path(), &ON_VLLM), out.path());
     for line in &lines {
         println!("{line}");
     }
@@ -216,14 +223,9 @@ fn a_killed_vllm_run_resumes_on_new_servers_with_its_checkpoints_weights() {
         !pids.iter().any(|&p| alive(p)),
         "the servers outlived a SIGKILLed run"
     );
-    let output = run().args(["--resume", "auto"]).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}\nserver log:\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        server_log(out.path(), 0)
-    );
-    let lines = metrics_lines(out.path());
+    let mut resume = run();
+    resume.args(["--resume", "auto"]);
+    let lines = train_to_the_end(resume, out.path());
     let steps: Vec<u64> = lines.iter().map(|l| l["step"].as_u64().unwrap()).collect();
     assert_eq!(*steps.last().unwrap(), 3, "{steps:?}");
     // Every resumed step ran on the new servers, in sync with the checkpoint's weights
@@ -239,16 +241,10 @@ fn a_killed_vllm_run_resumes_on_new_servers_with_its_checkpoints_weights() {
 fn async_rollouts_on_vllm_generate_ahead_within_the_staleness_bound() {
     let _one = one_run_at_a_time();
     let out = tempfile::tempdir().unwrap();
-    let output = smoke_train(out.path(), &sets(&["rollout.async=true", "steps=4"]))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}\nserver log:\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        server_log(out.path(), 0)
+    let lines = train_to_the_end(
+        smoke_train(out.path(), &sets(&["rollout.async=true", "steps=4"])),
+        out.path(),
     );
-    let lines = metrics_lines(out.path());
     assert_eq!(lines.len(), 4);
     for (step, line) in lines.iter().enumerate() {
         let staleness = line["rollout/staleness"].as_u64().unwrap();
@@ -293,14 +289,8 @@ fn a_lora_run_pushes_only_its_adapters_to_vllm() {
         "model.lora.lora_alpha=8",
         "learner.optim.lr=0.05",
     ];
-    let output = smoke_train(out.path(), &sets(&lora)).output().unwrap();
+    let lines = train_to_the_end(smoke_train(out.path(), &sets(&lora)), out.path());
     let log = server_log(out.path(), 0);
-    assert!(
-        output.status.success(),
-        "{}\nserver log:\n{log}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let lines = metrics_lines(out.path());
     assert_eq!(lines.len(), 3);
     for line in &lines {
         assert_in_sync(line);
@@ -340,16 +330,10 @@ fn a_lora_run_pushes_only_its_adapters_to_vllm() {
 fn weights_synced_every_second_update_leave_every_other_batch_one_version_old() {
     let _one = one_run_at_a_time();
     let out = tempfile::tempdir().unwrap();
-    let output = smoke_train(out.path(), &sets(&["rollout.vllm.sync_every=2", "steps=4"]))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}\nserver log:\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        server_log(out.path(), 0)
+    let lines = train_to_the_end(
+        smoke_train(out.path(), &sets(&["rollout.vllm.sync_every=2", "steps=4"])),
+        out.path(),
     );
-    let lines = metrics_lines(out.path());
     let staleness: Vec<u64> = lines
         .iter()
         .map(|l| l["rollout/staleness"].as_u64().unwrap())
@@ -399,14 +383,9 @@ fn a_replica_that_cannot_come_back_stops_the_run_with_a_checkpoint_to_resume_fro
         "no checkpoint before step {done}: {stderr}"
     );
 
-    let resumed = run().args(["--resume", "auto"]).output().unwrap();
-    assert!(
-        resumed.status.success(),
-        "{}\nserver log:\n{}",
-        String::from_utf8_lossy(&resumed.stderr),
-        server_log(out.path(), 0)
-    );
-    let lines = metrics_lines(out.path());
+    let mut resume = run();
+    resume.args(["--resume", "auto"]);
+    let lines = train_to_the_end(resume, out.path());
     let steps: Vec<u64> = lines.iter().map(|l| l["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, [0, 1, 2, 3], "each step once");
     lines.iter().skip(done).for_each(assert_in_sync);

@@ -76,6 +76,35 @@ fn check(name: &str, loss: &Tensor, leaf: &Tensor, case: &Value) {
     assert!(d < TOL, "{name}: gradient differs by {d}");
 }
 
+/// GRPO's loss of the fixture with advantages `adv` (and the rollout correction's `weight`)
+/// against the golden `case`.
+fn check_grpo(
+    name: &str,
+    cfg: &GrpoConfig,
+    f: &Fixture,
+    adv: &[f64],
+    weight: Option<&Tensor>,
+    case: &Value,
+) {
+    let leaf = f.logp.copy().set_requires_grad(true);
+    let adv_t = per_token(adv, f.mask.size()[1]);
+    let out = grpo_loss(
+        cfg,
+        &LossInput {
+            logp: &leaf,
+            old_logp: &f.old,
+            ref_logp: Some(&f.reference),
+            rollout_weight: weight,
+            mask: &f.mask,
+            advantages: &adv_t,
+            critic: None,
+            scale: StepScale::single(&f.mask, cfg.max_completion_length.unwrap()),
+        },
+    )
+    .unwrap();
+    check(name, &out.loss, &leaf, case);
+}
+
 #[test]
 fn grpo_losses_and_gradients_match_golden() {
     let g = golden();
@@ -92,23 +121,7 @@ fn grpo_losses_and_gradients_match_golden() {
         for (a, b) in adv.iter().zip(vec1(&case["advantages"])) {
             assert!((a - b).abs() < 1e-9, "{cfg:?}: advantage {a} vs {b}");
         }
-        let leaf = f.logp.copy().set_requires_grad(true);
-        let adv_t = per_token(&adv, f.mask.size()[1]);
-        let out = grpo_loss(
-            &cfg,
-            &LossInput {
-                logp: &leaf,
-                old_logp: &f.old,
-                ref_logp: Some(&f.reference),
-                rollout_weight: None,
-                mask: &f.mask,
-                advantages: &adv_t,
-                critic: None,
-                scale: StepScale::single(&f.mask, cfg.max_completion_length.unwrap()),
-            },
-        )
-        .unwrap();
-        check(&format!("{cfg:?}"), &out.loss, &leaf, case);
+        check_grpo(&format!("{cfg:?}"), &cfg, &f, &adv, None, case);
         n += 1;
     }
     assert_eq!(n, 48, "every GRPO option combination is covered");
@@ -140,23 +153,7 @@ fn rollout_correction_matches_trls_importance_sampling_correction() {
         assert!(d < TOL, "{correction:?}: weights differ by {d}");
         let cfg: GrpoConfig = serde_json::from_value(case["config"].clone()).unwrap();
         let adv = group_advantages(&rewards, &ids, cfg.scale_rewards).advantages;
-        let leaf = f.logp.copy().set_requires_grad(true);
-        let adv_t = per_token(&adv, f.mask.size()[1]);
-        let out = grpo_loss(
-            &cfg,
-            &LossInput {
-                logp: &leaf,
-                old_logp: &f.old,
-                ref_logp: Some(&f.reference),
-                rollout_weight: Some(&w),
-                mask: &f.mask,
-                advantages: &adv_t,
-                critic: None,
-                scale: StepScale::single(&f.mask, 8),
-            },
-        )
-        .unwrap();
-        check(&format!("{correction:?}"), &out.loss, &leaf, case);
+        check_grpo(&format!("{correction:?}"), &cfg, &f, &adv, Some(&w), case);
         n += 1;
     }
     assert_eq!(n, 4, "every correction mode is covered");

@@ -116,19 +116,11 @@ impl Fleet {
         let dir = root.join(format!("v{version:08}"));
         write_weights(vs, config, &dir)
             .with_context(|| format!("writing weights for vLLM to {}", dir.display()))?;
-        let mut failures = Vec::new();
-        for replica in self.replicas.iter().filter(|r| r.is_healthy()) {
-            if let Err(e) = replica.reload_weights(&dir) {
-                replica.set_healthy(false);
-                failures.push(e);
-            }
-        }
+        let failures = self.load_on_healthy(|replica| replica.reload_weights(&dir));
         remove_older(root, &dir);
         Ok((dir, failures))
     }
-}
 
-impl Fleet {
     /// A LoRA run's sync: writes the adapters of `vs` (PEFT files) into `root/v{version}` and
     /// has every healthy replica load them as `name`, then unload `previous`; older version
     /// directories are removed. Failures are handled as in [`sync_weights`](Self::sync_weights).
@@ -142,21 +134,28 @@ impl Fleet {
         let dir = root.join(format!("v{version:08}"));
         save_adapter(vs, lora, &dir)
             .with_context(|| format!("writing the LoRA adapter for vLLM to {}", dir.display()))?;
-        let mut failures = Vec::new();
-        for replica in self.replicas.iter().filter(|r| r.is_healthy()) {
-            let loaded = replica
-                .load_adapter(name, &dir)
-                .and_then(|()| match previous {
-                    Some(old) if old != name => replica.unload_adapter(old),
-                    _ => Ok(()),
-                });
-            if let Err(e) = loaded {
-                replica.set_healthy(false);
-                failures.push(e);
+        let failures = self.load_on_healthy(|replica| {
+            replica.load_adapter(name, &dir)?;
+            match previous {
+                Some(old) if old != name => replica.unload_adapter(old),
+                _ => Ok(()),
             }
-        }
+        });
         remove_older(root, &dir);
         Ok((dir, failures))
+    }
+
+    /// Runs `load` on every healthy replica; one that fails is marked unhealthy and its error
+    /// returned (the caller re-syncs it once it answers again).
+    fn load_on_healthy(&self, load: impl Fn(&Replica) -> anyhow::Result<()>) -> Vec<anyhow::Error> {
+        let healthy = self.replicas.iter().filter(|r| r.is_healthy());
+        healthy
+            .filter_map(|replica| {
+                let failed = load(replica).err()?;
+                replica.set_healthy(false);
+                Some(failed)
+            })
+            .collect()
     }
 }
 
