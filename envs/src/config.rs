@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::chat_template::{ChatTemplate, Message};
-use crate::dataset::{load_jsonl, Cursor, Dataset, LoadOptions, OnBadRow, Sampler};
+use crate::dataset::{self, Cursor, Dataset, LoadOptions, OnBadRow, Sampler};
 use crate::episode::{Environment, Episode};
 use crate::error::{EnvError, Result};
 use crate::external::{ExternalConfig, ExternalTask};
@@ -54,11 +54,18 @@ impl EnvConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// JSONL file of training rows (relative to the config's directory). Without it, the
-    /// task generates `generate` rows.
+    /// Training rows (relative to the config's directory): a JSONL file, a `.parquet` file, or
+    /// a dataset directory as the HF hub has it, read at `split`. Without it, the task
+    /// generates `generate` rows.
     pub path: Option<PathBuf>,
-    /// JSONL file of eval rows; without it, `eval_size` / `eval_fraction` rows are split off.
+    /// Eval rows, from a file or directory like `path` (a directory needs `eval_split`).
+    /// Without it or `eval_split`, `eval_size` / `eval_fraction` rows are split off.
     pub eval_path: Option<PathBuf>,
+    /// The split of the directory `path` to train on (default `train`).
+    pub split: Option<String>,
+    /// The split eval rows are read from: of `eval_path` when set, else of the directory
+    /// `path`. Never implied: a directory's `test` split is only used when named here.
+    pub eval_split: Option<String>,
     /// Rows to generate when there is no `path` (default 1000).
     pub generate: usize,
     /// Seed for generation, the split and shuffling (default 0).
@@ -80,6 +87,8 @@ impl Default for DataConfig {
         Self {
             path: None,
             eval_path: None,
+            split: None,
+            eval_split: None,
             generate: 1000,
             seed: 0,
             shuffle: true,
@@ -311,9 +320,11 @@ fn required_fields(task: &dyn Task, cfg: &EnvConfig) -> Vec<String> {
     fields
 }
 
-fn load_file(
+/// Rows from a file, or from a split of a dataset directory (`path` already joined to the
+/// config's directory).
+fn load_source(
     path: &Path,
-    base_dir: &Path,
+    split: Option<&str>,
     required: &[String],
     data: &DataConfig,
 ) -> Result<(Dataset, Vec<EnvError>)> {
@@ -323,8 +334,41 @@ fn load_file(
         required: &required,
         on_bad_row: data.on_bad_row,
     };
-    let loaded = load_jsonl(&base_dir.join(path), opts)?;
+    let loaded = dataset::load(path, split, opts)?;
     Ok((loaded.dataset, loaded.skipped))
+}
+
+/// Where eval rows are read from (a path and a split), or `None` when they are split off the
+/// training rows.
+fn eval_source<'a>(
+    data: &'a DataConfig,
+    base_dir: &Path,
+) -> Result<Option<(PathBuf, Option<&'a str>)>> {
+    let split = data.eval_split.as_deref();
+    let path = match (&data.eval_path, &data.path, split) {
+        (Some(eval_path), _, _) => base_dir.join(eval_path),
+        (None, Some(path), Some(_)) => base_dir.join(path),
+        (None, None, Some(split)) => {
+            return Err(EnvError::Config(format!(
+                "eval_split = \"{split}\" needs a dataset directory in path or eval_path"
+            )))
+        }
+        (None, _, None) => return Ok(None),
+    };
+    if data.eval_size > 0 || data.eval_fraction > 0.0 {
+        return Err(EnvError::Config(
+            "eval rows come from eval_path / eval_split or are split off by eval_size / \
+             eval_fraction: set one"
+                .into(),
+        ));
+    }
+    if split.is_none() && path.is_dir() {
+        return Err(EnvError::Config(format!(
+            "eval_path {} is a dataset directory: set eval_split",
+            path.display()
+        )));
+    }
+    Ok(Some((path, split)))
 }
 
 fn load_data(
@@ -339,9 +383,16 @@ fn load_data(
             "set one of eval_size / eval_fraction (a fraction in [0, 1))".into(),
         ));
     }
+    if data.split.is_some() && data.path.is_none() {
+        return Err(EnvError::Config(
+            "split names a split of a dataset directory: set path".into(),
+        ));
+    }
+    // Config mistakes surface before a large dataset is read.
+    let eval_source = eval_source(data, base_dir)?;
     let required = required_fields(task, cfg);
     let (all, mut skipped) = match &data.path {
-        Some(path) => load_file(path, base_dir, &required, data)?,
+        Some(path) => load_source(&base_dir.join(path), data.split.as_deref(), &required, data)?,
         None => {
             let rows = task.generate(data.generate, data.seed)?;
             (
@@ -353,8 +404,8 @@ fn load_data(
     if all.is_empty() {
         return Err(EnvError::Empty(all.name().to_owned()));
     }
-    if let Some(eval_path) = &data.eval_path {
-        let (eval, eval_skipped) = load_file(eval_path, base_dir, &required, data)?;
+    if let Some((eval_path, eval_split)) = eval_source {
+        let (eval, eval_skipped) = load_source(&eval_path, eval_split, &required, data)?;
         skipped.extend(eval_skipped);
         return Ok((all, eval, skipped));
     }
@@ -446,6 +497,82 @@ mod tests {
         );
         assert!(generated.unwrap().skipped().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn dataset_directory_splits_through_the_config() {
+        use ::parquet::basic::{Compression, ZstdLevel};
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("hub/data");
+        std::fs::create_dir_all(&data).unwrap();
+        let train = data.join("train-00000-of-00001.parquet");
+        let test = data.join("test-00000-of-00001.parquet");
+        let rows = [("1+1?", Some("2"), Some(1)), ("2+2?", Some("4"), None)];
+        crate::dataset::write_parquet(
+            &train,
+            Compression::SNAPPY,
+            &[&rows, &[("3+3?", None, None)]],
+        );
+        let zstd = Compression::ZSTD(ZstdLevel::default());
+        crate::dataset::write_parquet(&test, zstd, &[&[("4+4?", Some("8"), None)]]);
+        let load = |mut data: serde_json::Value| {
+            data["fields"] = serde_json::json!({ "prompt": "question" });
+            data["on_bad_row"] = "skip".into();
+            let cfg = config(serde_json::json!({
+                "task": "gsm8k",
+                "data": data,
+                "prompt": { "format": "plain" }
+            }));
+            LoadedEnv::from_config(&cfg, tmp.path(), None)
+        };
+
+        let env = load(serde_json::json!({
+            "path": "hub", "eval_split": "test"
+        }))
+        .unwrap();
+        assert_eq!((env.train().len(), env.eval().len()), (2, 1));
+        assert_eq!(
+            env.train().get(1).unwrap().id(),
+            format!("{}:2", train.display())
+        );
+        assert_eq!(env.eval().get(0).unwrap().get("prompt").unwrap(), "4+4?");
+        assert!(matches!(
+            env.skipped(),
+            [EnvError::MissingField { line: 3, .. }]
+        ));
+        let file = load(serde_json::json!({ "path": "hub/data/test-00000-of-00001.parquet" }));
+        assert_eq!(
+            file.unwrap().train().len(),
+            1,
+            "one Parquet file is a dataset too"
+        );
+
+        for (data, error) in [
+            (
+                serde_json::json!({ "path": "hub", "eval_split": "test", "eval_size": 1 }),
+                "set one",
+            ),
+            (
+                serde_json::json!({ "path": "hub", "eval_split": "validation" }),
+                "no split `validation` (splits found: test, train)",
+            ),
+            (
+                serde_json::json!({ "path": "hub/data/test-00000-of-00001.parquet", "split": "test" }),
+                "is for dataset directories",
+            ),
+            (
+                serde_json::json!({ "path": "hub", "eval_path": "hub" }),
+                "set eval_split",
+            ),
+            (
+                serde_json::json!({ "eval_split": "test" }),
+                "needs a dataset directory",
+            ),
+            (serde_json::json!({ "split": "train" }), "set path"),
+        ] {
+            let err = load(data.clone()).unwrap_err().to_string();
+            assert!(err.contains(error), "{data}: {err}");
+        }
     }
 
     #[test]

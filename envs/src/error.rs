@@ -33,12 +33,29 @@ pub enum EnvError {
     MissingField {
         /// The file (or other source) name.
         source_name: String,
-        /// 1-based line number.
+        /// 1-based line number (JSONL) or row number within the file (Parquet).
         line: usize,
         /// The task's name for the field.
         field: String,
         /// The column it is read from (after field mapping).
         column: String,
+    },
+    /// A Parquet file could not be read: not Parquet, damaged, or compressed with a codec this
+    /// build lacks.
+    #[error("{path}: cannot read Parquet: {reason}", path = path.display())]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// What the reader said (with the row number when it failed mid-file).
+        reason: String,
+    },
+    /// A dataset directory has no data files, or not the split asked for.
+    #[error("dataset directory {dir}: {reason}", dir = dir.display())]
+    DatasetDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What is missing (the splits it has, when a split is not there).
+        reason: String,
     },
     /// A dataset has no rows (after skipping bad ones), or a split left a side empty.
     #[error("dataset `{0}` has no rows")]

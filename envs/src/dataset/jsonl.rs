@@ -1,59 +1,23 @@
-//! JSONL loading: one JSON object per line, columns renamed to the task's canonical field
-//! names, rows missing a required field reported with their line number and either skipped or
-//! fatal, as the config says.
+//! JSONL files: one JSON object per line (blank lines ignored); a line that is not an object is
+//! a bad row reported with its line number.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::Dataset;
+use super::fields::to_row;
+use super::load::RowSink;
+use super::{LoadOptions, Loaded};
 use crate::error::{EnvError, Result};
 use crate::row::Row;
 
-/// What to do with a malformed line or a row missing a required field.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnBadRow {
-    /// Fail the load with the line's error (the default: bad data should be noticed).
-    #[default]
-    Stop,
-    /// Drop the row and report it in [`Loaded::skipped`].
-    Skip,
-}
-
-/// How to read rows.
-#[derive(Debug, Clone, Copy)]
-pub struct LoadOptions<'a> {
-    /// Canonical field name → column in the file (e.g. `prompt = "question"`). Unmapped
-    /// columns keep their names.
-    pub fields: &'a BTreeMap<String, String>,
-    /// Canonical fields every row must have.
-    pub required: &'a [&'a str],
-    /// Skip or stop on a bad row.
-    pub on_bad_row: OnBadRow,
-}
-
-/// A loaded dataset plus the rows that were skipped (each error names its line).
-#[derive(Debug)]
-pub struct Loaded {
-    /// The good rows.
-    pub dataset: Dataset,
-    /// One error per skipped row (empty under [`OnBadRow::Stop`]).
-    pub skipped: Vec<EnvError>,
-}
-
 /// Loads a JSONL file.
 pub fn load_jsonl(path: &Path, opts: LoadOptions<'_>) -> Result<Loaded> {
-    let io_err = |source| EnvError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let file = File::open(path).map_err(io_err)?;
-    parse_jsonl(&path.display().to_string(), BufReader::new(file), opts)
+    let mut sink = RowSink::new(opts.on_bad_row);
+    read_jsonl_file(path, opts, &mut sink)?;
+    sink.finish(path.display().to_string())
 }
 
 /// Parses JSONL from any reader; `source_name` appears in errors and row ids.
@@ -62,30 +26,45 @@ pub fn parse_jsonl(
     reader: impl BufRead,
     opts: LoadOptions<'_>,
 ) -> Result<Loaded> {
-    let mut rows = Vec::new();
-    let mut skipped = Vec::new();
+    let mut sink = RowSink::new(opts.on_bad_row);
+    read_jsonl(source_name, reader, opts, &mut sink)?;
+    sink.finish(source_name.to_owned())
+}
+
+/// Reads the JSONL file at `path` into `sink` (a file with no rows adds none).
+pub(crate) fn read_jsonl_file(
+    path: &Path,
+    opts: LoadOptions<'_>,
+    sink: &mut RowSink,
+) -> Result<()> {
+    let file = File::open(path).map_err(|source| EnvError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    read_jsonl(
+        &path.display().to_string(),
+        BufReader::new(file),
+        opts,
+        sink,
+    )
+}
+
+fn read_jsonl(
+    source_name: &str,
+    reader: impl BufRead,
+    opts: LoadOptions<'_>,
+    sink: &mut RowSink,
+) -> Result<()> {
     for (i, line) in reader.lines().enumerate() {
-        let line_no = i + 1;
         let line = line.map_err(|source| EnvError::Io {
             path: source_name.into(),
             source,
         })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match parse_row(source_name, line_no, &line, opts) {
-            Ok(row) => rows.push(row),
-            Err(e) if opts.on_bad_row == OnBadRow::Skip => skipped.push(e),
-            Err(e) => return Err(e),
+        if !line.trim().is_empty() {
+            sink.push(parse_row(source_name, i + 1, &line, opts))?;
         }
     }
-    if rows.is_empty() {
-        return Err(EnvError::Empty(source_name.to_owned()));
-    }
-    Ok(Loaded {
-        dataset: Dataset::new(source_name, rows),
-        skipped,
-    })
+    Ok(())
 }
 
 fn parse_row(source_name: &str, line: usize, text: &str, opts: LoadOptions<'_>) -> Result<Row> {
@@ -94,37 +73,9 @@ fn parse_row(source_name: &str, line: usize, text: &str, opts: LoadOptions<'_>) 
         line,
         reason,
     };
-    let mut obj = match serde_json::from_str::<Value>(text).map_err(|e| bad(e.to_string()))? {
-        Value::Object(obj) => obj,
-        other => return Err(bad(format!("found {}", type_name(&other)))),
-    };
-    apply_mapping(&mut obj, opts.fields);
-    for &field in opts.required {
-        if obj.get(field).is_none_or(Value::is_null) {
-            return Err(EnvError::MissingField {
-                source_name: source_name.to_owned(),
-                line,
-                field: field.to_owned(),
-                column: opts
-                    .fields
-                    .get(field)
-                    .map_or(field, String::as_str)
-                    .to_owned(),
-            });
-        }
-    }
-    Ok(Row::new(obj, format!("{source_name}:{line}")))
-}
-
-/// Moves each mapped column to its canonical name (the source column is removed so the
-/// metadata does not carry two copies).
-fn apply_mapping(obj: &mut Map<String, Value>, fields: &BTreeMap<String, String>) {
-    for (canonical, column) in fields {
-        if canonical != column {
-            if let Some(v) = obj.remove(column) {
-                obj.insert(canonical.clone(), v);
-            }
-        }
+    match serde_json::from_str::<Value>(text).map_err(|e| bad(e.to_string()))? {
+        Value::Object(obj) => to_row(source_name, line, obj, opts),
+        other => Err(bad(format!("found {}", type_name(&other)))),
     }
 }
 
@@ -142,6 +93,8 @@ fn type_name(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataset::OnBadRow;
+    use std::collections::BTreeMap;
 
     const DATA: &str = r#####"{"question": "1+1?", "solution": "#### 2"}
 

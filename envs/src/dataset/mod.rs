@@ -1,10 +1,19 @@
-//! Datasets: rows in memory, JSONL loading with field mapping, train/eval splits, and a
-//! seeded sampler whose cursor checkpoints can save and restore.
+//! Datasets: rows in memory, loading with field mapping (JSONL and Parquet files, HF dataset
+//! directories), train/eval splits, and a seeded sampler whose cursor checkpoints can save and
+//! restore.
 
+mod fields;
+pub mod hub;
 mod jsonl;
+mod load;
+mod parquet;
 mod sampler;
 
-pub use jsonl::{load_jsonl, parse_jsonl, LoadOptions, Loaded, OnBadRow};
+pub use self::parquet::load_parquet;
+#[cfg(test)]
+pub(crate) use self::parquet::testing::write_parquet;
+pub use jsonl::{load_jsonl, parse_jsonl};
+pub use load::{load, LoadOptions, Loaded, OnBadRow, DEFAULT_SPLIT};
 pub use sampler::{Cursor, Sampler};
 
 use crate::error::{EnvError, Result};
@@ -19,7 +28,8 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// A dataset named `name` (a file path or `builtin:<task>`; used in messages).
+    /// A dataset named `name` (a file path, `<dir>[split=<split>]` or `builtin:<task>`; used
+    /// in messages).
     pub fn new(name: impl Into<String>, rows: Vec<Row>) -> Self {
         Self {
             name: name.into(),
