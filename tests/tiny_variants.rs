@@ -53,6 +53,75 @@ fn variants() -> Vec<(&'static str, Value)> {
                 json!({"tie_word_embeddings": false, "rope_theta": 1000000.0}),
             ),
         ),
+        (
+            "qwen2 sliding window from max_window_layers",
+            with(
+                base("Qwen2ForCausalLM"),
+                json!({"use_sliding_window": true, "sliding_window": 6, "max_window_layers": 1}),
+            ),
+        ),
+        (
+            "qwen3 qk-norm, head_dim 16 != hidden/heads, tied",
+            with(
+                base("Qwen3ForCausalLM"),
+                json!({"head_dim": 16, "tie_word_embeddings": true, "rope_theta": 1000000.0}),
+            ),
+        ),
+        (
+            "qwen3 attention bias, sliding layer_types",
+            with(
+                base("Qwen3ForCausalLM"),
+                json!({"head_dim": 8, "attention_bias": true, "use_sliding_window": true,
+                       "sliding_window": 5, "layer_types": ["sliding_attention", "full_attention"]}),
+            ),
+        ),
+        (
+            "mistral sliding window",
+            with(base("MistralForCausalLM"), json!({"sliding_window": 7})),
+        ),
+        (
+            "mistral without window (null)",
+            with(
+                base("MistralForCausalLM"),
+                json!({"sliding_window": null, "head_dim": 16}),
+            ),
+        ),
+        (
+            "gemma3 legacy rope keys, 1:1 pattern, query_pre_attn_scalar",
+            with(
+                base("Gemma3ForCausalLM"),
+                json!({"head_dim": 16, "sliding_window": 6, "sliding_window_pattern": 2,
+                       "query_pre_attn_scalar": 24, "rope_theta": 100000.0,
+                       "rope_local_base_freq": 1000.0, "hidden_activation": "gelu_pytorch_tanh"}),
+            ),
+        ),
+        (
+            "gemma3 per-type rope with linear scaling, final soft-capping, untied",
+            with(
+                base("Gemma3ForCausalLM"),
+                json!({"head_dim": 8, "sliding_window": 5, "tie_word_embeddings": false,
+                       "layer_types": ["full_attention", "sliding_attention"],
+                       "query_pre_attn_scalar": 8, "final_logit_softcapping": 2.0,
+                       "rope_parameters": {
+                           "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 50000.0},
+                           "sliding_attention": {"rope_type": "default", "rope_theta": 5000.0}}}),
+            ),
+        ),
+        (
+            "gemma2 default soft-capping, alternating windows",
+            with(
+                base("Gemma2ForCausalLM"),
+                json!({"head_dim": 8, "sliding_window": 6, "query_pre_attn_scalar": 16}),
+            ),
+        ),
+        (
+            "gemma2 strong soft-capping",
+            with(
+                base("Gemma2ForCausalLM"),
+                json!({"head_dim": 16, "sliding_window": 9, "attn_logit_softcapping": 0.5,
+                       "final_logit_softcapping": 1.5}),
+            ),
+        ),
     ]
 }
 
@@ -83,5 +152,92 @@ fn tiny_models_match_transformers_logits() {
             "{name}: max |logit diff| {diff} (logit scale {scale})"
         );
         assert!(scale > 0.1, "{name}: degenerate logits");
+    }
+}
+
+/// Logits of `tokens` (`[1, n]`) fed through a cache: a prefill, a chunk, then one token at a
+/// time, so the sliding windows are cut at every kind of boundary.
+fn cached_logits(model: &oxrl::Llama, tokens: &[i64]) -> Tensor {
+    let mut cache = model.new_cache();
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    for len in [17, 5].into_iter().chain(std::iter::repeat(1)) {
+        if start >= tokens.len() {
+            break;
+        }
+        let len = len.min(tokens.len() - start);
+        let ids = Tensor::from_slice(&tokens[start..start + len]).unsqueeze(0);
+        let positions = Tensor::arange_start(
+            start as i64,
+            (start + len) as i64,
+            (Kind::Int64, tch::Device::Cpu),
+        )
+        .unsqueeze(0);
+        pieces.push(model.forward(&ids, &positions, None, Some(&mut cache)));
+        start += len;
+    }
+    Tensor::cat(&pieces, 1)
+}
+
+#[test]
+fn cached_decoding_equals_the_full_forward_for_every_variant() {
+    let tokens: Vec<i64> = (0..30).map(|i| (i * 11 + 5) % 97).collect();
+    for (i, (name, cfg)) in variants().into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_vs, model) = tiny_model(&cfg, 200 + i as i64, dir.path());
+        let (full, cached) = tch::no_grad(|| {
+            let ids = Tensor::from_slice(&tokens).unsqueeze(0);
+            let positions = Tensor::arange(30, (Kind::Int64, tch::Device::Cpu)).unsqueeze(0);
+            (
+                model.forward(&ids, &positions, None, None),
+                cached_logits(&model, &tokens),
+            )
+        });
+        let diff = (full - cached).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "{name}: cached vs full max |diff| {diff}");
+    }
+}
+
+#[test]
+fn recorded_rollout_logprobs_equal_the_learners_for_every_variant() {
+    use oxrl::rollout::logprobs::batch_completion_logprobs;
+    use oxrl::rollout::{generate_batch, GenerationRequest, SamplingParams, StopConditions};
+    // Prompts of different lengths: left-padded prefill, then windows cut inside the padding.
+    let prompts: Vec<Vec<u32>> = vec![
+        (0..3).map(|i| 5 + i).collect(),
+        (0..11).map(|i| (i * 7 + 2) % 97).collect(),
+        vec![40],
+    ];
+    for (i, (name, cfg)) in variants().into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_vs, model) = tiny_model(&cfg, 300 + i as i64, dir.path());
+        let req = GenerationRequest {
+            prompts: prompts.clone(),
+            n: 2,
+            sampling: SamplingParams {
+                temperature: 1.0,
+                ..Default::default()
+            },
+            max_tokens: 14,
+            stop: StopConditions {
+                token_ids: vec![3],
+                strings: vec![],
+            },
+            seed: 7,
+        };
+        let out = generate_batch(&model, &req, None).unwrap();
+        let pairs: Vec<(&[u32], &[u32])> = out
+            .iter()
+            .map(|g| (req.prompts[g.prompt_index].as_slice(), g.tokens.as_slice()))
+            .collect();
+        let learner = batch_completion_logprobs(&model, &pairs, 1.0).unwrap();
+        for (g, want) in out.iter().zip(&learner) {
+            for (a, b) in g.logprobs.iter().zip(want) {
+                assert!(
+                    (a - b).abs() < 1e-4 * b.abs().max(1.0),
+                    "{name}: sampler {a} vs learner {b}"
+                );
+            }
+        }
     }
 }

@@ -9,7 +9,7 @@ use tch::Tensor;
 use super::dequant::GgmlType;
 use super::reader::{GgufFile, TensorInfo, Value};
 use crate::error::{Error, Result};
-use crate::model::config::{ModelConfig, RopeParameters, TokenIds};
+use crate::model::config::{ModelConfig, RopeConfig, RopeParameters, TokenIds};
 
 /// A GGUF model in Hugging Face form, ready to load or to write as an HF directory.
 #[derive(Debug)]
@@ -136,18 +136,29 @@ fn model_config(gguf: &GgufFile) -> Result<ModelConfig> {
             .map_or(1e-6, round_f32),
         rope_theta: Some(rope_theta),
         rope_scaling: None,
-        rope_parameters: Some(rope_parameters(gguf, &arch, rope_theta)),
+        rope_parameters: Some(RopeConfig::Shared(rope_parameters(gguf, &arch, rope_theta))),
         max_position_embeddings: gguf
             .get(&key("context_length"))
             .and_then(Value::as_u64)
             .map_or(2048, |v| v as usize),
-        tie_word_embeddings: !gguf.tensors.iter().any(|t| t.name == "output.weight"),
+        tie_word_embeddings: Some(!gguf.tensors.iter().any(|t| t.name == "output.weight")),
         attention_bias: false,
         mlp_bias: false,
         bos_token_id: token_id(gguf, "tokenizer.ggml.bos_token_id"),
         eos_token_id: token_id(gguf, "tokenizer.ggml.eos_token_id").map(TokenIds::One),
         pad_token_id: token_id(gguf, "tokenizer.ggml.padding_token_id"),
         hidden_act: "silu".into(),
+        hidden_activation: None,
+        sliding_window: None,
+        use_sliding_window: None,
+        max_window_layers: None,
+        layer_types: None,
+        sliding_window_pattern: None,
+        rope_local_base_freq: None,
+        query_pre_attn_scalar: None,
+        attn_logit_softcapping: None,
+        final_logit_softcapping: None,
+        other: Default::default(),
     };
     config
         .validate()

@@ -17,16 +17,18 @@ use std::sync::Arc;
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
-use super::config::ModelConfig;
+use super::config::{LayerType, ModelConfig};
 use super::kv_cache::KvCache;
 use super::rope::Rope;
 use crate::kernels::{decode_attention, decode_linear, fused};
 
-/// Root-mean-square layer norm, computed in f32 like transformers' `LlamaRMSNorm`.
+/// Root-mean-square layer norm, computed in f32 like transformers' `LlamaRMSNorm`, or in
+/// Gemma's form `x̂·(1 + w)`, scaled in f32 before the cast back.
 #[derive(Debug)]
 pub struct RmsNorm {
     weight: Tensor,
     eps: f64,
+    gemma: bool,
 }
 
 impl RmsNorm {
@@ -35,20 +37,47 @@ impl RmsNorm {
         Self {
             weight: p.ones("weight", &[dim]),
             eps,
+            gemma: false,
+        }
+    }
+
+    /// The norm `cfg`'s architecture uses (Gemma's stores `w` where Llama's stores `1 + w`).
+    fn of(p: nn::Path, dim: i64, cfg: &ModelConfig) -> Self {
+        let gemma = cfg.architecture().is_some_and(|a| a.is_gemma());
+        Self {
+            weight: if gemma {
+                p.zeros("weight", &[dim])
+            } else {
+                p.ones("weight", &[dim])
+            },
+            eps: cfg.rms_norm_eps,
+            gemma,
         }
     }
 
     /// Normalises `x` (`[.., dim]`).
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        fused::rms_norm(x, &self.weight, self.eps).unwrap_or_else(|| self.forward_torch(x))
+        // The fast path is f32 only, where scaling before or after the cast is the same.
+        let fast = match self.gemma {
+            true if x.kind() == Kind::Float && !x.requires_grad() => {
+                fused::rms_norm(x, &(&self.weight + 1.0), self.eps)
+            }
+            true => None,
+            false => fused::rms_norm(x, &self.weight, self.eps),
+        };
+        fast.unwrap_or_else(|| self.forward_torch(x))
     }
 
     fn forward_torch(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
         let x32 = x.to_kind(Kind::Float);
         let var = x32.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-        let normed = (x32 * (var + self.eps).rsqrt()).to_kind(kind);
-        &self.weight * normed
+        let normed = x32 * (var + self.eps).rsqrt();
+        if self.gemma {
+            (normed * (self.weight.to_kind(Kind::Float) + 1.0)).to_kind(kind)
+        } else {
+            &self.weight * normed.to_kind(kind)
+        }
     }
 }
 
@@ -150,13 +179,18 @@ fn linear(
     Linear { base, lora }
 }
 
-/// Grouped-query self-attention.
+/// Grouped-query self-attention, with the options of the supported architectures: per-head
+/// RMSNorm on queries and keys, a score scale other than `head_dim^-1/2`, soft-capped scores.
 #[derive(Debug)]
 pub struct Attention {
     q_proj: Linear,
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
+    /// Multiplies the queries so that the usual `head_dim^-1/2` gives the model's scale.
+    query_scale: Option<f64>,
+    softcap: Option<f64>,
     num_heads: i64,
     num_kv_heads: i64,
     head_dim: i64,
@@ -176,6 +210,13 @@ impl Attention {
             k_proj: linear(&p, "k_proj", h, nkv * hd, cfg.qkv_bias(), b),
             v_proj: linear(&p, "v_proj", h, nkv * hd, cfg.qkv_bias(), b),
             o_proj: linear(&p, "o_proj", nq * hd, h, cfg.o_bias(), b),
+            qk_norm: cfg.qk_norm().then(|| {
+                let norm = |name: &str| RmsNorm::of(&p / name, hd as i64, cfg);
+                (norm("q_norm"), norm("k_norm"))
+            }),
+            query_scale: Some(cfg.attention_scale() * (hd as f64).sqrt())
+                .filter(|s| (s - 1.0).abs() > 1e-12),
+            softcap: cfg.attention_softcap(),
             num_heads: nq as i64,
             num_kv_heads: nkv as i64,
             head_dim: hd as i64,
@@ -188,27 +229,42 @@ impl Attention {
     ///   (true = may attend)
     fn forward(&self, x: &Tensor, ctx: &mut LayerContext) -> Tensor {
         let (b, t, _) = x.size3().expect("attention input is [batch, seq, hidden]");
-        let heads = |y: Tensor, n: i64| y.view([b, t, n, self.head_dim]).transpose(1, 2);
-        let rotated = |proj: &Linear, n: i64| {
-            let y = proj.forward(x);
+        let hd = self.head_dim;
+        let heads = |y: Tensor, n: i64| y.view([b, t, n, hd]).transpose(1, 2);
+        let rotated = |proj: &Linear, norm: Option<&RmsNorm>, n: i64| {
+            let mut y = proj.forward(x);
+            if let Some(norm) = norm {
+                y = norm.forward(&y.view([b, t, n, hd])).view([b, t, n * hd]);
+            }
             if fused::rope_in_place(&y, ctx.cos, ctx.sin) {
                 heads(y, n)
             } else {
                 Rope::rotate(&heads(y, n), ctx.cos, ctx.sin)
             }
         };
-        let q = rotated(&self.q_proj, self.num_heads);
-        let k = rotated(&self.k_proj, self.num_kv_heads);
+        let (q_norm, k_norm) = self.qk_norm.as_ref().map(|(q, k)| (q, k)).unzip();
+        let mut q = rotated(&self.q_proj, q_norm, self.num_heads);
+        if let Some(scale) = self.query_scale {
+            q = q * scale;
+        }
+        let k = rotated(&self.k_proj, k_norm, self.num_kv_heads);
         let v = heads(self.v_proj.forward(x), self.num_kv_heads);
         let (k, v) = match ctx.cache.as_deref_mut() {
             Some(cache) => cache.append(ctx.layer, k, v),
             None => (k, v),
         };
-        let is_causal = ctx.mask.is_none() && t > 1;
-        let gqa = self.num_heads != self.num_kv_heads;
-        let out = decode_attention::attend(&q, &k, &v, ctx.mask).unwrap_or_else(|| {
-            Tensor::scaled_dot_product_attention(&q, &k, &v, ctx.mask, 0.0, is_causal, None, gqa)
-        });
+        let out = match self.softcap {
+            Some(cap) => softcapped_attention(&q, &k, &v, ctx.mask, cap),
+            None => {
+                let is_causal = ctx.mask.is_none() && t > 1;
+                let gqa = self.num_heads != self.num_kv_heads;
+                decode_attention::attend(&q, &k, &v, ctx.mask).unwrap_or_else(|| {
+                    Tensor::scaled_dot_product_attention(
+                        &q, &k, &v, ctx.mask, 0.0, is_causal, None, gqa,
+                    )
+                })
+            }
+        };
         self.o_proj.forward(
             &out.transpose(1, 2)
                 .reshape([b, t, self.num_heads * self.head_dim]),
@@ -216,12 +272,44 @@ impl Attention {
     }
 }
 
-/// SwiGLU feed-forward block: `down(silu(gate(x)) * up(x))`.
+/// Attention with `cap * tanh(scores / cap)` on the scores (Gemma), written out as
+/// transformers' eager attention is: scores in the inputs' dtype, softmax in f32. `mask` must
+/// be given whenever a query may not see every key (the model always builds one here).
+fn softcapped_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    cap: f64,
+) -> Tensor {
+    let groups = q.size()[1] / k.size()[1];
+    let repeat = |x: &Tensor| x.repeat_interleave_self_int(groups, Some(1), None);
+    let (k, v) = (repeat(k), repeat(v));
+    let d = *q.size().last().expect("head_dim") as f64;
+    let scores = q.matmul(&k.transpose(-2, -1)) / d.sqrt();
+    let mut scores = (scores / cap).tanh() * cap;
+    if let Some(mask) = mask {
+        // transformers' finite minimum: a fully masked (padding) query stays finite.
+        scores = scores.masked_fill(&mask.logical_not(), f64::from(f32::MIN));
+    }
+    scores.softmax(-1, Kind::Float).to_kind(q.kind()).matmul(&v)
+}
+
+/// The MLP's gate activation.
+#[derive(Debug, Clone, Copy)]
+enum Activation {
+    Silu,
+    /// `gelu_pytorch_tanh`.
+    GeluTanh,
+}
+
+/// Gated feed-forward block: `down(act(gate(x)) * up(x))` (SwiGLU, or GeGLU for Gemma).
 #[derive(Debug)]
 pub struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
+    activation: Activation,
 }
 
 impl Mlp {
@@ -231,62 +319,131 @@ impl Mlp {
     }
 
     fn build(p: nn::Path, cfg: &ModelConfig, b: Build) -> Self {
-        let (h, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        let (h, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias());
         Self {
             gate_proj: linear(&p, "gate_proj", h, i, bias, b),
             up_proj: linear(&p, "up_proj", h, i, bias, b),
             down_proj: linear(&p, "down_proj", i, h, bias, b),
+            // validate() admits silu and the tanh GELUs only.
+            activation: match cfg.activation() {
+                "silu" => Activation::Silu,
+                _ => Activation::GeluTanh,
+            },
         }
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
         let (gate, up) = (self.gate_proj.forward(x), self.up_proj.forward(x));
-        let hidden = if fused::silu_mul_in_place(&gate, &up) {
-            gate
-        } else {
-            gate.silu() * up
+        let hidden = match self.activation {
+            Activation::Silu if fused::silu_mul_in_place(&gate, &up) => gate,
+            Activation::Silu => gate.silu() * up,
+            Activation::GeluTanh => gate.gelu("tanh") * up,
         };
         self.down_proj.forward(&hidden)
     }
 }
 
-/// One pre-norm transformer block.
+/// A block's norms: Llama's two pre-norms, or Gemma's four (a norm before and after each of
+/// attention and MLP; Gemma's `post_attention_layernorm` normalises the attention output,
+/// where Llama's is the MLP's pre-norm).
+#[derive(Debug)]
+enum Norms {
+    Pre {
+        input_layernorm: RmsNorm,
+        post_attention_layernorm: RmsNorm,
+    },
+    Sandwich {
+        input_layernorm: RmsNorm,
+        post_attention_layernorm: RmsNorm,
+        pre_feedforward_layernorm: RmsNorm,
+        post_feedforward_layernorm: RmsNorm,
+    },
+}
+
+/// One transformer block and how it attends: its RoPE table and sliding window.
 #[derive(Debug)]
 pub struct DecoderLayer {
-    input_layernorm: RmsNorm,
+    norms: Norms,
     self_attn: Attention,
-    post_attention_layernorm: RmsNorm,
     mlp: Mlp,
+    kind: LayerKind,
+}
+
+/// Which of a forward pass's RoPE tables and masks a layer uses.
+#[derive(Debug, Clone, Copy)]
+struct LayerKind {
+    /// Index into [`Llama`]'s ropes (0 = full attention's, 1 = Gemma 3's local one).
+    rope: usize,
+    sliding: bool,
 }
 
 impl DecoderLayer {
-    /// The layer at `p` (`model.layers.{i}`).
-    pub fn new(p: nn::Path, cfg: &ModelConfig) -> Self {
-        Self::build(p, cfg, Build { lora: None })
+    /// Layer `i` of `cfg` at `p` (`model.layers.{i}`).
+    pub fn new(p: nn::Path, cfg: &ModelConfig, i: usize) -> Self {
+        let kinds = layer_kinds(cfg);
+        Self::build(p, cfg, Build { lora: None }, kinds[i])
     }
 
-    fn build(p: nn::Path, cfg: &ModelConfig, b: Build) -> Self {
-        let h = cfg.hidden_size as i64;
+    fn build(p: nn::Path, cfg: &ModelConfig, b: Build, kind: LayerKind) -> Self {
+        let norm = |name: &str| RmsNorm::of(&p / name, cfg.hidden_size as i64, cfg);
+        let norms = if cfg.architecture().is_some_and(|a| a.is_gemma()) {
+            Norms::Sandwich {
+                input_layernorm: norm("input_layernorm"),
+                post_attention_layernorm: norm("post_attention_layernorm"),
+                pre_feedforward_layernorm: norm("pre_feedforward_layernorm"),
+                post_feedforward_layernorm: norm("post_feedforward_layernorm"),
+            }
+        } else {
+            Norms::Pre {
+                input_layernorm: norm("input_layernorm"),
+                post_attention_layernorm: norm("post_attention_layernorm"),
+            }
+        };
         Self {
-            input_layernorm: RmsNorm::new(&p / "input_layernorm", h, cfg.rms_norm_eps),
+            norms,
             self_attn: Attention::build(&p / "self_attn", cfg, b),
-            post_attention_layernorm: RmsNorm::new(
-                &p / "post_attention_layernorm",
-                h,
-                cfg.rms_norm_eps,
-            ),
             mlp: Mlp::build(&p / "mlp", cfg, b),
+            kind,
         }
     }
 
     fn forward(&self, x: Tensor, ctx: &mut LayerContext) -> Tensor {
-        let attn = self
-            .self_attn
-            .forward(&self.input_layernorm.forward(&x), ctx);
-        let x = residual(x, &attn);
-        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x));
-        residual(x, &mlp)
+        match &self.norms {
+            Norms::Pre {
+                input_layernorm,
+                post_attention_layernorm,
+            } => {
+                let attn = self.self_attn.forward(&input_layernorm.forward(&x), ctx);
+                let x = residual(x, &attn);
+                let mlp = self.mlp.forward(&post_attention_layernorm.forward(&x));
+                residual(x, &mlp)
+            }
+            Norms::Sandwich {
+                input_layernorm,
+                post_attention_layernorm,
+                pre_feedforward_layernorm,
+                post_feedforward_layernorm,
+            } => {
+                let attn = self.self_attn.forward(&input_layernorm.forward(&x), ctx);
+                let x = residual(x, &post_attention_layernorm.forward(&attn));
+                let mlp = self.mlp.forward(&pre_feedforward_layernorm.forward(&x));
+                residual(x, &post_feedforward_layernorm.forward(&mlp))
+            }
+        }
     }
+}
+
+/// Each layer's RoPE table and window, from the config (validated: `layer_types` parses).
+fn layer_kinds(cfg: &ModelConfig) -> Vec<LayerKind> {
+    let types = cfg.layer_types().unwrap_or_default();
+    let local_rope = cfg.rope_for(LayerType::Sliding) != cfg.rope_for(LayerType::Full);
+    types
+        .into_iter()
+        .map(|t| LayerKind {
+            rope: usize::from(local_rope && t == LayerType::Sliding),
+            sliding: t == LayerType::Sliding,
+        })
+        .collect()
 }
 
 /// `x + y` for the residual stream, in place when no graph is recorded (`x` is the layer's own).
@@ -298,11 +455,12 @@ fn residual(x: Tensor, y: &Tensor) -> Tensor {
     }
 }
 
-/// What every layer of one forward pass shares.
+/// What one layer of a forward pass sees.
 struct LayerContext<'a> {
-    /// RoPE tables for this call's positions, computed once for all layers.
+    /// The layer's RoPE tables for this call's positions (computed once per table).
     cos: &'a Tensor,
     sin: &'a Tensor,
+    /// Full or sliding-window mask, as the layer attends.
     mask: Option<&'a Tensor>,
     cache: Option<&'a mut KvCache>,
     layer: usize,
@@ -316,7 +474,8 @@ pub struct Llama {
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Tensor,
-    rope: Rope,
+    /// The full-attention layers' RoPE, then (Gemma 3) the sliding layers'.
+    ropes: Vec<Rope>,
     adapters: Option<Arc<AdapterSwitch>>,
 }
 
@@ -337,10 +496,12 @@ impl Llama {
         let build = Build {
             lora: lora.zip(switch.as_ref()),
         };
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::build(&model / "layers" / i, cfg, build))
+        let layers = layer_kinds(cfg)
+            .into_iter()
+            .enumerate()
+            .map(|(i, kind)| DecoderLayer::build(&model / "layers" / i, cfg, build, kind))
             .collect();
-        let lm_head = if cfg.tie_word_embeddings {
+        let lm_head = if cfg.tied_embeddings() {
             embed_tokens.shallow_clone()
         } else {
             (root / "lm_head").randn("weight", &[vocab, h], 0.0, 0.02)
@@ -349,9 +510,11 @@ impl Llama {
             cfg: cfg.clone(),
             embed_tokens,
             layers,
-            norm: RmsNorm::new(&model / "norm", h, cfg.rms_norm_eps),
+            norm: RmsNorm::of(&model / "norm", h, cfg),
             lm_head,
-            rope: Rope::new(cfg, root.device()),
+            ropes: [LayerType::Full, LayerType::Sliding]
+                .map(|t| Rope::with(cfg.head_dim(), &cfg.rope_for(t), root.device()))
+                .into(),
             adapters: switch,
         }
     }
@@ -408,14 +571,40 @@ impl Llama {
     ) -> Tensor {
         let past = cache.as_ref().map_or(0, |c| c.seq_len());
         let t = tokens.size()[1];
-        let mask = attention_mask(past, t, key_mask, tokens.device());
+        let shape = MaskShape {
+            past,
+            t,
+            // Soft-capped attention has no built-in causal flag.
+            explicit: self.cfg.attention_softcap().is_some(),
+        };
+        let device = tokens.device();
+        let full_mask = shape.mask(key_mask, None, device);
+        let window = self.cfg.sliding_window().map(|w| w as i64);
+        let sliding_mask = match self.layers.iter().any(|l| l.kind.sliding) {
+            true => shape.mask(key_mask, window, device),
+            false => None,
+        };
         let mut x = self.embed_tokens.embedding_lookup(tokens);
-        let (cos, sin) = self.rope.cos_sin(positions, x.kind());
+        if let Some(scale) = self.cfg.embedding_scale() {
+            // transformers keeps the scale as an f32 tensor cast to the weights' dtype.
+            let scale = Tensor::from(scale as f32).to_kind(x.kind());
+            x = x * scale;
+        }
+        let tables: Vec<(Tensor, Tensor)> = self
+            .ropes
+            .iter()
+            .map(|rope| rope.cos_sin(positions, x.kind()))
+            .collect();
         for (i, layer) in self.layers.iter().enumerate() {
+            let (cos, sin) = &tables[layer.kind.rope];
             let mut ctx = LayerContext {
-                cos: &cos,
-                sin: &sin,
-                mask: mask.as_ref(),
+                cos,
+                sin,
+                mask: if layer.kind.sliding {
+                    sliding_mask.as_ref()
+                } else {
+                    full_mask.as_ref()
+                },
                 cache: cache.as_deref_mut(),
                 layer: i,
             };
@@ -424,10 +613,15 @@ impl Llama {
         self.norm.forward(&x)
     }
 
-    /// Next-token logits from hidden states: `[.., hidden]` to `[.., vocab]`.
+    /// Next-token logits from hidden states: `[.., hidden]` to `[.., vocab]` (soft-capped
+    /// where the model says so).
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        decode_linear::linear(hidden, &self.lm_head)
-            .unwrap_or_else(|| hidden.linear::<Tensor>(&self.lm_head, None))
+        let logits = decode_linear::linear(hidden, &self.lm_head)
+            .unwrap_or_else(|| hidden.linear::<Tensor>(&self.lm_head, None));
+        match self.cfg.final_softcap() {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
+        }
     }
 
     /// Next-token logits for every position: `[batch, seq, vocab]`. See
@@ -454,17 +648,43 @@ impl EmbeddingLookup for Tensor {
     }
 }
 
-/// The boolean attention mask `[batch, 1, seq, past + seq]` (true = may attend), or `None`
-/// when plain causal attention over a fresh sequence suffices.
-fn attention_mask(past: i64, t: i64, key_mask: Option<&Tensor>, device: Device) -> Option<Tensor> {
-    if key_mask.is_none() && (past == 0 || t == 1) {
-        return None;
+/// The queries and keys of one forward pass: `past` cached positions, then `t` new ones.
+#[derive(Debug, Clone, Copy)]
+struct MaskShape {
+    past: i64,
+    t: i64,
+    /// Build the mask even where plain causal attention would do.
+    explicit: bool,
+}
+
+impl MaskShape {
+    /// The boolean attention mask `[batch, 1, seq, past + seq]` (true = may attend), or
+    /// `None` when plain causal attention over a fresh sequence suffices. With a `window` a
+    /// query sees only the last `window` keys, itself included, counted in cache slots as
+    /// transformers does; every batch keeps a row's real tokens contiguous (padding only
+    /// before or after them), so slots and positions count alike.
+    fn mask(
+        self,
+        key_mask: Option<&Tensor>,
+        window: Option<i64>,
+        device: Device,
+    ) -> Option<Tensor> {
+        let (past, t) = (self.past, self.t);
+        let window = window.filter(|&w| past + t > w);
+        let trivial = past == 0 || t == 1;
+        if key_mask.is_none() && window.is_none() && (trivial && !(self.explicit && t > 1)) {
+            return None;
+        }
+        let keys = Tensor::arange(past + t, (Kind::Int64, device)).view([1, -1]);
+        let queries = Tensor::arange_start(past, past + t, (Kind::Int64, device)).view([-1, 1]);
+        let mut allowed = keys.le_tensor(&queries);
+        if let Some(w) = window {
+            allowed = allowed.logical_and(&keys.gt_tensor(&(&queries - w)));
+        }
+        let allowed = allowed.view([1, 1, t, past + t]);
+        Some(match key_mask {
+            Some(m) => allowed.logical_and(&m.to_kind(Kind::Bool).view([m.size()[0], 1, 1, -1])),
+            None => allowed,
+        })
     }
-    let keys = Tensor::arange(past + t, (Kind::Int64, device)).view([1, -1]);
-    let queries = Tensor::arange_start(past, past + t, (Kind::Int64, device)).view([-1, 1]);
-    let causal = keys.le_tensor(&queries).view([1, 1, t, past + t]);
-    Some(match key_mask {
-        Some(m) => causal.logical_and(&m.to_kind(Kind::Bool).view([m.size()[0], 1, 1, -1])),
-        None => causal,
-    })
 }

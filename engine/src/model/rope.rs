@@ -13,10 +13,15 @@ pub struct Rope {
 }
 
 impl Rope {
-    /// Frequencies for `cfg` on `device`.
+    /// Frequencies for `cfg`'s full-attention layers on `device`.
     pub fn new(cfg: &ModelConfig, device: Device) -> Self {
-        let rope = cfg.rope();
-        let inv = scaled_inv_freq(cfg.head_dim(), cfg.rope_theta(), &rope);
+        Self::with(cfg.head_dim(), &cfg.rope(), device)
+    }
+
+    /// Frequencies of `rope` for heads of `head_dim` on `device`.
+    pub fn with(head_dim: usize, rope: &RopeParameters, device: Device) -> Self {
+        let theta = rope.rope_theta.unwrap_or(10_000.0);
+        let inv = scaled_inv_freq(head_dim, theta, rope);
         Self {
             inv_freq: Tensor::from_slice(&inv).to_device(device),
         }

@@ -726,7 +726,17 @@ fn load_policy(cfg: &RunConfig) -> anyhow::Result<(VarStore, Llama, Tokenizer)> 
         .with_context(|| format!("loading model {}", cfg.model.path.display()))?;
     let (vs, model) = match &cfg.model.random {
         Some(shape) => {
+            anyhow::ensure!(
+                shape.num_attention_heads > 0
+                    && shape.hidden_size.is_multiple_of(shape.num_attention_heads),
+                "model.random: hidden_size ({}) must be a multiple of num_attention_heads ({})",
+                shape.hidden_size,
+                shape.num_attention_heads
+            );
             let config = shape.config(loaded.model.config(), loaded.tokenizer.vocab_size());
+            config
+                .validate()
+                .map_err(|e| anyhow::anyhow!("model.random: {e}"))?;
             random_model(&config, cfg.seed, opts)
         }
         None => (loaded.vs, loaded.model),

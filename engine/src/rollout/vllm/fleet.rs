@@ -203,7 +203,7 @@ fn write_weights(vs: &VarStore, config: &ModelConfig, dir: &Path) -> anyhow::Res
         .into_iter()
         .map(|(name, t)| (name, t.detach().to_device(Device::Cpu).contiguous()))
         .collect();
-    if config.tie_word_embeddings {
+    if config.tied_embeddings() {
         let embed = tensors
             .iter()
             .find(|(name, _)| name == EMBED)
