@@ -39,6 +39,15 @@ pub struct EnvConfig {
     /// `[env.arithmetic]`: difficulty of `task = "arithmetic"` (defaults when absent).
     #[serde(default)]
     pub arithmetic: Option<ArithmeticConfig>,
+    /// Extra chat-template variables, e.g. `{ enable_thinking = false }` for Qwen3: what
+    /// transformers' `apply_chat_template(..., **kwargs)` passes on. Every chat-template render
+    /// of the run (prompts and episode turns) uses them.
+    #[serde(
+        default,
+        deserialize_with = "crate::chat_template::deserialize_kwargs",
+        skip_serializing_if = "serde_json::Map::is_empty"
+    )]
+    pub chat_template_kwargs: crate::chat_template::TemplateKwargs,
 }
 
 impl EnvConfig {
@@ -179,7 +188,7 @@ impl LoadedEnv {
                 "episode.max_turns must be at least 1".into(),
             ));
         }
-        let chat = chat.map(Arc::new);
+        let chat = with_template_kwargs(chat, task.as_ref(), cfg)?.map(Arc::new);
         if task.reward() == RewardKind::Environment && chat.is_none() {
             return Err(EnvError::Config(format!(
                 "task `{}` is multi-turn and needs a chat template",
@@ -275,6 +284,34 @@ impl LoadedEnv {
             self.formatter.conversation(opening),
             self.max_turns,
         )
+    }
+}
+
+/// `chat` with `[env] chat_template_kwargs`; kwargs that no render would use (no chat template,
+/// or plain prompts for a single-turn task) are a config error rather than silently ignored.
+fn with_template_kwargs(
+    chat: Option<ChatTemplate>,
+    task: &dyn Task,
+    cfg: &EnvConfig,
+) -> Result<Option<ChatTemplate>> {
+    let kwargs = &cfg.chat_template_kwargs;
+    if kwargs.is_empty() {
+        return Ok(chat);
+    }
+    let plain_single_turn = cfg.prompt.format == crate::prompt::PromptFormat::Plain
+        && task.reward() != RewardKind::Environment;
+    match chat {
+        Some(_) if plain_single_turn => Err(EnvError::Config(
+            "chat_template_kwargs is set but prompts are `plain` (no chat template is rendered)"
+                .into(),
+        )),
+        None => Err(EnvError::Config(
+            "chat_template_kwargs is set but the model has no chat template".into(),
+        )),
+        Some(chat) => chat
+            .with_kwargs(kwargs.clone())
+            .map(Some)
+            .map_err(|e| EnvError::Config(e.to_string())),
     }
 }
 
