@@ -112,7 +112,7 @@ impl RandomModel {
         cfg.num_attention_heads = self.num_attention_heads;
         cfg.num_key_value_heads = Some(self.num_key_value_heads);
         cfg.intermediate_size = self.intermediate_size;
-        cfg.head_dim = None;
+        cfg.head_dim = Some(self.hidden_size / self.num_attention_heads.max(1));
         cfg
     }
 }
