@@ -24,7 +24,10 @@ torch.set_grad_enabled(False)
 
 
 def logits(req):
-    model = AutoModelForCausalLM.from_pretrained(req["model"], dtype=torch.float32)
+    # Eager attention is transformers' literal reference (SDPA would skip Gemma's soft-capping).
+    model = AutoModelForCausalLM.from_pretrained(
+        req["model"], dtype=torch.float32, attn_implementation="eager"
+    )
     model.eval()
     out = model(torch.tensor(req["tokens"])).logits
     return {"logits": out.tolist()}
