@@ -7,9 +7,10 @@
 //! [`telemetry`] Prometheus metrics and their HTTP endpoint; [`cli`] the `oxrl` command line;
 //! [`gguf`] reading, dequantizing and converting GGUF files. Beside them: [`tokenizer`] (text
 //! to ids, chat template), [`weights`] (safetensors into a `VarStore` by name), [`pretrained`]
-//! (loading a model and tokenizer from an HF directory or GGUF), [`device`] (device and dtype
-//! names), [`sample`] (the unit of RL data, [`Sample`]) and [`error`]. The map of how they fit
-//! together is docs/architecture.md.
+//! (loading a model and tokenizer from an HF directory or GGUF), [`reward_model`] (trained
+//! reward models, `[[rewards]] type = "model"`), [`device`] (device and dtype names),
+//! [`sample`] (the unit of RL data, [`Sample`]) and [`error`]. The map of how they fit together
+//! is docs/architecture.md.
 #![warn(missing_docs)]
 
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod kernels;
 pub mod learner;
 pub mod model;
 pub mod pretrained;
+pub mod reward_model;
 pub mod rollout;
 pub mod sample;
 pub mod telemetry;

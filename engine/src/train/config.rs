@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use oxrl_envs::{EnvConfig, LoadedEnv, Row};
-use oxrl_rewards::{Registry, RewardSpec, WeightedRewards};
+use oxrl_rewards::{RewardSpec, WeightedRewards};
 use serde::{Deserialize, Serialize};
 
 use crate::learner::lora::LoraConfig;
@@ -430,10 +430,12 @@ impl RunConfig {
         Ok(())
     }
 
-    /// The `[[rewards]]`, built: each reward parses (and so checks) its own options.
+    /// The `[[rewards]]`, built: each reward parses (and so checks) its own options. The
+    /// built-ins plus the engine's `model` (trained reward models, paths relative to the
+    /// config's folder).
     pub fn build_rewards(&self) -> anyhow::Result<WeightedRewards> {
-        WeightedRewards::from_specs(&Registry::default(), &self.rewards)
-            .context("building [[rewards]]")
+        let registry = crate::reward_model::registry(&self.base_dir);
+        WeightedRewards::from_specs(&registry, &self.rewards).context("building [[rewards]]")
     }
 
     fn validate(&self) -> anyhow::Result<()> {
