@@ -27,7 +27,7 @@ fn padded_rows_match_single_sequence_logprobs() {
     let mask: Vec<Vec<f32>> = Vec::try_from(&rows.mask).unwrap();
     assert_eq!(mask[0], [1.0, 1.0, 0.0, 1.0, 1.0]);
     assert_eq!(mask[1], [1.0, 0.0, 0.0, 0.0, 0.0]);
-    let lp = tch::no_grad(|| token_logprobs(&model, &rows));
+    let lp = tch::no_grad(|| token_logprobs(&model, &rows, Default::default()));
     let lp: Vec<Vec<f32>> = Vec::try_from(&lp.logp.to_kind(Kind::Float)).unwrap();
     for (i, s) in samples.iter().enumerate() {
         let want = completion_logprobs(&model, &s.prompt_ids, &s.completion_ids).unwrap();
@@ -73,7 +73,7 @@ fn rows_sharing_a_prompt_compute_it_once_with_the_same_logprobs_and_gradients() 
         for mut p in vs.trainable_variables() {
             p.zero_grad();
         }
-        let lp = token_logprobs(&model, &rows).logp;
+        let lp = token_logprobs(&model, &rows, Default::default()).logp;
         (&lp * &rows.mask).sum(Kind::Float).backward();
         let grads: Vec<Tensor> = vs
             .trainable_variables()

@@ -109,7 +109,7 @@ fn supported() -> bool {
 
 /// libtorch's (thread-local) autograd mode. Its C API has no getter: setting the mode
 /// returns the previous one, which is put straight back.
-pub(super) fn grad_enabled() -> bool {
+pub(crate) fn grad_enabled() -> bool {
     // SAFETY: plain calls into libtorch that cannot fail.
     unsafe {
         let previous = torch_sys::at_grad_set_enabled(0);

@@ -11,7 +11,11 @@ use std::ops::Range;
 
 use tch::{Device, Kind, Tensor};
 
+use super::recompute::{
+    chunked_head_logprobs, head_logprobs, CheckpointedStack, ChunkedHead, Deferred, ScoreOptions,
+};
 use crate::error::{Error, Result};
+use crate::kernels::decode_linear::grad_enabled;
 use crate::model::Llama;
 use crate::sample::Sample;
 
@@ -193,32 +197,58 @@ pub struct TokenLogprobs {
     pub logp: Tensor,
     /// float `[B, T]`: entropy of the next-token distribution (detached).
     pub entropy: Tensor,
-    /// `[B, T, H]`: the hidden states at the predicting positions (for a value head).
-    pub hidden: Tensor,
+    /// What the backward must recompute (checkpointed layers, chunked head): call
+    /// [`finish_backward`](Self::finish_backward) right after `loss.backward()`.
+    deferred: Option<Deferred>,
 }
 
-/// Per-token log-probabilities of the completion tokens under `model`, computing logits
-/// only at the positions that predict a completion token.
+impl TokenLogprobs {
+    /// Completes the backward pass that `loss.backward()` began when the forward deferred
+    /// part of it ([`ScoreOptions`]); nothing otherwise.
+    pub fn finish_backward(self, model: &Llama, rows: &Rows) {
+        if let Some(deferred) = self.deferred {
+            deferred.backward(model, &rows.targets);
+        }
+    }
+}
+
+/// Per-token log-probabilities of the completion tokens under `model` at `opts.temperature`,
+/// computing logits only at the positions that predict a completion token. With a graph
+/// (training) `opts` may checkpoint the layers and chunk the head, and the caller must then
+/// call [`TokenLogprobs::finish_backward`] after `loss.backward()`; under `no_grad` only the
+/// chunking applies.
 ///
 /// # Shapes
 /// returns `[B, T]` tensors as in [`Rows`].
-pub fn token_logprobs(model: &Llama, rows: &Rows) -> TokenLogprobs {
-    let picked = predicting_hidden(model, rows);
-    let logp_all = model
-        .logits(&picked)
-        .to_kind(Kind::Float)
-        .log_softmax(-1, Kind::Float);
-    let logp = logp_all
-        .gather(2, &rows.targets.unsqueeze(-1), false)
-        .squeeze_dim(-1);
-    let entropy = tch::no_grad(|| {
-        let lp = logp_all.detach();
-        -(lp.exp() * &lp).sum_dim_intlist(-1, false, Kind::Float)
-    });
+pub fn token_logprobs(model: &Llama, rows: &Rows, opts: ScoreOptions) -> TokenLogprobs {
+    let training = grad_enabled();
+    let (stack, hidden) = match training && opts.checkpoint_layers {
+        true => {
+            let (stack, hidden) = CheckpointedStack::forward(model, rows);
+            (Some(stack), hidden)
+        }
+        false => (None, predicting_hidden(model, rows)),
+    };
+    let t = opts.temperature;
+    let (head, logp, entropy) = match opts.chunk_tokens {
+        Some(chunk) if training => {
+            let (head, logp, entropy) =
+                ChunkedHead::forward(model, &hidden, &rows.targets, t, chunk);
+            (Some(head), logp, entropy)
+        }
+        Some(chunk) => {
+            let (logp, entropy) = chunked_head_logprobs(model, &hidden, &rows.targets, t, chunk);
+            (None, logp, entropy)
+        }
+        None => {
+            let (logp, entropy) = head_logprobs(model, &hidden, &rows.targets, t);
+            (None, logp, entropy)
+        }
+    };
     TokenLogprobs {
         logp,
         entropy,
-        hidden: picked,
+        deferred: Deferred::new(head, hidden, stack),
     }
 }
 
@@ -232,6 +262,11 @@ pub fn predicting_hidden(model: &Llama, rows: &Rows) -> Tensor {
     } else {
         model.forward_hidden(&rows.tokens, &rows.positions, None, None)
     };
+    gather_predicting(&hidden, rows)
+}
+
+/// `hidden` (`[B, L, H]`) at `rows.predict_at`: `[B, T, H]`.
+pub(crate) fn gather_predicting(hidden: &Tensor, rows: &Rows) -> Tensor {
     let h = hidden.size()[2];
     let (b, t) = (rows.predict_at.size()[0], rows.predict_at.size()[1]);
     let idx = rows.predict_at.unsqueeze(-1).expand([b, t, h], false);

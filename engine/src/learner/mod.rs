@@ -20,6 +20,7 @@ pub mod lora;
 pub mod metrics;
 pub mod optim;
 pub mod ppo;
+pub mod recompute;
 pub mod rollout_correction;
 pub mod topr;
 mod validate;

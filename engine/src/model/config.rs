@@ -629,8 +629,10 @@ impl ModelConfig {
             Architecture::Qwen2 | Architecture::Qwen3 => {
                 self.sliding_window().is_some() && layer >= self.max_window_layers.unwrap_or(28)
             }
-            Architecture::Gemma2 => (layer + 1) % 2 != 0,
-            Architecture::Gemma3 => (layer + 1) % self.sliding_window_pattern.unwrap_or(6) != 0,
+            Architecture::Gemma2 => !(layer + 1).is_multiple_of(2),
+            Architecture::Gemma3 => {
+                !(layer + 1).is_multiple_of(self.sliding_window_pattern.unwrap_or(6))
+            }
         };
         if sliding {
             LayerType::Sliding

@@ -245,7 +245,7 @@ impl Attention {
         let (q_norm, k_norm) = self.qk_norm.as_ref().map(|(q, k)| (q, k)).unzip();
         let mut q = rotated(&self.q_proj, q_norm, self.num_heads);
         if let Some(scale) = self.query_scale {
-            q = q * scale;
+            q *= scale;
         }
         let k = rotated(&self.k_proj, k_norm, self.num_kv_heads);
         let v = heads(self.v_proj.forward(x), self.num_kv_heads);
@@ -455,6 +455,15 @@ fn residual(x: Tensor, y: &Tensor) -> Tensor {
     }
 }
 
+/// Masks and RoPE tables shared by every layer of one pass (see [`Llama::stack_context`]).
+#[derive(Debug)]
+pub(crate) struct StackContext {
+    /// `(cos, sin)` per RoPE of the model.
+    tables: Vec<(Tensor, Tensor)>,
+    full_mask: Option<Tensor>,
+    sliding_mask: Option<Tensor>,
+}
+
 /// What one layer of a forward pass sees.
 struct LayerContext<'a> {
     /// The layer's RoPE tables for this call's positions (computed once per table).
@@ -477,6 +486,7 @@ pub struct Llama {
     /// The full-attention layers' RoPE, then (Gemma 3) the sliding layers'.
     ropes: Vec<Rope>,
     adapters: Option<Arc<AdapterSwitch>>,
+    adapter_dropout: f64,
 }
 
 impl Llama {
@@ -516,7 +526,13 @@ impl Llama {
                 .map(|t| Rope::with(cfg.head_dim(), &cfg.rope_for(t), root.device()))
                 .into(),
             adapters: switch,
+            adapter_dropout: lora.map_or(0.0, |l| l.dropout),
         }
+    }
+
+    /// The adapters' dropout probability (0 without adapters).
+    pub fn adapter_dropout(&self) -> f64 {
+        self.adapter_dropout
     }
 
     /// Whether the model carries LoRA adapters.
@@ -570,47 +586,92 @@ impl Llama {
         mut cache: Option<&mut KvCache>,
     ) -> Tensor {
         let past = cache.as_ref().map_or(0, |c| c.seq_len());
-        let t = tokens.size()[1];
+        let mut x = self.embed(tokens);
+        let stack = self.stack_context(positions, past, key_mask, x.kind());
+        for i in 0..self.layers.len() {
+            x = self.run_layer(i, x, &stack, cache.as_deref_mut().map(|c| (c, i)));
+        }
+        self.final_norm(&x)
+    }
+
+    /// The number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Token embeddings, scaled where the architecture scales them: the decoder stack's input.
+    pub(crate) fn embed(&self, tokens: &Tensor) -> Tensor {
+        let x = self.embed_tokens.embedding_lookup(tokens);
+        match self.cfg.embedding_scale() {
+            // transformers keeps the scale as an f32 tensor cast to the weights' dtype.
+            Some(scale) => {
+                let scale = Tensor::from(scale as f32).to_kind(x.kind());
+                x * scale
+            }
+            None => x,
+        }
+    }
+
+    /// What every layer of one pass over `positions` (`[batch, seq]`, after `past` cached
+    /// positions) shares: the masks and RoPE tables, built once.
+    pub(crate) fn stack_context(
+        &self,
+        positions: &Tensor,
+        past: i64,
+        key_mask: Option<&Tensor>,
+        kind: Kind,
+    ) -> StackContext {
         let shape = MaskShape {
             past,
-            t,
+            t: positions.size()[1],
             // Soft-capped attention has no built-in causal flag.
             explicit: self.cfg.attention_softcap().is_some(),
         };
-        let device = tokens.device();
-        let full_mask = shape.mask(key_mask, None, device);
+        let device = positions.device();
         let window = self.cfg.sliding_window().map(|w| w as i64);
-        let sliding_mask = match self.layers.iter().any(|l| l.kind.sliding) {
-            true => shape.mask(key_mask, window, device),
-            false => None,
+        StackContext {
+            tables: self
+                .ropes
+                .iter()
+                .map(|rope| rope.cos_sin(positions, kind))
+                .collect(),
+            full_mask: shape.mask(key_mask, None, device),
+            sliding_mask: match self.layers.iter().any(|l| l.kind.sliding) {
+                true => shape.mask(key_mask, window, device),
+                false => None,
+            },
+        }
+    }
+
+    /// Decoder layer `i` on `x`; `cache` is a cache and the slot this layer's keys and values
+    /// go to (a layer recomputed on its own uses a one-layer cache).
+    pub(crate) fn run_layer(
+        &self,
+        i: usize,
+        x: Tensor,
+        stack: &StackContext,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor {
+        let layer = &self.layers[i];
+        let (cos, sin) = &stack.tables[layer.kind.rope];
+        let (cache, slot) = cache.unzip();
+        let mut ctx = LayerContext {
+            cos,
+            sin,
+            mask: if layer.kind.sliding {
+                stack.sliding_mask.as_ref()
+            } else {
+                stack.full_mask.as_ref()
+            },
+            cache,
+            layer: slot.unwrap_or(i),
         };
-        let mut x = self.embed_tokens.embedding_lookup(tokens);
-        if let Some(scale) = self.cfg.embedding_scale() {
-            // transformers keeps the scale as an f32 tensor cast to the weights' dtype.
-            let scale = Tensor::from(scale as f32).to_kind(x.kind());
-            x = x * scale;
-        }
-        let tables: Vec<(Tensor, Tensor)> = self
-            .ropes
-            .iter()
-            .map(|rope| rope.cos_sin(positions, x.kind()))
-            .collect();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let (cos, sin) = &tables[layer.kind.rope];
-            let mut ctx = LayerContext {
-                cos,
-                sin,
-                mask: if layer.kind.sliding {
-                    sliding_mask.as_ref()
-                } else {
-                    full_mask.as_ref()
-                },
-                cache: cache.as_deref_mut(),
-                layer: i,
-            };
-            x = layer.forward(x, &mut ctx);
-        }
-        self.norm.forward(&x)
+        layer.forward(x, &mut ctx)
+    }
+
+    /// The final norm, after the last layer.
+    pub(crate) fn final_norm(&self, x: &Tensor) -> Tensor {
+        self.norm.forward(x)
     }
 
     /// Next-token logits from hidden states: `[.., hidden]` to `[.., vocab]` (soft-capped

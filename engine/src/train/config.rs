@@ -461,11 +461,11 @@ impl RunConfig {
         if self.rollout.async_ && self.rollout.max_staleness == 0 {
             bail!("rollout.async needs rollout.max_staleness >= 1: the prefetched batch is one version old");
         }
-        // The learner scores completions at temperature 1; a tempered sampler would make
-        // every importance ratio off-policy by construction.
+        // The learner scores at the sampling temperature; greedy rollouts would give every
+        // group identical completions and nothing to learn from.
         let t = self.rollout.sampling.temperature;
-        if t != 1.0 {
-            bail!("rollout.sampling.temperature = {t}: the learner computes logprobs at temperature 1, so only 1.0 is supported for training");
+        if t == 0.0 && self.rollout.source != RolloutSource::Dataset {
+            bail!("rollout.sampling.temperature = 0 (greedy): every completion of a group would be the same; training samples at a temperature > 0 (the learner scores at the same one)");
         }
         if self.rewards.is_empty() {
             bail!("no [[rewards]]: a run needs at least one reward");

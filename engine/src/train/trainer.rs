@@ -101,7 +101,7 @@ impl Trainer {
         check_env(&cfg, &env)?;
         let rewards = cfg.build_rewards()?;
         let mut learner =
-            Learner::new(vs, model, cfg.learner.clone()).context("building [learner]")?;
+            Learner::new(vs, model, learner_config(&cfg)).context("building [learner]")?;
         let state = restore(&cfg, resume, &mut learner)?;
         let next_step = state.as_ref().map_or(0, |s| s.next_step);
         let sampler = env.sampler(state.map(|s| s.cursor))?;
@@ -712,6 +712,17 @@ fn complete(
     match vllm {
         Some(vllm) => hold(vllm)?.generate(request),
         None => Ok(generate_batch(learner.policy(), request, Some(tokenizer))?),
+    }
+}
+
+/// `[learner]`, scoring at the rollout's sampling temperature.
+fn learner_config(cfg: &RunConfig) -> crate::learner::LearnerConfig {
+    crate::learner::LearnerConfig {
+        temperature: Some(match cfg.rollout.source {
+            RolloutSource::Dataset => 1.0, // logged pairs: the model's own distribution
+            _ => cfg.rollout.sampling.logprob_temperature(),
+        }),
+        ..cfg.learner.clone()
     }
 }
 

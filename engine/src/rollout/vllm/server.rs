@@ -166,6 +166,9 @@ fn spawn(spec: &LaunchSpec, log: File) -> anyhow::Result<Child> {
     cmd.args(["-m", "vllm.entrypoints.openai.api_server", "--model"])
         .arg(&spec.model_dir)
         .args(["--served-model-name", SERVED_MODEL, "--dtype", &spec.dtype])
+        // Behaviour logprobs of the distribution sampled from (after the temperature), not
+        // of the raw logits: the learner scores at the same temperature.
+        .args(["--logprobs-mode", "processed_logprobs"])
         .args(["--enforce-eager", "--host", "127.0.0.1", "--port"])
         .arg(spec.port.to_string())
         .args(lora_args(spec.lora_rank)?)
