@@ -160,7 +160,7 @@ fn a_weight_sync_really_swaps_the_servers_weights() {
     // A different policy: the last layer's MLP and the (tied) embeddings scaled. vLLM's
     // in-place reload keeps a tied output layer it gets no weight for: the sync writes it.
     let changed = load(&shared.model_dir);
-    assert!(changed.model.config().tie_word_embeddings);
+    assert!(changed.model.config().tied_embeddings());
     tch::no_grad(|| {
         for (name, mut t) in changed.vs.variables() {
             if name.contains("layers.29.mlp") || name.contains("embed_tokens") {
