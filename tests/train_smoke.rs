@@ -364,6 +364,12 @@ fn config_check_refuses_bad_learner_options_and_multi_turn_tasks_before_loading(
         ("learner.dpo.beta=0", "learner.dpo.beta = 0"),
         ("learner.ppo.gamma=2", "learner.ppo.gamma = 2"),
         ("env.task=calculator", "multi-turn"),
+        // The smoke model is f32: there is nothing to keep an f32 master copy of.
+        (
+            "learner.precision=bf16-mixed",
+            "learner.precision = \"bf16-mixed\" needs a bf16 or f16 model",
+        ),
+        ("learner.precision=fp8", "learner.precision"),
     ] {
         let (ok, err) = check(set);
         assert!(!ok && err.contains(named), "{set}: {err}");

@@ -24,6 +24,7 @@ use super::metrics::{self as m, Metrics, Stats};
 use super::optim::{AdamW, OptimConfig};
 use super::ppo::{Critic, Ppo, PpoConfig};
 use super::recompute::ScoreOptions;
+use super::precision::Precision;
 use super::rollout_correction::{GapMeter, LogprobGap, RolloutCorrection};
 use super::topr::{Topr, ToprConfig};
 use crate::error::{Error, Result};
@@ -91,6 +92,9 @@ pub struct LearnerConfig {
     /// `[learner]` key); 1 when unset.
     #[serde(skip)]
     pub temperature: Option<f64>,
+    /// In which dtype AdamW updates the weights: `auto` (default), `pure` or `bf16-mixed`
+    /// (f32 master weights for a bf16/f16 model; see [`Precision`]).
+    pub precision: Precision,
 }
 
 impl LearnerConfig {
@@ -168,7 +172,8 @@ fn pad_rows(rows: &[&[f32]], t: i64, device: Device) -> Tensor {
 
 impl Learner {
     /// A learner for `policy` (whose parameters live in `vs`). All trainable variables of
-    /// `vs` are optimised; when the algorithm needs a reference, a frozen copy of the current
+    /// `vs` are optimised (with f32 master copies when `cfg.precision` resolves to mixed for
+    /// their dtype); when the algorithm needs a reference, a frozen copy of the current
     /// weights is made now.
     pub fn new(vs: VarStore, policy: Llama, cfg: LearnerConfig) -> Result<Self> {
         cfg.validate()?;
@@ -200,19 +205,7 @@ impl Learner {
         } else {
             None
         };
-        let mut params: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
-        if let Some(c) = &critic {
-            params.extend(
-                c.vs.variables()
-                    .into_iter()
-                    .filter(|(_, t)| t.requires_grad())
-                    .map(|(n, t)| (format!("critic.{n}"), t)),
-            );
-        }
+        let optimizer = build_optimizer(&vs, critic.as_ref(), cfg.precision)?;
         Ok(Self {
             cfg,
             algorithm,
@@ -220,7 +213,7 @@ impl Learner {
             policy,
             reference,
             critic,
-            optimizer: AdamW::new(params),
+            optimizer,
         })
     }
 
@@ -244,8 +237,14 @@ impl Learner {
         self.optimizer.steps()
     }
 
-    /// Saves the optimizer state (moments, step) for resuming; the weights are saved with
-    /// the model (`pretrained::save_model_dir`), the critic's with [`critic_var_store`].
+    /// The optimizer: its master weights (mixed precision) are what training continues from.
+    pub fn optimizer(&self) -> &AdamW {
+        &self.optimizer
+    }
+
+    /// Saves the optimizer state (moments, master weights, step) for resuming; the weights are
+    /// saved with the model (`pretrained::save_model_dir`), the critic's with
+    /// [`critic_var_store`].
     ///
     /// [`critic_var_store`]: Self::critic_var_store
     pub fn save_optimizer(&self, path: &std::path::Path) -> Result<()> {
@@ -583,6 +582,31 @@ impl Learner {
         tl.finish_backward(&self.policy, &batch);
         Ok((out.loss.double_value(&[]), out.policy_loss))
     }
+}
+
+/// AdamW over every trainable variable of the policy and the critic (`critic.` names),
+/// with f32 master weights when `precision` resolves to mixed for their dtype.
+fn build_optimizer(vs: &VarStore, critic: Option<&Critic>, precision: Precision) -> Result<AdamW> {
+    let mut params: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
+    if let Some(c) = critic {
+        params.extend(
+            c.vs.variables()
+                .into_iter()
+                .filter(|(_, t)| t.requires_grad())
+                .map(|(n, t)| (format!("critic.{n}"), t)),
+        );
+    }
+    // The trainable parameters share the model's dtype (LoRA adapters and the critic are made
+    // in it too); an empty set is f32 for the check's sake.
+    let kind = params.first().map_or(Kind::Float, |(_, t)| t.kind());
+    Ok(match precision.master_weights(kind)? {
+        true => AdamW::with_master_weights(params),
+        false => AdamW::new(params),
+    })
 }
 
 /// What one update did.

@@ -1,6 +1,7 @@
 //! The learner: GRPO, PPO, TOPR, DPO and expert iteration as peers behind one [`Algorithm`]
-//! trait, AdamW with schedules and clipping, token-budget micro-batches with exact gradient
-//! accumulation, and a frozen reference model. See `docs/learner.md`.
+//! trait, AdamW with schedules, clipping and f32 master weights for bf16 models, token-budget
+//! micro-batches with exact gradient accumulation, and a frozen reference model. See
+//! `docs/learner.md`.
 //!
 //! ```text
 //! let mut learner = Learner::new(vs, policy, learner_config)?;
@@ -20,6 +21,7 @@ pub mod lora;
 pub mod metrics;
 pub mod optim;
 pub mod ppo;
+pub mod precision;
 pub mod recompute;
 pub mod rollout_correction;
 pub mod topr;
@@ -31,4 +33,5 @@ pub use algorithm::{
 };
 pub use learner::{AlgorithmKind, Learner, LearnerConfig, Update};
 pub use metrics::{Metrics, Stats};
+pub use precision::Precision;
 pub use rollout_correction::{CorrectionMode, GapMeter, LogprobGap, RolloutCorrection};

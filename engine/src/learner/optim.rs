@@ -1,7 +1,10 @@
 //! AdamW (Loshchilov & Hutter 2019) written over `tch` tensors to match
 //! `torch.optim.AdamW`, with weight-decay groups (no decay on norms and biases, as HF
 //! `Trainer`), learning-rate schedules (HF `get_{constant,linear,cosine}_schedule_with_warmup`)
-//! and global-norm gradient clipping (`torch.nn.utils.clip_grad_norm_`).
+//! and global-norm gradient clipping (`torch.nn.utils.clip_grad_norm_`). Under mixed
+//! precision (`learner::precision`) it owns an f32 master copy of each bf16/f16 parameter:
+//! the update is applied to the master, bit for bit as to an f32 parameter with the same
+//! gradient, and the parameter is refreshed from it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,6 +12,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use super::precision::is_half;
 use crate::error::{Error, Result};
 
 /// Learning-rate schedule after warmup (HF `lr_scheduler_type`).
@@ -89,51 +93,138 @@ pub fn decays(name: &str) -> bool {
     !(name.contains("norm") || name.ends_with("bias"))
 }
 
+/// One tracked parameter and its optimizer state.
 struct Param {
+    /// The model's parameter: what the forward reads and the backward writes a gradient to.
     tensor: Tensor,
+    /// Mixed precision: the f32 master copy the update is applied to; `tensor` is then
+    /// refreshed from it. `None`: the update is applied to `tensor` in its own dtype.
+    master: Option<Tensor>,
     decay: bool,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
 }
 
-/// AdamW over a fixed set of named parameters.
+impl Param {
+    /// State for `tensor`: zero moments and, with `master`, an f32 copy when `tensor` is
+    /// bf16/f16 (f32 and f64 parameters are their own master).
+    fn new(name: &str, tensor: Tensor, master: bool) -> Self {
+        // Moments in f32 (f64 for f64 parameters), whatever the parameter dtype.
+        let kind = match tensor.kind() {
+            Kind::Double => Kind::Double,
+            _ => Kind::Float,
+        };
+        let master = (master && is_half(tensor.kind()))
+            .then(|| tch::no_grad(|| tensor.detach().to_kind(Kind::Float)));
+        Self {
+            decay: decays(name),
+            exp_avg: tensor.zeros_like().to_kind(kind),
+            exp_avg_sq: tensor.zeros_like().to_kind(kind),
+            master,
+            tensor,
+        }
+    }
+
+    /// One AdamW update with the (upcast, clipped) gradient `g`, in the moments' dtype.
+    fn update(&mut self, g: &Tensor, c: &StepConstants) {
+        let weights = self.master.as_mut().unwrap_or(&mut self.tensor);
+        if self.decay && c.weight_decay != 0.0 {
+            let _ = weights.g_mul_scalar_(1.0 - c.lr * c.weight_decay);
+        }
+        let _ = self.exp_avg.g_mul_scalar_(c.b1).g_add_(&(g * (1.0 - c.b1)));
+        let _ = self
+            .exp_avg_sq
+            .g_mul_scalar_(c.b2)
+            .g_add_(&(g * g * (1.0 - c.b2)));
+        let denom = self.exp_avg_sq.sqrt() / c.bc2.sqrt() + c.eps;
+        let update = (&self.exp_avg / denom) * (c.lr / c.bc1);
+        // Pure precision: the update is rounded to the parameter's dtype (bf16 loses any part
+        // below half an ulp of the weight); a master takes it at f32.
+        let kind = weights.kind();
+        let _ = weights.g_sub_(&update.to_kind(kind));
+        if let Some(master) = &self.master {
+            // Round-to-nearest into the model's dtype: what the next forward sees.
+            self.tensor.copy_(master);
+        }
+    }
+}
+
+/// The constants of one AdamW step.
+struct StepConstants {
+    lr: f64,
+    b1: f64,
+    b2: f64,
+    /// Bias corrections `1 - beta^t`.
+    bc1: f64,
+    bc2: f64,
+    eps: f64,
+    weight_decay: f64,
+}
+
+impl StepConstants {
+    fn new(lr: f64, cfg: &OptimConfig, step: usize) -> Self {
+        let t = step as i32;
+        let (b1, b2) = (cfg.adam_beta1, cfg.adam_beta2);
+        Self {
+            lr,
+            b1,
+            b2,
+            bc1: 1.0 - b1.powi(t),
+            bc2: 1.0 - b2.powi(t),
+            eps: cfg.adam_epsilon,
+            weight_decay: cfg.weight_decay,
+        }
+    }
+}
+
+/// AdamW over a fixed set of named parameters, optionally with f32 master weights for the
+/// bf16/f16 ones (mixed precision, [`AdamW::with_master_weights`]).
 pub struct AdamW {
     params: Vec<(String, Param)>,
     step: usize,
+    /// The clipping coefficient [`clip_grad_norm`](Self::clip_grad_norm) chose, applied by
+    /// the next [`step`](Self::step) to the upcast gradients.
+    grad_scale: f64,
 }
 
 impl std::fmt::Debug for AdamW {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdamW")
             .field("params", &self.params.len())
+            .field("master_weights", &self.master_weights().count())
             .field("step", &self.step)
             .finish()
     }
 }
 
 impl AdamW {
-    /// Tracks `params` (name, tensor); the name decides the decay group.
+    /// Tracks `params` (name, tensor); the name decides the decay group. Updates are applied
+    /// in each parameter's own dtype (`precision = "pure"`).
     pub fn new(params: Vec<(String, Tensor)>) -> Self {
+        Self::build(params, false)
+    }
+
+    /// As [`new`](Self::new), with an f32 master copy of every bf16/f16 parameter
+    /// (`precision = "bf16-mixed"`): updates are applied to the master, and the parameter is
+    /// refreshed from it after each step. f32 parameters are tracked as by `new`.
+    pub fn with_master_weights(params: Vec<(String, Tensor)>) -> Self {
+        Self::build(params, true)
+    }
+
+    fn build(params: Vec<(String, Tensor)>, master: bool) -> Self {
         let mut params: Vec<(String, Param)> = params
             .into_iter()
             .map(|(name, tensor)| {
-                // Moments in f32 (f64 for f64 parameters), whatever the parameter dtype.
-                let kind = if tensor.kind() == Kind::Double {
-                    Kind::Double
-                } else {
-                    Kind::Float
-                };
-                let p = Param {
-                    decay: decays(&name),
-                    exp_avg: tensor.zeros_like().to_kind(kind),
-                    exp_avg_sq: tensor.zeros_like().to_kind(kind),
-                    tensor,
-                };
+                let p = Param::new(&name, tensor, master);
                 (name, p)
             })
             .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
-        Self { params, step: 0 }
+        Self {
+            params,
+            step: 0,
+            grad_scale: 1.0,
+        }
     }
 
     /// Optimizer steps taken so far.
@@ -146,43 +237,54 @@ impl AdamW {
         self.params.iter().map(|(n, _)| n.as_str())
     }
 
-    /// Writes the moments and the step count to a safetensors file (`{name}.exp_avg`,
-    /// `{name}.exp_avg_sq`, `step`), so a resumed run continues exactly.
+    /// The f32 master weights (name, tensor) kept under mixed precision; empty otherwise.
+    pub fn master_weights(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.params
+            .iter()
+            .filter_map(|(n, p)| p.master.as_ref().map(|m| (n.as_str(), m)))
+    }
+
+    /// Writes the moments, the master weights (mixed precision) and the step count to a
+    /// safetensors file (`{name}.exp_avg`, `{name}.exp_avg_sq`, `{name}.master`, `step`), so a
+    /// resumed run continues exactly.
     pub fn save(&self, path: &Path) -> Result<()> {
+        let cpu = |t: &Tensor| t.to_device(tch::Device::Cpu);
         let mut tensors: Vec<(String, Tensor)> =
             vec![("step".to_string(), Tensor::from_slice(&[self.step as i64]))];
         for (name, p) in &self.params {
-            tensors.push((
-                format!("{name}.exp_avg"),
-                p.exp_avg.to_device(tch::Device::Cpu),
-            ));
-            tensors.push((
-                format!("{name}.exp_avg_sq"),
-                p.exp_avg_sq.to_device(tch::Device::Cpu),
-            ));
+            tensors.push((format!("{name}.exp_avg"), cpu(&p.exp_avg)));
+            tensors.push((format!("{name}.exp_avg_sq"), cpu(&p.exp_avg_sq)));
+            if let Some(master) = &p.master {
+                tensors.push((format!("{name}.master"), cpu(master)));
+            }
         }
         Tensor::write_safetensors(&tensors, path)
             .map_err(|e| Error::bad_file(path, format!("cannot write: {e}")))
     }
 
-    /// Restores what [`save`](Self::save) wrote; every tracked parameter must be present
-    /// with its shape.
+    /// Restores what [`save`](Self::save) wrote; every tracked parameter's moments must be
+    /// present with its shape. Call it after the weights are loaded: a master the file lacks
+    /// (it was written with `precision = "pure"`) is taken from the parameter, and masters in
+    /// the file this optimizer does not keep are ignored.
     pub fn load(&mut self, path: &Path) -> Result<()> {
         let file: HashMap<String, Tensor> = Tensor::read_safetensors(path)
             .map_err(|e| Error::bad_file(path, format!("cannot read: {e}")))?
             .into_iter()
             .collect();
-        let get = |key: &str, like: &Tensor| -> Result<Tensor> {
-            let t = file
-                .get(key)
-                .ok_or_else(|| Error::bad_file(path, format!("missing {key}")))?;
+        let get = |key: &str, like: &Tensor| -> Result<Option<Tensor>> {
+            let Some(t) = file.get(key) else {
+                return Ok(None);
+            };
             if t.size() != like.size() {
                 return Err(Error::bad_file(
                     path,
                     format!("{key}: shape {:?}, expected {:?}", t.size(), like.size()),
                 ));
             }
-            Ok(t.to_kind(like.kind()).to_device(like.device()))
+            Ok(Some(t.to_kind(like.kind()).to_device(like.device())))
+        };
+        let required = |key: String, like: &Tensor| -> Result<Tensor> {
+            get(&key, like)?.ok_or_else(|| Error::bad_file(path, format!("missing {key}")))
         };
         let step = file
             .get("step")
@@ -190,23 +292,32 @@ impl AdamW {
             .int64_value(&[0]);
         let mut loaded = Vec::with_capacity(self.params.len());
         for (name, p) in &self.params {
+            let master = match &p.master {
+                Some(like) => get(&format!("{name}.master"), like)?,
+                None => None,
+            };
             loaded.push((
-                get(&format!("{name}.exp_avg"), &p.exp_avg)?,
-                get(&format!("{name}.exp_avg_sq"), &p.exp_avg_sq)?,
+                required(format!("{name}.exp_avg"), &p.exp_avg)?,
+                required(format!("{name}.exp_avg_sq"), &p.exp_avg_sq)?,
+                master,
             ));
         }
         tch::no_grad(|| {
-            for ((_, p), (m, v)) in self.params.iter_mut().zip(loaded) {
+            for ((_, p), (m, v, master)) in self.params.iter_mut().zip(loaded) {
                 p.exp_avg.copy_(&m);
                 p.exp_avg_sq.copy_(&v);
+                if let Some(own) = &mut p.master {
+                    own.copy_(master.as_ref().unwrap_or(&p.tensor));
+                }
             }
         });
         self.step = step.max(0) as usize;
         Ok(())
     }
 
-    /// Clears the gradients.
+    /// Clears the gradients (and any clipping chosen for them).
     pub fn zero_grad(&mut self) {
+        self.grad_scale = 1.0;
         for (_, p) in &mut self.params {
             let mut g = p.tensor.grad();
             if g.defined() {
@@ -215,10 +326,15 @@ impl AdamW {
         }
     }
 
-    /// Global L2 norm of the gradients; scales them down to `max_norm` when it is exceeded
-    /// and `max_norm > 0`. Returns the norm before clipping.
+    /// Global L2 norm of the gradients, computed in f32 over the upcast gradients; when it
+    /// exceeds `max_norm > 0` the next [`step`](Self::step) scales them down to `max_norm`.
+    /// Returns the norm before clipping.
+    ///
+    /// The scale is applied to the upcast gradient inside `step` rather than to `.grad()` in
+    /// place (as `torch.nn.utils.clip_grad_norm_` does): a bf16 gradient scaled in place would
+    /// be rounded to bf16 a second time. For f32 parameters the arithmetic is the same.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
-        tch::no_grad(|| {
+        let total = tch::no_grad(|| {
             let norms: Vec<Tensor> = self
                 .params
                 .iter()
@@ -226,52 +342,45 @@ impl AdamW {
                 .filter(|g| g.defined())
                 .map(|g| g.to_kind(Kind::Float).norm())
                 .collect();
-            if norms.is_empty() {
-                return 0.0;
+            match norms.is_empty() {
+                true => 0.0,
+                false => Tensor::stack(&norms, 0).norm().double_value(&[]),
             }
-            let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
-            let coef = max_norm / (total + 1e-6);
-            if max_norm > 0.0 && coef < 1.0 {
-                for (_, p) in &self.params {
-                    let mut g = p.tensor.grad();
-                    if g.defined() {
-                        let _ = g.g_mul_scalar_(coef);
-                    }
-                }
-            }
-            total
-        })
+        });
+        let coef = max_norm / (total + 1e-6);
+        self.grad_scale = match max_norm > 0.0 && coef < 1.0 {
+            true => coef,
+            false => 1.0,
+        };
+        total
     }
 
     /// One AdamW update at learning rate `lr`, as `torch.optim.AdamW` (non-amsgrad):
-    /// `p *= 1 - lr wd`; `m, v` EMAs; `p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)`.
+    /// `p *= 1 - lr wd`; `m, v` EMAs; `p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)`, with `p`
+    /// the master weight where there is one.
     pub fn step(&mut self, lr: f64, cfg: &OptimConfig) {
         self.step += 1;
-        let t = self.step as i32;
-        let (b1, b2) = (cfg.adam_beta1, cfg.adam_beta2);
-        let bc1 = 1.0 - b1.powi(t);
-        let bc2 = 1.0 - b2.powi(t);
+        let c = StepConstants::new(lr, cfg, self.step);
+        let scale = std::mem::replace(&mut self.grad_scale, 1.0);
         tch::no_grad(|| {
             for (_, p) in &mut self.params {
                 let g = p.tensor.grad();
                 if !g.defined() {
                     continue;
                 }
-                let g = g.to_kind(p.exp_avg.kind());
-                if p.decay && cfg.weight_decay != 0.0 {
-                    let _ = p.tensor.g_mul_scalar_(1.0 - lr * cfg.weight_decay);
-                }
-                let _ = p.exp_avg.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
-                let _ = p
-                    .exp_avg_sq
-                    .g_mul_scalar_(b2)
-                    .g_add_(&(&g * &g * (1.0 - b2)));
-                let denom = p.exp_avg_sq.sqrt() / bc2.sqrt() + cfg.adam_epsilon;
-                let update = (&p.exp_avg / denom) * (lr / bc1);
-                let kind = p.tensor.kind();
-                let _ = p.tensor.g_sub_(&update.to_kind(kind));
+                let g = upcast(&g, p.exp_avg.kind(), scale);
+                p.update(&g, &c);
             }
         });
+    }
+}
+
+/// `g` in `kind` (the moments' dtype), times the clipping `scale`.
+fn upcast(g: &Tensor, kind: Kind, scale: f64) -> Tensor {
+    let g = g.to_kind(kind);
+    match scale == 1.0 {
+        true => g,
+        false => g * scale,
     }
 }
 

@@ -471,7 +471,18 @@ impl RunConfig {
             bail!("no [[rewards]]: a run needs at least one reward");
         }
         self.learner.validate()?;
+        self.check_precision()?;
         self.eval.validate()
+    }
+
+    /// `learner.precision` against `model.dtype` (`bf16-mixed` needs a bf16/f16 model), so
+    /// `oxrl config check` refuses the pair before anything loads. A dtype that does not parse
+    /// is left to the model loader's error.
+    fn check_precision(&self) -> anyhow::Result<()> {
+        if let Ok(kind) = crate::device::parse_kind(&self.model.dtype) {
+            self.learner.precision.master_weights(kind)?;
+        }
+        Ok(())
     }
 }
 
