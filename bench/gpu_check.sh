@@ -24,7 +24,8 @@ section() { printf '\n== %s\n' "$*"; }
 
 section "engine tests with OXRL_TEST_DEVICE=$DEVICE"
 for t in model rollout rollout_pool learner_golden learner_grpo learner_ppo learner_dpo \
-    learner_topr learner_expert learner_lora learner_batch; do
+    learner_topr learner_expert learner_lora learner_batch learner_memory learner_precision \
+    learner_rollout_correction; do
     if OXRL_TEST_DEVICE=$DEVICE timeout 300 ".gpu/tests/$t" >"$LOG/test_$t.log" 2>&1; then
         echo "$t: $(grep '^test result' "$LOG/test_$t.log")"
     else
