@@ -194,3 +194,41 @@ fn the_learner_scores_at_the_sampling_temperature() {
     let untempered = gap_at(None);
     assert!(untempered.mean_abs > 1e-2, "{untempered:?}");
 }
+
+#[test]
+fn whole_updates_with_memory_options_match_plain_ones_for_grpo_and_ppo_with_its_critic() {
+    use oxrl::learner::metrics as m;
+    let _serial = serial();
+    let (_vs, model) = tiny(3);
+    let samples = rollout(&model, &all_digits(), 4, 11);
+    for algorithm in [AlgorithmKind::Grpo, AlgorithmKind::Ppo] {
+        let update = |gradient_checkpointing: bool, logprob_chunk_tokens: Option<usize>| {
+            let (vs, model) = tiny(3);
+            let mut cfg = LearnerConfig {
+                algorithm,
+                gradient_checkpointing,
+                logprob_chunk_tokens,
+                ..Default::default()
+            };
+            cfg.optim.lr = 1e-3;
+            let mut learner = Learner::new(vs, model, cfg).unwrap();
+            learner.train(&samples).unwrap().metrics
+        };
+        let plain = update(false, None);
+        let saving = update(true, Some(4));
+        for key in [m::LOSS, m::GRAD_NORM, m::ENTROPY] {
+            let (a, b) = (plain[key], saving[key]);
+            assert!(
+                (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+                "{algorithm:?} {key}: plain {a} vs checkpointed + chunked {b}"
+            );
+        }
+        if algorithm == AlgorithmKind::Ppo {
+            let (a, b) = (plain[m::VALUE_LOSS], saving[m::VALUE_LOSS]);
+            assert!(
+                (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+                "value loss {a} vs {b}"
+            );
+        }
+    }
+}

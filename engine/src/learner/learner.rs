@@ -539,7 +539,14 @@ impl Learner {
         let ref_logp = pad(|r| r.reference.as_deref());
         let old_values = pad(|r| r.critic.as_ref().map(|c| c.old_values.as_slice()));
         let returns = pad(|r| r.critic.as_ref().map(|c| c.returns.as_slice()));
-        let values = self.critic.as_ref().map(|c| c.values(&batch));
+        let (values, critic_stack) = match &self.critic {
+            Some(c) if self.cfg.gradient_checkpointing => {
+                let (values, stack) = c.checkpointed_values(&batch);
+                (Some(values), Some(stack))
+            }
+            Some(c) => (Some(c.values(&batch)), None),
+            None => (None, None),
+        };
         let critic = match (&values, &old_values, &returns) {
             (Some(values), Some(old_values), Some(returns)) => Some(CriticInput {
                 values,
@@ -580,6 +587,9 @@ impl Learner {
         let tokens = mask_count(&batch.mask);
         stats.mean(m::ENTROPY, masked_sum(&tl.entropy, &batch.mask), tokens);
         tl.finish_backward(&self.policy, &batch);
+        if let (Some(critic), Some(stack)) = (&self.critic, critic_stack) {
+            critic.finish_backward(stack);
+        }
         Ok((out.loss.double_value(&[]), out.policy_loss))
     }
 }

@@ -25,6 +25,7 @@ use super::algorithm::{
 };
 use super::batch::{predicting_hidden, Rows};
 use super::metrics::{self as m, Stats};
+use super::recompute::CheckpointedStack;
 use crate::error::{Error, Result};
 use crate::model::replica::replica;
 use crate::model::Llama;
@@ -298,8 +299,25 @@ impl Critic {
     /// # Shapes
     /// returns float `[B, T]`.
     pub fn values(&self, rows: &Rows) -> Tensor {
-        let h = predicting_hidden(&self.trunk, rows);
-        h.matmul(&self.score.tr())
+        self.head(&predicting_hidden(&self.trunk, rows))
+    }
+
+    /// [`values`](Self::values) with the trunk checkpointed (as the policy's with
+    /// `gradient_checkpointing`): call [`finish_backward`](Self::finish_backward) with the
+    /// stack after `loss.backward()`.
+    pub fn checkpointed_values(&self, rows: &Rows) -> (Tensor, CheckpointedStack) {
+        let (stack, hidden) = CheckpointedStack::forward(&self.trunk, rows);
+        (self.head(&hidden), stack)
+    }
+
+    /// Completes the backward into the checkpointed trunk.
+    pub fn finish_backward(&self, stack: CheckpointedStack) {
+        stack.backward(&self.trunk);
+    }
+
+    fn head(&self, hidden: &Tensor) -> Tensor {
+        hidden
+            .matmul(&self.score.tr())
             .squeeze_dim(-1)
             .to_kind(Kind::Float)
     }

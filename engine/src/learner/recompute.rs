@@ -209,7 +209,7 @@ impl CheckpointedStack {
 
     /// Back-propagates the gradients the loss left on the stack's outputs, one recomputed
     /// layer at a time, into the layers' parameters and the embeddings.
-    fn backward(self, model: &Llama) {
+    pub fn backward(self, model: &Llama) {
         let Self {
             mut first,
             mut completions,
