@@ -581,3 +581,31 @@ fn unreachable_vllm_servers_are_clear_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn a_run_sampled_at_a_temperature_is_scored_at_it_with_memory_options_on() {
+    let out = tempfile::tempdir().unwrap();
+    let sets = [
+        "rollout.sampling.temperature=0.7",
+        "learner.gradient_checkpointing=true",
+        "learner.logprob_chunk_tokens=64",
+        "steps=2",
+    ];
+    let status = smoke_train(out.path(), &sets).status().unwrap();
+    assert!(status.success());
+    for line in metrics_lines(out.path()) {
+        // The sampler recorded log_softmax(logits / 0.7); the learner scores the same.
+        let ratio = line["oxrl_learner_ratio_max"].as_f64().unwrap();
+        assert!((ratio - 1.0).abs() < 1e-4, "on-policy ratio {ratio}");
+        let gap = line["rollout/logprob_abs_diff_max"].as_f64().unwrap();
+        assert!(gap < 1e-4, "sampler vs learner at T = 0.7: {gap}");
+    }
+    let greedy = smoke_train(out.path(), &["rollout.sampling.temperature=0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&greedy.stderr);
+    assert!(
+        !greedy.status.success() && err.contains("rollout.sampling.temperature = 0"),
+        "{err}"
+    );
+}
