@@ -9,8 +9,9 @@
 //! to ids, chat template), [`weights`] (safetensors into a `VarStore` by name), [`pretrained`]
 //! (loading a model and tokenizer from an HF directory or GGUF), [`reward_model`] (trained
 //! reward models, `[[rewards]] type = "model"`), [`device`] (device and dtype names),
-//! [`sample`] (the unit of RL data, [`Sample`]) and [`error`]. The map of how they fit together
-//! is docs/architecture.md.
+//! [`runtime`] (OpenMP waiting and thread counts beside other work), [`sample`] (the unit of
+//! RL data, [`Sample`]) and [`error`]. The map of how they fit together is
+//! docs/architecture.md.
 #![warn(missing_docs)]
 
 pub mod cli;
@@ -23,6 +24,7 @@ pub mod model;
 pub mod pretrained;
 pub mod reward_model;
 pub mod rollout;
+pub mod runtime;
 pub mod sample;
 pub mod telemetry;
 pub mod tokenizer;

@@ -5,8 +5,11 @@ use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
+use super::bench_padding::{self, PaddingArgs};
+use super::bench_update::{self, UpdateArgs};
 use super::ModelArgs;
 use crate::rollout::{generate_batch, GenerationRequest, SamplingParams, StopConditions};
+use crate::runtime::RuntimeSection;
 
 /// Prompts shared with bench/hf_rollout.py; cycled to fill the batch.
 pub const PROMPTS: [&str; 8] = [
@@ -26,6 +29,12 @@ pub(super) enum Bench {
     Rollout(RolloutArgs),
     /// One decode step's weight products (f32, CPU): libtorch's `linear` vs oxrl's kernel.
     Gemm(GemmArgs),
+    /// GRPO updates of a random model (Qwen2.5-0.5B's shape by default): each one's time and
+    /// peak memory, with the learner's memory options from flags.
+    Update(UpdateArgs),
+    /// Padded positions of the learner's micro-batches on drawn prompt/completion lengths,
+    /// against padding-free packing.
+    Padding(PaddingArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -72,19 +81,29 @@ pub(super) struct RolloutArgs {
     /// Timed repetitions (the best is reported).
     #[arg(long, default_value_t = 2)]
     repeats: usize,
+    /// Keep the thread count fixed however busy the cores are (`runtime.adapt_threads =
+    /// false`).
+    #[arg(long)]
+    fixed_threads: bool,
 }
 
 pub(super) fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Rollout(args) => rollout(args),
         Bench::Gemm(args) => gemm(args),
+        Bench::Update(args) => bench_update::update(args),
+        Bench::Padding(args) => bench_padding::padding(args),
     }
 }
 
 fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
-    if let Some(t) = args.threads {
-        tch::set_num_threads(t);
+    RuntimeSection {
+        threads: args.threads.unwrap_or(0).max(0) as usize,
+        adapt_threads: !args.fixed_threads,
+        ..Default::default()
     }
+    .apply_threads();
+    let threads = tch::get_num_threads();
     let loaded = args.model.load()?;
     let prompts = PROMPTS
         .iter()
@@ -120,7 +139,7 @@ fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
     let bandwidth = read_bandwidth(loaded.model.device());
     let floor = args.batch as f64 * bandwidth / model_bytes;
     println!(
-        "threads={} batch={} max_tokens={}",
+        "threads={threads} (at the end: {}) batch={} max_tokens={}",
         tch::get_num_threads(),
         args.batch,
         args.max_tokens

@@ -1,6 +1,8 @@
 //! The `oxrl` command line.
 
 mod bench;
+mod bench_padding;
+mod bench_update;
 mod generate;
 mod import;
 mod logprobs;
@@ -68,9 +70,12 @@ impl ModelArgs {
     }
 }
 
-/// Parses the command line and runs the command.
+/// Parses the command line and runs the command, after re-executing the binary once if
+/// libgomp must be started with another busy-wait (`crate::runtime`).
 pub fn run() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    crate::runtime::reexec_with_omp_env(&cli.command.runtime());
+    match cli.command {
         Command::Train(args) => train::train(args),
         Command::Config(cmd) => train::config(cmd),
         Command::Export(args) => train::export(args),
@@ -80,5 +85,19 @@ pub fn run() -> anyhow::Result<()> {
         Command::Import(args) => import::run(args),
         Command::Reward(args) => reward::run(args),
         Command::Bench(bench) => bench::run(bench),
+    }
+}
+
+impl Command {
+    /// The `[runtime]` of the run config this command reads (the defaults for commands
+    /// without one).
+    fn runtime(&self) -> crate::runtime::RuntimeSection {
+        match self {
+            Command::Train(args) | Command::Config(train::ConfigCommand::Check(args)) => {
+                args.runtime()
+            }
+            Command::Eval(args) => args.runtime(),
+            _ => Default::default(),
+        }
     }
 }

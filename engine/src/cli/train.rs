@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
+use crate::runtime::RuntimeSection;
 use crate::train::{Resume, RunConfig, Trainer};
 
 #[derive(Debug, clap::Args)]
@@ -17,6 +18,14 @@ pub(super) struct TrainArgs {
     /// fresh start if none) or a checkpoint directory.
     #[arg(long)]
     resume: Option<String>,
+}
+
+impl TrainArgs {
+    /// The config's `[runtime]`; the defaults when it does not load (the command itself
+    /// then reports why).
+    pub(super) fn runtime(&self) -> RuntimeSection {
+        runtime_of(&self.config, &self.overrides)
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -97,6 +106,19 @@ pub(super) struct EvalArgs {
     /// Override a config key (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+}
+
+impl EvalArgs {
+    /// The config's `[runtime]`, as [`TrainArgs::runtime`].
+    pub(super) fn runtime(&self) -> RuntimeSection {
+        runtime_of(&self.config, &self.overrides)
+    }
+}
+
+fn runtime_of(config: &std::path::Path, overrides: &[String]) -> RuntimeSection {
+    RunConfig::load(config, overrides)
+        .map(|cfg| cfg.runtime)
+        .unwrap_or_default()
 }
 
 pub(super) fn eval(args: EvalArgs) -> anyhow::Result<()> {

@@ -303,6 +303,7 @@ impl Learner {
     ) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(samples.len());
         for r in prompt_micro_batches(samples, 1, self.cfg.max_tokens_per_micro_batch) {
+            crate::runtime::adapt_threads();
             let rows = collate(&samples[r.clone()], device)?;
             let t = rows.mask.size()[1] as usize;
             let values = tch::no_grad(|| f(&rows))
@@ -490,6 +491,7 @@ impl Learner {
         self.optimizer.zero_grad();
         let (mut loss_sum, mut pg_sum) = (0.0, 0.0);
         for r in micros {
+            crate::runtime::adapt_threads();
             let micro = (&rows[r.clone()], &samples[r]);
             let (loss, pg) = self.micro_step(micro, scale, stats, gap.as_deref_mut())?;
             loss_sum += loss;

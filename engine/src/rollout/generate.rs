@@ -146,6 +146,7 @@ fn run(
             key_mask = key_mask.map(|m| m.index_select(0, &index));
         }
         live = still;
+        crate::runtime::adapt_threads(); // between steps: fewer threads while cores are taken
         logits = decode_step(model, &live, &mut cache, &mut key_mask, device);
     }
     done.sort_by_key(|g| (g.prompt_index, g.sample_index));

@@ -13,6 +13,7 @@ use crate::learner::lora::LoraConfig;
 use crate::learner::{AlgorithmKind, LearnerConfig, RolloutCorrection};
 use crate::model::ModelConfig;
 use crate::rollout::{GenerationRequest, SamplingParams, StopConditions};
+use crate::runtime::RuntimeSection;
 use crate::tokenizer::Tokenizer;
 
 /// A whole run.
@@ -54,6 +55,9 @@ pub struct RunConfig {
     /// `[eval]`: evaluation on the held-out split during training.
     #[serde(default)]
     pub eval: EvalSection,
+    /// `[runtime]`: OpenMP waiting and libtorch's thread count.
+    #[serde(default)]
+    pub runtime: RuntimeSection,
     /// The config file's directory: relative paths in it resolve against this.
     #[serde(skip)]
     pub base_dir: PathBuf,

@@ -161,6 +161,7 @@ pub fn evaluate(
     opts: &EvalSection,
 ) -> anyhow::Result<EvalReport> {
     opts.validate()?;
+    cfg.runtime.apply_threads();
     if cfg.model.random.is_some() && model_dir.is_none() {
         bail!("model.random: a random model has nothing to evaluate; pass --checkpoint");
     }

@@ -93,6 +93,7 @@ impl Trainer {
     /// Loads the model, environment, rewards and learner of `cfg`, then the checkpoint
     /// `resume` names, if any.
     pub fn new(cfg: RunConfig, resume: Resume) -> anyhow::Result<Self> {
+        cfg.runtime.apply_threads();
         tch::manual_seed(cfg.seed as i64);
         let (vs, model, tokenizer) = load_policy(&cfg)?;
         let template = tokenizer.chat_template().cloned();
