@@ -8,6 +8,7 @@ mod learner_support;
 
 use learner_support::*;
 use oxrl::learner::batch::{collate, token_logprobs, Rows};
+use oxrl::learner::lora::{reset_adapters, with_adapters, LoraConfig};
 use oxrl::learner::recompute::ScoreOptions;
 use oxrl::learner::{AlgorithmKind, Learner, LearnerConfig};
 use oxrl::model::random::randomize;
@@ -67,7 +68,11 @@ fn gradients(
     rows: &Rows,
     opts: ScoreOptions,
 ) -> Vec<(String, Tensor)> {
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    let mut vars: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, v)| v.requires_grad())
+        .collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     for (_, v) in &mut vars {
         v.zero_grad();
@@ -104,11 +109,6 @@ fn checkpointing_and_chunked_logprobs_give_the_plain_gradients() {
                 ..Default::default()
             };
             let want = gradients(&vs, &model, &rows, plain);
-            let scale = want
-                .iter()
-                .map(|(_, g)| g.abs().max().double_value(&[]))
-                .fold(0.0, f64::max);
-            assert!(scale > 1e-3, "{arch}: degenerate gradients");
             for (name, checkpoint_layers, chunk_tokens) in variants {
                 let opts = ScoreOptions {
                     checkpoint_layers,
@@ -116,15 +116,58 @@ fn checkpointing_and_chunked_logprobs_give_the_plain_gradients() {
                     ..plain
                 };
                 let got = gradients(&vs, &model, &rows, opts);
-                for ((param, a), (_, b)) in want.iter().zip(&got) {
-                    let diff = (a - b).abs().max().double_value(&[]);
-                    assert!(
-                        diff < 1e-5 * scale.max(1.0),
-                        "{arch}, shared prompt {}, {name}: {param} differs by {diff} (scale {scale})",
-                        rows.shared_prompt
-                    );
-                }
+                let context = format!("{arch}, shared prompt {}, {name}", rows.shared_prompt);
+                assert_same_gradients(&want, &got, &context);
             }
+        }
+    }
+}
+
+/// Every gradient of `got` equals `want`'s within float tolerance of the largest.
+fn assert_same_gradients(want: &[(String, Tensor)], got: &[(String, Tensor)], context: &str) {
+    let scale = want
+        .iter()
+        .map(|(_, g)| g.abs().max().double_value(&[]))
+        .fold(0.0, f64::max);
+    assert!(scale > 1e-3, "{context}: degenerate gradients");
+    assert_eq!(want.len(), got.len());
+    for ((param, a), (_, b)) in want.iter().zip(got) {
+        let diff = (a - b).abs().max().double_value(&[]);
+        assert!(
+            diff < 1e-5 * scale.max(1.0),
+            "{context}: {param} differs by {diff} (scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn chunked_logprobs_give_the_plain_gradients_with_an_untied_or_a_frozen_head() {
+    let untied = model_of(
+        r#"{"architectures":["Qwen2ForCausalLM"],"vocab_size":24,"hidden_size":32,
+        "intermediate_size":48,"num_hidden_layers":2,"num_attention_heads":4,
+        "num_key_value_heads":2,"max_position_embeddings":64,"tie_word_embeddings":false}"#,
+        8,
+    );
+    let (base_vs, _base) = tiny(9);
+    let lora = with_adapters(&base_vs, &config(), &LoraConfig::default()).unwrap();
+    reset_adapters(&lora.0, 12);
+    assert!(!lora.1.head_weight().requires_grad());
+    for (name, (vs, model)) in [("untied head", untied), ("LoRA, frozen head", lora)] {
+        for samples in batches() {
+            let refs: Vec<&Sample> = samples.iter().collect();
+            let rows = collate(&refs, tch::Device::Cpu).unwrap();
+            let plain = ScoreOptions {
+                temperature: 1.3,
+                ..Default::default()
+            };
+            let chunked = ScoreOptions {
+                chunk_tokens: Some(5),
+                ..plain
+            };
+            let want = gradients(&vs, &model, &rows, plain);
+            let got = gradients(&vs, &model, &rows, chunked);
+            let context = format!("{name}, shared prompt {}", rows.shared_prompt);
+            assert_same_gradients(&want, &got, &context);
         }
     }
 }

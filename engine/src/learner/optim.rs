@@ -125,23 +125,26 @@ impl Param {
         }
     }
 
-    /// One AdamW update with the (upcast, clipped) gradient `g`, in the moments' dtype.
+    /// One AdamW update with the (upcast, clipped) gradient `g`, in the moments' dtype. In
+    /// place, as torch's single-tensor AdamW: at most one temporary of the parameter's size
+    /// lives at a time (the tied embedding of a 150k vocabulary is 0.5 GB).
     fn update(&mut self, g: &Tensor, c: &StepConstants) {
         let weights = self.master.as_mut().unwrap_or(&mut self.tensor);
         if self.decay && c.weight_decay != 0.0 {
             let _ = weights.g_mul_scalar_(1.0 - c.lr * c.weight_decay);
         }
-        let _ = self.exp_avg.g_mul_scalar_(c.b1).g_add_(&(g * (1.0 - c.b1)));
+        let _ = self.exp_avg.lerp_(g, 1.0 - c.b1);
         let _ = self
             .exp_avg_sq
             .g_mul_scalar_(c.b2)
-            .g_add_(&(g * g * (1.0 - c.b2)));
-        let denom = self.exp_avg_sq.sqrt() / c.bc2.sqrt() + c.eps;
-        let update = (&self.exp_avg / denom) * (c.lr / c.bc1);
-        // Pure precision: the update is rounded to the parameter's dtype (bf16 loses any part
-        // below half an ulp of the weight); a master takes it at f32.
-        let kind = weights.kind();
-        let _ = weights.g_sub_(&update.to_kind(kind));
+            .addcmul_(&(g * (1.0 - c.b2)), g);
+        let mut denom = self.exp_avg_sq.sqrt();
+        let _ = denom.g_div_scalar_(c.bc2.sqrt()).g_add_scalar_(c.eps);
+        // `p += m / (denom / -step)` is `p -= step * m / denom` (tch's addcdiv_ has no
+        // `value`). A bf16 parameter (pure precision) takes the f32 update rounded once:
+        // most of an lr-1e-6 update is below half an ulp and lost; a master takes it at f32.
+        let _ = denom.g_div_scalar_(-c.lr / c.bc1);
+        let _ = weights.addcdiv_(&self.exp_avg, &denom);
         if let Some(master) = &self.master {
             // Round-to-nearest into the model's dtype: what the next forward sees.
             self.tensor.copy_(master);
@@ -330,9 +333,9 @@ impl AdamW {
     /// exceeds `max_norm > 0` the next [`step`](Self::step) scales them down to `max_norm`.
     /// Returns the norm before clipping.
     ///
-    /// The scale is applied to the upcast gradient inside `step` rather than to `.grad()` in
-    /// place (as `torch.nn.utils.clip_grad_norm_` does): a bf16 gradient scaled in place would
-    /// be rounded to bf16 a second time. For f32 parameters the arithmetic is the same.
+    /// The scale is applied inside `step`: to an f32 `.grad()` in place, as
+    /// `torch.nn.utils.clip_grad_norm_` does, and to a bf16/f16 gradient after upcasting it (in
+    /// place it would be rounded to bf16 a second time).
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
         let total = tch::no_grad(|| {
             let norms: Vec<Tensor> = self
@@ -375,13 +378,18 @@ impl AdamW {
     }
 }
 
-/// `g` in `kind` (the moments' dtype), times the clipping `scale`.
+/// `g` in `kind` (the moments' dtype), times the clipping `scale`: an f32 gradient is scaled
+/// in place, as `torch.nn.utils.clip_grad_norm_` does; a bf16/f16 one is upcast first (a
+/// copy), so that it is rounded only once.
 fn upcast(g: &Tensor, kind: Kind, scale: f64) -> Tensor {
-    let g = g.to_kind(kind);
-    match scale == 1.0 {
-        true => g,
-        false => g * scale,
+    let mut g = match g.kind() == kind {
+        true => g.shallow_clone(),
+        false => g.to_kind(kind),
+    };
+    if scale != 1.0 {
+        let _ = g.g_mul_scalar_(scale);
     }
+    g
 }
 
 #[cfg(test)]

@@ -5,13 +5,16 @@
 //!   through that layer alone. Activations cost one layer's worth instead of all layers'.
 //! - **Chunked logprobs** ([`ChunkedHead`]): the head, log-softmax and gather run over token
 //!   chunks, so `[tokens, vocab]` logits (600 MB per 1k tokens at Qwen's 151,936 in f32) exist
-//!   one chunk at a time; the backward recomputes each chunk's logits.
+//!   one chunk at a time; the backward recomputes each chunk's logits and applies the
+//!   log-softmax's gradient by hand (`onehot - softmax`), in place, adding the head weight's
+//!   gradient into its `.grad` with one `addmm_` per chunk.
 //!
 //! tch has no custom autograd functions, so both work as a *staged backward*: the forward
 //! hands the loss leaves (a detached copy that requires grad) instead of the real graph;
 //! after `loss.backward()` has filled those leaves' gradients, [`Deferred::backward`] pushes
-//! them through the recomputed pieces with `(output * grad).sum().backward()`, which adds
-//! exactly `grad`'s vector-Jacobian product to every parameter's gradient.
+//! them through the recomputed pieces: the head by hand, the layers with
+//! `(output * grad).sum().backward()`, which adds exactly `grad`'s vector-Jacobian product to
+//! every parameter's gradient.
 
 use tch::{Kind, Tensor};
 
@@ -64,7 +67,8 @@ pub fn head_logprobs(
     (logp, entropy)
 }
 
-/// [`head_logprobs`] over chunks of `chunk` predicting positions, without a graph.
+/// [`head_logprobs`] over chunks of `chunk` predicting positions, without a graph: at most
+/// two `[chunk, vocab]` f32 buffers exist at a time.
 pub fn chunked_head_logprobs(
     model: &Llama,
     hidden: &Tensor,
@@ -75,12 +79,8 @@ pub fn chunked_head_logprobs(
     tch::no_grad(|| {
         let pieces: Vec<(Tensor, Tensor)> = token_chunks(hidden, chunk)
             .map(|(start, len)| {
-                head_logprobs(
-                    model,
-                    &hidden.narrow(1, start, len),
-                    &targets.narrow(1, start, len),
-                    temperature,
-                )
+                let logits = tempered_logits(model, &hidden.narrow(1, start, len), temperature);
+                chunk_logprobs(logits, &targets.narrow(1, start, len))
             })
             .collect();
         let (logp, entropy): (Vec<Tensor>, Vec<Tensor>) = pieces.into_iter().unzip();
@@ -98,8 +98,38 @@ fn token_chunks(x: &Tensor, chunk: usize) -> impl Iterator<Item = (i64, i64)> {
         .map(move |start| (start, step.min(t - start)))
 }
 
-/// The head of a chunked forward: the predicting hidden states as a leaf, and the logprobs
-/// leaf the loss saw.
+/// The f32 logits of `hidden` at `temperature`, in a fresh buffer the caller may overwrite.
+fn tempered_logits(model: &Llama, hidden: &Tensor, temperature: f64) -> Tensor {
+    let mut z = model.logits(hidden).to_kind(Kind::Float);
+    if temperature != 1.0 {
+        let _ = z.g_div_scalar_(temperature);
+    }
+    z
+}
+
+/// Turns logits `z` into `softmax(z)` in place; returns `logsumexp(z)` (`[.., 1]`).
+fn softmax_in_place(z: &mut Tensor) -> Tensor {
+    let max = z.amax(-1, true);
+    let _ = z.g_sub_(&max).exp_();
+    let sum = z.sum_dim_intlist(-1, true, Kind::Float);
+    let _ = z.g_div_(&sum);
+    max + sum.log()
+}
+
+/// `log softmax(z)[target]` and the entropy of `softmax(z)`, consuming the logits buffer `z`.
+fn chunk_logprobs(mut z: Tensor, targets: &Tensor) -> (Tensor, Tensor) {
+    let targets = targets.unsqueeze(-1);
+    let picked = z.gather(-1, &targets, false);
+    let lse = softmax_in_place(&mut z);
+    let logp = (picked - lse).squeeze_dim(-1);
+    // -sum p log p, with p log p computed over p's own buffer (xlogy: 0 where p = 0).
+    let p = z.shallow_clone();
+    let entropy = -z.xlogy_(&p).sum_dim_intlist(-1, false, Kind::Float);
+    (logp, entropy)
+}
+
+/// The head of a chunked forward: the predicting hidden states, and the logprobs leaf the
+/// loss saw.
 #[derive(Debug)]
 pub struct ChunkedHead {
     hidden: Tensor,
@@ -118,7 +148,7 @@ impl ChunkedHead {
         temperature: f64,
         chunk: usize,
     ) -> (Self, Tensor, Tensor) {
-        let hidden = hidden.detach().set_requires_grad(true);
+        let hidden = hidden.detach();
         let (logp, entropy) = chunked_head_logprobs(model, &hidden, targets, temperature, chunk);
         let logp = logp.set_requires_grad(true);
         let head = Self {
@@ -131,22 +161,76 @@ impl ChunkedHead {
     }
 
     /// Back-propagates the loss's gradient on the logprobs through each chunk's recomputed
-    /// head; returns the gradient on the hidden states.
+    /// head, written out by hand rather than through autograd so that no chunk holds more
+    /// than one `[chunk, vocab]` f32 buffer and the head weight's gradient is accumulated in
+    /// place. Returns the gradient on the hidden states.
     fn backward(self, model: &Llama, targets: &Tensor) -> Option<Tensor> {
         let grad = defined(self.logp.grad())?;
-        for (start, len) in token_chunks(&self.hidden, self.chunk) {
-            let (logp, _) = head_logprobs(
-                model,
-                &self.hidden.narrow(1, start, len),
-                &targets.narrow(1, start, len),
-                self.temperature,
-            );
-            (logp * grad.narrow(1, start, len))
-                .sum(Kind::Float)
-                .backward();
-        }
-        defined(self.hidden.grad())
+        let weight = model.head_weight();
+        let mut weight_grad = weight.requires_grad().then(|| grad_buffer(weight));
+        tch::no_grad(|| {
+            let hidden_grad = self.hidden.zeros_like();
+            for (start, len) in token_chunks(&self.hidden, self.chunk) {
+                let hidden = self.hidden.narrow(1, start, len);
+                let d_logits = self.logits_grad(
+                    model,
+                    &hidden,
+                    &targets.narrow(1, start, len),
+                    &grad.narrow(1, start, len),
+                );
+                hidden_grad
+                    .narrow(1, start, len)
+                    .copy_(&d_logits.matmul(weight));
+                if let Some(wg) = weight_grad.as_mut() {
+                    let vocab = d_logits.size()[2];
+                    let h = hidden.reshape([-1, hidden.size()[2]]);
+                    let _ = wg.addmm_(&d_logits.reshape([-1, vocab]).tr(), &h);
+                }
+            }
+            Some(hidden_grad)
+        })
     }
+
+    /// The gradient on one chunk's raw logits (before soft-capping and temperature), in the
+    /// head's dtype: `d logp[y] / d z = onehot(y) - softmax(z)`, times `grad`.
+    fn logits_grad(
+        &self,
+        model: &Llama,
+        hidden: &Tensor,
+        targets: &Tensor,
+        grad: &Tensor,
+    ) -> Tensor {
+        let t = self.temperature;
+        let mut z = tempered_logits(model, hidden, t);
+        // Soft-capped logits `cap tanh(x / cap)` have derivative `1 - (z T / cap)^2`.
+        let softcap_slope = model.config().final_softcap().map(|cap| {
+            let mut slope = &z * (t / cap);
+            let _ = slope.square_().neg_().g_add_scalar_(1.0);
+            slope
+        });
+        let _ = softmax_in_place(&mut z);
+        let g = grad.unsqueeze(-1);
+        let _ = z.g_mul_(&-&g).scatter_add_(-1, &targets.unsqueeze(-1), &g);
+        if t != 1.0 {
+            let _ = z.g_div_scalar_(t);
+        }
+        if let Some(slope) = softcap_slope {
+            let _ = z.g_mul_(&slope);
+        }
+        z.to_kind(model.head_weight().kind())
+    }
+}
+
+/// `weight`'s gradient tensor, allocated (zeros) if no backward has written one yet: the
+/// head adds its gradient into it in place. tch cannot assign `.grad`, so a backward through
+/// a one-row slice makes autograd allocate it.
+fn grad_buffer(weight: &Tensor) -> Tensor {
+    let grad = weight.grad();
+    if grad.defined() {
+        return grad;
+    }
+    (weight.narrow(0, 0, 1).sum(Kind::Float) * 0.0).backward();
+    weight.grad()
 }
 
 /// One run of the decoder stack kept for recomputation: its tokens, the context every layer

@@ -674,6 +674,11 @@ impl Llama {
         self.norm.forward(x)
     }
 
+    /// The head's `[vocab, hidden]` weight (the embedding table when tied).
+    pub fn head_weight(&self) -> &Tensor {
+        &self.lm_head
+    }
+
     /// Next-token logits from hidden states: `[.., hidden]` to `[.., vocab]` (soft-capped
     /// where the model says so).
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
