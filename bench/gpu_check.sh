@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CUDA checks on a GPU host whose `python3` has torch 2.11.0 (CUDA build) and transformers but
 # which has no Rust: runs the binaries scripts/gpu_bundle.sh put in .gpu/. It runs the engine
-# tests on CUDA, rollout throughput against transformers' generate, and short GRPO runs
-# (f32 and bf16, then a resume) while scraping /metrics.
+# tests on CUDA, rollout throughput against transformers' generate, short GRPO runs (f32 and
+# bf16, then a resume) while scraping /metrics, and the peak GPU memory and time of bf16-mixed
+# GRPO updates of a Qwen2.5-0.5B-shaped model with the learner's memory options on and off.
 # Usage: [DEVICE=cuda] [BATCHES="8 32 128"] [GROUP=8] bench/gpu_check.sh [LOG_DIR=/tmp/oxrl-gpu]
 # (DEVICE=cpu BATCHES=8 GROUP=2 rehearses it on a machine without a GPU.)
 set -uo pipefail
@@ -113,6 +114,26 @@ section "the same run resumed to 6 steps"
 train f32 f32 6 --resume auto
 section "GRPO on $DEVICE, bf16: 2 steps"
 train bf16 bf16 2
+
+section "GRPO updates of a Qwen2.5-0.5B-shaped model on $DEVICE, bf16-mixed, 4 completions x 512 tokens"
+# `oxrl bench update` (precision auto: bf16-mixed), 2 updates each; the GPU's peak memory is
+# nvidia-smi's (NVML) memory.used sampled every 100 ms over the whole run (CUDA context
+# included); the second update's time is what every step of a run costs.
+printf "%-44s %10s %14s\n" options "update 2 s" "peak GPU MiB"
+for opts in "" "--gradient-checkpointing" "--logprob-chunk-tokens 1024" \
+    "--gradient-checkpointing --logprob-chunk-tokens 1024"; do
+    smi=""
+    if [[ $DEVICE != cpu ]]; then
+        nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$LOG/smi.txt" &
+        smi=$!
+    fi
+    # shellcheck disable=SC2086 # $opts is a list of flags
+    out=$(timeout 600 $OXRL bench update --device $DEVICE --dtype bf16 --updates 2 $opts 2>>"$LOG/bench.log") ||
+        failed+=("bench update $opts")
+    peak="-"
+    [[ -n $smi ]] && { kill $smi; peak=$(sort -n "$LOG/smi.txt" | tail -1); }
+    printf "%-44s %10s %14s\n" "${opts:-none}" "$(grep -o 'update_seconds=[^ ]*' <<<"$out" | cut -d= -f2)" "$peak"
+done
 
 section "summary"
 if ((${#failed[@]})); then printf 'FAILED: %s\n' "${failed[@]}"; exit 1; fi

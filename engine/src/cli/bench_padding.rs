@@ -8,7 +8,7 @@ use std::str::FromStr;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::learner::batch::prompt_micro_batches;
+use crate::learner::batch::{prompt_micro_batches, sort_within_groups};
 use crate::sample::{FinishReason, Sample};
 
 /// Lengths drawn uniformly from `MIN-MAX` (inclusive), or one length `N`.
@@ -152,8 +152,9 @@ fn step_positions(samples: &[Sample], budget: Option<usize>) -> (Positions, usiz
     (total, micros.len())
 }
 
-/// Prints, per budget, the positions oxrl computes, how much of it is padding, and what
-/// packing (with and without a shared prompt) and sorting each group by length would run.
+/// Prints, per budget, the positions oxrl computes (and would without sorting each group by
+/// length), how much of it is padding, and what packing with and without a shared prompt
+/// would run.
 pub(super) fn padding(args: PaddingArgs) -> anyhow::Result<()> {
     anyhow::ensure!((0.0..=1.0).contains(&args.capped), "--capped is a fraction");
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
@@ -171,28 +172,30 @@ pub(super) fn padding(args: PaddingArgs) -> anyhow::Result<()> {
         args.capped,
         steps.len()
     );
-    println!("| budget | micro-batches/step | oxrl / packed | padding share of oxrl | sorted by length / packed | packed + shared prompt / packed |");
+    println!("| budget | micro-batches/step | rows in sampling order / packed | oxrl / packed | padding share of oxrl | packed + shared prompt / packed |");
     println!("|---|---|---|---|---|---|");
     for &budget in &args.budgets {
         let budget = (budget > 0).then_some(budget);
-        let (mut now, mut sorted, mut micros) = (Positions::default(), Positions::default(), 0);
+        let (mut now, mut oxrl, mut micros) = (Positions::default(), Positions::default(), 0);
         for samples in &steps {
-            let (p, n) = step_positions(samples, budget);
-            now += p;
-            micros += n;
+            now += step_positions(samples, budget).0;
+            // The learner sorts a group's rows by length when a budget may split the group.
             let mut by_length = samples.clone();
-            // Within a group only: the order of groups (and so prompt sharing) is unchanged.
-            by_length.sort_by_key(|s| (s.group_id, s.completion_ids.len()));
-            sorted += step_positions(&by_length, budget).0;
+            if budget.is_some() {
+                sort_within_groups(&mut by_length, |s| s);
+            }
+            let (p, n) = step_positions(&by_length, budget);
+            oxrl += p;
+            micros += n;
         }
         let per = |x: usize| x as f64 / now.packed as f64;
         println!(
-            "| {} | {:.1} | {:.2} | {:.1}% | {:.2} | {:.2} |",
+            "| {} | {:.1} | {:.2} | {:.2} | {:.1}% | {:.2} |",
             budget.map_or("unset".to_string(), |b| b.to_string()),
             micros as f64 / steps.len() as f64,
             per(now.computed),
-            100.0 * (now.computed - now.packed_shared) as f64 / now.computed as f64,
-            per(sorted.computed),
+            per(oxrl.computed),
+            100.0 * (oxrl.computed - oxrl.packed_shared) as f64 / oxrl.computed as f64,
             per(now.packed_shared),
         );
     }

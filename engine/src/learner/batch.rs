@@ -308,6 +308,16 @@ fn shared_prompt_hidden(model: &Llama, rows: &Rows) -> Tensor {
 /// the prompt once saves less than batching with other prompts' rows gains.
 const MIN_SHARED_ROWS: usize = 4;
 
+/// Sorts each run of one group's rows by completion length (stably), in place: when the
+/// token budget cuts a group into several micro-batches, each then pads its completions to
+/// similar lengths (`oxrl bench padding`: 5-10% fewer positions with lengths spread over
+/// 100-512). The order of the groups, and so prompt sharing, is unchanged.
+pub fn sort_within_groups<T>(rows: &mut [T], sample: impl Fn(&T) -> &Sample) {
+    for run in rows.chunk_by_mut(|a, b| sample(a).group_id == sample(b).group_id) {
+        run.sort_by_key(|r| sample(r).completion_ids.len());
+    }
+}
+
 /// Micro-batches as [`micro_batches`] makes them, except that a run of at least
 /// [`MIN_SHARED_ROWS`] consecutive samples of one group (a GRPO group: one `group_id`, one
 /// prompt) is split on its own, so its micro-batches share their prompt and compute it once.
@@ -393,5 +403,32 @@ mod tests {
             micro_batches(&lens, 1, Some(1)),
             vec![0..1, 1..2, 2..3, 3..4, 4..5, 5..6]
         );
+    }
+
+    #[test]
+    fn rows_are_sorted_by_length_within_each_group_only() {
+        let rows: Vec<(u64, usize)> = vec![(7, 5), (7, 2), (7, 9), (3, 4), (3, 1), (7, 0)];
+        let samples: Vec<Sample> = rows
+            .iter()
+            .map(|&(group_id, len)| Sample {
+                prompt_ids: vec![1],
+                completion_ids: vec![0; len],
+                loss_mask: vec![true; len],
+                behaviour_logprobs: vec![0.0; len],
+                learner_logprobs: None,
+                policy_version: 0,
+                group_id,
+                finish_reason: crate::sample::FinishReason::Length,
+                reward: 0.0,
+                rewards: Default::default(),
+            })
+            .collect();
+        let mut refs: Vec<&Sample> = samples.iter().collect();
+        sort_within_groups(&mut refs, |s| s);
+        let got: Vec<(u64, usize)> = refs
+            .iter()
+            .map(|s| (s.group_id, s.completion_ids.len()))
+            .collect();
+        assert_eq!(got, [(7, 2), (7, 5), (7, 9), (3, 1), (3, 4), (7, 0)]);
     }
 }

@@ -16,7 +16,10 @@ use super::algorithm::{
     mask_count, masked_sum, Algorithm, BatchContext, CriticInput, CriticTargets, LossInput,
     StepScale,
 };
-use super::batch::{collate, prompt_micro_batches, token_logprobs, validate, validate_batch, Rows};
+use super::batch::{
+    collate, prompt_micro_batches, sort_within_groups, token_logprobs, validate, validate_batch,
+    Rows,
+};
 use super::dpo::{Dpo, DpoConfig};
 use super::expert::{ExpertIteration, ExpertIterationConfig};
 use super::grpo::{Grpo, GrpoConfig};
@@ -476,6 +479,10 @@ impl Learner {
         stats: &mut Stats,
         mut gap: Option<&mut GapMeter>,
     ) -> Result<()> {
+        let mut rows = rows.to_vec();
+        if self.cfg.max_tokens_per_micro_batch.is_some() && self.algorithm.unit() == 1 {
+            sort_within_groups(&mut rows, |r| r.sample);
+        }
         let samples: Vec<&Sample> = rows.iter().map(|r| r.sample).collect();
         let micros = prompt_micro_batches(
             &samples,
