@@ -120,6 +120,8 @@ section "GRPO updates of a Qwen2.5-0.5B-shaped model on $DEVICE, bf16-mixed, 4 c
 # nvidia-smi's (NVML) memory.used sampled every 100 ms over the whole run (CUDA context
 # included); the second update's time is what every step of a run costs.
 printf "%-44s %10s %14s\n" options "update 2 s" "peak GPU MiB"
+# A rehearsal on the CPU runs a 2-layer model (bench/learner_memory.sh measures the CPU).
+[[ $DEVICE == cpu ]] && SHAPE="--layers 2 --completion-tokens 64" || SHAPE=""
 for opts in "" "--gradient-checkpointing" "--logprob-chunk-tokens 1024" \
     "--gradient-checkpointing --logprob-chunk-tokens 1024"; do
     smi=""
@@ -128,7 +130,7 @@ for opts in "" "--gradient-checkpointing" "--logprob-chunk-tokens 1024" \
         smi=$!
     fi
     # shellcheck disable=SC2086 # $opts is a list of flags
-    out=$(timeout 600 $OXRL bench update --device $DEVICE --dtype bf16 --updates 2 $opts 2>>"$LOG/bench.log") ||
+    out=$(timeout 600 $OXRL bench update --device $DEVICE --dtype bf16 --updates 2 $SHAPE $opts 2>>"$LOG/bench.log") ||
         failed+=("bench update $opts")
     peak="-"
     [[ -n $smi ]] && { kill $smi; peak=$(sort -n "$LOG/smi.txt" | tail -1); }
