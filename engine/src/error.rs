@@ -45,6 +45,17 @@ pub enum Error {
     /// Invalid input from the caller.
     #[error("{0}")]
     Invalid(String),
+    /// A c10d operation failed on this rank: a peer died or hung past the timeout, or the
+    /// ranks could not meet.
+    #[error("rank {rank}: {op} failed: {msg}")]
+    Collective {
+        /// This process's rank.
+        rank: usize,
+        /// The operation (`rendezvous`, `all_reduce`, `broadcast`, `barrier`).
+        op: &'static str,
+        /// c10d's message.
+        msg: String,
+    },
     /// A libtorch error.
     #[error(transparent)]
     Torch(#[from] tch::TchError),

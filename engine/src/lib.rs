@@ -8,7 +8,8 @@
 //! [`gguf`] reading, dequantizing and converting GGUF files. Beside them: [`tokenizer`] (text
 //! to ids, chat template), [`weights`] (safetensors into a `VarStore` by name), [`pretrained`]
 //! (loading a model and tokenizer from an HF directory or GGUF), [`reward_model`] (trained
-//! reward models, `[[rewards]] type = "model"`), [`device`] (device and dtype names),
+//! reward models, `[[rewards]] type = "model"`), [`dist`] (data-parallel collectives on
+//! libtorch's c10d), [`device`] (device and dtype names),
 //! [`runtime`] (OpenMP waiting and thread counts beside other work), [`sample`] (the unit of
 //! RL data, [`Sample`]) and [`error`]. The map of how they fit together is
 //! docs/architecture.md.
@@ -16,6 +17,7 @@
 
 pub mod cli;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod gguf;
 pub mod kernels;

@@ -1,0 +1,154 @@
+// c10d for oxrl's `dist` module: a TCPStore rendezvous, a Gloo process group, and all-reduce,
+// broadcast and barrier on the at::Tensor behind a tch::Tensor (tch's tensor handle is an
+// `at::Tensor*`). Every function returns nullptr on success or an error message allocated
+// with malloc, which the caller frees with oxrl_c10d_free_error: no C++ exception crosses
+// into Rust.
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+namespace {
+
+struct Group {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> backend;
+};
+
+template <typename F>
+char* guarded(F&& f) {
+  try {
+    f();
+    return nullptr;
+  } catch (const c10::Error& e) {
+    return strdup(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return strdup(e.what());
+  } catch (...) {
+    return strdup("unknown C++ exception");
+  }
+}
+
+std::vector<at::Tensor> tensors_of(at::Tensor** tensors, int n) {
+  std::vector<at::Tensor> out;
+  out.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    out.push_back(*tensors[i]);
+  }
+  return out;
+}
+
+// Gloo's transport devices: one per interface named in GLOO_SOCKET_IFNAME (comma-separated,
+// as torch.distributed reads it), else the address this host's name resolves to (loopback
+// when it does not resolve).
+std::vector<std::shared_ptr<::gloo::transport::Device>> devices() {
+  std::vector<std::shared_ptr<::gloo::transport::Device>> out;
+  const char* names = std::getenv("GLOO_SOCKET_IFNAME");
+  if (names != nullptr && *names != '\0') {
+    std::stringstream list(names);
+    std::string name;
+    while (std::getline(list, name, ',')) {
+      out.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(name));
+    }
+  } else {
+    out.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+  }
+  return out;
+}
+
+c10d::ReduceOp reduce_op(int op) {
+  switch (op) {
+    case 0:
+      return c10d::ReduceOp::SUM;
+    case 1:
+      return c10d::ReduceOp::MAX;
+    case 2:
+      return c10d::ReduceOp::MIN;
+    default:
+      throw std::invalid_argument("unknown reduce op " + std::to_string(op));
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// Joins the group `world_size` processes form through the TCPStore at host:port (rank 0
+// serves it). Blocks until every rank has joined or `timeout_ms` passes.
+char* oxrl_c10d_new_gloo(
+    const char* host,
+    uint16_t port,
+    int rank,
+    int world_size,
+    int64_t timeout_ms,
+    void** out) {
+  return guarded([&] {
+    const std::chrono::milliseconds timeout(timeout_ms);
+    c10d::TCPStoreOptions store_options;
+    store_options.port = port;
+    store_options.isServer = rank == 0;
+    store_options.numWorkers = world_size;
+    store_options.timeout = timeout;
+    auto store = c10::make_intrusive<c10d::TCPStore>(host, store_options);
+    auto options = c10d::ProcessGroupGloo::Options::create_default(timeout);
+    options->devices = devices();
+    auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(
+        store, rank, world_size, options);
+    *out = new Group{store, backend};
+  });
+}
+
+void oxrl_c10d_free(void* group) {
+  delete static_cast<Group*>(group);
+}
+
+void oxrl_c10d_free_error(char* error) {
+  std::free(error);
+}
+
+// Reduces every tensor in place across ranks (they must be dense, contiguous, and alike in
+// shape and dtype on every rank).
+char* oxrl_c10d_all_reduce(
+    void* group,
+    at::Tensor** tensors,
+    int n,
+    int op,
+    int64_t timeout_ms) {
+  return guarded([&] {
+    auto ts = tensors_of(tensors, n);
+    c10d::AllreduceOptions options;
+    options.reduceOp = reduce_op(op);
+    options.timeout = std::chrono::milliseconds(timeout_ms);
+    static_cast<Group*>(group)->backend->allreduce(ts, options)->wait(options.timeout);
+  });
+}
+
+// Copies rank `root`'s tensors into every other rank's, in place.
+char* oxrl_c10d_broadcast(
+    void* group,
+    at::Tensor** tensors,
+    int n,
+    int root,
+    int64_t timeout_ms) {
+  return guarded([&] {
+    auto ts = tensors_of(tensors, n);
+    c10d::BroadcastOptions options;
+    options.rootRank = root;
+    options.timeout = std::chrono::milliseconds(timeout_ms);
+    static_cast<Group*>(group)->backend->broadcast(ts, options)->wait(options.timeout);
+  });
+}
+
+char* oxrl_c10d_barrier(void* group, int64_t timeout_ms) {
+  return guarded([&] {
+    c10d::BarrierOptions options;
+    options.timeout = std::chrono::milliseconds(timeout_ms);
+    static_cast<Group*>(group)->backend->barrier(options)->wait(options.timeout);
+  });
+}
+
+}  // extern "C"
