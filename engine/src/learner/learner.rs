@@ -20,6 +20,7 @@ use super::batch::{
     collate, prompt_micro_batches, sort_within_groups, token_logprobs, validate, validate_batch,
     Rows,
 };
+use super::data_parallel;
 use super::dpo::{Dpo, DpoConfig};
 use super::expert::{ExpertIteration, ExpertIterationConfig};
 use super::grpo::{Grpo, GrpoConfig};
@@ -30,6 +31,7 @@ use super::precision::Precision;
 use super::recompute::ScoreOptions;
 use super::rollout_correction::{GapMeter, LogprobGap, RolloutCorrection};
 use super::topr::{Topr, ToprConfig};
+use crate::dist::ProcessGroup;
 use crate::error::{Error, Result};
 use crate::model::replica::replica;
 use crate::model::Llama;
@@ -152,6 +154,8 @@ pub struct Learner {
     reference: Option<Reference>,
     critic: Option<Critic>,
     optimizer: AdamW,
+    /// Data parallelism: the job this learner is one rank of (`join`).
+    dist: Option<ProcessGroup>,
 }
 
 fn sample_key(s: &Sample) -> u64 {
@@ -217,7 +221,35 @@ impl Learner {
             reference,
             critic,
             optimizer,
+            dist: None,
         })
+    }
+
+    /// Makes this learner one rank of a data-parallel job (`learner::data_parallel`): rank
+    /// 0's weights (policy, reference, critic) are copied to every rank now, and from then
+    /// on each optimizer step normalises the loss by the whole job's batch and sums the
+    /// gradients across ranks before the same AdamW step on every rank. Every rank must call
+    /// [`train`](Self::train) as often, each with its share of the batch in whole groups (or
+    /// DPO pairs), possibly empty; algorithms that normalise over the whole batch (PPO's
+    /// advantage whitening, GRPO's `scale_rewards = "batch"`) would see only the rank's share.
+    pub fn join(&mut self, group: ProcessGroup) -> Result<()> {
+        let mut stores = vec![&self.vs];
+        if let Some((rvs, _)) = self.reference.as_ref().and_then(|r| r.copy.as_ref()) {
+            stores.push(rvs);
+        }
+        if let Some(critic) = &self.critic {
+            stores.push(&critic.vs);
+        }
+        data_parallel::broadcast_weights(&group, &stores)?;
+        self.optimizer.reset_masters();
+        data_parallel::allocate_gradients(self.optimizer.parameters());
+        self.dist = Some(group);
+        Ok(())
+    }
+
+    /// The data-parallel job this learner is a rank of, if any.
+    pub fn process_group(&self) -> Option<&ProcessGroup> {
+        self.dist.as_ref()
     }
 
     /// The policy being trained.
@@ -377,7 +409,8 @@ impl Learner {
             advantages[row.index] = Some(row.mean_advantage());
         }
         let mut gap = GapMeter::default();
-        let steps = match rows.is_empty() {
+        // A rank with nothing to train still takes every step with the others.
+        let steps = match rows.is_empty() && self.dist.is_none() {
             true => 0,
             false => self.optimize(&rows, &mut stats, &mut gap)?,
         };
@@ -400,13 +433,22 @@ impl Learner {
         gap: &mut GapMeter,
     ) -> Result<usize> {
         let unit = self.algorithm.unit();
-        let max_len = self.algorithm.max_completion_length().unwrap_or_else(|| {
+        let mut max_len = self.algorithm.max_completion_length().unwrap_or_else(|| {
             rows.iter()
                 .map(|r| r.sample.completion_ids.len())
                 .max()
                 .unwrap_or(1)
         });
-        let minis = split_even(rows.len(), unit, self.cfg.mini_batches.max(1));
+        let minis = match &self.dist {
+            Some(group) => {
+                if self.algorithm.max_completion_length().is_none() {
+                    max_len = data_parallel::max(group, max_len)?;
+                }
+                // As many steps on every rank, whatever its share (empty mini-batches too).
+                split_exact(rows.len(), unit, self.cfg.mini_batches.max(1))
+            }
+            None => split_even(rows.len(), unit, self.cfg.mini_batches.max(1)),
+        };
         let mut steps = 0;
         for pass in 0..self.algorithm.passes() {
             // Optionally reshuffle (whole units) so mini-batches differ between passes.
@@ -489,12 +531,15 @@ impl Learner {
             self.algorithm.unit(),
             self.cfg.max_tokens_per_micro_batch,
         );
-        let scale = StepScale {
+        let mut scale = StepScale {
             sequences: samples.len(),
             tokens: samples.iter().map(|s| s.trained_tokens()).sum(),
             micro_batches: micros.len(),
             max_completion_length,
         };
+        if let Some(group) = &self.dist {
+            scale = data_parallel::global_scale(group, scale)?;
+        }
         self.optimizer.zero_grad();
         let (mut loss_sum, mut pg_sum) = (0.0, 0.0);
         for r in micros {
@@ -503,6 +548,11 @@ impl Learner {
             let (loss, pg) = self.micro_step(micro, scale, stats, gap.as_deref_mut())?;
             loss_sum += loss;
             pg_sum += pg;
+        }
+        if let Some(group) = &self.dist {
+            group.all_reduce_buckets(&self.optimizer.gradients(), false)?;
+            let sums = data_parallel::sum(group, &[loss_sum, pg_sum])?;
+            (loss_sum, pg_sum) = (sums[0], sums[1]);
         }
         let grad_norm = self.optimizer.clip_grad_norm(self.cfg.optim.max_grad_norm);
         if !(grad_norm.is_finite() && loss_sum.is_finite()) {
@@ -707,6 +757,15 @@ fn unit_permutation(n: usize, unit: usize, seed: u64) -> Vec<usize> {
 }
 
 /// Splits `n` items (in units of `unit`) into `parts` nearly equal consecutive ranges.
+/// `n` items cut into exactly `parts` consecutive ranges of whole units, as even as they go
+/// (some empty when there are fewer units than parts).
+fn split_exact(n: usize, unit: usize, parts: usize) -> Vec<Range<usize>> {
+    let units = n.div_ceil(unit);
+    (0..parts)
+        .map(|p| (units * p / parts * unit).min(n)..(units * (p + 1) / parts * unit).min(n))
+        .collect()
+}
+
 fn split_even(n: usize, unit: usize, parts: usize) -> Vec<Range<usize>> {
     let units = n.div_ceil(unit);
     let parts = parts.min(units).max(1);

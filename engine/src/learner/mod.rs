@@ -12,6 +12,7 @@ pub mod advantages;
 pub mod algorithm;
 pub mod batch;
 pub mod data;
+mod data_parallel;
 pub mod dpo;
 pub mod expert;
 pub mod grpo;

@@ -240,6 +240,32 @@ impl AdamW {
         self.params.iter().map(|(n, _)| n.as_str())
     }
 
+    /// The tracked parameters, in name order.
+    pub fn parameters(&self) -> impl Iterator<Item = &Tensor> {
+        self.params.iter().map(|(_, p)| &p.tensor)
+    }
+
+    /// The tracked parameters' gradients that backward has allocated, in name order.
+    pub fn gradients(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .map(|(_, p)| p.tensor.grad())
+            .filter(Tensor::defined)
+            .collect()
+    }
+
+    /// Sets every master weight to its parameter's current value (after the parameters were
+    /// overwritten from outside, e.g. by another rank's broadcast).
+    pub fn reset_masters(&mut self) {
+        tch::no_grad(|| {
+            for (_, p) in &mut self.params {
+                if let Some(master) = &mut p.master {
+                    master.copy_(&p.tensor);
+                }
+            }
+        });
+    }
+
     /// The f32 master weights (name, tensor) kept under mixed precision; empty otherwise.
     pub fn master_weights(&self) -> impl Iterator<Item = (&str, &Tensor)> {
         self.params

@@ -1,0 +1,145 @@
+//! Data-parallel learners (`Learner::join`, Gloo through c10d): two ranks, each training on
+//! half of a batch's groups, take the optimizer steps one learner takes on the whole batch;
+//! they start from rank 0's weights whatever they were built with, end with the same
+//! weights bit for bit, and a rank with nothing to train still steps with the others.
+
+mod learner_support;
+
+use std::net::TcpListener;
+use std::thread;
+use std::time::Duration;
+
+use learner_support::*;
+use oxrl::dist::{ProcessGroup, Rendezvous};
+use oxrl::learner::metrics as m;
+use oxrl::learner::{AlgorithmKind, Learner, LearnerConfig};
+use oxrl::Sample;
+use tch::Tensor;
+
+fn learner_config() -> LearnerConfig {
+    let mut cfg = LearnerConfig {
+        algorithm: AlgorithmKind::Grpo,
+        ..Default::default()
+    };
+    cfg.grpo.beta = 0.01; // a reference model, broadcast too
+    cfg.optim.lr = 1e-3;
+    cfg
+}
+
+/// The weights by name after some updates, and each update's loss.
+type Trained = (Vec<(String, Tensor)>, Vec<f64>);
+
+/// [`Trained`] after `updates` updates on `batch`.
+fn train(
+    learner: &mut Learner,
+    batch: &[Sample],
+    updates: usize,
+) -> (Vec<(String, Tensor)>, Vec<f64>) {
+    let losses = (0..updates)
+        .map(|_| learner.train(batch).unwrap().metrics[m::LOSS])
+        .collect();
+    let mut weights: Vec<(String, Tensor)> = learner
+        .var_store()
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach().copy()))
+        .collect();
+    weights.sort_by(|a, b| a.0.cmp(&b.0));
+    (weights, losses)
+}
+
+/// Two ranks (threads), rank r built from seed `seeds[r]` and trained on `shares[r]`.
+fn two_ranks(seeds: [i64; 2], shares: [Vec<Sample>; 2], updates: usize) -> Vec<Trained> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ranks: Vec<_> = shares
+        .into_iter()
+        .enumerate()
+        .map(|(rank, share)| {
+            let seed = seeds[rank];
+            thread::spawn(move || {
+                let place = Rendezvous {
+                    rank,
+                    world_size: 2,
+                    local_rank: rank,
+                    master_addr: "127.0.0.1".into(),
+                    master_port: port,
+                };
+                let group = ProcessGroup::gloo(&place, Duration::from_secs(60)).unwrap();
+                let (vs, model) = tiny(seed);
+                let mut learner = Learner::new(vs, model, learner_config()).unwrap();
+                learner.join(group).unwrap();
+                train(&mut learner, &share, updates)
+            })
+        })
+        .collect();
+    ranks.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|((na, x), (nb, y))| {
+            assert_eq!(na, nb);
+            (x - y).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max)
+}
+
+fn one_process(batch: &[Sample], updates: usize) -> Trained {
+    let (vs, model) = tiny(3);
+    let mut learner = Learner::new(vs, model, learner_config()).unwrap();
+    train(&mut learner, batch, updates)
+}
+
+#[test]
+fn two_ranks_on_half_the_groups_each_take_the_one_process_steps() {
+    let _serial = serial();
+    let (_vs, model) = tiny(3);
+    let batch = rollout(&model, &all_digits(), 4, 11);
+    let half = batch.len() / 2;
+    assert_eq!(
+        batch[half - 1].group_id + 1,
+        batch[half].group_id,
+        "split between groups"
+    );
+    let (want, want_losses) = one_process(&batch, 3);
+    // Rank 1 is built from other weights: rank 0's reach it at `join`.
+    let ranks = two_ranks([3, 4], [batch[..half].to_vec(), batch[half..].to_vec()], 3);
+    let moved = max_diff(&want, &one_process(&batch, 0).0);
+    assert!(moved > 1e-3, "the updates should move the weights: {moved}");
+    for (rank, (weights, losses)) in ranks.iter().enumerate() {
+        let d = max_diff(weights, &want);
+        assert!(
+            d < 1e-5,
+            "rank {rank}: weights differ from one process's by {d}"
+        );
+        for (a, b) in losses.iter().zip(&want_losses) {
+            assert!((a - b).abs() < 1e-5, "rank {rank}: loss {a} vs {b}");
+        }
+    }
+    assert_eq!(
+        max_diff(&ranks[0].0, &ranks[1].0),
+        0.0,
+        "the ranks' weights are identical"
+    );
+}
+
+#[test]
+fn a_rank_with_nothing_to_train_still_steps_with_the_others() {
+    let _serial = serial();
+    let (_vs, model) = tiny(3);
+    let batch = rollout(&model, &all_digits()[..4], 4, 12);
+    let (want, _) = one_process(&batch, 2);
+    let ranks = two_ranks([3, 3], [batch.clone(), Vec::new()], 2);
+    for (rank, (weights, _)) in ranks.iter().enumerate() {
+        let d = max_diff(weights, &want);
+        assert!(
+            d < 1e-5,
+            "rank {rank}: weights differ from one process's by {d}"
+        );
+    }
+}
