@@ -26,6 +26,7 @@ fn request(model: &Pretrained, sampling: SamplingParams, n: usize) -> Generation
         max_tokens: 24,
         stop: StopConditions::default(),
         seed: 3,
+        prompt_offset: 0,
     }
 }
 

@@ -224,6 +224,7 @@ fn recorded_rollout_logprobs_equal_the_learners_for_every_variant() {
                 strings: vec![],
             },
             seed: 7,
+            prompt_offset: 0,
         };
         let out = generate_batch(&model, &req, None).unwrap();
         let pairs: Vec<(&[u32], &[u32])> = out

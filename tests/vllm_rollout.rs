@@ -112,6 +112,7 @@ fn completions_are_token_ids_whose_logprobs_oxrl_reproduces() {
             strings: vec![],
         },
         seed: 7,
+        prompt_offset: 0,
     };
     let generated = fleet.generate_all(&request).unwrap();
     assert_eq!(generated.len(), 8);

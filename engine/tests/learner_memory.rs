@@ -204,6 +204,7 @@ fn sampled_at(model: &Llama, temperature: f64) -> Vec<Sample> {
         max_tokens: COMPLETION,
         stop: StopConditions::default(),
         seed: 5,
+        prompt_offset: 0,
     };
     generate_batch(model, &req, None)
         .unwrap()

@@ -35,6 +35,7 @@ fn request(prompts: Vec<Vec<u32>>, n: usize, sampling: SamplingParams) -> Genera
             strings: vec![],
         },
         seed: 42,
+        prompt_offset: 0,
     }
 }
 
@@ -182,4 +183,37 @@ fn generation_stops_at_the_context_limit() {
     let out = generate_batch(&model, &req, None).unwrap();
     assert_eq!(out[0].tokens.len(), 4);
     assert_eq!(out[0].finish_reason, FinishReason::Length);
+}
+
+#[test]
+fn a_share_of_the_prompts_draws_what_the_whole_batch_draws() {
+    let (_vs, model) = tiny(1);
+    let sampling = SamplingParams {
+        temperature: 1.0,
+        ..Default::default()
+    };
+    let whole = generate_batch(&model, &request(prompts(), 3, sampling.clone()), None).unwrap();
+    let mut share = request(prompts()[2..].to_vec(), 3, sampling);
+    share.prompt_offset = 2;
+    let part = generate_batch(&model, &share, None).unwrap();
+    let expected: Vec<_> = whole.iter().filter(|g| g.prompt_index >= 2).collect();
+    assert_eq!(part.len(), expected.len());
+    for (g, w) in part.iter().zip(expected) {
+        assert_eq!(
+            (g.prompt_index + 2, g.sample_index),
+            (w.prompt_index, w.sample_index)
+        );
+        assert_eq!(
+            g.tokens, w.tokens,
+            "prompt {} sample {}",
+            w.prompt_index, w.sample_index
+        );
+    }
+    share.prompt_offset = 0;
+    let unshifted = generate_batch(&model, &share, None).unwrap();
+    assert_ne!(
+        unshifted.iter().map(|g| &g.tokens).collect::<Vec<_>>(),
+        part.iter().map(|g| &g.tokens).collect::<Vec<_>>(),
+        "the offset selects other streams"
+    );
 }

@@ -38,6 +38,7 @@ fn request(seed: u64) -> GenerationRequest {
         max_tokens: 8,
         stop: StopConditions::default(),
         seed,
+        prompt_offset: 0,
     }
 }
 

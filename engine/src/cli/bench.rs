@@ -121,6 +121,7 @@ fn rollout(args: RolloutArgs) -> anyhow::Result<()> {
         max_tokens: 4,
         stop: StopConditions::default(),
         seed: 0,
+        prompt_offset: 0,
     };
     generate_batch(&loaded.model, &req, None)?; // warm-up
     req.max_tokens = args.max_tokens;

@@ -24,8 +24,12 @@ pub struct GenerationRequest {
     pub max_tokens: usize,
     /// When a completion ends early.
     pub stop: StopConditions,
-    /// Seed; completion j of prompt i always draws from stream `i * n + j` of this seed.
+    /// Seed; completion j of prompt i always draws from stream `(prompt_offset + i) * n + j`
+    /// of this seed.
     pub seed: u64,
+    /// The index of `prompts[0]` in the step's whole batch (0 but on a data-parallel rank,
+    /// which generates its share of the batch and draws what one process would).
+    pub prompt_offset: usize,
 }
 
 /// One finished completion.
@@ -263,7 +267,7 @@ fn start_sequences(req: &GenerationRequest) -> Vec<Live> {
                     learner_logprobs: None,
                 },
                 position: prompt.len() as i64,
-                rng: SequenceRng::new(req.seed, (p * req.n + s) as u64),
+                rng: SequenceRng::new(req.seed, ((req.prompt_offset + p) * req.n + s) as u64),
             });
         }
     }

@@ -271,6 +271,7 @@ impl RolloutSection {
                 strings: self.stop_strings.clone(),
             },
             seed,
+            prompt_offset: 0,
         })
     }
 }

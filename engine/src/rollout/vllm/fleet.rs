@@ -39,8 +39,9 @@ impl Fleet {
     }
 
     /// Generates the completions of the prompts `prompts` of `req`, prompt `i` with seed
-    /// `req.seed + i` (a prompt's group draws from one seeded request), one try each. Prompts
-    /// run concurrently; each goes to the healthy replica with the fewest requests in flight.
+    /// `req.seed + req.prompt_offset + i` (a prompt's group draws from one seeded request),
+    /// one try each. Prompts run concurrently; each goes to the healthy replica with the
+    /// fewest requests in flight.
     /// A replica whose request fails is marked unhealthy (see [`Replica::set_healthy`]).
     pub fn generate(
         &self,
@@ -172,7 +173,7 @@ fn complete(
         max_tokens: req.max_tokens,
         sampling: &req.sampling,
         stop: &req.stop,
-        seed: req.seed.wrapping_add(i as u64),
+        seed: req.seed.wrapping_add((req.prompt_offset + i) as u64),
         model,
     };
     let done = replica
