@@ -51,6 +51,17 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// Every kind.
+    pub const ALL: [FailureKind; 7] = [
+        FailureKind::Parse,
+        FailureKind::Timeout,
+        FailureKind::Crash,
+        FailureKind::BadReference,
+        FailureKind::ResourceLimit,
+        FailureKind::MalformedReply,
+        FailureKind::Transport,
+    ];
+
     /// The metric label value for this kind.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -18,6 +18,11 @@ pub(super) struct TrainArgs {
     /// fresh start if none) or a checkpoint directory.
     #[arg(long)]
     resume: Option<String>,
+    /// Train on N local processes (data parallel on c10d; `[dist]`): this command starts
+    /// them as ranks 0..N and waits. Without it, a process started with `WORLD_SIZE`,
+    /// `RANK`, `MASTER_ADDR` and `MASTER_PORT` set (torchrun, Slurm) joins that job.
+    #[arg(long, value_name = "N")]
+    nproc: Option<usize>,
 }
 
 impl TrainArgs {
@@ -36,6 +41,14 @@ pub(super) enum ConfigCommand {
 
 pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
     let cfg = RunConfig::load(&args.config, &args.overrides)?;
+    if let Some(n) = args.nproc.filter(|&n| n > 1) {
+        anyhow::ensure!(
+            std::env::var_os("WORLD_SIZE").is_none(),
+            "--nproc {n} inside a job that already has WORLD_SIZE set: use one or the other"
+        );
+        return crate::dist::launch::run_local(n, &rank_args());
+    }
+    anyhow::ensure!(args.nproc != Some(0), "--nproc 0: at least one process");
     let out = cfg.output_dir.clone();
     let resume = match args.resume.as_deref() {
         None => Resume::No,
@@ -43,6 +56,9 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
         Some(dir) => Resume::Dir(dir.into()),
     };
     let records = Trainer::new(cfg, resume)?.run()?;
+    if std::env::var("RANK").is_ok_and(|r| r != "0") {
+        return Ok(()); // rank 0 reports for the job
+    }
     let first = records.first().map_or(0.0, |r| r.rewards.mean);
     let last = records.last().map_or(0.0, |r| r.rewards.mean);
     eprintln!(
@@ -51,6 +67,22 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// This command's arguments without `--nproc`: what each rank runs.
+fn rank_args() -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("--nproc") => {
+                args.next();
+            }
+            Some(a) if a.starts_with("--nproc=") => {}
+            _ => out.push(arg),
+        }
+    }
+    out
 }
 
 pub(super) fn config(cmd: ConfigCommand) -> anyhow::Result<()> {

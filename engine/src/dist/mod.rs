@@ -8,12 +8,14 @@
 //! (`shim/gloo/README.md`), and calls the implementation inside `libtorch_cpu.so`.
 
 mod ffi;
+pub mod launch;
 mod rendezvous;
 
 use std::ffi::{c_int, c_void, CString};
 use std::ptr::NonNull;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 pub use rendezvous::Rendezvous;
@@ -40,6 +42,46 @@ impl ReduceOp {
             ReduceOp::Min => 2,
         }
     }
+}
+
+/// `[dist]`: how the ranks of a data-parallel run talk (`oxrl train --nproc N`, or a
+/// launcher's `RANK`/`WORLD_SIZE`/`MASTER_ADDR`/`MASTER_PORT`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistSection {
+    /// `auto` or `gloo` (CPU tensors); `nccl` is refused by name until it is bound.
+    pub backend: Backend,
+    /// How long a rank waits for the others (to join, or in any collective) before the run
+    /// stops with an error naming the operation: a dead or hung rank ends the job.
+    pub timeout_seconds: u64,
+}
+
+impl Default for DistSection {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Auto,
+            timeout_seconds: 300,
+        }
+    }
+}
+
+impl DistSection {
+    /// The collectives' timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_seconds.max(1))
+    }
+}
+
+/// A c10d backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Gloo on the CPU (the only one bound so far).
+    Auto,
+    /// Gloo: CPU tensors.
+    Gloo,
+    /// NCCL: CUDA tensors. Not bound yet.
+    Nccl,
 }
 
 /// Gradients are all-reduced in flat buckets of about this many bytes (DDP's default): few
@@ -207,6 +249,26 @@ impl ProcessGroup {
             .copy_(&Tensor::from_slice(values));
         self.all_reduce(&rows, ReduceOp::Sum)?;
         Ok(Vec::<Vec<f64>>::try_from(&rows)?)
+    }
+
+    /// Every rank's `values` concatenated in rank order; ranks may pass different counts.
+    pub fn gather_values(&self, values: &[f64]) -> Result<Vec<f64>> {
+        let counts = Tensor::zeros([self.world_size as i64], (Kind::Double, tch::Device::Cpu));
+        let _ = counts.get(self.rank as i64).fill_(values.len() as f64);
+        self.all_reduce(&counts, ReduceOp::Sum)?;
+        let counts: Vec<usize> = Vec::<f64>::try_from(&counts)?
+            .into_iter()
+            .map(|c| c as usize)
+            .collect();
+        let longest = counts.iter().copied().max().unwrap_or(0);
+        let mut padded = values.to_vec();
+        padded.resize(longest, 0.0);
+        let rows = self.all_gather(&padded)?;
+        Ok(rows
+            .into_iter()
+            .zip(counts)
+            .flat_map(|(row, n)| row.into_iter().take(n))
+            .collect())
     }
 
     fn check(&self, op: &'static str, tensor: &Tensor) -> Result<()> {

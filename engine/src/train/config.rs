@@ -9,6 +9,7 @@ use oxrl_envs::{EnvConfig, LoadedEnv, Row};
 use oxrl_rewards::{RewardSpec, WeightedRewards};
 use serde::{Deserialize, Serialize};
 
+use crate::dist::DistSection;
 use crate::learner::lora::LoraConfig;
 use crate::learner::{AlgorithmKind, LearnerConfig, RolloutCorrection};
 use crate::model::ModelConfig;
@@ -58,6 +59,9 @@ pub struct RunConfig {
     /// `[runtime]`: OpenMP waiting and libtorch's thread count.
     #[serde(default)]
     pub runtime: RuntimeSection,
+    /// `[dist]`: the ranks of a data-parallel run.
+    #[serde(default)]
+    pub dist: DistSection,
     /// The config file's directory: relative paths in it resolve against this.
     #[serde(skip)]
     pub base_dir: PathBuf,

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
+pub mod data_parallel;
 pub mod eval;
 pub mod pairs;
 pub mod prefetch;

@@ -12,6 +12,8 @@ pub struct Progress {
     total: usize,
     start: Instant,
     terminal: bool,
+    /// Report nothing (a data-parallel rank other than 0).
+    quiet: bool,
 }
 
 impl Progress {
@@ -22,11 +24,21 @@ impl Progress {
             total,
             start: Instant::now(),
             terminal: std::io::stderr().is_terminal(),
+            quiet: false,
         }
+    }
+
+    /// As [`new`](Self::new), reporting nothing when `quiet`.
+    pub fn quiet_if(mut self, quiet: bool) -> Self {
+        self.quiet = quiet;
+        self
     }
 
     /// Reports that `done` steps are complete.
     pub fn update(&self, done: usize, reward: f64, tokens_per_s: f64, loss: f64) {
+        if self.quiet {
+            return;
+        }
         let line = self.line(done, reward, tokens_per_s, loss, self.start.elapsed());
         let mut err = std::io::stderr().lock();
         // Progress output is best effort: a closed stderr must not stop training.
@@ -42,6 +54,9 @@ impl Progress {
     /// Prints `line` on a line of its own (an eval result): on a terminal the bar is cleared
     /// first and drawn again at the next update.
     pub fn log(&self, line: &str) {
+        if self.quiet {
+            return;
+        }
         let mut err = std::io::stderr().lock();
         let clear = if self.terminal { "\r\x1b[2K" } else { "" };
         // Best effort, like the bar.
@@ -99,6 +114,7 @@ mod tests {
             total: 20,
             start: Instant::now(),
             terminal: false,
+            quiet: false,
         };
         // Resumed at 10, 5 steps in 50 s: 10 s a step, 5 left.
         let line = p.line(15, 0.5, 123.4, 0.01, Duration::from_secs(50));

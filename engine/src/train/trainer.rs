@@ -31,6 +31,7 @@ use tch::nn::VarStore;
 use super::batch::{PromptSource, RolloutBatch};
 use super::checkpoint::{self, TrainState};
 use super::config::{RolloutEngine, RolloutSource, RunConfig};
+use super::data_parallel;
 use super::eval::Evaluator;
 use super::pairs;
 use super::prefetch::Prefetch;
@@ -59,7 +60,8 @@ pub struct Trainer {
     learner: Learner,
     tokenizer: Arc<Tokenizer>,
     sampler: Sampler,
-    log: StepLog,
+    /// `metrics.jsonl` and samples: rank 0's (every process's when alone).
+    log: Option<StepLog>,
     next_step: usize,
     nonfinite_streak: usize,
     /// Async mode: the worker generating the next batch.
@@ -74,8 +76,8 @@ pub struct Trainer {
     server: Option<MetricsServer>,
     /// The step (policy version) and `metrics.jsonl` line of the last evaluation.
     last_eval: Option<(usize, Value)>,
-    /// This run's hold on `output_dir`.
-    _lock: RunLock,
+    /// This run's hold on `output_dir` (rank 0's).
+    _lock: Option<RunLock>,
 }
 
 /// Where to continue from.
@@ -103,14 +105,24 @@ impl Trainer {
         let rewards = cfg.build_rewards()?;
         let mut learner =
             Learner::new(vs, model, learner_config(&cfg)).context("building [learner]")?;
+        if let Some(group) = data_parallel::join(&cfg).context("joining the data-parallel job")? {
+            learner
+                .join(group)
+                .context("starting from rank 0's weights")?;
+        }
+        let main = learner.process_group().is_none_or(|g| g.rank() == 0);
         let state = restore(&cfg, resume, &mut learner)?;
         let next_step = state.as_ref().map_or(0, |s| s.next_step);
         let sampler = env.sampler(state.map(|s| s.cursor))?;
         std::fs::create_dir_all(&cfg.output_dir)
             .with_context(|| format!("creating {}", cfg.output_dir.display()))?;
-        let lock = RunLock::acquire(&cfg.output_dir)?;
-        // The unexpanded config: `${VAR}` secrets stay in the environment, not on disk.
-        std::fs::write(cfg.output_dir.join("config.toml"), &cfg.unexpanded)?;
+        let lock = main
+            .then(|| RunLock::acquire(&cfg.output_dir))
+            .transpose()?;
+        if main {
+            // The unexpanded config: `${VAR}` secrets stay in the environment, not on disk.
+            std::fs::write(cfg.output_dir.join("config.toml"), &cfg.unexpanded)?;
+        }
         let tokenizer = Arc::new(tokenizer);
         let telemetry = Arc::new(RunMetrics::new().context("creating metrics")?);
         if learner.var_store().device().is_cuda() {
@@ -119,8 +131,13 @@ impl Trainer {
             }
         }
         telemetry.observe_skipped_rows(env.skipped().len());
-        let server = start_server(&cfg, telemetry.clone())?;
-        let log = StepLog::open(&cfg.output_dir, next_step)?;
+        let server = match main {
+            true => start_server(&cfg, telemetry.clone())?,
+            false => None,
+        };
+        let log = main
+            .then(|| StepLog::open(&cfg.output_dir, next_step))
+            .transpose()?;
         let mut trainer = Self {
             _lock: lock,
             log,
@@ -170,9 +187,9 @@ impl Trainer {
     /// checkpoint.
     pub fn run(&mut self) -> anyhow::Result<Vec<StepRecord>> {
         let mut records = Vec::with_capacity(self.cfg.steps);
-        let progress = Progress::new(self.next_step, self.cfg.steps);
+        let progress = Progress::new(self.next_step, self.cfg.steps).quiet_if(!self.is_main());
         for step in self.next_step..self.cfg.steps {
-            if self.eval_due(step) {
+            if self.eval_due(step) && self.is_main() {
                 self.evaluate(step, &progress)
                     .with_context(|| format!("evaluating at step {step}"))?;
             }
@@ -184,7 +201,7 @@ impl Trainer {
             self.next_step = step + 1;
             self.stop_if_nonfinite(step, &record)?;
             let every = self.cfg.checkpoint.every;
-            let interrupted = self.stop.load(Ordering::Relaxed);
+            let interrupted = self.any_rank(self.stop.load(Ordering::Relaxed))?;
             if interrupted
                 || self.next_step == self.cfg.steps
                 || (every > 0 && self.next_step.is_multiple_of(every))
@@ -211,12 +228,37 @@ impl Trainer {
             }
         }
         let last = self.cfg.steps;
-        if self.cfg.eval.every > 0 && self.last_eval.as_ref().map(|e| e.0) != Some(last) {
+        let eval_due = self.last_eval.as_ref().map(|e| e.0) != Some(last);
+        if self.cfg.eval.every > 0 && eval_due && self.is_main() {
             self.evaluate(last, &progress)
                 .with_context(|| format!("evaluating after the last step ({last})"))?;
         }
-        self.save(&self.cfg.output_dir.join("final"))?;
+        if self.is_main() {
+            self.save(&self.cfg.output_dir.join("final"))?;
+        }
+        self.barrier()?;
         Ok(records)
+    }
+
+    /// Whether this process writes the run's files: rank 0, or the only process.
+    fn is_main(&self) -> bool {
+        self.learner.process_group().is_none_or(|g| g.rank() == 0)
+    }
+
+    /// Whether `flag` is set on any rank (on this process when alone).
+    fn any_rank(&self, flag: bool) -> anyhow::Result<bool> {
+        match self.learner.process_group() {
+            Some(group) => data_parallel::any(group, flag),
+            None => Ok(flag),
+        }
+    }
+
+    /// Waits for every rank (nothing when alone).
+    fn barrier(&self) -> anyhow::Result<()> {
+        if let Some(group) = self.learner.process_group() {
+            group.barrier()?;
+        }
+        Ok(())
     }
 
     /// What a checkpoint taken now would hold: the optimizer steps so far and the data cursor.
@@ -241,7 +283,8 @@ impl Trainer {
             return error.context("the update had begun: resume from the last checkpoint");
         }
         self.trained_cursor = Some(cursor);
-        match self.checkpoint() {
+        // No barrier: the failure may be another rank's death.
+        match self.write_checkpoint() {
             Ok(dir) => error.context(format!(
                 "stopped before step {step}'s update; checkpoint {} saved: continue with --resume auto",
                 dir.display()
@@ -299,7 +342,9 @@ impl Trainer {
         let seconds = start.elapsed().as_secs_f64();
         self.telemetry.observe_eval(step, &report, seconds);
         let line = Value::Object(report.line(step, seconds));
-        self.log.eval(&line)?;
+        if let Some(log) = &mut self.log {
+            log.eval(&line)?;
+        }
         let pass_k = match report.k {
             1 => String::new(),
             k => format!(" pass@{k} {:.3}", report.pass_at_k),
@@ -320,8 +365,20 @@ impl Trainer {
         Ok(())
     }
 
-    /// Writes a checkpoint of the current state.
+    /// Writes a checkpoint of the current state (rank 0 writes, every rank waits for it).
     pub fn checkpoint(&self) -> anyhow::Result<PathBuf> {
+        let dir = self.write_checkpoint()?;
+        self.barrier()?;
+        Ok(dir)
+    }
+
+    /// Rank 0's part of [`checkpoint`](Self::checkpoint): the files (the checkpoints'
+    /// directory on other ranks, which write nothing).
+    fn write_checkpoint(&self) -> anyhow::Result<PathBuf> {
+        let root = checkpoint::root(&self.cfg.output_dir);
+        if !self.is_main() {
+            return Ok(root);
+        }
         let start = Instant::now();
         let state = TrainState {
             next_step: self.next_step,
@@ -330,7 +387,6 @@ impl Trainer {
                 .clone()
                 .unwrap_or_else(|| self.sampler.cursor().clone()),
         };
-        let root = checkpoint::root(&self.cfg.output_dir);
         let describe = |dir: &Path| self.describe(dir);
         let dir = checkpoint::save(
             &root,
@@ -368,10 +424,15 @@ impl Trainer {
         if let Some(prefetch) = &self.prefetch {
             prefetch.push_weights(&self.learner, step as u64 + 1);
         }
-        let completions = CompletionStats::of(
-            batch.generated.iter().map(|g| g.tokens.len()).collect(),
-            self.cfg.rollout.max_tokens,
-        );
+        let lengths = batch.generated.iter().map(|g| g.tokens.len()).collect();
+        let max_tokens = self.cfg.rollout.max_tokens;
+        let (rewards, completions) = match self.learner.process_group() {
+            Some(group) => data_parallel::job_stats(group, &scored.scores, lengths, max_tokens)?,
+            None => (
+                RewardStats::of(&scored.scores),
+                CompletionStats::of(lengths, max_tokens),
+            ),
+        };
         // Async generation overlaps the update, so only the whole step bounds its throughput;
         // generate_seconds is then the time spent waiting for the batch.
         let rollout_secs = match self.prefetch.is_some() {
@@ -381,7 +442,7 @@ impl Trainer {
         let record = StepRecord {
             step,
             policy_version: step as u64 + 1,
-            rewards: RewardStats::of(&scored.scores),
+            rewards,
             rollout: RolloutStats {
                 tokens_per_second: (self.cfg.rollout.source == RolloutSource::Policy)
                     .then(|| completions.tokens() as f64 / rollout_secs),
@@ -400,10 +461,11 @@ impl Trainer {
             },
             learner: update.metrics,
         };
-        self.log.step(&record)?;
-        if self.cfg.log.samples_every > 0 && step.is_multiple_of(self.cfg.log.samples_every) {
-            self.log
-                .samples(step, &batch, &scored, &update.advantages)?;
+        if let Some(log) = &mut self.log {
+            log.step(&record)?;
+            if self.cfg.log.samples_every > 0 && step.is_multiple_of(self.cfg.log.samples_every) {
+                log.samples(step, &batch, &scored, &update.advantages)?;
+            }
         }
         self.publish(&record);
         Ok(record)
@@ -417,6 +479,10 @@ impl Trainer {
         }
         let (rows, request) = self.draw(rollout_seed(self.cfg.seed, step))?;
         self.trained_cursor = Some(self.sampler.cursor().clone());
+        let (rows, request) = match self.learner.process_group() {
+            Some(g) => data_parallel::share(rows, request, g.rank(), g.world_size()),
+            None => (rows, request),
+        };
         match self.cfg.rollout.source {
             RolloutSource::Policy => self.generate(rows, request, step),
             RolloutSource::Dataset => Ok(RolloutBatch {

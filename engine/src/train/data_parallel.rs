@@ -1,0 +1,142 @@
+//! A run on N ranks (`oxrl train --nproc N`, or a launcher's environment): joining the job,
+//! each rank's share of a step's prompts, and the step's statistics over the whole job.
+//!
+//! Every rank draws the same step batch from the same seeded data order (so the data cursor,
+//! and with it resuming on any number of ranks, is the single-process one), then generates,
+//! scores and trains on a contiguous share of its prompts: whole groups, never split. The
+//! learner (`Learner::join`) normalises by the whole batch and sums the gradients, so the
+//! ranks take the step one process would. Rank 0 alone writes logs, checkpoints and the
+//! final model and serves `/metrics`.
+
+use anyhow::bail;
+use oxrl_envs::Row;
+use oxrl_rewards::{CombinedScores, FailureKind};
+
+use super::config::{RolloutEngine, RunConfig};
+use super::step_record::{mean_std, CompletionStats, RewardStats};
+use crate::device::parse_device;
+use crate::dist::{Backend, ProcessGroup, ReduceOp, Rendezvous};
+use crate::learner::advantages::ScaleRewards;
+use crate::learner::topr::{Baseline, NamedBaseline};
+use crate::learner::AlgorithmKind;
+use crate::rollout::GenerationRequest;
+
+/// This process's group when the environment makes it a rank of a job of two or more
+/// (`WORLD_SIZE`); `None` for a single process. Options that need the whole batch in one
+/// process, and backends not bound, are refused by name.
+pub fn join(cfg: &RunConfig) -> anyhow::Result<Option<ProcessGroup>> {
+    let Some(place) = Rendezvous::from_env()? else {
+        return Ok(None);
+    };
+    if place.world_size == 1 {
+        return Ok(None);
+    }
+    check_supported(cfg)?;
+    Ok(Some(ProcessGroup::gloo(&place, cfg.dist.timeout())?))
+}
+
+/// Refuses, by name, what a data-parallel run does not implement yet.
+fn check_supported(cfg: &RunConfig) -> anyhow::Result<()> {
+    let learner = &cfg.learner;
+    let refused = [
+        (
+            cfg.dist.backend == Backend::Nccl,
+            "dist.backend = \"nccl\" (not bound yet: only Gloo, on CPU tensors)",
+        ),
+        (
+            parse_device(&cfg.model.device)?.is_cuda(),
+            "model.device on CUDA (Gloo here reduces CPU tensors; NCCL is not bound yet)",
+        ),
+        (
+            cfg.rollout.engine == RolloutEngine::Vllm,
+            "rollout.engine = \"vllm\"",
+        ),
+        (cfg.rollout.async_, "rollout.async = true"),
+        (
+            learner.algorithm == AlgorithmKind::Grpo && learner.grpo.dynamic_sampling,
+            "learner.grpo.dynamic_sampling (the refill is per process)",
+        ),
+        (
+            learner.algorithm == AlgorithmKind::Grpo
+                && learner.grpo.scale_rewards == ScaleRewards::Batch,
+            "learner.grpo.scale_rewards = \"batch\" (each rank would see its share)",
+        ),
+        (
+            learner.algorithm == AlgorithmKind::Ppo && learner.ppo.whiten_advantages,
+            "learner.ppo.whiten_advantages (each rank would whiten its share)",
+        ),
+        (
+            learner.algorithm == AlgorithmKind::Topr
+                && learner.topr.baseline == Baseline::Named(NamedBaseline::BatchMean),
+            "learner.topr.baseline = \"batch_mean\" (each rank would see its share)",
+        ),
+    ];
+    let names: Vec<&str> = refused
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect();
+    if !names.is_empty() {
+        bail!(
+            "data-parallel runs (WORLD_SIZE > 1) do not support yet: {}",
+            names.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Rank `rank` of `world`'s share of a step's prompts: a contiguous run of whole prompts,
+/// with the request's `prompt_offset` moved so that it draws what one process would.
+pub fn share(
+    rows: Vec<Row>,
+    mut request: GenerationRequest,
+    rank: usize,
+    world: usize,
+) -> (Vec<Row>, GenerationRequest) {
+    let n = rows.len();
+    let (start, end) = (n * rank / world, n * (rank + 1) / world);
+    request.prompts = request.prompts[start..end].to_vec();
+    request.prompt_offset += start;
+    (rows[start..end].to_vec(), request)
+}
+
+/// The step's reward and completion statistics over every rank's share.
+pub fn job_stats(
+    group: &ProcessGroup,
+    scores: &CombinedScores,
+    lengths: Vec<usize>,
+    max_tokens: usize,
+) -> anyhow::Result<(RewardStats, CompletionStats)> {
+    let total = group.gather_values(&scores.total)?;
+    let (mean, std) = mean_std(&total);
+    let mut by_name = RewardStats::of(scores).by_name;
+    for (named, report) in by_name.iter_mut().zip(&scores.rewards) {
+        let values = group.gather_values(&report.values)?;
+        named.mean = mean_std(&values).0;
+        let counts: Vec<f64> = FailureKind::ALL
+            .iter()
+            .map(|k| report.failures.get(k).copied().unwrap_or(0) as f64)
+            .collect();
+        let t = tch::Tensor::from_slice(&counts);
+        group.all_reduce(&t, ReduceOp::Sum)?;
+        named.failures = FailureKind::ALL
+            .iter()
+            .zip(Vec::<f64>::try_from(&t)?)
+            .filter(|(_, n)| *n > 0.0)
+            .map(|(k, n)| (k.as_str().to_owned(), n as usize))
+            .collect();
+    }
+    let lengths: Vec<f64> = lengths.into_iter().map(|l| l as f64).collect();
+    let lengths = group.gather_values(&lengths)?;
+    let completions =
+        CompletionStats::of(lengths.iter().map(|&l| l as usize).collect(), max_tokens);
+    Ok((RewardStats { mean, std, by_name }, completions))
+}
+
+/// Whether any rank's `flag` is set (e.g. a signal that reached one rank): every rank then
+/// acts on it at the same step.
+pub fn any(group: &ProcessGroup, flag: bool) -> anyhow::Result<bool> {
+    let t = tch::Tensor::from_slice(&[flag as u8 as f64]);
+    group.all_reduce(&t, ReduceOp::Max)?;
+    Ok(t.double_value(&[0]) > 0.0)
+}
