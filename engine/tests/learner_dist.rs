@@ -1,5 +1,6 @@
 //! Data-parallel learners (`Learner::join`, Gloo through c10d): two ranks, each training on
-//! half of a batch's groups, take the optimizer steps one learner takes on the whole batch;
+//! half of a batch's groups, take the optimizer steps one learner takes on the whole batch
+//! (GRPO with its reference, PPO with its critic);
 //! they start from rank 0's weights whatever they were built with, end with the same
 //! weights bit for bit, and a rank with nothing to train still steps with the others.
 
@@ -16,12 +17,15 @@ use oxrl::learner::{AlgorithmKind, Learner, LearnerConfig};
 use oxrl::Sample;
 use tch::Tensor;
 
-fn learner_config() -> LearnerConfig {
+/// GRPO with a KL reference (broadcast too), or PPO with its critic (advantages not
+/// whitened: that is a statistic of the whole batch, refused across ranks).
+fn learner_config(algorithm: AlgorithmKind) -> LearnerConfig {
     let mut cfg = LearnerConfig {
-        algorithm: AlgorithmKind::Grpo,
+        algorithm,
         ..Default::default()
     };
-    cfg.grpo.beta = 0.01; // a reference model, broadcast too
+    cfg.grpo.beta = 0.01;
+    cfg.ppo.whiten_advantages = false;
     cfg.optim.lr = 1e-3;
     cfg
 }
@@ -49,7 +53,12 @@ fn train(
 }
 
 /// Two ranks (threads), rank r built from seed `seeds[r]` and trained on `shares[r]`.
-fn two_ranks(seeds: [i64; 2], shares: [Vec<Sample>; 2], updates: usize) -> Vec<Trained> {
+fn two_ranks(
+    algorithm: AlgorithmKind,
+    seeds: [i64; 2],
+    shares: [Vec<Sample>; 2],
+    updates: usize,
+) -> Vec<Trained> {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -70,7 +79,7 @@ fn two_ranks(seeds: [i64; 2], shares: [Vec<Sample>; 2], updates: usize) -> Vec<T
                 };
                 let group = ProcessGroup::gloo(&place, Duration::from_secs(60)).unwrap();
                 let (vs, model) = tiny(seed);
-                let mut learner = Learner::new(vs, model, learner_config()).unwrap();
+                let mut learner = Learner::new(vs, model, learner_config(algorithm)).unwrap();
                 learner.join(group).unwrap();
                 train(&mut learner, &share, updates)
             })
@@ -89,9 +98,9 @@ fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-fn one_process(batch: &[Sample], updates: usize) -> Trained {
+fn one_process(algorithm: AlgorithmKind, batch: &[Sample], updates: usize) -> Trained {
     let (vs, model) = tiny(3);
-    let mut learner = Learner::new(vs, model, learner_config()).unwrap();
+    let mut learner = Learner::new(vs, model, learner_config(algorithm)).unwrap();
     train(&mut learner, batch, updates)
 }
 
@@ -106,26 +115,29 @@ fn two_ranks_on_half_the_groups_each_take_the_one_process_steps() {
         batch[half].group_id,
         "split between groups"
     );
-    let (want, want_losses) = one_process(&batch, 3);
-    // Rank 1 is built from other weights: rank 0's reach it at `join`.
-    let ranks = two_ranks([3, 4], [batch[..half].to_vec(), batch[half..].to_vec()], 3);
-    let moved = max_diff(&want, &one_process(&batch, 0).0);
-    assert!(moved > 1e-3, "the updates should move the weights: {moved}");
-    for (rank, (weights, losses)) in ranks.iter().enumerate() {
-        let d = max_diff(weights, &want);
+    for algorithm in [AlgorithmKind::Grpo, AlgorithmKind::Ppo] {
+        let (want, want_losses) = one_process(algorithm, &batch, 3);
+        // Rank 1 is built from other weights: rank 0's reach it at `join`.
+        let shares = [batch[..half].to_vec(), batch[half..].to_vec()];
+        let ranks = two_ranks(algorithm, [3, 4], shares, 3);
+        let moved = max_diff(&want, &one_process(algorithm, &batch, 0).0);
         assert!(
-            d < 1e-5,
-            "rank {rank}: weights differ from one process's by {d}"
+            moved > 1e-3,
+            "{algorithm:?}: the updates should move the weights: {moved}"
         );
-        for (a, b) in losses.iter().zip(&want_losses) {
-            assert!((a - b).abs() < 1e-5, "rank {rank}: loss {a} vs {b}");
+        for (rank, (weights, losses)) in ranks.iter().enumerate() {
+            let d = max_diff(weights, &want);
+            assert!(d < 1e-5, "{algorithm:?} rank {rank}: weights differ by {d}");
+            for (a, b) in losses.iter().zip(&want_losses) {
+                assert!(
+                    (a - b).abs() < 1e-5,
+                    "{algorithm:?} rank {rank}: loss {a} vs {b}"
+                );
+            }
         }
+        let d = max_diff(&ranks[0].0, &ranks[1].0);
+        assert_eq!(d, 0.0, "{algorithm:?}: the ranks' weights are identical");
     }
-    assert_eq!(
-        max_diff(&ranks[0].0, &ranks[1].0),
-        0.0,
-        "the ranks' weights are identical"
-    );
 }
 
 #[test]
@@ -133,8 +145,8 @@ fn a_rank_with_nothing_to_train_still_steps_with_the_others() {
     let _serial = serial();
     let (_vs, model) = tiny(3);
     let batch = rollout(&model, &all_digits()[..4], 4, 12);
-    let (want, _) = one_process(&batch, 2);
-    let ranks = two_ranks([3, 3], [batch.clone(), Vec::new()], 2);
+    let (want, _) = one_process(AlgorithmKind::Grpo, &batch, 2);
+    let ranks = two_ranks(AlgorithmKind::Grpo, [3, 3], [batch.clone(), Vec::new()], 2);
     for (rank, (weights, _)) in ranks.iter().enumerate() {
         let d = max_diff(weights, &want);
         assert!(
