@@ -16,6 +16,9 @@
 //! before the first step, after every N steps and after the last one. An evaluation reads the
 //! learner's weights and nothing else of the run's state: it samples with its own seed, draws
 //! no training rows and touches no RNG, so a run with eval trains exactly like one without.
+//!
+//! On N ranks (`data_parallel.rs`, docs/dist.md) each rank trains its share of every step's
+//! prompts, and rank 0 alone writes the logs, checkpoints and final model.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,8 +95,9 @@ pub enum Resume {
 }
 
 impl Trainer {
-    /// Loads the model, environment, rewards and learner of `cfg`, then the checkpoint
-    /// `resume` names, if any.
+    /// Loads the model, environment, rewards and learner of `cfg`, joins the data-parallel
+    /// job the environment describes (`WORLD_SIZE`...; `train::data_parallel`), then loads
+    /// the checkpoint `resume` names, if any.
     pub fn new(cfg: RunConfig, resume: Resume) -> anyhow::Result<Self> {
         cfg.runtime.apply_threads();
         tch::manual_seed(cfg.seed as i64);
