@@ -85,6 +85,18 @@ fn two_ranks_reach_the_weights_and_losses_of_one_process() {
         assert!((x - y).abs() < TOL / 10.0, "loss {x} vs {y}");
     }
     assert!((la[0] - la[2]).abs() > 1e-3, "the run should learn: {la:?}");
+    // Counts are the job's, summed over the ranks; means and extremes agree to rounding.
+    for (x, y) in training_lines(&one).iter().zip(&training_lines(&two)) {
+        for key in [
+            "oxrl_learner_trained_tokens",
+            "oxrl_learner_samples",
+            "oxrl_learner_dpo_rewards_accuracy",
+            "reward",
+        ] {
+            let (a, b) = (x[key].as_f64().unwrap(), y[key].as_f64().unwrap());
+            assert!((a - b).abs() < 1e-9, "{key}: {a} vs {b}");
+        }
+    }
 }
 
 #[test]

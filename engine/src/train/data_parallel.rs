@@ -17,6 +17,7 @@ use super::step_record::{mean_std, CompletionStats, RewardStats};
 use crate::device::parse_device;
 use crate::dist::{Backend, ProcessGroup, ReduceOp, Rendezvous};
 use crate::learner::advantages::ScaleRewards;
+use crate::learner::metrics::{self as m, Metrics};
 use crate::learner::topr::{Baseline, NamedBaseline};
 use crate::learner::AlgorithmKind;
 use crate::rollout::GenerationRequest;
@@ -131,6 +132,43 @@ pub fn job_stats(
     let completions =
         CompletionStats::of(lengths.iter().map(|&l| l as usize).collect(), max_tokens);
     Ok((RewardStats { mean, std, by_name }, completions))
+}
+
+/// The update's learner metrics over the job: counts (trained tokens, samples, dropped
+/// samples) summed, the ratio's extremes taken over every rank, the rest averaged over the
+/// ranks that report them (the loss and gradient norm are already the job's, equal on every
+/// rank).
+pub fn job_learner_metrics(group: &ProcessGroup, local: &Metrics) -> anyhow::Result<Metrics> {
+    const SUMMED: [&str; 3] = [m::TRAINED_TOKENS, m::SAMPLES, m::DROPPED_SAMPLES];
+    let mut sums = Vec::with_capacity(2 * m::ALL.len());
+    let mut highs = Vec::with_capacity(m::ALL.len());
+    for (name, _) in m::ALL {
+        let value = local.get(name).copied();
+        sums.extend([value.unwrap_or(0.0), value.is_some() as u8 as f64]);
+        // Minima as maxima of the negated values; a rank without the metric sits it out.
+        let sign = if *name == m::RATIO_MIN { -1.0 } else { 1.0 };
+        highs.push(value.map_or(f64::NEG_INFINITY, |v| sign * v));
+    }
+    let sums = tch::Tensor::from_slice(&sums);
+    group.all_reduce(&sums, ReduceOp::Sum)?;
+    let highs = tch::Tensor::from_slice(&highs);
+    group.all_reduce(&highs, ReduceOp::Max)?;
+    let (sums, highs) = (Vec::<f64>::try_from(&sums)?, Vec::<f64>::try_from(&highs)?);
+    let mut out = Metrics::new();
+    for (i, (name, _)) in m::ALL.iter().enumerate() {
+        let (total, ranks) = (sums[2 * i], sums[2 * i + 1]);
+        if ranks == 0.0 {
+            continue;
+        }
+        let value = match *name {
+            n if SUMMED.contains(&n) => total,
+            n if n == m::RATIO_MAX => highs[i],
+            n if n == m::RATIO_MIN => -highs[i],
+            _ => total / ranks,
+        };
+        out.insert(name, value);
+    }
+    Ok(out)
 }
 
 /// Whether any rank's `flag` is set (e.g. a signal that reached one rank): every rank then

@@ -463,7 +463,10 @@ impl Trainer {
                 step: start.elapsed().as_secs_f64(),
                 sync: sync_secs,
             },
-            learner: update.metrics,
+            learner: match self.learner.process_group() {
+                Some(group) => data_parallel::job_learner_metrics(group, &update.metrics)?,
+                None => update.metrics,
+            },
         };
         if let Some(log) = &mut self.log {
             log.step(&record)?;
