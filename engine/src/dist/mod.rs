@@ -66,6 +66,16 @@ impl Default for DistSection {
 }
 
 impl DistSection {
+    /// Refuses, by name, what is not bound.
+    pub fn validate(&self) -> Result<()> {
+        if self.backend == Backend::Nccl {
+            return Err(Error::Invalid(
+                "dist.backend = \"nccl\" is not implemented yet (oxrl binds Gloo only: CPU tensors); use \"auto\" or \"gloo\"".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The collectives' timeout.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_seconds.max(1))
@@ -335,4 +345,36 @@ fn buckets(tensors: &[Tensor], bytes: usize) -> Vec<Vec<&Tensor>> {
 
 fn millis(d: Duration) -> i64 {
     d.as_millis().min(i64::MAX as u128) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_section_parses_and_refuses_nccl_by_name() {
+        let section: DistSection = toml::from_str("timeout_seconds = 5").unwrap();
+        assert_eq!(section.timeout(), Duration::from_secs(5));
+        assert_eq!(section.backend, Backend::Auto);
+        section.validate().unwrap();
+        let nccl: DistSection = toml::from_str("backend = \"nccl\"").unwrap();
+        let err = nccl.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("dist.backend = \"nccl\" is not implemented"),
+            "{err}"
+        );
+        assert!(toml::from_str::<DistSection>("timeout = 5").is_err());
+    }
+
+    #[test]
+    fn buckets_hold_runs_of_one_dtype_up_to_the_size() {
+        let f = |n: i64| Tensor::zeros([n], (Kind::Float, tch::Device::Cpu));
+        let d = |n: i64| Tensor::zeros([n], (Kind::Double, tch::Device::Cpu));
+        let tensors = [f(2), f(2), f(8), d(1), f(1)];
+        let sizes: Vec<Vec<i64>> = buckets(&tensors, 16)
+            .iter()
+            .map(|b| b.iter().map(|t| t.numel() as i64).collect())
+            .collect();
+        assert_eq!(sizes, [vec![2, 2], vec![8], vec![1], vec![1]]);
+    }
 }

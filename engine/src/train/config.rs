@@ -481,6 +481,7 @@ impl RunConfig {
         }
         self.learner.validate()?;
         self.check_precision()?;
+        self.dist.validate()?;
         self.eval.validate()
     }
 

@@ -15,7 +15,7 @@ use oxrl_rewards::{CombinedScores, FailureKind};
 use super::config::{RolloutEngine, RunConfig};
 use super::step_record::{mean_std, CompletionStats, RewardStats};
 use crate::device::parse_device;
-use crate::dist::{Backend, ProcessGroup, ReduceOp, Rendezvous};
+use crate::dist::{ProcessGroup, ReduceOp, Rendezvous};
 use crate::learner::advantages::ScaleRewards;
 use crate::learner::metrics::{self as m, Metrics};
 use crate::learner::topr::{Baseline, NamedBaseline};
@@ -40,10 +40,6 @@ pub fn join(cfg: &RunConfig) -> anyhow::Result<Option<ProcessGroup>> {
 fn check_supported(cfg: &RunConfig) -> anyhow::Result<()> {
     let learner = &cfg.learner;
     let refused = [
-        (
-            cfg.dist.backend == Backend::Nccl,
-            "dist.backend = \"nccl\" (not bound yet: only Gloo, on CPU tensors)",
-        ),
         (
             parse_device(&cfg.model.device)?.is_cuda(),
             "model.device on CUDA (Gloo here reduces CPU tensors; NCCL is not bound yet)",
