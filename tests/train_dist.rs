@@ -236,3 +236,46 @@ fn grpo_generates_on_two_ranks_and_refuses_what_they_cannot_share() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_ranks_share_the_evaluation_and_report_what_one_process_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    // 20 held-out prompts: batches of 8, 8 and 4, two of them on rank 0 and one on rank 1.
+    let sets = [
+        "metrics.listen=\"\"",
+        "steps=1",
+        "env.data.eval_size=20",
+        "eval.every=10",
+        "eval.samples=2",
+        "eval.k=2",
+        "eval.temperature=1.0",
+    ];
+    succeed(smoke_train(&one, &sets).env("OMP_NUM_THREADS", "1"));
+    succeed(
+        smoke_train(&two, &sets)
+            .args(["--nproc", "2"])
+            .env("OMP_NUM_THREADS", "1"),
+    );
+    let first_eval = |out: &Path| {
+        oxrl_tests::metrics_lines(out)
+            .into_iter()
+            .find(oxrl_tests::is_eval_line)
+            .expect("an eval line before the first step")
+    };
+    let (a, b) = (first_eval(&one), first_eval(&two));
+    // Before any update both sides hold the same weights and sample the same batches.
+    for key in [
+        "eval/pass_at_1",
+        "eval/pass_at_k",
+        "eval/majority_vote",
+        "eval/reward_mean",
+        "eval/prompts",
+    ] {
+        assert_eq!(a[key], b[key], "{key}: {a} vs {b}");
+    }
+    assert!(
+        a["eval/reward_mean"].as_f64().unwrap() < 0.0,
+        "the length penalty varies: {a}"
+    );
+}

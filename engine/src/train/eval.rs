@@ -12,10 +12,12 @@ use oxrl_envs::LoadedEnv;
 use oxrl_rewards::WeightedRewards;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
+use tch::Tensor;
 
 use super::config::{EvalSection, RolloutSection, RunConfig};
 use super::scoring::{score_batch, ScoredBatch};
 use crate::device::{parse_device, parse_kind};
+use crate::dist::{ProcessGroup, ReduceOp};
 use crate::model::Llama;
 use crate::pretrained::{LoadOptions, Pretrained};
 use crate::rollout::generate_batch;
@@ -93,13 +95,17 @@ pub struct Evaluator<'a> {
     pub rewards: &'a WeightedRewards,
     /// Sampling options (besides the temperature), `max_tokens`, stop strings.
     pub rollout: &'a RolloutSection,
+    /// A data-parallel run's group: this rank evaluates every `world_size`-th batch of
+    /// prompts and the ranks' sums are added, so every rank gets the one-process report.
+    pub group: Option<&'a ProcessGroup>,
 }
 
 impl Evaluator<'_> {
     /// Samples `opts.samples` completions for each of the first `opts.max_prompts` eval
     /// prompts (all when 0) at `opts.temperature` and scores them; a completion is correct
     /// when its total reward is at least `opts.threshold`. Batch i of prompts samples with
-    /// seed `seed + i`; no other random state is read or advanced.
+    /// seed `seed + i`; no other random state is read or advanced. With a `group`, every rank
+    /// must call it.
     pub fn run(&self, opts: &EvalSection, seed: u64) -> anyhow::Result<EvalReport> {
         opts.validate()?;
         let all = self.env.eval().rows();
@@ -114,7 +120,11 @@ impl Evaluator<'_> {
         };
         let (samples, k, threshold) = (opts.samples, opts.k, opts.threshold);
         let (mut pass1, mut passk, mut majority, mut reward_sum) = (0.0, 0.0, 0.0, 0.0);
+        let mine = |i: &usize| self.group.is_none_or(|g| i % g.world_size() == g.rank());
         for (chunk_index, chunk) in rows.chunks(PROMPTS_PER_BATCH).enumerate() {
+            if !mine(&chunk_index) {
+                continue;
+            }
             let mut request = self.rollout.request(
                 self.env,
                 chunk,
@@ -139,6 +149,12 @@ impl Evaluator<'_> {
                     &idx, &texts, &totals, threshold,
                 )));
             }
+        }
+        if let Some(group) = self.group {
+            let sums = Tensor::from_slice(&[pass1, passk, majority, reward_sum]);
+            group.all_reduce(&sums, ReduceOp::Sum)?;
+            [pass1, passk, majority, reward_sum] =
+                <[f64; 4]>::try_from(Vec::<f64>::try_from(&sums)?).expect("four sums");
         }
         let n = rows.len() as f64;
         Ok(EvalReport {
@@ -177,6 +193,7 @@ pub fn evaluate(
         LoadedEnv::from_config(&cfg.env, &cfg.base_dir, template).context("building [env]")?;
     let rewards = cfg.build_rewards()?;
     Evaluator {
+        group: None,
         model: &model.model,
         tokenizer: &model.tokenizer,
         env: &env,

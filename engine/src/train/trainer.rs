@@ -193,7 +193,7 @@ impl Trainer {
         let mut records = Vec::with_capacity(self.cfg.steps);
         let progress = Progress::new(self.next_step, self.cfg.steps).quiet_if(!self.is_main());
         for step in self.next_step..self.cfg.steps {
-            if self.eval_due(step) && self.is_main() {
+            if self.eval_due(step) {
                 self.evaluate(step, &progress)
                     .with_context(|| format!("evaluating at step {step}"))?;
             }
@@ -233,7 +233,7 @@ impl Trainer {
         }
         let last = self.cfg.steps;
         let eval_due = self.last_eval.as_ref().map(|e| e.0) != Some(last);
-        if self.cfg.eval.every > 0 && eval_due && self.is_main() {
+        if self.cfg.eval.every > 0 && eval_due {
             self.evaluate(last, &progress)
                 .with_context(|| format!("evaluating after the last step ({last})"))?;
         }
@@ -336,6 +336,7 @@ impl Trainer {
         }
         let start = Instant::now();
         let report = Evaluator {
+            group: self.learner.process_group(),
             model: self.learner.policy(),
             tokenizer: &self.tokenizer,
             env: &self.env,
