@@ -33,6 +33,7 @@ ROWS = {
         ("Tokens / s", ["oxrl_rollout_tokens_per_second", "oxrl_learner_tokens_per_second"]),
         ("Phase duration p50 (s)",
          ["histogram_quantile(0.5, sum by (phase, le) (rate(oxrl_phase_duration_seconds_bucket[5m])))"]),
+        ("Phase seconds by rank (data-parallel runs)", ["oxrl_rank_phase_seconds"]),
         ("Completion length p50 / p95 (tokens)",
          ["histogram_quantile(0.5, sum by (le) (rate(oxrl_completion_length_tokens_bucket[5m])))",
           "histogram_quantile(0.95, sum by (le) (rate(oxrl_completion_length_tokens_bucket[5m])))"]),

@@ -220,6 +220,14 @@ fn grpo_generates_on_two_ranks_and_refuses_what_they_cannot_share() {
         let key = "rewards/math/failures";
         assert_eq!(x[key].as_f64(), Some(8.0), "{x}");
         assert_eq!(y[key].as_f64(), Some(8.0), "{y}");
+        // Each rank's phase times; one process has none.
+        for rank in 0..2 {
+            assert!(
+                y[format!("time/rank{rank}/update_seconds")].as_f64() > Some(0.0),
+                "{y}"
+            );
+        }
+        assert!(x.get("time/rank0/update_seconds").is_none());
     }
     let refused = smoke_train(
         &dir.path().join("async"),

@@ -91,6 +91,9 @@ pub const STEP_SECONDS_KEY: &str = "time/step_seconds";
 pub const EVAL_SECONDS_KEY: &str = "time/eval_seconds";
 /// Duration of each phase (label `phase`: generate, reward, update, checkpoint, eval).
 pub const PHASE_SECONDS: &str = "oxrl_phase_duration_seconds";
+/// Data-parallel runs: each rank's seconds in each phase of the last step (labels `rank`,
+/// `phase`: generate, reward, update, step). In `metrics.jsonl`: `time/rank{r}/{phase}_seconds`.
+pub const RANK_PHASE_SECONDS: &str = "oxrl_rank_phase_seconds";
 /// Trained tokens per second in the last step's update (learner trained tokens / update
 /// seconds; no `metrics.jsonl` key of its own).
 pub const LEARNER_TOKENS_PER_SECOND: &str = "oxrl_learner_tokens_per_second";

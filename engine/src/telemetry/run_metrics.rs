@@ -37,6 +37,7 @@ pub struct RunMetrics {
     rollout_tps: Gauge,
     learner_tps: Gauge,
     phases: HistogramVec,
+    rank_phases: GaugeVec,
     dropped: IntCounter,
     skipped: IntCounter,
     staleness: IntGauge,
@@ -93,6 +94,14 @@ impl RunMetrics {
         r.register(Box::new(failures.clone()))?;
         r.register(Box::new(lengths.clone()))?;
         r.register(Box::new(phases.clone()))?;
+        let rank_phases = GaugeVec::new(
+            Opts::new(
+                n::RANK_PHASE_SECONDS,
+                "Each rank's seconds in each phase of the last step",
+            ),
+            &["rank", "phase"],
+        )?;
+        r.register(Box::new(rank_phases.clone()))?;
         Ok(Self {
             steps: int_counter(n::STEPS_TOTAL, "Steps completed")?,
             step: int_gauge(n::STEP, "Index of the last completed step")?,
@@ -156,6 +165,7 @@ impl RunMetrics {
             failures,
             lengths,
             phases,
+            rank_phases,
             lazy: Mutex::new(BTreeMap::new()),
             registry: r,
         })
@@ -195,6 +205,13 @@ impl RunMetrics {
         }
         if let Some(sync) = r.time.sync {
             self.phases.with_label_values(&["sync"]).observe(sync);
+        }
+        for (rank, t) in r.rank_times.iter().enumerate() {
+            for (phase, seconds) in t.phases() {
+                self.rank_phases
+                    .with_label_values(&[&rank.to_string(), phase])
+                    .set(seconds);
+            }
         }
         if let Some(m) = &r.rollout.mismatch {
             for (gauge, value) in self.mismatch.iter().zip([m.mean_abs, m.max_abs, m.kl]) {
@@ -355,6 +372,13 @@ mod tests {
                 step: 3.5,
                 sync: Some(0.75),
             },
+            rank_times: vec![
+                PhaseTimes::default(),
+                PhaseTimes {
+                    update: 2.5,
+                    ..Default::default()
+                },
+            ],
             learner: learner::ALL.iter().map(|(name, _)| (*name, 1.0)).collect(),
         }
     }
@@ -395,6 +419,10 @@ mod tests {
             n::REWARD_FAILURES_TOTAL
         )));
         assert!(text.contains(&format!("{}_count 3", n::COMPLETION_LENGTH_TOKENS)));
+        assert!(text.contains(&format!(
+            "{}{{phase=\"update\",rank=\"1\"}} 2.5",
+            n::RANK_PHASE_SECONDS
+        )));
         for phase in ["generate", "reward", "update", "sync"] {
             assert!(family(&format!(
                 "{}_count{{phase=\"{phase}\"}} 1",

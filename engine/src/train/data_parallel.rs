@@ -13,7 +13,7 @@ use oxrl_envs::Row;
 use oxrl_rewards::{CombinedScores, FailureKind};
 
 use super::config::{RolloutEngine, RunConfig};
-use super::step_record::{mean_std, CompletionStats, RewardStats};
+use super::step_record::{mean_std, CompletionStats, PhaseTimes, RewardStats};
 use crate::device::parse_device;
 use crate::dist::{ProcessGroup, ReduceOp, Rendezvous};
 use crate::learner::advantages::ScaleRewards;
@@ -165,6 +165,22 @@ pub fn job_learner_metrics(group: &ProcessGroup, local: &Metrics) -> anyhow::Res
         out.insert(name, value);
     }
     Ok(out)
+}
+
+/// Every rank's phase times of this step, by rank.
+pub fn rank_times(group: &ProcessGroup, mine: &PhaseTimes) -> anyhow::Result<Vec<PhaseTimes>> {
+    let values: Vec<f64> = mine.phases().iter().map(|(_, s)| *s).collect();
+    Ok(group
+        .all_gather(&values)?
+        .into_iter()
+        .map(|v| PhaseTimes {
+            generate: v[0],
+            reward: v[1],
+            update: v[2],
+            step: v[3],
+            sync: None,
+        })
+        .collect())
 }
 
 /// Whether any rank's `flag` is set (e.g. a signal that reached one rank): every rank then

@@ -28,6 +28,8 @@ pub struct StepRecord {
     pub rollout: RolloutStats,
     /// Seconds per phase.
     pub time: PhaseTimes,
+    /// Data-parallel runs: each rank's seconds per phase, by rank (empty for one process).
+    pub rank_times: Vec<PhaseTimes>,
     /// The learner's metrics (names and help in `learner::metrics`).
     pub learner: Metrics,
 }
@@ -144,6 +146,18 @@ pub struct PhaseTimes {
     pub sync: Option<f64>,
 }
 
+impl PhaseTimes {
+    /// The phases every step has, by name: generate, reward, update, step.
+    pub fn phases(&self) -> [(&'static str, f64); 4] {
+        [
+            ("generate", self.generate),
+            ("reward", self.reward),
+            ("update", self.update),
+            ("step", self.step),
+        ]
+    }
+}
+
 impl StepRecord {
     /// Optimizer steps of this update skipped for a NaN/inf loss or gradient.
     pub fn skipped_steps(&self) -> f64 {
@@ -211,6 +225,11 @@ impl StepRecord {
         put(n::REWARD_SECONDS_KEY, json!(self.time.reward));
         put(n::UPDATE_SECONDS_KEY, json!(self.time.update));
         put(n::STEP_SECONDS_KEY, json!(self.time.step));
+        for (rank, t) in self.rank_times.iter().enumerate() {
+            for (phase, seconds) in t.phases() {
+                put(&format!("time/rank{rank}/{phase}_seconds"), json!(seconds));
+            }
+        }
         for (k, v) in &self.learner {
             put(k, json!(v));
         }

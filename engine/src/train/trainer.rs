@@ -444,6 +444,17 @@ impl Trainer {
             true => start.elapsed().as_secs_f64(),
             false => generate_secs,
         };
+        let time = PhaseTimes {
+            generate: generate_secs,
+            reward: reward_secs,
+            update: update_secs,
+            step: start.elapsed().as_secs_f64(),
+            sync: sync_secs,
+        };
+        let rank_times = match self.learner.process_group() {
+            Some(group) => data_parallel::rank_times(group, &time)?,
+            None => Vec::new(),
+        };
         let record = StepRecord {
             step,
             policy_version: step as u64 + 1,
@@ -457,13 +468,8 @@ impl Trainer {
                 mismatch: self.logprob_gap(&batch, step, &update),
             },
             completions,
-            time: PhaseTimes {
-                generate: generate_secs,
-                reward: reward_secs,
-                update: update_secs,
-                step: start.elapsed().as_secs_f64(),
-                sync: sync_secs,
-            },
+            time,
+            rank_times,
             learner: match self.learner.process_group() {
                 Some(group) => data_parallel::job_learner_metrics(group, &update.metrics)?,
                 None => update.metrics,
