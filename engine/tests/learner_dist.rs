@@ -1,6 +1,7 @@
 //! Data-parallel learners (`Learner::join`, Gloo through c10d): two ranks, each training on
 //! half of a batch's groups, take the optimizer steps one learner takes on the whole batch
-//! (GRPO with its reference, PPO with its critic);
+//! (GRPO with its reference, and the batch-wide statistics of GRPO's batch scaling, PPO's
+//! whitening with its critic and TOPR's batch-mean baseline, computed over both ranks);
 //! they start from rank 0's weights whatever they were built with, end with the same
 //! weights bit for bit, and a rank with nothing to train still steps with the others.
 
@@ -12,20 +13,40 @@ use std::time::Duration;
 
 use learner_support::*;
 use oxrl::dist::{ProcessGroup, Rendezvous};
+use oxrl::learner::advantages::ScaleRewards;
 use oxrl::learner::metrics as m;
+use oxrl::learner::topr::{Baseline, NamedBaseline};
 use oxrl::learner::{AlgorithmKind, Learner, LearnerConfig};
 use oxrl::Sample;
 use tch::Tensor;
 
-/// GRPO with a KL reference (broadcast too), or PPO with its critic (advantages not
-/// whitened: that is a statistic of the whole batch, refused across ranks).
-fn learner_config(algorithm: AlgorithmKind) -> LearnerConfig {
+/// The learners compared: GRPO with a KL reference (broadcast too), and options whose
+/// statistics span the whole batch, computed over both ranks: GRPO's batch-scaled rewards,
+/// PPO's whitened advantages (with its critic), TOPR's batch-mean baseline.
+#[derive(Debug, Clone, Copy)]
+enum Variant {
+    GrpoKl,
+    GrpoBatchScaled,
+    PpoWhitened,
+    ToprBatchMean,
+}
+
+fn learner_config(variant: Variant) -> LearnerConfig {
+    let algorithm = match variant {
+        Variant::GrpoKl | Variant::GrpoBatchScaled => AlgorithmKind::Grpo,
+        Variant::PpoWhitened => AlgorithmKind::Ppo,
+        Variant::ToprBatchMean => AlgorithmKind::Topr,
+    };
     let mut cfg = LearnerConfig {
         algorithm,
         ..Default::default()
     };
-    cfg.grpo.beta = 0.01;
-    cfg.ppo.whiten_advantages = false;
+    match variant {
+        Variant::GrpoKl => cfg.grpo.beta = 0.01,
+        Variant::GrpoBatchScaled => cfg.grpo.scale_rewards = ScaleRewards::Batch,
+        Variant::PpoWhitened => assert!(cfg.ppo.whiten_advantages),
+        Variant::ToprBatchMean => cfg.topr.baseline = Baseline::Named(NamedBaseline::BatchMean),
+    }
     cfg.optim.lr = 1e-3;
     cfg
 }
@@ -54,7 +75,7 @@ fn train(
 
 /// Two ranks (threads), rank r built from seed `seeds[r]` and trained on `shares[r]`.
 fn two_ranks(
-    algorithm: AlgorithmKind,
+    variant: Variant,
     seeds: [i64; 2],
     shares: [Vec<Sample>; 2],
     updates: usize,
@@ -79,7 +100,7 @@ fn two_ranks(
                 };
                 let group = ProcessGroup::gloo(&place, Duration::from_secs(60)).unwrap();
                 let (vs, model) = tiny(seed);
-                let mut learner = Learner::new(vs, model, learner_config(algorithm)).unwrap();
+                let mut learner = Learner::new(vs, model, learner_config(variant)).unwrap();
                 learner.join(group).unwrap();
                 train(&mut learner, &share, updates)
             })
@@ -98,9 +119,9 @@ fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-fn one_process(algorithm: AlgorithmKind, batch: &[Sample], updates: usize) -> Trained {
+fn one_process(variant: Variant, batch: &[Sample], updates: usize) -> Trained {
     let (vs, model) = tiny(3);
-    let mut learner = Learner::new(vs, model, learner_config(algorithm)).unwrap();
+    let mut learner = Learner::new(vs, model, learner_config(variant)).unwrap();
     train(&mut learner, batch, updates)
 }
 
@@ -115,7 +136,8 @@ fn two_ranks_on_half_the_groups_each_take_the_one_process_steps() {
         batch[half].group_id,
         "split between groups"
     );
-    for algorithm in [AlgorithmKind::Grpo, AlgorithmKind::Ppo] {
+    use Variant::*;
+    for algorithm in [GrpoKl, GrpoBatchScaled, PpoWhitened, ToprBatchMean] {
         let (want, want_losses) = one_process(algorithm, &batch, 3);
         // Rank 1 is built from other weights: rank 0's reach it at `join`.
         let shares = [batch[..half].to_vec(), batch[half..].to_vec()];
@@ -145,8 +167,8 @@ fn a_rank_with_nothing_to_train_still_steps_with_the_others() {
     let _serial = serial();
     let (_vs, model) = tiny(3);
     let batch = rollout(&model, &all_digits()[..4], 4, 12);
-    let (want, _) = one_process(AlgorithmKind::Grpo, &batch, 2);
-    let ranks = two_ranks(AlgorithmKind::Grpo, [3, 3], [batch.clone(), Vec::new()], 2);
+    let (want, _) = one_process(Variant::PpoWhitened, &batch, 2);
+    let ranks = two_ranks(Variant::PpoWhitened, [3, 3], [batch.clone(), Vec::new()], 2);
     for (rank, (weights, _)) in ranks.iter().enumerate() {
         let d = max_diff(weights, &want);
         assert!(

@@ -33,12 +33,12 @@ pub struct GroupAdvantages {
     pub frac_zero_std: f64,
 }
 
-fn mean(x: &[f64]) -> f64 {
+pub(crate) fn mean(x: &[f64]) -> f64 {
     x.iter().sum::<f64>() / x.len().max(1) as f64
 }
 
 /// Unbiased standard deviation (torch's `std`), 0 for fewer than two values.
-fn std_unbiased(x: &[f64]) -> f64 {
+pub(crate) fn std_unbiased(x: &[f64]) -> f64 {
     if x.len() < 2 {
         return 0.0;
     }
@@ -54,11 +54,21 @@ pub fn group_advantages(
     group_ids: &[u64],
     scale: ScaleRewards,
 ) -> GroupAdvantages {
+    group_advantages_with(rewards, group_ids, scale, std_unbiased(rewards))
+}
+
+/// [`group_advantages`] with the batch's std given (`Batch` scaling across the ranks of a
+/// data-parallel job, whose batch is more than these rewards).
+pub fn group_advantages_with(
+    rewards: &[f64],
+    group_ids: &[u64],
+    scale: ScaleRewards,
+    batch_std: f64,
+) -> GroupAdvantages {
     let mut groups: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
     for (i, &g) in group_ids.iter().enumerate() {
         groups.entry(g).or_default().push(i);
     }
-    let batch_std = std_unbiased(rewards);
     let mut advantages = vec![0.0; rewards.len()];
     let mut zero_std = vec![false; rewards.len()];
     let mut zero_groups = 0usize;
@@ -108,18 +118,25 @@ pub fn gae(rewards: &[f64], values: &[f64], gamma: f64, lambda: f64) -> (Vec<f64
 /// Whitens `x` over the masked entries: `(x - mean) / sqrt(var + 1e-8)` (verl
 /// `masked_whiten`, unbiased variance); unmasked entries are left as they are.
 pub fn whiten(x: &mut [f64], mask: &[bool]) {
-    let vals: Vec<f64> = x
-        .iter()
-        .zip(mask)
-        .filter(|(_, &m)| m)
-        .map(|(&v, _)| v)
-        .collect();
+    let vals = masked(x, mask);
     if vals.is_empty() {
         return;
     }
-    let m = mean(&vals);
-    let var = std_unbiased(&vals).powi(2);
-    let scale = (var + 1e-8).sqrt();
+    whiten_with(x, mask, mean(&vals), std_unbiased(&vals));
+}
+
+/// The masked entries of `x`.
+pub fn masked(x: &[f64], mask: &[bool]) -> Vec<f64> {
+    x.iter()
+        .zip(mask)
+        .filter(|(_, &m)| m)
+        .map(|(&v, _)| v)
+        .collect()
+}
+
+/// [`whiten`] with the mean and unbiased std given (those of a whole data-parallel batch).
+pub fn whiten_with(x: &mut [f64], mask: &[bool], m: f64, std: f64) {
+    let scale = (std.powi(2) + 1e-8).sqrt();
     for (v, &keep) in x.iter_mut().zip(mask) {
         if keep {
             *v = (*v - m) / scale;

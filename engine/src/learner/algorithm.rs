@@ -6,7 +6,9 @@
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use super::advantages::{mean, std_unbiased};
 use super::metrics::Stats;
+use crate::dist::{ProcessGroup, ReduceOp};
 use crate::error::{Error, Result};
 use crate::sample::Sample;
 
@@ -151,6 +153,32 @@ pub struct BatchContext<'a> {
     pub reference: Option<&'a [Vec<f32>]>,
     /// Critic values per completion token, when the algorithm has a critic.
     pub values: Option<&'a [Vec<f32>]>,
+    /// A data-parallel job's group, when this batch is one rank's share of the job's.
+    pub ranks: Option<&'a ProcessGroup>,
+}
+
+impl BatchContext<'_> {
+    /// Mean and unbiased standard deviation of `xs` over the whole batch: this rank's values
+    /// with every other rank's in a data-parallel job (two all-reduces: the mean, then the
+    /// squared deviations from it), or `xs` alone.
+    pub fn mean_std(&self, xs: &[f64]) -> Result<(f64, f64)> {
+        let Some(group) = self.ranks else {
+            return Ok((mean(xs), std_unbiased(xs)));
+        };
+        let sum = |values: [f64; 2]| -> Result<[f64; 2]> {
+            let t = Tensor::from_slice(&values);
+            group.all_reduce(&t, ReduceOp::Sum)?;
+            Ok([t.double_value(&[0]), t.double_value(&[1])])
+        };
+        let [n, total] = sum([xs.len() as f64, xs.iter().sum()])?;
+        let m = total / n.max(1.0);
+        let [_, squares] = sum([0.0, xs.iter().map(|x| (x - m).powi(2)).sum()])?;
+        let std = match n < 2.0 {
+            true => 0.0,
+            false => (squares / (n - 1.0)).sqrt(),
+        };
+        Ok((m, std))
+    }
 }
 
 /// A micro-batch loss and its metrics.

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use tch::Kind;
 
-use super::advantages::{group_advantages, ScaleRewards};
+use super::advantages::{group_advantages_with, ScaleRewards};
 use super::algorithm::{
     aggregate, mask_count, masked_sum, Algorithm, BatchContext, LossInput, LossOutput, LossType,
     Prepared,
@@ -108,12 +108,16 @@ impl Algorithm for Grpo {
     fn prepare(
         &self,
         samples: &[Sample],
-        _ctx: &BatchContext,
+        ctx: &BatchContext,
         stats: &mut Stats,
     ) -> Result<Prepared> {
         let rewards: Vec<f64> = samples.iter().map(|s| s.reward).collect();
         let ids: Vec<u64> = samples.iter().map(|s| s.group_id).collect();
-        let adv = group_advantages(&rewards, &ids, self.cfg.scale_rewards);
+        let batch_std = match self.cfg.scale_rewards {
+            ScaleRewards::Batch => ctx.mean_std(&rewards)?.1,
+            _ => 0.0,
+        };
+        let adv = group_advantages_with(&rewards, &ids, self.cfg.scale_rewards, batch_std);
         stats.set(m::FRAC_REWARD_ZERO_STD, adv.frac_zero_std);
         let order: Vec<usize> = (0..samples.len())
             .filter(|&i| !(self.cfg.dynamic_sampling && adv.zero_std[i]))

@@ -483,13 +483,16 @@ impl Learner {
             true => Some(self.reference_logprobs(&all)?),
             false => None,
         };
-        let values = match self.critic.is_some() && needed {
-            true => Some(self.critic_values(&all)?),
-            false => None,
+        let values = match (self.critic.is_some(), needed) {
+            (true, true) => Some(self.critic_values(&all)?),
+            // An empty share (a data-parallel rank's) has no values to compute.
+            (true, false) => Some(Vec::new()),
+            (false, _) => None,
         };
         let ctx = BatchContext {
             reference: references.as_deref(),
             values: values.as_deref(),
+            ranks: self.dist.as_ref(),
         };
         reward_stats(samples, stats);
         let prepared = self.algorithm.prepare(samples, &ctx, stats)?;

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
-use super::advantages::{gae, whiten};
+use super::advantages::{gae, masked, whiten_with};
 use super::algorithm::{
     aggregate, mask_count, masked_sum, Algorithm, BatchContext, CriticTargets, LossInput,
     LossOutput, LossType, Prepared, PreparedRow,
@@ -107,6 +107,19 @@ pub fn ppo_targets(
     reference: &[Vec<f32>],
     values: &[Vec<f32>],
 ) -> PpoTargets {
+    ppo_targets_in(cfg, samples, reference, values, &BatchContext::default())
+        .expect("one process computes its statistics alone")
+}
+
+/// [`ppo_targets`], whitening with the mean and std of `ctx`'s whole batch (every rank's
+/// advantages in a data-parallel job).
+pub fn ppo_targets_in(
+    cfg: &PpoConfig,
+    samples: &[Sample],
+    reference: &[Vec<f32>],
+    values: &[Vec<f32>],
+    ctx: &BatchContext,
+) -> Result<PpoTargets> {
     let (mut adv_all, mut ret_all, mut mask_all) = (Vec::new(), Vec::new(), Vec::new());
     let mut shapes = Vec::new();
     let (mut kl_sum, mut kl_n) = (0.0, 0.0);
@@ -136,7 +149,9 @@ pub fn ppo_targets(
         shapes.push(n);
     }
     if cfg.whiten_advantages {
-        whiten(&mut adv_all, &mask_all);
+        // Every rank takes part, even one without trained tokens.
+        let (m, std) = ctx.mean_std(&masked(&adv_all, &mask_all))?;
+        whiten_with(&mut adv_all, &mask_all, m, std);
     }
     let split = |flat: &[f64]| {
         let mut out = Vec::new();
@@ -147,11 +162,11 @@ pub fn ppo_targets(
         }
         out
     };
-    PpoTargets {
+    Ok(PpoTargets {
         advantages: split(&adv_all),
         returns: split(&ret_all),
         kl: if kl_n > 0.0 { kl_sum / kl_n } else { 0.0 },
-    }
+    })
 }
 
 impl Algorithm for Ppo {
@@ -192,7 +207,7 @@ impl Algorithm for Ppo {
                 &zeros
             }
         };
-        let t = ppo_targets(&self.cfg, samples, reference, values);
+        let t = ppo_targets_in(&self.cfg, samples, reference, values, ctx)?;
         stats.set(m::KL, t.kl);
         let rows = t
             .advantages

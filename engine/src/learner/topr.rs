@@ -98,10 +98,18 @@ impl Algorithm for Topr {
     fn prepare(
         &self,
         samples: &[Sample],
-        _ctx: &BatchContext,
+        ctx: &BatchContext,
         _stats: &mut Stats,
     ) -> Result<Prepared> {
-        let r = centred_rewards(samples, self.cfg.baseline);
+        let r = match self.cfg.baseline {
+            // The whole batch's mean, over every rank of a data-parallel job.
+            Baseline::Named(NamedBaseline::BatchMean) => {
+                let rewards: Vec<f64> = samples.iter().map(|s| s.reward).collect();
+                let (m, _) = ctx.mean_std(&rewards)?;
+                rewards.iter().map(|r| r - m).collect()
+            }
+            baseline => centred_rewards(samples, baseline),
+        };
         Ok(Prepared::per_sample(
             samples,
             (0..samples.len()).collect(),

@@ -16,9 +16,7 @@ use super::config::{RolloutEngine, RunConfig};
 use super::step_record::{mean_std, CompletionStats, PhaseTimes, RewardStats};
 use crate::device::parse_device;
 use crate::dist::{ProcessGroup, ReduceOp, Rendezvous};
-use crate::learner::advantages::ScaleRewards;
 use crate::learner::metrics::{self as m, Metrics};
-use crate::learner::topr::{Baseline, NamedBaseline};
 use crate::learner::AlgorithmKind;
 use crate::rollout::GenerationRequest;
 
@@ -52,20 +50,6 @@ fn check_supported(cfg: &RunConfig) -> anyhow::Result<()> {
         (
             learner.algorithm == AlgorithmKind::Grpo && learner.grpo.dynamic_sampling,
             "learner.grpo.dynamic_sampling (the refill is per process)",
-        ),
-        (
-            learner.algorithm == AlgorithmKind::Grpo
-                && learner.grpo.scale_rewards == ScaleRewards::Batch,
-            "learner.grpo.scale_rewards = \"batch\" (each rank would see its share)",
-        ),
-        (
-            learner.algorithm == AlgorithmKind::Ppo && learner.ppo.whiten_advantages,
-            "learner.ppo.whiten_advantages (each rank would whiten its share)",
-        ),
-        (
-            learner.algorithm == AlgorithmKind::Topr
-                && learner.topr.baseline == Baseline::Named(NamedBaseline::BatchMean),
-            "learner.topr.baseline = \"batch_mean\" (each rank would see its share)",
         ),
     ];
     let names: Vec<&str> = refused
