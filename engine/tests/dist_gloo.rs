@@ -2,7 +2,6 @@
 //! group and store connection) all-reduce, broadcast, gather and meet at barriers; a rank
 //! that leaves or never comes is an error on the others within the timeout, not a hang.
 
-use std::net::TcpListener;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -11,11 +10,7 @@ use tch::{Kind, Tensor};
 
 /// A port free right now on the loopback.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    oxrl::rollout::vllm::free_port().unwrap()
 }
 
 fn place(rank: usize, world_size: usize, port: u16) -> Rendezvous {

@@ -7,7 +7,6 @@
 
 mod learner_support;
 
-use std::net::TcpListener;
 use std::thread;
 use std::time::Duration;
 
@@ -80,11 +79,7 @@ fn two_ranks(
     shares: [Vec<Sample>; 2],
     updates: usize,
 ) -> Vec<Trained> {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = oxrl::rollout::vllm::free_port().unwrap();
     let ranks: Vec<_> = shares
         .into_iter()
         .enumerate()

@@ -4,7 +4,6 @@
 //! statuses collected, and the other ranks stopped as soon as one fails.
 
 use std::ffi::OsString;
-use std::net::TcpListener;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,16 +11,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::rollout::vllm::free_port;
+
 /// How long stopped ranks get to exit after SIGTERM before SIGKILL.
 const GRACE: Duration = Duration::from_secs(30);
 
 /// Runs this binary with `args` as ranks `0..nproc` on this machine and waits for them;
 /// fails naming the first rank that failed.
 pub fn run_local(nproc: usize, args: &[OsString]) -> anyhow::Result<()> {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("finding a free port for the ranks' rendezvous")?
-        .port();
+    let port = free_port().context("finding a free port for the ranks' rendezvous")?;
     let threads = std::env::var_os("OMP_NUM_THREADS").is_none().then(|| {
         // Each rank would take every core: share them, as torchrun does.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -187,6 +187,14 @@ impl ProcessGroup {
         self.result("all_reduce", error)
     }
 
+    /// `values` reduced elementwise across ranks (in f64: exact for counts), for the small
+    /// statistics a step shares.
+    pub fn all_reduce_values(&self, values: &[f64], op: ReduceOp) -> Result<Vec<f64>> {
+        let t = Tensor::from_slice(values);
+        self.all_reduce(&t, op)?;
+        Ok(Vec::<f64>::try_from(&t)?)
+    }
+
     /// Sums `tensors` across ranks in place, in flat buckets of about [`BUCKET_BYTES`] (one
     /// all-reduce per bucket); `mean` then divides by the world size. For gradients: any
     /// shapes, each rank passing the same list.
@@ -239,9 +247,8 @@ impl ProcessGroup {
     /// same number of values (checked).
     pub fn all_gather(&self, values: &[f64]) -> Result<Vec<Vec<f64>>> {
         let n = values.len() as f64;
-        let lengths = Tensor::from_slice(&[n, -n]);
-        self.all_reduce(&lengths, ReduceOp::Max)?;
-        let (longest, shortest) = (lengths.double_value(&[0]), -lengths.double_value(&[1]));
+        let lengths = self.all_reduce_values(&[n, -n], ReduceOp::Max)?;
+        let (longest, shortest) = (lengths[0], -lengths[1]);
         if longest != n || shortest != n {
             return Err(Error::Collective {
                 rank: self.rank,

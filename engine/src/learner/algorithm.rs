@@ -165,14 +165,10 @@ impl BatchContext<'_> {
         let Some(group) = self.ranks else {
             return Ok((mean(xs), std_unbiased(xs)));
         };
-        let sum = |values: [f64; 2]| -> Result<[f64; 2]> {
-            let t = Tensor::from_slice(&values);
-            group.all_reduce(&t, ReduceOp::Sum)?;
-            Ok([t.double_value(&[0]), t.double_value(&[1])])
-        };
-        let [n, total] = sum([xs.len() as f64, xs.iter().sum()])?;
-        let m = total / n.max(1.0);
-        let [_, squares] = sum([0.0, xs.iter().map(|x| (x - m).powi(2)).sum()])?;
+        let sums = group.all_reduce_values(&[xs.len() as f64, xs.iter().sum()], ReduceOp::Sum)?;
+        let (n, m) = (sums[0], sums[1] / sums[0].max(1.0));
+        let squares: f64 = xs.iter().map(|x| (x - m).powi(2)).sum();
+        let squares = group.all_reduce_values(&[squares], ReduceOp::Sum)?[0];
         let std = match n < 2.0 {
             true => 0.0,
             false => (squares / (n - 1.0)).sqrt(),

@@ -46,16 +46,12 @@ pub(super) fn global_scale(group: &ProcessGroup, local: StepScale) -> Result<Ste
 
 /// `values` summed elementwise over the ranks (f64: exact for counts).
 pub(super) fn sum(group: &ProcessGroup, values: &[f64]) -> Result<Vec<f64>> {
-    let t = Tensor::from_slice(values);
-    group.all_reduce(&t, ReduceOp::Sum)?;
-    Ok(Vec::<f64>::try_from(&t)?)
+    group.all_reduce_values(values, ReduceOp::Sum)
 }
 
 /// The largest `value` over the ranks.
 pub(super) fn max(group: &ProcessGroup, value: usize) -> Result<usize> {
-    let t = Tensor::from_slice(&[value as f64]);
-    group.all_reduce(&t, ReduceOp::Max)?;
-    Ok(t.double_value(&[0]) as usize)
+    Ok(group.all_reduce_values(&[value as f64], ReduceOp::Max)?[0] as usize)
 }
 
 /// Gives every parameter a gradient tensor (zeros) if no backward has yet: the all-reduce

@@ -98,11 +98,9 @@ pub fn job_stats(
             .iter()
             .map(|k| report.failures.get(k).copied().unwrap_or(0) as f64)
             .collect();
-        let t = tch::Tensor::from_slice(&counts);
-        group.all_reduce(&t, ReduceOp::Sum)?;
         named.failures = FailureKind::ALL
             .iter()
-            .zip(Vec::<f64>::try_from(&t)?)
+            .zip(group.all_reduce_values(&counts, ReduceOp::Sum)?)
             .filter(|(_, n)| *n > 0.0)
             .map(|(k, n)| (k.as_str().to_owned(), n as usize))
             .collect();
@@ -129,11 +127,8 @@ pub fn job_learner_metrics(group: &ProcessGroup, local: &Metrics) -> anyhow::Res
         let sign = if *name == m::RATIO_MIN { -1.0 } else { 1.0 };
         highs.push(value.map_or(f64::NEG_INFINITY, |v| sign * v));
     }
-    let sums = tch::Tensor::from_slice(&sums);
-    group.all_reduce(&sums, ReduceOp::Sum)?;
-    let highs = tch::Tensor::from_slice(&highs);
-    group.all_reduce(&highs, ReduceOp::Max)?;
-    let (sums, highs) = (Vec::<f64>::try_from(&sums)?, Vec::<f64>::try_from(&highs)?);
+    let sums = group.all_reduce_values(&sums, ReduceOp::Sum)?;
+    let highs = group.all_reduce_values(&highs, ReduceOp::Max)?;
     let mut out = Metrics::new();
     for (i, (name, _)) in m::ALL.iter().enumerate() {
         let (total, ranks) = (sums[2 * i], sums[2 * i + 1]);
@@ -170,7 +165,5 @@ pub fn rank_times(group: &ProcessGroup, mine: &PhaseTimes) -> anyhow::Result<Vec
 /// Whether any rank's `flag` is set (e.g. a signal that reached one rank): every rank then
 /// acts on it at the same step.
 pub fn any(group: &ProcessGroup, flag: bool) -> anyhow::Result<bool> {
-    let t = tch::Tensor::from_slice(&[flag as u8 as f64]);
-    group.all_reduce(&t, ReduceOp::Max)?;
-    Ok(t.double_value(&[0]) > 0.0)
+    Ok(group.all_reduce_values(&[flag as u8 as f64], ReduceOp::Max)?[0] > 0.0)
 }

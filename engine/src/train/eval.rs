@@ -12,7 +12,6 @@ use oxrl_envs::LoadedEnv;
 use oxrl_rewards::WeightedRewards;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use tch::Tensor;
 
 use super::config::{EvalSection, RolloutSection, RunConfig};
 use super::scoring::{score_batch, ScoredBatch};
@@ -151,10 +150,9 @@ impl Evaluator<'_> {
             }
         }
         if let Some(group) = self.group {
-            let sums = Tensor::from_slice(&[pass1, passk, majority, reward_sum]);
-            group.all_reduce(&sums, ReduceOp::Sum)?;
-            [pass1, passk, majority, reward_sum] =
-                <[f64; 4]>::try_from(Vec::<f64>::try_from(&sums)?).expect("four sums");
+            let sums = [pass1, passk, majority, reward_sum];
+            let sums = group.all_reduce_values(&sums, ReduceOp::Sum)?;
+            [pass1, passk, majority, reward_sum] = [sums[0], sums[1], sums[2], sums[3]];
         }
         let n = rows.len() as f64;
         Ok(EvalReport {
