@@ -48,6 +48,11 @@ pub struct Sample {
     pub reward: f64,
     /// Each named reward's score.
     pub rewards: BTreeMap<String, f64>,
+    /// A multi-turn episode's rewards where they were earned: (completion index of the
+    /// turn's last token, reward), summing to `reward`. Empty: `reward` is earned at the
+    /// last token (single-turn). PPO places them on those tokens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub turn_rewards: Vec<(usize, f64)>,
 }
 
 impl Sample {

@@ -363,6 +363,7 @@ fn ppo_targets_match_golden() {
                 finish_reason: FinishReason::Stop,
                 reward: s["reward"].as_f64().unwrap(),
                 rewards: Default::default(),
+                turn_rewards: Vec::new(),
             });
             refs.push(f32s("ref"));
             values.push(f32s("values"));

@@ -115,11 +115,17 @@ impl Default for DataConfig {
 pub struct EpisodeConfig {
     /// Most model turns per episode (default 8); single-turn tasks always take one.
     pub max_turns: usize,
+    /// Most tokens after the prompt, model and environment turns together (the trainer ends
+    /// the episode there, truncated); `None`: only the turn limit bounds it.
+    pub max_tokens: Option<usize>,
 }
 
 impl Default for EpisodeConfig {
     fn default() -> Self {
-        Self { max_turns: 8 }
+        Self {
+            max_turns: 8,
+            max_tokens: None,
+        }
     }
 }
 
@@ -183,6 +189,11 @@ impl LoadedEnv {
         base_dir: &Path,
         chat: Option<ChatTemplate>,
     ) -> Result<Self> {
+        if cfg.episode.max_tokens == Some(0) {
+            return Err(EnvError::Config(
+                "episode.max_tokens must be at least 1 (leave it out for no limit)".into(),
+            ));
+        }
         if cfg.episode.max_turns == 0 {
             return Err(EnvError::Config(
                 "episode.max_turns must be at least 1".into(),

@@ -32,6 +32,13 @@ pub struct StepResult {
     /// Whether the episode is over.
     #[serde(default)]
     pub done: bool,
+    /// Tool calls the model's turn made (counted in the run's metrics).
+    #[serde(default)]
+    pub tool_calls: usize,
+    /// How many of them failed (bad arguments, errors, time limits): the model got an error
+    /// observation instead of a result.
+    #[serde(default)]
+    pub tool_failures: usize,
 }
 
 impl StepResult {
@@ -41,7 +48,16 @@ impl StepResult {
             observation: vec![Message::new("user", text)],
             reward: 0.0,
             done: false,
+            tool_calls: 0,
+            tool_failures: 0,
         }
+    }
+
+    /// The observation answers a tool call; `failed` when it reports the tool's error.
+    pub fn tool_result(mut self, failed: bool) -> Self {
+        self.tool_calls += 1;
+        self.tool_failures += usize::from(failed);
+        self
     }
 
     /// The episode ends with `reward`.
@@ -50,6 +66,8 @@ impl StepResult {
             observation: Vec::new(),
             reward,
             done: true,
+            tool_calls: 0,
+            tool_failures: 0,
         }
     }
 }
@@ -90,6 +108,8 @@ pub struct Episode {
     messages: Vec<Message>,
     transcript: Transcript,
     rewards: Vec<f64>,
+    tool_calls: usize,
+    tool_failures: usize,
     max_turns: usize,
     done: bool,
     truncated: bool,
@@ -127,6 +147,8 @@ impl Episode {
             messages,
             transcript,
             rewards: Vec::new(),
+            tool_calls: 0,
+            tool_failures: 0,
             max_turns,
             done: false,
             truncated: false,
@@ -167,6 +189,8 @@ impl Episode {
         // turns are refused instead of continuing a half-recorded conversation.
         let step = self.env.step(content).inspect_err(|_| self.done = true)?;
         self.rewards.push(step.reward);
+        self.tool_calls += step.tool_calls;
+        self.tool_failures += step.tool_failures;
         if step.done || self.rewards.len() >= self.max_turns {
             self.done = true;
             self.truncated = !step.done;
@@ -249,6 +273,16 @@ impl Episode {
         &self.rewards
     }
 
+    /// Tool calls made so far.
+    pub fn tool_calls(&self) -> usize {
+        self.tool_calls
+    }
+
+    /// Tool calls that returned an error observation.
+    pub fn tool_failures(&self) -> usize {
+        self.tool_failures
+    }
+
     /// Sum of the per-turn rewards.
     pub fn total_reward(&self) -> f64 {
         self.rewards.iter().sum()
@@ -301,6 +335,7 @@ mod tests {
                 observation: vec![Message::new("user", format!("echo {action}"))],
                 reward: self.0 as f64,
                 done: self.0 == 2,
+                ..StepResult::default()
             })
         }
     }

@@ -135,6 +135,7 @@ fn draw_step(args: &PaddingArgs, step: usize, rng: &mut ChaCha8Rng) -> Vec<Sampl
                 finish_reason: FinishReason::Length,
                 reward: 0.0,
                 rewards: BTreeMap::new(),
+                turn_rewards: Vec::new(),
             });
         }
     }
@@ -218,6 +219,7 @@ mod tests {
             finish_reason: FinishReason::Length,
             reward: 0.0,
             rewards: BTreeMap::new(),
+            turn_rewards: Vec::new(),
         }
     }
 

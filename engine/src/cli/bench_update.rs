@@ -254,6 +254,7 @@ fn group_samples(args: &UpdateArgs) -> Vec<Sample> {
             finish_reason: FinishReason::Length,
             reward: i as f64 / (args.group.max(2) - 1) as f64,
             rewards: BTreeMap::new(),
+            turn_rewards: Vec::new(),
         })
         .collect()
 }

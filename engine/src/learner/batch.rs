@@ -421,6 +421,7 @@ mod tests {
                 finish_reason: crate::sample::FinishReason::Length,
                 reward: 0.0,
                 rewards: Default::default(),
+                turn_rewards: Vec::new(),
             })
             .collect();
         let mut refs: Vec<&Sample> = samples.iter().collect();

@@ -84,6 +84,7 @@ pub fn pair_samples(
         finish_reason: FinishReason::Stop,
         reward,
         rewards: BTreeMap::new(),
+        turn_rewards: Vec::new(),
     };
     [make(chosen, 1.0), make(rejected, 0.0)]
 }

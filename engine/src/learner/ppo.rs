@@ -4,9 +4,9 @@
 //!
 //! - per-token reward `r_t = -kl_coef * kl_t` on trained tokens (`kl_t = mu_t - ref_t` for
 //!   k1, `exp(ref - mu) - 1 - (ref - mu)` for k3), plus the sequence score on the last
-//!   completion token;
-//! - GAE(gamma, lam) per sequence, returns = A + V, advantages whitened over the batch's
-//!   trained tokens;
+//!   completion token (a multi-turn episode's: each turn's reward on its last token);
+//! - GAE(gamma, lam) per sequence over its trained tokens (an episode's environment tokens
+//!   are skipped), returns = A + V, advantages whitened over the batch's trained tokens;
 //! - loss = masked mean of `max(-A r, -A clip(r, 1 - c, 1 + c))`
 //!   + `vf_coef * 0.5 * masked mean of max((V - R)^2, (clip(V, V_old +- cv) - R)^2)`.
 //!
@@ -138,11 +138,16 @@ pub fn ppo_targets_in(
                 r[t] = -cfg.kl_coef * kl;
             }
         }
-        if n > 0 {
-            r[n - 1] += s.reward;
+        match s.turn_rewards.is_empty() {
+            true if n > 0 => r[n - 1] += s.reward,
+            true => {}
+            false => s
+                .turn_rewards
+                .iter()
+                .for_each(|&(t, reward)| r[t] += reward),
         }
         let v: Vec<f64> = v.iter().map(|&x| x as f64).collect();
-        let (a, ret) = gae(&r, &v, cfg.gamma, cfg.lam);
+        let (a, ret) = gae_over(&r, &v, &s.loss_mask, cfg.gamma, cfg.lam);
         adv_all.extend(a);
         ret_all.extend(ret);
         mask_all.extend(s.loss_mask.iter().copied());
@@ -167,6 +172,31 @@ pub fn ppo_targets_in(
         returns: split(&ret_all),
         kl: if kl_n > 0.0 { kl_sum / kl_n } else { 0.0 },
     })
+}
+
+/// GAE over the trained tokens alone: an episode's environment tokens are not the policy's
+/// actions, so each model token's next value is the next model token's, across any
+/// environment turn between them (as verl's multi-turn agent loop). Environment tokens get 0.
+/// With every token trained this is plain [`gae`].
+fn gae_over(
+    rewards: &[f64],
+    values: &[f64],
+    mask: &[bool],
+    gamma: f64,
+    lam: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    if mask.iter().all(|&m| m) {
+        return gae(rewards, values, gamma, lam);
+    }
+    let trained: Vec<usize> = (0..mask.len()).filter(|&t| mask[t]).collect();
+    let pick = |x: &[f64]| trained.iter().map(|&t| x[t]).collect::<Vec<_>>();
+    let (a, ret) = gae(&pick(rewards), &pick(values), gamma, lam);
+    let (mut adv, mut returns) = (vec![0.0; mask.len()], values.to_vec());
+    for (k, &t) in trained.iter().enumerate() {
+        adv[t] = a[k];
+        returns[t] = ret[k];
+    }
+    (adv, returns)
 }
 
 impl Algorithm for Ppo {

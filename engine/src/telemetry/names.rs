@@ -64,6 +64,31 @@ pub const REFILL_BATCHES_KEY: &str = "rollout/refill_batches";
 /// Dynamic sampling: extra rollout batches generated to refill steps.
 pub const ROLLOUT_REFILL_BATCHES_TOTAL: &str = "oxrl_rollout_refill_batches_total";
 
+/// `metrics.jsonl` (multi-turn tasks): mean model turns per episode.
+pub const EPISODE_TURNS_MEAN_KEY: &str = "episodes/turns_mean";
+/// Mean model turns per episode in the last step (multi-turn tasks).
+pub const EPISODE_TURNS: &str = "oxrl_episode_turns";
+/// `metrics.jsonl`: tool calls the step's environments answered.
+pub const EPISODE_TOOL_CALLS_KEY: &str = "episodes/tool_calls";
+/// Tool calls answered by the environments.
+pub const TOOL_CALLS_TOTAL: &str = "oxrl_tool_calls_total";
+/// `metrics.jsonl`: tool calls answered with an error.
+pub const EPISODE_TOOL_FAILURES_KEY: &str = "episodes/tool_failures";
+/// Tool calls answered with an error.
+pub const TOOL_FAILURES_TOTAL: &str = "oxrl_tool_failures_total";
+/// `metrics.jsonl`: episodes whose environment failed (crashed, hung, refused a turn).
+pub const EPISODE_ENV_FAILURES_KEY: &str = "episodes/env_failures";
+/// Episodes whose environment failed.
+pub const ENV_FAILURES_TOTAL: &str = "oxrl_env_failures_total";
+/// `metrics.jsonl`: mean tokens per episode the model generated.
+pub const EPISODE_MODEL_TOKENS_MEAN_KEY: &str = "episodes/model_tokens_mean";
+/// `metrics.jsonl`: mean tokens per episode the environments added.
+pub const EPISODE_ENV_TOKENS_MEAN_KEY: &str = "episodes/env_tokens_mean";
+/// Mean tokens per episode in the last step, by source (`model`, `env`).
+pub const EPISODE_TOKENS: &str = "oxrl_episode_tokens";
+/// `metrics.jsonl`: seconds the step spent in the environments (within generate_seconds).
+pub const ENV_SECONDS_KEY: &str = "time/env_seconds";
+
 /// `metrics.jsonl` (vLLM engine): mean |learner - engine| logprob per completion token.
 pub const LOGPROB_ABS_DIFF_MEAN_KEY: &str = "rollout/logprob_abs_diff_mean";
 /// Mean |learner - engine| logprob per completion token of the last step (vLLM engine).

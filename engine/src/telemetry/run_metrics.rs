@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use super::names as n;
 use crate::learner::metrics as learner;
 use crate::train::eval::EvalReport;
-use crate::train::step_record::StepRecord;
+use crate::train::step_record::{EpisodeStats, StepRecord};
 use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     Opts, Registry,
@@ -43,6 +43,13 @@ pub struct RunMetrics {
     staleness: IntGauge,
     stale_dropped: IntCounter,
     refills: IntCounter,
+    /// Multi-turn tasks: turns per episode, tool calls and failures, environment failures,
+    /// tokens per episode by source.
+    turns: Gauge,
+    tool_calls: IntCounter,
+    tool_failures: IntCounter,
+    env_failures: IntCounter,
+    episode_tokens: GaugeVec,
     /// Engine-vs-learner logprob gap: mean |Δ|, max |Δ|, KL (either engine).
     mismatch: [Gauge; 3],
     /// Gauges registered when first set: the learner's (whose names depend on the algorithm)
@@ -102,7 +109,27 @@ impl RunMetrics {
             &["rank", "phase"],
         )?;
         r.register(Box::new(rank_phases.clone()))?;
+        let episode_tokens = GaugeVec::new(
+            Opts::new(
+                n::EPISODE_TOKENS,
+                "Mean tokens per episode of the last step, by source (model, env)",
+            ),
+            &["source"],
+        )?;
+        r.register(Box::new(episode_tokens.clone()))?;
         Ok(Self {
+            turns: gauge(
+                &r,
+                n::EPISODE_TURNS,
+                "Mean model turns per episode of the last step",
+            )?,
+            tool_calls: int_counter(n::TOOL_CALLS_TOTAL, "Tool calls answered by the environments")?,
+            tool_failures: int_counter(n::TOOL_FAILURES_TOTAL, "Tool calls answered with an error")?,
+            env_failures: int_counter(
+                n::ENV_FAILURES_TOTAL,
+                "Episodes whose environment failed (crashed, hung, refused a turn)",
+            )?,
+            episode_tokens,
             steps: int_counter(n::STEPS_TOTAL, "Steps completed")?,
             step: int_gauge(n::STEP, "Index of the last completed step")?,
             version: int_gauge(n::POLICY_VERSION, "Policy version")?,
@@ -171,6 +198,19 @@ impl RunMetrics {
         })
     }
 
+    fn observe_episodes(&self, e: &EpisodeStats) {
+        self.turns.set(e.turns_mean);
+        self.tool_calls.inc_by(e.tool_calls as u64);
+        self.tool_failures.inc_by(e.tool_failures as u64);
+        self.env_failures.inc_by(e.env_failures as u64);
+        for (source, mean) in [("model", e.model_tokens_mean), ("env", e.env_tokens_mean)] {
+            self.episode_tokens.with_label_values(&[source]).set(mean);
+        }
+        self.phases
+            .with_label_values(&["environment"])
+            .observe(e.env_seconds);
+    }
+
     /// Records one finished step.
     pub fn observe_step(&self, r: &StepRecord) {
         self.steps.inc();
@@ -205,6 +245,9 @@ impl RunMetrics {
         }
         if let Some(sync) = r.time.sync {
             self.phases.with_label_values(&["sync"]).observe(sync);
+        }
+        if let Some(e) = &r.episodes {
+            self.observe_episodes(e);
         }
         for (rank, t) in r.rank_times.iter().enumerate() {
             for (phase, seconds) in t.phases() {
@@ -328,7 +371,7 @@ impl RunMetrics {
 mod tests {
     use super::*;
     use crate::train::step_record::{
-        CompletionStats, NamedRewardStats, PhaseTimes, RewardStats, RolloutStats,
+        CompletionStats, EpisodeStats, NamedRewardStats, PhaseTimes, RewardStats, RolloutStats,
     };
 
     /// The value of the sample line `name value` in the exposition text.
@@ -353,6 +396,15 @@ mod tests {
                 }],
             },
             completions: CompletionStats::of(vec![3, 8, 8], 8),
+            episodes: Some(EpisodeStats {
+                turns_mean: 2.5,
+                tool_calls: 3,
+                tool_failures: 1,
+                env_failures: 2,
+                model_tokens_mean: 40.0,
+                env_tokens_mean: 12.0,
+                env_seconds: 0.25,
+            }),
             rollout: RolloutStats {
                 tokens_per_second: Some(100.0),
                 staleness: 1,
@@ -407,6 +459,10 @@ mod tests {
             (n::LEARNER_TOKENS_PER_SECOND, 0.5),
             (n::DROPPED_SAMPLES_TOTAL, 1.0),
             (n::SKIPPED_STEPS_TOTAL, 1.0),
+            (n::EPISODE_TURNS, 2.5),
+            (n::TOOL_CALLS_TOTAL, 3.0),
+            (n::TOOL_FAILURES_TOTAL, 1.0),
+            (n::ENV_FAILURES_TOTAL, 2.0),
         ] {
             assert_eq!(sample(&text, name), Some(value), "{name}");
         }
@@ -423,7 +479,8 @@ mod tests {
             "{}{{phase=\"update\",rank=\"1\"}} 2.5",
             n::RANK_PHASE_SECONDS
         )));
-        for phase in ["generate", "reward", "update", "sync"] {
+        assert!(text.contains(&format!("{}{{source=\"env\"}} 12", n::EPISODE_TOKENS)));
+        for phase in ["generate", "reward", "update", "sync", "environment"] {
             assert!(family(&format!(
                 "{}_count{{phase=\"{phase}\"}} 1",
                 n::PHASE_SECONDS
@@ -468,6 +525,13 @@ mod tests {
             n::REWARD_SECONDS_KEY,
             n::UPDATE_SECONDS_KEY,
             n::STEP_SECONDS_KEY,
+            n::EPISODE_TURNS_MEAN_KEY,
+            n::EPISODE_TOOL_CALLS_KEY,
+            n::EPISODE_TOOL_FAILURES_KEY,
+            n::EPISODE_ENV_FAILURES_KEY,
+            n::EPISODE_MODEL_TOKENS_MEAN_KEY,
+            n::EPISODE_ENV_TOKENS_MEAN_KEY,
+            n::ENV_SECONDS_KEY,
         ] {
             assert!(
                 line.get(key).is_some_and(|v| v.is_number()),

@@ -5,6 +5,7 @@
 use oxrl_envs::{LoadedEnv, Row, Sampler};
 
 use super::config::RunConfig;
+use super::episodes::EpisodeOutcome;
 use crate::learner::{GapMeter, LogprobGap};
 use crate::rollout::{Generated, GenerationRequest};
 use crate::tokenizer::Tokenizer;
@@ -20,6 +21,11 @@ pub struct RolloutBatch {
     pub generated: Vec<Generated>,
     /// Version of the policy that generated them.
     pub policy_version: u64,
+    /// Multi-turn tasks: each completion's episode (its loss mask, turns, tools), aligned
+    /// with `generated`; empty for single-turn tasks.
+    pub episodes: Vec<EpisodeOutcome>,
+    /// Seconds the environments took (multi-turn tasks).
+    pub env_seconds: f64,
 }
 
 impl RolloutBatch {
@@ -27,9 +33,14 @@ impl RolloutBatch {
     /// completion that carries both (those another engine generated).
     pub fn recomputed_gap(&self) -> Option<LogprobGap> {
         let mut meter = GapMeter::default();
-        for g in &self.generated {
-            for (&engine, &learner) in g.logprobs.iter().zip(g.learner_logprobs.iter().flatten()) {
-                meter.add(learner, engine);
+        for (i, g) in self.generated.iter().enumerate() {
+            // An episode's environment tokens were not sampled.
+            let mask = self.episodes.get(i).map(|e| e.loss_mask.as_slice());
+            let learner = g.learner_logprobs.iter().flatten();
+            for (t, (&engine, &learner)) in g.logprobs.iter().zip(learner).enumerate() {
+                if mask.is_none_or(|m| m[t]) {
+                    meter.add(learner, engine);
+                }
             }
         }
         meter.finish()
@@ -46,6 +57,8 @@ impl RolloutBatch {
                 g.prompt_index += offset;
                 g
             }));
+        self.episodes.extend(other.episodes);
+        self.env_seconds += other.env_seconds;
     }
 
     /// Keeps the completions of the prompts `keep` says yes to (and those prompts' rows),
@@ -67,6 +80,13 @@ impl RolloutBatch {
         }
         take(&mut self.rows, &new_index);
         take(&mut self.request.prompts, &new_index);
+        if !self.episodes.is_empty() {
+            let mut kept = self
+                .generated
+                .iter()
+                .map(|g| new_index[g.prompt_index] != usize::MAX);
+            self.episodes.retain(|_| kept.next().unwrap_or(false));
+        }
         self.generated
             .retain(|g| new_index[g.prompt_index] != usize::MAX);
         for g in &mut self.generated {

@@ -9,6 +9,7 @@ use oxrl_envs::{EnvConfig, LoadedEnv, Row};
 use oxrl_rewards::{RewardSpec, WeightedRewards};
 use serde::{Deserialize, Serialize};
 
+use super::scoring::ENVIRONMENT;
 use crate::dist::DistSection;
 use crate::learner::lora::LoraConfig;
 use crate::learner::{AlgorithmKind, LearnerConfig, RolloutCorrection};
@@ -125,8 +126,8 @@ impl RandomModel {
     }
 }
 
-/// Why a multi-turn task is refused (until the trainer runs episodes).
-pub const MULTI_TURN: &str = "env.task is a multi-turn environment (calculator, guessing, external, or a custom multi-turn task); `oxrl train` runs single-turn tasks only for now: the envs crate runs episodes as a library (docs/envs.md)";
+/// Why a single-turn run without `[[rewards]]` is refused.
+pub const NO_REWARDS: &str = "no [[rewards]]: a single-turn task needs at least one reward (multi-turn tasks are scored by their environment)";
 
 fn default_max_nonfinite_steps() -> usize {
     3
@@ -261,10 +262,14 @@ impl RolloutSection {
         tokenizer: &Tokenizer,
         seed: u64,
     ) -> anyhow::Result<GenerationRequest> {
-        let prompts = rows
-            .iter()
-            .map(|r| Ok(tokenizer.encode(&env.prompt(r)?, false)?))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        // An episode renders its prompt when its environment starts it (`train::episodes`).
+        let prompts = match env.is_multi_turn() {
+            true => vec![Vec::new(); rows.len()],
+            false => rows
+                .iter()
+                .map(|r| Ok(tokenizer.encode(&env.prompt(r)?, false)?))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        };
         Ok(GenerationRequest {
             prompts,
             n,
@@ -447,9 +452,23 @@ impl RunConfig {
         WeightedRewards::from_specs(&registry, &self.rewards).context("building [[rewards]]")
     }
 
+    /// What a multi-turn task's run cannot do (yet), refused by name.
+    pub fn check_multi_turn(&self) -> anyhow::Result<()> {
+        if self.rollout.async_ {
+            bail!("rollout.async: a multi-turn task's episodes are played in the step (env.task = {:?}); set rollout.async = false", self.env.task);
+        }
+        if self.rollout.source == RolloutSource::Dataset {
+            bail!("rollout.source = \"dataset\" reads preference pairs; a multi-turn task (env.task = {:?}) plays episodes", self.env.task);
+        }
+        if let Some(r) = self.rewards.iter().find(|r| r.name == ENVIRONMENT) {
+            bail!("[[rewards]] name = {:?}: that name is the environment's own rewards in a multi-turn run; rename it", r.name);
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         if self.env.is_multi_turn() == Some(true) {
-            bail!("{MULTI_TURN}");
+            self.check_multi_turn()?;
         }
         if self.rollout.prompts_per_step == 0 || self.rollout.group_size == 0 {
             bail!("rollout.prompts_per_step and rollout.group_size must be at least 1");
@@ -476,8 +495,8 @@ impl RunConfig {
         if t == 0.0 && self.rollout.source != RolloutSource::Dataset {
             bail!("rollout.sampling.temperature = 0 (greedy): every completion of a group would be the same; training samples at a temperature > 0 (the learner scores at the same one)");
         }
-        if self.rewards.is_empty() {
-            bail!("no [[rewards]]: a run needs at least one reward");
+        if self.rewards.is_empty() && self.env.is_multi_turn() == Some(false) {
+            bail!("{NO_REWARDS}");
         }
         self.learner.validate()?;
         self.check_precision()?;

@@ -13,7 +13,8 @@ use oxrl_envs::Row;
 use oxrl_rewards::{CombinedScores, FailureKind};
 
 use super::config::{RolloutEngine, RunConfig};
-use super::step_record::{mean_std, CompletionStats, PhaseTimes, RewardStats};
+use super::episodes::EpisodeOutcome;
+use super::step_record::{mean_std, CompletionStats, EpisodeStats, PhaseTimes, RewardStats};
 use crate::device::parse_device;
 use crate::dist::{ProcessGroup, ReduceOp, Rendezvous};
 use crate::learner::metrics::{self as m, Metrics};
@@ -79,6 +80,40 @@ pub fn share(
     request.prompts = request.prompts[start..end].to_vec();
     request.prompt_offset += start;
     (rows[start..end].to_vec(), request)
+}
+
+/// The step's episode statistics over every rank's episodes (the slowest rank's environment
+/// seconds).
+pub fn job_episode_stats(
+    group: &ProcessGroup,
+    episodes: &[EpisodeOutcome],
+    env_seconds: f64,
+) -> anyhow::Result<EpisodeStats> {
+    let mine = EpisodeStats::of(episodes, env_seconds);
+    let count = episodes.len() as f64;
+    let sums = group.all_reduce_values(
+        &[
+            count,
+            mine.turns_mean * count,
+            mine.model_tokens_mean * count,
+            mine.env_tokens_mean * count,
+            mine.tool_calls as f64,
+            mine.tool_failures as f64,
+            mine.env_failures as f64,
+        ],
+        ReduceOp::Sum,
+    )?;
+    let slowest = group.all_reduce_values(&[env_seconds], ReduceOp::Max)?[0];
+    let total = sums[0].max(1.0);
+    Ok(EpisodeStats {
+        turns_mean: sums[1] / total,
+        model_tokens_mean: sums[2] / total,
+        env_tokens_mean: sums[3] / total,
+        tool_calls: sums[4] as usize,
+        tool_failures: sums[5] as usize,
+        env_failures: sums[6] as usize,
+        env_seconds: slowest,
+    })
 }
 
 /// The step's reward and completion statistics over every rank's share.

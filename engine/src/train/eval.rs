@@ -8,18 +8,19 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use oxrl_envs::LoadedEnv;
-use oxrl_rewards::WeightedRewards;
+use oxrl_envs::{LoadedEnv, Row};
+use oxrl_rewards::{CombinedScores, WeightedRewards};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::config::{EvalSection, RolloutSection, RunConfig};
-use super::scoring::{score_batch, ScoredBatch};
+use super::episodes::EpisodeRunner;
+use super::scoring::{score_batch, score_episodes};
 use crate::device::{parse_device, parse_kind};
 use crate::dist::{ProcessGroup, ReduceOp};
 use crate::model::Llama;
 use crate::pretrained::{LoadOptions, Pretrained};
-use crate::rollout::generate_batch;
+use crate::rollout::{generate_batch, Generated, GenerationRequest};
 use crate::telemetry::names as n;
 use crate::tokenizer::Tokenizer;
 
@@ -94,6 +95,8 @@ pub struct Evaluator<'a> {
     pub rewards: &'a WeightedRewards,
     /// Sampling options (besides the temperature), `max_tokens`, stop strings.
     pub rollout: &'a RolloutSection,
+    /// Plays a multi-turn task's episodes (`None` for single-turn tasks).
+    pub episodes: Option<&'a EpisodeRunner>,
     /// A data-parallel run's group: this rank evaluates every `world_size`-th batch of
     /// prompts and the ranks' sums are added, so every rank gets the one-process report.
     pub group: Option<&'a ProcessGroup>,
@@ -132,9 +135,7 @@ impl Evaluator<'_> {
                 seed.wrapping_add(chunk_index as u64),
             )?;
             request.sampling.temperature = opts.temperature;
-            let generated = generate_batch(self.model, &request, Some(self.tokenizer))?;
-            let ScoredBatch { texts, scores } =
-                score_batch(self.rewards, self.tokenizer, chunk, &generated)?;
+            let (generated, texts, scores) = self.sample(chunk, request)?;
             let totals = scores.total;
             reward_sum += totals.iter().sum::<f64>();
             for p in 0..chunk.len() {
@@ -167,6 +168,38 @@ impl Evaluator<'_> {
     }
 }
 
+impl Evaluator<'_> {
+    /// The completions of `request` (episodes, for a multi-turn task), the texts majority
+    /// voting reads (an episode's last model message) and their scores.
+    fn sample(
+        &self,
+        rows: &[Row],
+        request: GenerationRequest,
+    ) -> anyhow::Result<(Vec<Generated>, Vec<String>, CombinedScores)> {
+        let generate =
+            |r: &GenerationRequest| Ok(generate_batch(self.model, r, Some(self.tokenizer))?);
+        let Some(runner) = self.episodes else {
+            let generated = generate(&request)?;
+            let scored = score_batch(self.rewards, self.tokenizer, rows, &generated)?;
+            return Ok((generated, scored.texts, scored.scores));
+        };
+        let played = runner.run(self.env, self.tokenizer, rows, request, generate)?;
+        let scored = score_episodes(
+            self.rewards,
+            self.tokenizer,
+            rows,
+            &played.generated,
+            &played.episodes,
+        )?;
+        let answers = played
+            .episodes
+            .into_iter()
+            .map(|e| e.final_message)
+            .collect();
+        Ok((played.generated, answers, scored.scores))
+    }
+}
+
 /// `oxrl eval`: loads the model of `cfg` (or `model_dir`, e.g. an exported checkpoint), its
 /// environment and rewards, and evaluates it with `opts`, seeded by the run's seed.
 pub fn evaluate(
@@ -190,7 +223,9 @@ pub fn evaluate(
     let env =
         LoadedEnv::from_config(&cfg.env, &cfg.base_dir, template).context("building [env]")?;
     let rewards = cfg.build_rewards()?;
+    let runner = EpisodeRunner::new(cfg.env.episode.max_tokens);
     Evaluator {
+        episodes: env.is_multi_turn().then_some(&runner),
         group: None,
         model: &model.model,
         tokenizer: &model.tokenizer,

@@ -5,6 +5,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod config;
 pub mod data_parallel;
+pub mod episodes;
 pub mod eval;
 pub mod pairs;
 pub mod prefetch;

@@ -127,6 +127,8 @@ impl Prefetch {
             request: queued.request,
             generated,
             policy_version,
+            episodes: Vec::new(),
+            env_seconds: 0.0,
         })
     }
 

@@ -2,9 +2,10 @@
 //! training steps and evaluations share.
 
 use oxrl_envs::Row;
-use oxrl_rewards::{CombinedScores, WeightedRewards};
+use oxrl_rewards::{CombinedScores, FailureKind, RewardFailure, RewardReport, WeightedRewards};
 
 use super::batch::RolloutBatch;
+use super::episodes::EpisodeOutcome;
 use crate::rollout::Generated;
 use crate::tokenizer::Tokenizer;
 
@@ -36,6 +37,63 @@ pub fn score_batch(
         .collect::<Result<Vec<oxrl_rewards::Completion>, _>>()?;
     let scores = rewards.score(&inputs);
     Ok(ScoredBatch { texts, scores })
+}
+
+/// The name the environment's rewards report under in a multi-turn run.
+pub const ENVIRONMENT: &str = "environment";
+
+/// Scores a multi-turn batch: each episode's return from its environment (reported as the
+/// reward `environment`, an episode whose environment failed as a crash), plus `[[rewards]]`
+/// on the episode's last model message with its row's task data, which the total adds to the
+/// last turn. `texts` are the whole transcripts after the prompt.
+pub fn score_episodes(
+    rewards: &WeightedRewards,
+    tokenizer: &Tokenizer,
+    rows: &[Row],
+    generated: &[Generated],
+    episodes: &[EpisodeOutcome],
+) -> anyhow::Result<ScoredBatch> {
+    let texts = generated
+        .iter()
+        .map(|g| Ok(tokenizer.decode(&g.tokens, true)?))
+        .collect::<anyhow::Result<Vec<String>>>()?;
+    let finals = generated
+        .iter()
+        .zip(episodes)
+        .map(|(g, e)| {
+            serde_json::from_value(rows[g.prompt_index].with_completion(&e.final_message))
+        })
+        .collect::<Result<Vec<oxrl_rewards::Completion>, _>>()?;
+    let mut scores = rewards.score(&finals);
+    let environment = environment_report(episodes);
+    for (total, value) in scores.total.iter_mut().zip(&environment.values) {
+        *total += value;
+    }
+    scores.rewards.insert(0, environment);
+    Ok(ScoredBatch { texts, scores })
+}
+
+/// The environments' returns as one reward's report.
+fn environment_report(episodes: &[EpisodeOutcome]) -> RewardReport {
+    let scores: Vec<_> = episodes
+        .iter()
+        .map(|e| match &e.failure {
+            Some(why) => Err(RewardFailure::Crash(why.clone())),
+            None => Ok(e.env_return()),
+        })
+        .collect();
+    let failures = scores.iter().filter(|s| s.is_err()).count();
+    RewardReport {
+        name: ENVIRONMENT.into(),
+        weight: 1.0,
+        values: episodes.iter().map(EpisodeOutcome::env_return).collect(),
+        failures: match failures {
+            0 => Default::default(),
+            n => [(FailureKind::Crash, n)].into(),
+        },
+        scores,
+        seconds: 0.0,
+    }
 }
 
 impl ScoredBatch {

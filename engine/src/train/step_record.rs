@@ -9,6 +9,7 @@ use oxrl_rewards::CombinedScores;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Map, Value};
 
+use super::episodes::EpisodeOutcome;
 use crate::learner::metrics as learner;
 use crate::learner::{LogprobGap, Metrics};
 use crate::telemetry::names as n;
@@ -26,6 +27,8 @@ pub struct StepRecord {
     pub completions: CompletionStats,
     /// How the batch was generated.
     pub rollout: RolloutStats,
+    /// Multi-turn tasks: what the episodes did (`None` for single-turn tasks).
+    pub episodes: Option<EpisodeStats>,
     /// Seconds per phase.
     pub time: PhaseTimes,
     /// Data-parallel runs: each rank's seconds per phase, by rank (empty for one process).
@@ -131,6 +134,43 @@ pub struct RolloutStats {
     pub mismatch: Option<LogprobGap>,
 }
 
+/// What a step's episodes did (multi-turn tasks).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EpisodeStats {
+    /// Mean model turns per episode.
+    pub turns_mean: f64,
+    /// Tool calls the environments answered.
+    pub tool_calls: usize,
+    /// Tool calls answered with an error.
+    pub tool_failures: usize,
+    /// Episodes whose environment failed (crashed, hung, refused a turn).
+    pub env_failures: usize,
+    /// Mean tokens per episode the model generated, and the environments added.
+    pub model_tokens_mean: f64,
+    /// See `model_tokens_mean`.
+    pub env_tokens_mean: f64,
+    /// Seconds spent in the environments (part of the generate phase).
+    pub env_seconds: f64,
+}
+
+impl EpisodeStats {
+    /// The statistics of `episodes`, which took `env_seconds` in their environments.
+    pub fn of(episodes: &[EpisodeOutcome], env_seconds: f64) -> Self {
+        let count = episodes.len().max(1) as f64;
+        let mean =
+            |f: fn(&EpisodeOutcome) -> usize| episodes.iter().map(f).sum::<usize>() as f64 / count;
+        Self {
+            turns_mean: mean(EpisodeOutcome::turns),
+            tool_calls: episodes.iter().map(|e| e.tool_calls).sum(),
+            tool_failures: episodes.iter().map(|e| e.tool_failures).sum(),
+            env_failures: episodes.iter().filter(|e| e.failure.is_some()).count(),
+            model_tokens_mean: mean(EpisodeOutcome::model_tokens),
+            env_tokens_mean: mean(EpisodeOutcome::env_tokens),
+            env_seconds,
+        }
+    }
+}
+
 /// Seconds per phase of a step.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct PhaseTimes {
@@ -217,6 +257,15 @@ impl StepRecord {
             put(n::LOGPROB_ABS_DIFF_MEAN_KEY, json!(m.mean_abs));
             put(n::LOGPROB_ABS_DIFF_MAX_KEY, json!(m.max_abs));
             put(n::LOGPROB_KL_KEY, json!(m.kl));
+        }
+        if let Some(e) = &self.episodes {
+            put(n::EPISODE_TURNS_MEAN_KEY, json!(e.turns_mean));
+            put(n::EPISODE_TOOL_CALLS_KEY, json!(e.tool_calls));
+            put(n::EPISODE_TOOL_FAILURES_KEY, json!(e.tool_failures));
+            put(n::EPISODE_ENV_FAILURES_KEY, json!(e.env_failures));
+            put(n::EPISODE_MODEL_TOKENS_MEAN_KEY, json!(e.model_tokens_mean));
+            put(n::EPISODE_ENV_TOKENS_MEAN_KEY, json!(e.env_tokens_mean));
+            put(n::ENV_SECONDS_KEY, json!(e.env_seconds));
         }
         if let Some(sync) = self.time.sync {
             put(n::SYNC_SECONDS_KEY, json!(sync));

@@ -35,14 +35,17 @@ use super::batch::{PromptSource, RolloutBatch};
 use super::checkpoint::{self, TrainState};
 use super::config::{RolloutEngine, RolloutSource, RunConfig};
 use super::data_parallel;
+use super::episodes::{EpisodeOutcome, EpisodeRunner};
 use super::eval::Evaluator;
 use super::pairs;
 use super::prefetch::Prefetch;
 use super::progress::Progress;
 use super::run_lock::RunLock;
-use super::scoring::{score_batch, ScoredBatch};
+use super::scoring::{score_batch, score_episodes, ScoredBatch};
 use super::step_log::StepLog;
-use super::step_record::{CompletionStats, PhaseTimes, RewardStats, RolloutStats, StepRecord};
+use super::step_record::{
+    CompletionStats, EpisodeStats, PhaseTimes, RewardStats, RolloutStats, StepRecord,
+};
 use super::vllm_rollout::{hold, recompute_logprobs, SharedVllm, VllmRollout};
 use crate::device::{parse_device, parse_kind};
 use crate::learner::advantages::{group_advantages, ScaleRewards};
@@ -71,6 +74,8 @@ pub struct Trainer {
     prefetch: Option<Prefetch>,
     /// `rollout.engine = "vllm"`: the servers that generate (shared with the async worker).
     vllm: Option<SharedVllm>,
+    /// Multi-turn tasks: plays the episodes.
+    episodes: Option<EpisodeRunner>,
     /// The data cursor right after the rows of the last trained step were drawn (async mode
     /// draws ahead; a checkpoint must not skip the in-flight batch's prompts).
     trained_cursor: Option<Cursor>,
@@ -160,7 +165,11 @@ impl Trainer {
             learner,
             sampler,
             vllm: None,
+            episodes: None,
         };
+        if trainer.env.is_multi_turn() {
+            trainer.episodes = Some(EpisodeRunner::new(trainer.cfg.env.episode.max_tokens));
+        }
         if trainer.cfg.rollout.engine == RolloutEngine::Vllm {
             // Launched servers start from the current policy (a resumed run's checkpoint), or
             // a LoRA run's frozen base (its adapters are synced at start).
@@ -336,6 +345,7 @@ impl Trainer {
         }
         let start = Instant::now();
         let report = Evaluator {
+            episodes: self.episodes.as_ref(),
             group: self.learner.process_group(),
             model: self.learner.policy(),
             tokenizer: &self.tokenizer,
@@ -430,7 +440,11 @@ impl Trainer {
             prefetch.push_weights(&self.learner, step as u64 + 1);
         }
         let lengths = batch.generated.iter().map(|g| g.tokens.len()).collect();
-        let max_tokens = self.cfg.rollout.max_tokens;
+        // An episode is cut at its token budget, not at one turn's max_tokens.
+        let max_tokens = match self.episodes {
+            Some(_) => self.cfg.env.episode.max_tokens.unwrap_or(usize::MAX),
+            None => self.cfg.rollout.max_tokens,
+        };
         let (rewards, completions) = match self.learner.process_group() {
             Some(group) => data_parallel::job_stats(group, &scored.scores, lengths, max_tokens)?,
             None => (
@@ -455,10 +469,20 @@ impl Trainer {
             Some(group) => data_parallel::rank_times(group, &time)?,
             None => Vec::new(),
         };
+        let episodes = match (&self.episodes, self.learner.process_group()) {
+            (None, _) => None,
+            (Some(_), None) => Some(EpisodeStats::of(&batch.episodes, batch.env_seconds)),
+            (Some(_), Some(group)) => Some(data_parallel::job_episode_stats(
+                group,
+                &batch.episodes,
+                batch.env_seconds,
+            )?),
+        };
         let record = StepRecord {
             step,
             policy_version: step as u64 + 1,
             rewards,
+            episodes,
             rollout: RolloutStats {
                 tokens_per_second: (self.cfg.rollout.source == RolloutSource::Policy)
                     .then(|| completions.tokens() as f64 / rollout_secs),
@@ -504,6 +528,8 @@ impl Trainer {
                 rows,
                 request,
                 policy_version: step as u64,
+                episodes: Vec::new(),
+                env_seconds: 0.0,
             }),
         }
     }
@@ -523,16 +549,32 @@ impl Trainer {
             None => step as u64,
         };
         let (vllm, learner) = (self.vllm.as_ref(), &self.learner);
-        let mut generated = complete(vllm, learner, &self.tokenizer, &request)?;
+        let mut batch = match &self.episodes {
+            Some(runner) => {
+                let complete = |r: &GenerationRequest| complete(vllm, learner, &self.tokenizer, r);
+                let played = runner.run(&self.env, &self.tokenizer, &rows, request, complete)?;
+                RolloutBatch {
+                    rows,
+                    request: played.request,
+                    generated: played.generated,
+                    policy_version,
+                    episodes: played.episodes,
+                    env_seconds: played.env_seconds,
+                }
+            }
+            None => RolloutBatch {
+                generated: complete(vllm, learner, &self.tokenizer, &request)?,
+                rows,
+                request,
+                policy_version,
+                episodes: Vec::new(),
+                env_seconds: 0.0,
+            },
+        };
         if self.vllm.is_some() {
-            recompute_logprobs(&self.learner, &request, &mut generated)?;
+            recompute_logprobs(&self.learner, &batch.request, &mut batch.generated)?;
         }
-        Ok(RolloutBatch {
-            rows,
-            request,
-            generated,
-            policy_version,
-        })
+        Ok(batch)
     }
 
     /// Before step `step` generates: the learner's weights (version `step`) go to the vLLM
@@ -615,6 +657,15 @@ impl Trainer {
     }
 
     fn score(&self, batch: &RolloutBatch) -> anyhow::Result<ScoredBatch> {
+        if self.episodes.is_some() {
+            return score_episodes(
+                &self.rewards,
+                &self.tokenizer,
+                &batch.rows,
+                &batch.generated,
+                &batch.episodes,
+            );
+        }
         score_batch(
             &self.rewards,
             &self.tokenizer,
@@ -680,7 +731,14 @@ impl Trainer {
             .map(|(i, g)| Sample {
                 prompt_ids: batch.request.prompts[g.prompt_index].clone(),
                 completion_ids: g.tokens.clone(),
-                loss_mask: vec![true; g.tokens.len()],
+                loss_mask: match batch.episodes.get(i) {
+                    Some(e) => e.loss_mask.clone(),
+                    None => vec![true; g.tokens.len()],
+                },
+                turn_rewards: batch
+                    .episodes
+                    .get(i)
+                    .map_or_else(Vec::new, |e| turn_rewards(e, scores.total[i])),
                 behaviour_logprobs: g.logprobs.clone(),
                 learner_logprobs: g.learner_logprobs.clone(),
                 policy_version: batch.policy_version,
@@ -796,6 +854,16 @@ fn complete(
     }
 }
 
+/// An episode's rewards where they were earned: the environment's on each turn's last token,
+/// with the rest of `total` (the `[[rewards]]` on the final message) on the last turn's.
+fn turn_rewards(episode: &EpisodeOutcome, total: f64) -> Vec<(usize, f64)> {
+    let mut turns = episode.turn_rewards.clone();
+    if let Some(last) = turns.last_mut() {
+        last.1 += total - episode.env_return();
+    }
+    turns
+}
+
 /// `[learner]`, scoring at the rollout's sampling temperature.
 fn learner_config(cfg: &RunConfig) -> crate::learner::LearnerConfig {
     crate::learner::LearnerConfig {
@@ -846,7 +914,9 @@ fn load_policy(cfg: &RunConfig) -> anyhow::Result<(VarStore, Llama, Tokenizer)> 
 /// preference pairs that stand in for rollouts. Rows skipped as malformed are reported.
 fn check_env(cfg: &RunConfig, env: &LoadedEnv) -> anyhow::Result<()> {
     if env.is_multi_turn() {
-        anyhow::bail!("{}", super::config::MULTI_TURN);
+        cfg.check_multi_turn()?;
+    } else if cfg.rewards.is_empty() {
+        anyhow::bail!("{}", super::config::NO_REWARDS);
     }
     let skipped = env.skipped();
     if !skipped.is_empty() {

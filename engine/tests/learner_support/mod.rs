@@ -112,6 +112,7 @@ pub fn sample(prompt: &[u32], completion: &[u32], logps: Vec<f32>, group: u64) -
         finish_reason: FinishReason::Length,
         reward: r,
         rewards: BTreeMap::from([("exact".to_string(), r)]),
+        turn_rewards: Vec::new(),
     }
 }
 

@@ -138,14 +138,13 @@ impl Environment for CalculatorEnv {
             let correct = extract_answer(answer) == Some(gold);
             return Ok(StepResult::finish(f64::from(u8::from(correct))));
         }
-        let reply = match extract_tag(action, "calc") {
+        Ok(match extract_tag(action, "calc") {
             Some(expression) => match expr::evaluate(expression) {
-                Ok(v) => format!("<result>{v}</result>"),
-                Err(e) => format!("<error>{e}</error>"),
+                Ok(v) => StepResult::reply(format!("<result>{v}</result>")).tool_result(false),
+                Err(e) => StepResult::reply(format!("<error>{e}</error>")).tool_result(true),
             },
-            None => "No tool call or answer found. Reply with <calc>EXPRESSION</calc> or <answer>NUMBER</answer>.".to_owned(),
-        };
-        Ok(StepResult::reply(reply))
+            None => StepResult::reply("No tool call or answer found. Reply with <calc>EXPRESSION</calc> or <answer>NUMBER</answer>."),
+        })
     }
 }
 
@@ -158,16 +157,16 @@ mod tests {
         let row = &Calculator.generate(1, 0).unwrap()[0];
         let mut env = CalculatorEnv::default();
         env.reset(row).unwrap();
-        let obs = |s: StepResult| s.observation[0].content.clone();
-        assert_eq!(
-            obs(env.step("<calc>12 * (3 + 4)</calc>").unwrap()),
-            "<result>84</result>"
-        );
-        assert_eq!(
-            obs(env.step("<calc>1/0</calc>").unwrap()),
-            "<error>division by zero</error>"
-        );
-        assert!(obs(env.step("hmm").unwrap()).starts_with("No tool call"));
+        let obs = |s: &StepResult| s.observation[0].content.clone();
+        let ok = env.step("<calc>12 * (3 + 4)</calc>").unwrap();
+        assert_eq!(obs(&ok), "<result>84</result>");
+        assert_eq!((ok.tool_calls, ok.tool_failures), (1, 0));
+        let failed = env.step("<calc>1/0</calc>").unwrap();
+        assert_eq!(obs(&failed), "<error>division by zero</error>");
+        assert_eq!((failed.tool_calls, failed.tool_failures), (1, 1));
+        let none = env.step("hmm").unwrap();
+        assert!(obs(&none).starts_with("No tool call"));
+        assert_eq!(none.tool_calls, 0);
         let wrong = env.step("<answer>-1</answer>").unwrap();
         assert!(wrong.done && wrong.reward == 0.0);
     }

@@ -132,6 +132,7 @@ impl Environment for GuessingEnv {
                     observation: vec![Message::new("user", "correct")],
                     reward: (optimal as f64 / self.guesses as f64).min(1.0),
                     done: true,
+                    ..StepResult::default()
                 })
             }
             Some(g) if g < secret => "higher",
