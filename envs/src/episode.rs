@@ -6,10 +6,13 @@
 //! and the environment's answer, the template is rendered again and the text after what is
 //! already in the transcript is the environment's segment (template glue such as the newline
 //! after `<|im_end|>`, the tool result, the next generation prompt). The model's text is kept
-//! exactly as generated; if the template would have written the model's turn differently
-//! (e.g. it strips whitespace), the segment starts where the template closes the assistant
-//! turn. Templates that rewrite earlier turns (some drop past reasoning) are refused with
-//! [`EnvError::TemplateNotAppendOnly`].
+//! exactly as generated. When the template would write the history differently (it strips
+//! whitespace from the model's turn, or drops past turns' reasoning as Qwen3's does), the
+//! segment is the template's own continuation for the new messages: what it writes after the
+//! last assistant message (rendered with a marker in its place), less the part of its closing
+//! the model already generated; [`Episode::rewrites_history`] then says the transcript differs
+//! from a fresh rendering of the whole conversation. Only a template that does not write the
+//! last assistant message at all cannot be continued ([`EnvError::TemplateNotAppendOnly`]).
 
 use std::sync::Arc;
 
@@ -19,6 +22,9 @@ use crate::chat_template::{ChatTemplate, Message};
 use crate::error::{EnvError, Result};
 use crate::row::Row;
 use crate::transcript::Transcript;
+
+/// Stands in for the last assistant message when the template's text after it is looked for.
+const TURN_MARKER: &str = "\u{1}oxrl-turn\u{1}";
 
 /// What the environment answers to one model turn.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -110,6 +116,7 @@ pub struct Episode {
     rewards: Vec<f64>,
     tool_calls: usize,
     tool_failures: usize,
+    rewrites_history: bool,
     max_turns: usize,
     done: bool,
     truncated: bool,
@@ -149,6 +156,7 @@ impl Episode {
             rewards: Vec::new(),
             tool_calls: 0,
             tool_failures: 0,
+            rewrites_history: false,
             max_turns,
             done: false,
             truncated: false,
@@ -196,7 +204,7 @@ impl Episode {
             self.truncated = !step.done;
             return Ok(Turn::Done);
         }
-        match self.observe(content, step.observation) {
+        match self.observe(step.observation) {
             Ok(env_text) => Ok(Turn::Continue(env_text)),
             Err(e) => {
                 self.done = true;
@@ -206,36 +214,42 @@ impl Episode {
     }
 
     /// Adds the observation to the conversation and the environment text to the transcript.
-    fn observe(&mut self, content: &str, observation: Vec<Message>) -> Result<String> {
-        let closed = self.template.render(&self.messages, false)?;
+    fn observe(&mut self, observation: Vec<Message>) -> Result<String> {
         self.messages.extend(observation);
-        let next = self.template.render(&self.messages, true)?;
-        let env_text = self.continuation(content, &closed, &next)?;
+        let env_text = self.continuation()?;
         self.transcript.push_env(env_text.clone());
         Ok(env_text)
     }
 
-    /// The environment text that follows the model's turn (see the module docs).
-    fn continuation(&self, content: &str, closed: &str, next: &str) -> Result<String> {
+    /// The environment text that follows the model's turn (see the module docs): what the
+    /// whole conversation's rendering adds to the transcript when the template only appends;
+    /// otherwise what the template writes after the last assistant message (rendered with a
+    /// marker in its place): its closing, the new messages, the next generation prompt.
+    fn continuation(&mut self) -> Result<String> {
         let so_far = self.transcript.text();
+        let next = self.template.render(&self.messages, true)?;
         if let Some(rest) = next.strip_prefix(so_far.as_str()) {
             return Ok(rest.to_owned());
         }
-        let after_closed = next
-            .strip_prefix(closed)
-            .ok_or(EnvError::TemplateNotAppendOnly)?;
-        // Where the template's rendering of this assistant turn ends its content.
-        let content_end = [content, content.trim()]
-            .into_iter()
-            .find_map(|c| closed.rfind(c).map(|p| p + c.len()))
-            .ok_or(EnvError::TemplateNotAppendOnly)?;
-        let closing = &closed[content_end..];
-        // Drop the part of the closing (e.g. `<|im_end|>`) that the model already generated.
-        let overlap = (0..=closing.len())
+        self.rewrites_history = true;
+        let mut marked = self.messages.clone();
+        let last = marked
+            .iter_mut()
             .rev()
-            .find(|&k| closing.is_char_boundary(k) && so_far.ends_with(&closing[..k]))
+            .find(|m| m.role == "assistant")
+            .ok_or(EnvError::TemplateNotAppendOnly)?;
+        last.content = TURN_MARKER.to_owned();
+        let marked = self.template.render(&marked, true)?;
+        let after = marked
+            .find(TURN_MARKER)
+            .map(|at| &marked[at + TURN_MARKER.len()..])
+            .ok_or(EnvError::TemplateNotAppendOnly)?;
+        // Drop the part of the closing (e.g. `<|im_end|>`) that the model already generated.
+        let overlap = (0..=after.len())
+            .rev()
+            .find(|&k| after.is_char_boundary(k) && so_far.ends_with(&after[..k]))
             .unwrap_or(0);
-        Ok(format!("{}{after_closed}", &closing[overlap..]))
+        Ok(after[overlap..].to_owned())
     }
 
     /// Drives the episode to the end with a policy that maps the conversation so far to the
@@ -271,6 +285,13 @@ impl Episode {
     /// Reward of each turn.
     pub fn rewards(&self) -> &[f64] {
         &self.rewards
+    }
+
+    /// Whether the chat template rendered an earlier turn differently once the conversation
+    /// grew (e.g. Qwen3 drops past turns' thinking): the transcript then keeps what the model
+    /// saw, and no longer equals a fresh rendering of the whole conversation.
+    pub fn rewrites_history(&self) -> bool {
+        self.rewrites_history
     }
 
     /// Tool calls made so far.
@@ -320,6 +341,9 @@ mod tests {
 
     const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
     const STRIPPING: &str = "{% for m in messages %}[{{ m.role }}]{{ m.content.strip() }}[/]{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}";
+    /// Writes a think marker in the generation prompt and the last assistant turn only, as
+    /// Qwen3's template drops past reasoning.
+    const DROPS_PAST_THINKING: &str = "{% for m in messages %}<{{ m.role }}>{% if m.role == 'assistant' and loop.last %}[think]{% endif %}{{ m.content }}</>{% endfor %}{% if add_generation_prompt %}<assistant>[think]{% endif %}";
     const DROPS_HISTORY: &str = "{% for m in messages %}{% if loop.last or m.role != 'assistant' %}<{{ m.role }}>{{ m.content }}{% endif %}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";
 
     /// Echoes the action back for two turns.
@@ -437,7 +461,24 @@ mod tests {
     }
 
     #[test]
-    fn template_rewriting_history_is_refused() {
+    fn template_rewriting_earlier_turns_continues_with_its_text_for_the_new_messages() {
+        let mut ep = episode(DROPS_PAST_THINKING, 5);
+        assert_eq!(ep.prompt(), "<user>go</><assistant>[think]");
+        let Turn::Continue(text) = ep.model_turn("hi", Some("</>"), None).unwrap() else {
+            panic!("episode ended early")
+        };
+        assert_eq!(text, "<user>echo hi</><assistant>[think]");
+        assert!(ep.rewrites_history());
+        assert_eq!(
+            ep.transcript().text(),
+            "<user>go</><assistant>[think]hi</><user>echo hi</><assistant>[think]",
+            "what the model saw, not the re-rendering that dropped [think]"
+        );
+        assert!(!episode(CHATML, 5).rewrites_history());
+    }
+
+    #[test]
+    fn template_dropping_the_last_turn_is_refused() {
         let mut ep = episode(DROPS_HISTORY, 5);
         let err = ep.model_turn("hi", None, None).unwrap_err();
         assert!(matches!(err, EnvError::TemplateNotAppendOnly), "{err}");

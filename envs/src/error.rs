@@ -85,9 +85,9 @@ pub enum EnvError {
     /// An episode was driven out of order (a step after done, a model turn twice ...).
     #[error("episode: {0}")]
     Episode(String),
-    /// The chat template rewrites earlier turns when a turn is appended, so a conversation
-    /// cannot grow by appending text (see `episode` docs).
-    #[error("chat template is not append-only: rendering one more turn changes earlier text")]
+    /// The chat template does not write the last assistant message once a message follows it,
+    /// so there is no continuation to append (see `episode` docs).
+    #[error("chat template is not append-only: it does not write the last assistant message once the environment answers, so the episode cannot be continued")]
     TemplateNotAppendOnly,
     /// An external environment process failed, timed out or broke the protocol.
     #[error("external environment `{command}`: {reason}")]

@@ -367,3 +367,50 @@ impl Critic {
             .to_kind(Kind::Float)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::FinishReason;
+
+    /// An episode of two model turns (tokens 0-1 and 4) around two environment tokens.
+    fn episode() -> Sample {
+        Sample {
+            prompt_ids: vec![1],
+            completion_ids: vec![5, 6, 7, 8, 9],
+            loss_mask: vec![true, true, false, false, true],
+            behaviour_logprobs: vec![-1.0, -1.0, 0.0, 0.0, -1.0],
+            learner_logprobs: None,
+            policy_version: 0,
+            group_id: 0,
+            finish_reason: FinishReason::Environment,
+            reward: 1.5,
+            rewards: Default::default(),
+            turn_rewards: vec![(1, 0.5), (4, 1.0)],
+        }
+    }
+
+    #[test]
+    fn an_episode_earns_each_turn_reward_on_its_last_token_and_gae_skips_environment_tokens() {
+        let cfg = PpoConfig {
+            kl_coef: 0.0,
+            gamma: 1.0,
+            lam: 1.0,
+            whiten_advantages: false,
+            ..PpoConfig::default()
+        };
+        let values = vec![0.1, 0.2, 9.0, 9.0, 0.3];
+        let t = ppo_targets(&cfg, &[episode()], &[vec![0.0; 5]], &[values]);
+        // gamma = lam = 1: A_t = the rewards from t on - V_t, over the model's tokens alone
+        // (rewards 0, 0.5, 1.0; values 0.1, 0.2, 0.3); the environment's values never enter.
+        let expected = [1.4, 1.3, 0.0, 0.0, 0.7];
+        for (a, e) in t.advantages[0].iter().zip(expected) {
+            assert!((*a as f64 - e).abs() < 1e-6, "{:?}", t.advantages[0]);
+        }
+        assert!((t.returns[0][1] - 1.5).abs() < 1e-6, "{:?}", t.returns[0]);
+        // gamma < 1 discounts across the environment's turn as one step.
+        let discounted = PpoConfig { gamma: 0.5, ..cfg };
+        let t = ppo_targets(&discounted, &[episode()], &[vec![0.0; 5]], &[vec![0.0; 5]]);
+        assert!((t.advantages[0][1] - (0.5 + 0.5 * 1.0)).abs() < 1e-6, "{:?}", t.advantages[0]);
+    }
+}

@@ -16,6 +16,7 @@
 //! played so far and their rewards. A failing tool is the environment's business: it answers
 //! with an error observation and the episode goes on.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -43,6 +44,10 @@ pub struct EpisodeOutcome {
     pub failure: Option<String>,
     /// The last model message (what `[[rewards]]` score, and eval's majority vote reads).
     pub final_message: String,
+    /// Whether the chat template wrote earlier turns differently as the conversation grew
+    /// (`Episode::rewrites_history`): the ledger, what the model saw, then differs from a
+    /// fresh rendering of the whole conversation.
+    pub rewrites_history: bool,
 }
 
 impl EpisodeOutcome {
@@ -86,6 +91,8 @@ pub struct EpisodeBatch {
 pub struct EpisodeRunner {
     idle: Mutex<Vec<Box<dyn Environment>>>,
     max_tokens: Option<usize>,
+    /// Whether the run was told that its chat template rewrites history.
+    warned: AtomicBool,
 }
 
 /// An episode being played.
@@ -109,6 +116,7 @@ impl EpisodeRunner {
         Self {
             idle: Mutex::default(),
             max_tokens,
+            warned: AtomicBool::new(false),
         }
     }
 
@@ -327,6 +335,10 @@ impl EpisodeRunner {
         let mut outcome = l.outcome;
         outcome.tool_calls = l.episode.tool_calls();
         outcome.tool_failures = l.episode.tool_failures();
+        outcome.rewrites_history = l.episode.rewrites_history();
+        if outcome.rewrites_history && !self.warned.swap(true, Ordering::Relaxed) {
+            eprintln!("note: the chat template writes earlier turns differently as a conversation grows (e.g. it drops past reasoning); episodes continue with its text for each new message, and train on what the model saw");
+        }
         if outcome.failure.is_none() {
             if let Ok(mut idle) = self.idle.lock() {
                 idle.push(l.episode.into_environment());
