@@ -411,6 +411,10 @@ mod tests {
         // gamma < 1 discounts across the environment's turn as one step.
         let discounted = PpoConfig { gamma: 0.5, ..cfg };
         let t = ppo_targets(&discounted, &[episode()], &[vec![0.0; 5]], &[vec![0.0; 5]]);
-        assert!((t.advantages[0][1] - (0.5 + 0.5 * 1.0)).abs() < 1e-6, "{:?}", t.advantages[0]);
+        assert!(
+            (t.advantages[0][1] - (0.5 + 0.5 * 1.0)).abs() < 1e-6,
+            "{:?}",
+            t.advantages[0]
+        );
     }
 }
