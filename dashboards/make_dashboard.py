@@ -1,5 +1,5 @@
 """Writes oxrl.json, the Grafana dashboard of a run (rows: rewards, evaluation, policy,
-throughput, system).
+episodes, throughput, system).
 
 Run: python3 dashboards/make_dashboard.py. Every PromQL expression here is also checked against
 a live run scraped by a real Prometheus in tests/prometheus_scrape.rs (it reads PANELS from the
@@ -28,6 +28,13 @@ ROWS = {
         ("Importance ratio", ["oxrl_learner_ratio_mean", "oxrl_learner_ratio_min", "oxrl_learner_ratio_max"]),
         ("Grad norm", ["oxrl_learner_grad_norm"]),
         ("Learning rate", ["oxrl_learner_learning_rate"]),
+    ],
+    "Episodes (multi-turn tasks)": [
+        ("Model turns per episode", ["oxrl_episode_turns"]),
+        ("Tokens per episode, model vs environment", ["oxrl_episode_tokens"]),
+        ("Tool calls, tool failures and environment failures / s",
+         ["rate(oxrl_tool_calls_total[5m])", "rate(oxrl_tool_failures_total[5m])",
+          "rate(oxrl_env_failures_total[5m])"]),
     ],
     "Throughput": [
         ("Tokens / s", ["oxrl_rollout_tokens_per_second", "oxrl_learner_tokens_per_second"]),

@@ -122,14 +122,15 @@ fn prometheus_scrapes_a_live_run_and_the_dashboard_queries_work() {
     let empty: Vec<String> = dashboard_exprs()
         .into_iter()
         // Series that only exist once something goes wrong (failures), with KL (beta > 0), on
-        // a GPU, when another engine (vLLM) sampled (the rollout correction), or on several
-        // ranks.
+        // a GPU, when another engine (vLLM) sampled (the rollout correction), on several
+        // ranks, or on multi-turn tasks (episodes).
         .filter(|e| {
             !e.contains("failures")
                 && e != "oxrl_learner_kl"
                 && !e.contains("gpu")
                 && !e.contains("rollout_is_")
                 && !e.contains("rank_phase")
+                && !e.contains("episode")
         })
         .filter(|e| query(&prom, e).is_empty())
         .collect();
