@@ -16,6 +16,7 @@ use crate::prompt::{FewShot, PromptConfig, PromptFormatter};
 use crate::row::Row;
 use crate::tasks::math::{ArithmeticConfig, MathTask};
 use crate::tasks::{self, RewardKind, Task, TaskKind};
+use crate::tools::{ToolTask, ToolsConfig};
 
 /// `[env]`: which task, which data, how prompts look, how long episodes run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +40,10 @@ pub struct EnvConfig {
     /// `[env.arithmetic]`: difficulty of `task = "arithmetic"` (defaults when absent).
     #[serde(default)]
     pub arithmetic: Option<ArithmeticConfig>,
+    /// `[env.tools]`: tools a single-turn task's episodes may call before answering, which
+    /// makes the task multi-turn (`tools`).
+    #[serde(default)]
+    pub tools: Option<ToolsConfig>,
     /// Extra chat-template variables, e.g. `{ enable_thinking = false }` for Qwen3: what
     /// transformers' `apply_chat_template(..., **kwargs)` passes on. Every chat-template render
     /// of the run (prompts and episode turns) uses them.
@@ -55,7 +60,10 @@ impl EnvConfig {
     /// loaded): [`TaskKind::is_multi_turn`] of `task`. `None` for `task = "custom"`, whose
     /// program-supplied task decides; [`LoadedEnv::is_multi_turn`] answers after loading.
     pub fn is_multi_turn(&self) -> Option<bool> {
-        self.task.is_multi_turn()
+        match self.tools {
+            Some(_) => Some(true),
+            None => self.task.is_multi_turn(),
+        }
     }
 }
 
@@ -163,7 +171,8 @@ impl LoadedEnv {
         base_dir: &Path,
         chat: Option<ChatTemplate>,
     ) -> Result<Self> {
-        Self::build(build_task(cfg, base_dir)?, cfg, base_dir, chat)
+        let (task, chat) = with_tools(build_task(cfg, base_dir)?, cfg, chat)?;
+        Self::build(task, cfg, base_dir, chat)
     }
 
     /// Like [`LoadedEnv::from_config`], with a task written in Rust by the program that embeds
@@ -180,6 +189,7 @@ impl LoadedEnv {
                 cfg.task
             )));
         }
+        let (task, chat) = with_tools(task, cfg, chat)?;
         Self::build(task, cfg, base_dir, chat)
     }
 
@@ -324,6 +334,33 @@ fn with_template_kwargs(
             .map(Some)
             .map_err(|e| EnvError::Config(e.to_string())),
     }
+}
+
+/// `task` with `[env.tools]`, when the config has them, and the chat template declaring them
+/// (`hermes` syntax).
+fn with_tools(
+    task: Box<dyn Task>,
+    cfg: &EnvConfig,
+    chat: Option<ChatTemplate>,
+) -> Result<(Box<dyn Task>, Option<ChatTemplate>)> {
+    let Some(tools) = &cfg.tools else {
+        return Ok((task, chat));
+    };
+    if task.reward() == RewardKind::Environment {
+        return Err(EnvError::Config(format!(
+            "[env.tools] gives a single-turn task tools; task `{}` is multi-turn already",
+            task.name()
+        )));
+    }
+    let task = ToolTask::new(task, tools.build()?);
+    let chat = match (task.template_tools(), chat) {
+        (Some(schemas), Some(chat)) => {
+            let kwargs = [("tools".to_owned(), serde_json::Value::from(schemas))];
+            Some(chat.with_kwargs(kwargs.into_iter().collect())?)
+        }
+        (_, chat) => chat,
+    };
+    Ok((Box::new(task), chat))
 }
 
 fn build_task(cfg: &EnvConfig, base_dir: &Path) -> Result<Box<dyn Task>> {

@@ -27,6 +27,7 @@ pub mod prompt;
 pub mod rng;
 pub mod row;
 pub mod tasks;
+pub mod tools;
 pub mod transcript;
 
 pub use chat_template::{ChatTemplate, Message};
@@ -38,4 +39,5 @@ pub use external::{ExternalConfig, ExternalEnv};
 pub use prompt::{FewShot, PromptConfig, PromptFormat, PromptFormatter};
 pub use row::Row;
 pub use tasks::{RewardKind, Task, TaskKind};
+pub use tools::{ToolSyntax, ToolsConfig};
 pub use transcript::{Segment, Source, TokenizedTranscript, Transcript};
