@@ -234,3 +234,31 @@ fn ledgers_equal_the_rendered_conversation_for_the_shipped_templates() {
         assert_ledgers_match(name, &env, &template, tokenizer, &played, rewrites);
     }
 }
+
+#[test]
+fn an_episode_ends_at_its_token_budget() {
+    let model = Pretrained::load(&smollm2_gguf(), LoadOptions::default()).unwrap();
+    let tokenizer = &model.tokenizer;
+    let env = calculator(tokenizer.chat_template().unwrap().clone(), json!({}));
+    let im_end = tokenizer.encode("<|im_end|>", false).unwrap()[0];
+    let rows = env.train().rows();
+    for budget in [5, 20, 40] {
+        let runner = EpisodeRunner::new(Some(budget));
+        let policy = scripted(&env, tokenizer, Some(im_end));
+        let played = runner
+            .run(&env, tokenizer, rows, request(tokenizer), policy)
+            .unwrap();
+        for (g, e) in played.generated.iter().zip(&played.episodes) {
+            assert!(g.tokens.len() <= budget, "{budget}: {}", g.tokens.len());
+            assert_eq!(g.tokens.len(), e.loss_mask.len());
+            // The call fits in 20 tokens, not with the environment's answer and the answer.
+            let complete = e.env_return() == 1.0;
+            assert_eq!(complete, budget >= 40, "{budget}: {e:?}");
+            if !complete {
+                assert_eq!(g.finish_reason, FinishReason::Length, "{budget}");
+            }
+            // The last token is the model's: an environment text that does not fit is dropped.
+            assert_eq!(e.loss_mask.last(), Some(&true), "{budget}");
+        }
+    }
+}

@@ -150,3 +150,32 @@ fn a_crashing_external_environment_fails_its_episodes_not_the_run() {
         .iter()
         .all(|l| number(l, "rewards/environment/failures") == number(l, "episodes/env_failures")));
 }
+
+#[test]
+fn a_single_turn_task_with_tools_trains_as_episodes() {
+    let out = tempfile::tempdir().unwrap();
+    train(
+        out.path(),
+        &[
+            "env.task=\"arithmetic\"",
+            "env.tools.python.timeout_s=2",
+            "env.tools.calculator=true",
+        ],
+    );
+    for line in training_lines(out.path()) {
+        // The random policy never calls a tool: its first turn is the answer.
+        assert_eq!(number(&line, "episodes/turns_mean"), 1.0, "{line}");
+        assert_eq!(number(&line, "episodes/env_tokens_mean"), 0.0, "{line}");
+        assert!(line["rewards/environment/mean"].is_number(), "{line}");
+    }
+    let refused = Command::new(oxrl_bin())
+        .args(["train", config().to_str().unwrap()])
+        .args(["--set", "env.tools.calculator=true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("multi-turn already"),
+        "tools on the calculator task: {stderr}"
+    );
+}

@@ -11,7 +11,7 @@ use oxrl::learner::dpo::{dpo_loss, DpoConfig, DpoLoss};
 use oxrl::learner::grpo::{grpo_loss, GrpoConfig, ImportanceSamplingLevel};
 use oxrl::learner::optim::{AdamW, OptimConfig};
 use oxrl::learner::ppo::{ppo_loss, ppo_targets, PpoConfig};
-use oxrl::learner::topr::topr_loss;
+use oxrl::learner::topr::{topr_loss, TaperRatio};
 use oxrl::learner::{RolloutCorrection, Stats};
 use oxrl::{FinishReason, Sample};
 use serde_json::Value;
@@ -187,23 +187,35 @@ fn topr_loss_and_gradient_match_golden() {
             continue;
         }
         let baseline = case["config"]["baseline"].as_f64().unwrap();
+        let taper = match case["config"]["ratio"].as_str() {
+            Some("token") => TaperRatio::Token,
+            _ => TaperRatio::Sequence,
+        };
         let r: Vec<f64> = rewards.iter().map(|r| r - baseline).collect();
         let leaf = f.logp.copy().set_requires_grad(true);
         let adv = per_token(&r, f.mask.size()[1]);
-        let out = topr_loss(&LossInput {
-            logp: &leaf,
-            old_logp: &f.old,
-            ref_logp: None,
-            rollout_weight: None,
-            mask: &f.mask,
-            advantages: &adv,
-            critic: None,
-            scale: StepScale::single(&f.mask, 1),
-        });
-        check(&format!("topr baseline {baseline}"), &out.loss, &leaf, case);
+        let out = topr_loss(
+            &LossInput {
+                logp: &leaf,
+                old_logp: &f.old,
+                ref_logp: None,
+                rollout_weight: None,
+                mask: &f.mask,
+                advantages: &adv,
+                critic: None,
+                scale: StepScale::single(&f.mask, 1),
+            },
+            taper,
+        );
+        check(
+            &format!("topr baseline {baseline} {taper:?}"),
+            &out.loss,
+            &leaf,
+            case,
+        );
         n += 1;
     }
-    assert_eq!(n, 2);
+    assert_eq!(n, 4);
 }
 
 /// The DPO loss of the fixture's pairs with policy logprobs `logp`.

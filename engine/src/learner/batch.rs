@@ -88,6 +88,11 @@ pub fn validate(s: &Sample) -> Result<()> {
             s.reward
         )));
     }
+    if let Some(&(at, _)) = s.turn_rewards.iter().find(|t| t.0 >= n) {
+        return Err(Error::Invalid(format!(
+            "learner: a turn reward at completion token {at} of a sample with {n} tokens"
+        )));
+    }
     Ok(())
 }
 

@@ -51,6 +51,20 @@ impl Default for Baseline {
 pub struct ToprConfig {
     /// Subtracted from each reward; sets the effective share of positive examples.
     pub baseline: Baseline,
+    /// The ratio that tapers a negative trajectory's gradient: the paper's trajectory ratio
+    /// (`sequence`, default) or each token's own (`token`, as ROLL implements TOPR).
+    pub ratio: TaperRatio,
+}
+
+/// Which importance ratio tapers negative trajectories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaperRatio {
+    /// `clip(pi(tau) / mu(tau), 0, 1)` for the whole trajectory (the paper).
+    #[default]
+    Sequence,
+    /// `clip(pi_t / mu_t, 0, 1)` per token (ROLL's `use_topr_neg_loss_coef`).
+    Token,
 }
 
 /// The TOPR algorithm.
@@ -118,31 +132,34 @@ impl Algorithm for Topr {
     }
 
     fn loss(&self, input: &LossInput) -> Result<LossOutput> {
-        Ok(topr_loss(input))
+        Ok(topr_loss(input, self.cfg.ratio))
     }
 }
 
 /// The TOPR loss of one micro-batch: sum over its trajectories of
-/// `-sg(alpha) R log pi(tau)`, divided by the step's number of trajectories.
+/// `-sg(alpha) R log pi(tau)`, divided by the step's number of trajectories; with
+/// [`TaperRatio::Token`], `-R sum_t sg(alpha_t) log pi_t` instead.
 /// `input.advantages` holds `R` repeated over each row's tokens.
 ///
 /// # Shapes
 /// inputs `[B, T]`; the loss is a scalar.
-pub fn topr_loss(x: &LossInput) -> LossOutput {
+pub fn topr_loss(x: &LossInput, taper: TaperRatio) -> LossOutput {
     let mask = x.mask;
     // With a rollout correction, each token's log pi carries its weight.
-    let seq_logp = x
-        .corrected(x.logp * mask)
-        .sum_dim_intlist(-1, false, None::<Kind>);
+    let token_logp = x.corrected(x.logp * mask);
     let r = x.advantages.select(1, 0);
     let (alpha, ratio) = tch::no_grad(|| {
-        let log_ratio =
-            ((x.logp.detach() - x.old_logp) * mask).sum_dim_intlist(-1, false, None::<Kind>);
-        let ratio = log_ratio.exp();
-        let alpha = Tensor::ones_like(&ratio).where_self(&r.ge(0.0), &ratio.clamp(0.0, 1.0));
-        (alpha, ratio)
+        let log_ratio = (x.logp.detach() - x.old_logp) * mask;
+        let ratio = log_ratio.sum_dim_intlist(-1, false, None::<Kind>).exp();
+        let negative = r.lt(0.0).unsqueeze(-1);
+        let taper = match taper {
+            TaperRatio::Sequence => ratio.clamp(0.0, 1.0).unsqueeze(-1),
+            TaperRatio::Token => log_ratio.exp().clamp(0.0, 1.0),
+        };
+        let ones = Tensor::ones_like(x.logp);
+        (taper.expand_as(&ones).where_self(&negative, &ones), ratio)
     });
-    let per_seq = -(&alpha * &r * &seq_logp);
+    let per_seq = -(&r * (&alpha * &token_logp).sum_dim_intlist(-1, false, None::<Kind>));
     let n = x.scale.sequences.max(1) as f64;
     let loss = per_seq.sum(per_seq.kind()) / n;
     let mut stats = Stats::default();

@@ -167,6 +167,11 @@ pub struct RolloutSection {
     /// Where completions come from: `policy` (generated; the default) or `dataset`.
     #[serde(default)]
     pub source: RolloutSource,
+    /// With `source = "dataset"`: a file of logged samples (`log.samples = "all"`'s
+    /// `replay.jsonl`) to train on, `prompts_per_step` logged groups a step, instead of the
+    /// rows' preference pairs.
+    #[serde(default)]
+    pub samples_path: Option<PathBuf>,
     /// Which engine generates: `native` (oxrl's own; the default) or `vllm`.
     #[serde(default)]
     pub engine: RolloutEngine,
@@ -349,11 +354,29 @@ impl EvalSection {
 pub struct LogSection {
     /// Write one sample (prompt, completion, reward, advantage) per group every N steps.
     pub samples_every: usize,
+    /// `"all"`: also write every trained sample, replayable (token ids, behaviour logprobs,
+    /// loss mask, policy version, rewards, group), to `replay.jsonl`; `"groups"` (default):
+    /// only `samples_every`'s readable lines.
+    pub samples: LoggedSamples,
+}
+
+/// `log.samples`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoggedSamples {
+    /// One readable line per group every `samples_every` steps.
+    #[default]
+    Groups,
+    /// Besides, every trained sample to `replay.jsonl`.
+    All,
 }
 
 impl Default for LogSection {
     fn default() -> Self {
-        Self { samples_every: 10 }
+        Self {
+            samples_every: 10,
+            samples: LoggedSamples::Groups,
+        }
     }
 }
 
@@ -421,6 +444,7 @@ impl RunConfig {
         cfg.unexpanded = unexpanded;
         cfg.output_dir = base.join(&cfg.output_dir);
         cfg.model.path = base.join(&cfg.model.path);
+        cfg.rollout.samples_path = cfg.rollout.samples_path.map(|p| base.join(p));
         cfg.validate().with_context(|| path.display().to_string())?;
         Ok(cfg)
     }
@@ -457,11 +481,29 @@ impl RunConfig {
         if self.rollout.async_ {
             bail!("rollout.async: a multi-turn task's episodes are played in the step (env.task = {:?}); set rollout.async = false", self.env.task);
         }
-        if self.rollout.source == RolloutSource::Dataset {
+        if self.rollout.source == RolloutSource::Dataset && self.rollout.samples_path.is_none() {
             bail!("rollout.source = \"dataset\" reads preference pairs; a multi-turn task (env.task = {:?}) plays episodes", self.env.task);
         }
         if let Some(r) = self.rewards.iter().find(|r| r.name == ENVIRONMENT) {
             bail!("[[rewards]] name = {:?}: that name is the environment's own rewards in a multi-turn run; rename it", r.name);
+        }
+        Ok(())
+    }
+
+    /// Training from logged samples: what it needs, refused by name otherwise.
+    fn check_replay(&self, path: &Path) -> anyhow::Result<()> {
+        let algorithm = self.learner.algorithm;
+        if self.rollout.source != RolloutSource::Dataset {
+            bail!("rollout.samples_path = {path:?} is read with rollout.source = \"dataset\"");
+        }
+        if !matches!(
+            algorithm,
+            AlgorithmKind::Topr | AlgorithmKind::ExpertIteration | AlgorithmKind::Dpo
+        ) {
+            bail!("rollout.samples_path: learner.algorithm = {algorithm:?} learns from its own rollouts; logged samples train topr, expert_iteration or dpo");
+        }
+        if self.rollout.async_ || self.rollout.engine != RolloutEngine::Native {
+            bail!("rollout.samples_path: nothing is generated; set rollout.async = false and rollout.engine = \"native\"");
         }
         Ok(())
     }
@@ -477,7 +519,9 @@ impl RunConfig {
             bail!("rollout.max_tokens = 0: completions would be empty and nothing would train; must be at least 1");
         }
         self.rollout.sampling.validate()?;
-        if self.rollout.source == RolloutSource::Dataset {
+        if let Some(path) = &self.rollout.samples_path {
+            self.check_replay(path)?;
+        } else if self.rollout.source == RolloutSource::Dataset {
             if self.learner.algorithm != AlgorithmKind::Dpo {
                 bail!("rollout.source = \"dataset\" reads preference pairs, which need learner.algorithm = \"dpo\"");
             }

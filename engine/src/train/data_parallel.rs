@@ -49,6 +49,10 @@ fn check_supported(cfg: &RunConfig) -> anyhow::Result<()> {
         ),
         (cfg.rollout.async_, "rollout.async = true"),
         (
+            cfg.rollout.samples_path.is_some(),
+            "rollout.samples_path (logged samples)",
+        ),
+        (
             learner.algorithm == AlgorithmKind::Grpo && learner.grpo.dynamic_sampling,
             "learner.grpo.dynamic_sampling (the refill is per process)",
         ),

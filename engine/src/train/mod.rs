@@ -10,6 +10,7 @@ pub mod eval;
 pub mod pairs;
 pub mod prefetch;
 pub mod progress;
+pub mod replay;
 pub mod run_lock;
 pub mod scoring;
 pub mod step_log;

@@ -1,6 +1,6 @@
-//! The run's JSONL logs: `metrics.jsonl` (one line per step and per evaluation) and
-//! `samples.jsonl` (the first completion of each group every `log.samples_every` steps). On
-//! resume each log is cut back to the lines of the steps before the checkpoint, so a run
+//! The run's JSONL logs: `metrics.jsonl` (one line per step and per evaluation),
+//! `samples.jsonl` (the first completion of each group every `log.samples_every` steps) and
+//! `replay.jsonl` (`log.samples = "all"`: every trained sample, replayable). On resume each log is cut back to the lines of the steps before the checkpoint, so a run
 //! killed between checkpoints never leaves duplicate or orphaned lines.
 
 use std::fs::File;
@@ -13,21 +13,45 @@ use serde_json::{json, Map, Value};
 use super::batch::RolloutBatch;
 use super::scoring::ScoredBatch;
 use super::step_record::StepRecord;
+use crate::sample::Sample;
+
+/// Every trained sample of a `log.samples = "all"` run, in the output directory.
+pub const REPLAY: &str = "replay.jsonl";
 use crate::telemetry::names as n;
 
-/// `metrics.jsonl` and `samples.jsonl` of a run.
+/// `metrics.jsonl` and `samples.jsonl` of a run, and with `log.samples = "all"`
+/// `replay.jsonl`.
 pub struct StepLog {
     metrics: File,
     samples: File,
+    replay: Option<File>,
 }
 
 impl StepLog {
-    /// Opens both logs in `dir` for a run continuing at `next_step`.
-    pub fn open(dir: &Path, next_step: usize) -> anyhow::Result<Self> {
+    /// Opens the logs in `dir` for a run continuing at `next_step`; `replay`: also
+    /// `replay.jsonl`.
+    pub fn open(dir: &Path, next_step: usize, replay: bool) -> anyhow::Result<Self> {
         Ok(Self {
             metrics: open_log(&dir.join("metrics.jsonl"), next_step)?,
             samples: open_log(&dir.join("samples.jsonl"), next_step)?,
+            replay: replay
+                .then(|| open_log(&dir.join(REPLAY), next_step))
+                .transpose()?,
         })
+    }
+
+    /// With `log.samples = "all"`: every sample `step` trained on, as the learner got it
+    /// (`Sample`'s JSON plus `step`), which `rollout.samples_path` reads back.
+    pub fn replay(&mut self, step: usize, samples: &[Sample]) -> anyhow::Result<()> {
+        let Some(file) = &mut self.replay else {
+            return Ok(());
+        };
+        for s in samples {
+            let mut line = serde_json::to_value(s)?;
+            line[n::STEP_KEY] = json!(step);
+            writeln!(file, "{line}")?;
+        }
+        Ok(())
     }
 
     /// Appends a step's line.

@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 use super::episodes::EpisodeOutcome;
 use crate::learner::metrics as learner;
 use crate::learner::{LogprobGap, Metrics};
+use crate::sample::Sample;
 use crate::telemetry::names as n;
 
 /// One step's results.
@@ -74,6 +75,29 @@ impl RewardStats {
                     .iter()
                     .map(|(kind, count)| (kind.as_str().to_owned(), *count))
                     .collect(),
+            })
+            .collect();
+        Self { mean, std, by_name }
+    }
+}
+
+impl RewardStats {
+    /// The statistics of logged samples' rewards (`rollout.samples_path`).
+    pub fn of_samples(samples: &[Sample]) -> Self {
+        let totals: Vec<f64> = samples.iter().map(|s| s.reward).collect();
+        let (mean, std) = mean_std(&totals);
+        let mut by_name: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for s in samples {
+            for (name, v) in &s.rewards {
+                by_name.entry(name).or_default().push(*v);
+            }
+        }
+        let by_name = by_name
+            .into_iter()
+            .map(|(name, values)| NamedRewardStats {
+                name: name.to_owned(),
+                mean: mean_std(&values).0,
+                failures: BTreeMap::new(),
             })
             .collect();
         Self { mean, std, by_name }

@@ -33,13 +33,14 @@ use tch::nn::VarStore;
 
 use super::batch::{PromptSource, RolloutBatch};
 use super::checkpoint::{self, TrainState};
-use super::config::{RolloutEngine, RolloutSource, RunConfig};
+use super::config::{LoggedSamples, RolloutEngine, RolloutSource, RunConfig};
 use super::data_parallel;
 use super::episodes::{EpisodeOutcome, EpisodeRunner};
 use super::eval::Evaluator;
 use super::pairs;
 use super::prefetch::Prefetch;
 use super::progress::Progress;
+use super::replay::Replay;
 use super::run_lock::RunLock;
 use super::scoring::{score_batch, score_episodes, ScoredBatch};
 use super::step_log::StepLog;
@@ -76,6 +77,8 @@ pub struct Trainer {
     vllm: Option<SharedVllm>,
     /// Multi-turn tasks: plays the episodes.
     episodes: Option<EpisodeRunner>,
+    /// `rollout.samples_path`: the logged samples trained on instead of rollouts.
+    replay: Option<Replay>,
     /// The data cursor right after the rows of the last trained step were drawn (async mode
     /// draws ahead; a checkpoint must not skip the in-flight batch's prompts).
     trained_cursor: Option<Cursor>,
@@ -144,8 +147,15 @@ impl Trainer {
             true => start_server(&cfg, telemetry.clone())?,
             false => None,
         };
+        let replay_log = cfg.log.samples == LoggedSamples::All;
         let log = main
-            .then(|| StepLog::open(&cfg.output_dir, next_step))
+            .then(|| StepLog::open(&cfg.output_dir, next_step, replay_log))
+            .transpose()?;
+        let replay = cfg
+            .rollout
+            .samples_path
+            .as_deref()
+            .map(Replay::read)
             .transpose()?;
         let mut trainer = Self {
             _lock: lock,
@@ -166,6 +176,7 @@ impl Trainer {
             sampler,
             vllm: None,
             episodes: None,
+            replay,
         };
         if trainer.env.is_multi_turn() {
             trainer.episodes = Some(EpisodeRunner::new(trainer.cfg.env.episode.max_tokens));
@@ -423,6 +434,9 @@ impl Trainer {
     /// One step: draw prompts, generate, score (refilling under dynamic sampling), update,
     /// then log and export what happened.
     pub fn step(&mut self, step: usize) -> anyhow::Result<StepRecord> {
+        if self.replay.is_some() {
+            return self.replay_step(step);
+        }
         let start = Instant::now();
         let sync_secs = self.sync_servers(step)?;
         let generate_start = Instant::now();
@@ -504,6 +518,46 @@ impl Trainer {
             if self.cfg.log.samples_every > 0 && step.is_multiple_of(self.cfg.log.samples_every) {
                 log.samples(step, &batch, &scored, &update.advantages)?;
             }
+            log.replay(step, &samples)?;
+        }
+        self.publish(&record);
+        Ok(record)
+    }
+
+    /// A step on logged samples (`rollout.samples_path`): the learner trains on the step's
+    /// groups of the file; nothing is generated or scored.
+    fn replay_step(&mut self, step: usize) -> anyhow::Result<StepRecord> {
+        let start = Instant::now();
+        let per_step = self.cfg.rollout.prompts_per_step;
+        let samples = match &self.replay {
+            Some(replay) => replay.step(step, per_step),
+            None => anyhow::bail!("step {step}: no logged samples"),
+        };
+        let update = self.learner.train(&samples)?;
+        let update_secs = start.elapsed().as_secs_f64();
+        let cut = |s: &&Sample| s.finish_reason == crate::sample::FinishReason::Length;
+        let completions = CompletionStats {
+            lengths: samples.iter().map(|s| s.completion_ids.len()).collect(),
+            clipped_ratio: samples.iter().filter(cut).count() as f64 / samples.len() as f64,
+        };
+        let record = StepRecord {
+            step,
+            policy_version: step as u64 + 1,
+            rewards: RewardStats::of_samples(&samples),
+            episodes: None,
+            completions,
+            rollout: RolloutStats::default(),
+            time: PhaseTimes {
+                update: update_secs,
+                step: start.elapsed().as_secs_f64(),
+                ..PhaseTimes::default()
+            },
+            rank_times: Vec::new(),
+            learner: update.metrics,
+        };
+        if let Some(log) = &mut self.log {
+            log.step(&record)?;
+            log.replay(step, &samples)?;
         }
         self.publish(&record);
         Ok(record)
@@ -867,8 +921,11 @@ fn turn_rewards(episode: &EpisodeOutcome, total: f64) -> Vec<(usize, f64)> {
 /// `[learner]`, scoring at the rollout's sampling temperature.
 fn learner_config(cfg: &RunConfig) -> crate::learner::LearnerConfig {
     crate::learner::LearnerConfig {
-        temperature: Some(match cfg.rollout.source {
-            RolloutSource::Dataset => 1.0, // logged pairs: the model's own distribution
+        temperature: Some(match (cfg.rollout.source, &cfg.rollout.samples_path) {
+            // Preference pairs: the model's own distribution.
+            (RolloutSource::Dataset, None) => 1.0,
+            // Rollouts, or logged samples whose behaviour logprobs were taken at the logging
+            // run's sampling temperature (set the same one).
             _ => cfg.rollout.sampling.logprob_temperature(),
         }),
         ..cfg.learner.clone()
@@ -934,7 +991,7 @@ fn check_env(cfg: &RunConfig, env: &LoadedEnv) -> anyhow::Result<()> {
             cfg.eval.every
         );
     }
-    if cfg.rollout.source == RolloutSource::Dataset {
+    if cfg.rollout.source == RolloutSource::Dataset && cfg.rollout.samples_path.is_none() {
         pairs::check_rows(env)?;
     }
     Ok(())
