@@ -6,7 +6,8 @@
 //!   k1, `exp(ref - mu) - 1 - (ref - mu)` for k3), plus the sequence score on the last
 //!   completion token (a multi-turn episode's: each turn's reward on its last token);
 //! - GAE(gamma, lam) per sequence over its trained tokens (an episode's environment tokens
-//!   are skipped), returns = A + V, advantages whitened over the batch's trained tokens;
+//!   are skipped, as verl's multi-turn GAE), returns = A + V, advantages whitened over the
+//!   batch's trained tokens;
 //! - loss = masked mean of `max(-A r, -A clip(r, 1 - c, 1 + c))`
 //!   + `vf_coef * 0.5 * masked mean of max((V - R)^2, (clip(V, V_old +- cv) - R)^2)`.
 //!
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
-use super::advantages::{gae, masked, whiten_with};
+use super::advantages::{masked, whiten_with};
 use super::algorithm::{
     aggregate, mask_count, masked_sum, Algorithm, BatchContext, CriticTargets, LossInput,
     LossOutput, LossType, Prepared, PreparedRow,
@@ -138,10 +139,11 @@ pub fn ppo_targets_in(
                 r[t] = -cfg.kl_coef * kl;
             }
         }
-        match s.turn_rewards.is_empty() {
-            true if n > 0 => r[n - 1] += s.reward,
-            true => {}
-            false => s
+        // The sequence's reward on its last trained token (its last token, but for an
+        // episode cut inside an environment turn); an episode's on each turn's last token.
+        match s.loss_mask.iter().rposition(|&m| m) {
+            Some(last) if s.turn_rewards.is_empty() => r[last] += s.reward,
+            _ => s
                 .turn_rewards
                 .iter()
                 .for_each(|&(t, reward)| r[t] += reward),
@@ -174,10 +176,11 @@ pub fn ppo_targets_in(
     })
 }
 
-/// GAE over the trained tokens alone: an episode's environment tokens are not the policy's
-/// actions, so each model token's next value is the next model token's, across any
-/// environment turn between them (as verl's multi-turn agent loop). Environment tokens get 0.
-/// With every token trained this is plain [`gae`].
+/// GAE over the trained tokens alone, as verl's `compute_gae_advantage_return` ("skip values
+/// and TD-error on observation tokens"): an episode's environment tokens are not the
+/// policy's actions, so each model token's next value is the next model token's, across any
+/// environment turn between them; an environment token carries the advantage of the model
+/// token after it (it is not trained). With every token trained this is plain GAE.
 fn gae_over(
     rewards: &[f64],
     values: &[f64],
@@ -185,17 +188,16 @@ fn gae_over(
     gamma: f64,
     lam: f64,
 ) -> (Vec<f64>, Vec<f64>) {
-    if mask.iter().all(|&m| m) {
-        return gae(rewards, values, gamma, lam);
+    let n = rewards.len();
+    let (mut adv, mut next_value, mut last) = (vec![0.0; n], 0.0, 0.0);
+    for t in (0..n).rev() {
+        if mask[t] {
+            last = rewards[t] + gamma * next_value - values[t] + gamma * lam * last;
+            next_value = values[t];
+        }
+        adv[t] = last;
     }
-    let trained: Vec<usize> = (0..mask.len()).filter(|&t| mask[t]).collect();
-    let pick = |x: &[f64]| trained.iter().map(|&t| x[t]).collect::<Vec<_>>();
-    let (a, ret) = gae(&pick(rewards), &pick(values), gamma, lam);
-    let (mut adv, mut returns) = (vec![0.0; mask.len()], values.to_vec());
-    for (k, &t) in trained.iter().enumerate() {
-        adv[t] = a[k];
-        returns[t] = ret[k];
-    }
+    let returns = adv.iter().zip(values).map(|(a, v)| a + v).collect();
     (adv, returns)
 }
 
@@ -402,8 +404,9 @@ mod tests {
         let values = vec![0.1, 0.2, 9.0, 9.0, 0.3];
         let t = ppo_targets(&cfg, &[episode()], &[vec![0.0; 5]], &[values]);
         // gamma = lam = 1: A_t = the rewards from t on - V_t, over the model's tokens alone
-        // (rewards 0, 0.5, 1.0; values 0.1, 0.2, 0.3); the environment's values never enter.
-        let expected = [1.4, 1.3, 0.0, 0.0, 0.7];
+        // (rewards 0, 0.5, 1.0; values 0.1, 0.2, 0.3); the environment's values never enter,
+        // its tokens carry the next model token's advantage.
+        let expected = [1.4, 1.3, 0.7, 0.7, 0.7];
         for (a, e) in t.advantages[0].iter().zip(expected) {
             assert!((*a as f64 - e).abs() < 1e-6, "{:?}", t.advantages[0]);
         }
