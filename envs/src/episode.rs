@@ -26,6 +26,41 @@ use crate::transcript::Transcript;
 /// Stands in for the last assistant message when the template's text after it is looked for.
 const TURN_MARKER: &str = "\u{1}oxrl-turn\u{1}";
 
+/// The text that follows `so_far` (a conversation's text up to and including the model's last
+/// turn, as the model saw and generated it) when the conversation is `messages` (ending with
+/// the new messages after that turn), through the next generation prompt, and whether the
+/// template writes the history differently from `so_far` (see the module docs): what the
+/// whole conversation's rendering adds to `so_far` when the template only appends; otherwise
+/// what the template writes after the last assistant message (rendered with a marker in its
+/// place), less the part of its closing the model already generated.
+pub fn continuation(
+    template: &ChatTemplate,
+    so_far: &str,
+    messages: &[Message],
+) -> Result<(String, bool)> {
+    let next = template.render(messages, true)?;
+    if let Some(rest) = next.strip_prefix(so_far) {
+        return Ok((rest.to_owned(), false));
+    }
+    let mut marked = messages.to_vec();
+    let last = marked
+        .iter_mut()
+        .rev()
+        .find(|m| m.role == "assistant")
+        .ok_or(EnvError::TemplateNotAppendOnly)?;
+    last.content = TURN_MARKER.to_owned();
+    let marked = template.render(&marked, true)?;
+    let after = marked
+        .find(TURN_MARKER)
+        .map(|at| &marked[at + TURN_MARKER.len()..])
+        .ok_or(EnvError::TemplateNotAppendOnly)?;
+    let overlap = (0..=after.len())
+        .rev()
+        .find(|&k| after.is_char_boundary(k) && so_far.ends_with(&after[..k]))
+        .unwrap_or(0);
+    Ok((after[overlap..].to_owned(), true))
+}
+
 /// What the environment answers to one model turn.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct StepResult {
@@ -221,35 +256,12 @@ impl Episode {
         Ok(env_text)
     }
 
-    /// The environment text that follows the model's turn (see the module docs): what the
-    /// whole conversation's rendering adds to the transcript when the template only appends;
-    /// otherwise what the template writes after the last assistant message (rendered with a
-    /// marker in its place): its closing, the new messages, the next generation prompt.
+    /// The environment text that follows the model's turn ([`continuation`]).
     fn continuation(&mut self) -> Result<String> {
-        let so_far = self.transcript.text();
-        let next = self.template.render(&self.messages, true)?;
-        if let Some(rest) = next.strip_prefix(so_far.as_str()) {
-            return Ok(rest.to_owned());
-        }
-        self.rewrites_history = true;
-        let mut marked = self.messages.clone();
-        let last = marked
-            .iter_mut()
-            .rev()
-            .find(|m| m.role == "assistant")
-            .ok_or(EnvError::TemplateNotAppendOnly)?;
-        last.content = TURN_MARKER.to_owned();
-        let marked = self.template.render(&marked, true)?;
-        let after = marked
-            .find(TURN_MARKER)
-            .map(|at| &marked[at + TURN_MARKER.len()..])
-            .ok_or(EnvError::TemplateNotAppendOnly)?;
-        // Drop the part of the closing (e.g. `<|im_end|>`) that the model already generated.
-        let overlap = (0..=after.len())
-            .rev()
-            .find(|&k| after.is_char_boundary(k) && so_far.ends_with(&after[..k]))
-            .unwrap_or(0);
-        Ok(after[overlap..].to_owned())
+        let (text, rewrites) =
+            continuation(&self.template, &self.transcript.text(), &self.messages)?;
+        self.rewrites_history |= rewrites;
+        Ok(text)
     }
 
     /// Drives the episode to the end with a policy that maps the conversation so far to the

@@ -9,6 +9,7 @@ use oxrl_envs::{EnvConfig, LoadedEnv, Row};
 use oxrl_rewards::{RewardSpec, WeightedRewards};
 use serde::{Deserialize, Serialize};
 
+use super::agents::AgentsSection;
 use super::scoring::ENVIRONMENT;
 use crate::dist::DistSection;
 use crate::learner::lora::LoraConfig;
@@ -178,6 +179,9 @@ pub struct RolloutSection {
     /// `[rollout.vllm]`: the servers of `engine = "vllm"`.
     #[serde(default)]
     pub vllm: Option<VllmSection>,
+    /// `[rollout.agents]`: the endpoint of `source = "agents"`.
+    #[serde(default)]
+    pub agents: Option<AgentsSection>,
 }
 
 /// `rollout.engine`.
@@ -248,6 +252,9 @@ pub enum RolloutSource {
     /// pairs for DPO (TRL's prompt/chosen/rejected format; the prompt is rendered as for a
     /// rollout).
     Dataset,
+    /// Agents written elsewhere call an OpenAI-compatible endpoint (`[rollout.agents]`,
+    /// `train::agents`) and post each session's reward.
+    Agents,
 }
 
 fn default_max_staleness() -> u64 {
@@ -490,6 +497,39 @@ impl RunConfig {
         Ok(())
     }
 
+    /// Agents calling the endpoint: what the run cannot combine with it, refused by name.
+    fn check_agents(&self) -> anyhow::Result<()> {
+        let refused = [
+            (self.rollout.async_, "rollout.async"),
+            (
+                self.rollout.engine != RolloutEngine::Native,
+                "rollout.engine = \"vllm\"",
+            ),
+            (self.eval.every > 0, "[eval] (evaluate in the agent)"),
+            (
+                !self.rewards.is_empty(),
+                "[[rewards]] (the agent posts each session's reward)",
+            ),
+        ];
+        let names: Vec<&str> = refused.iter().filter(|r| r.0).map(|r| r.1).collect();
+        if !names.is_empty() {
+            bail!(
+                "rollout.source = \"agents\" does not combine with: {}",
+                names.join("; ")
+            );
+        }
+        let agents = self.rollout.agents.clone().unwrap_or_default();
+        if agents.max_sessions == 0 || agents.max_calls == 0 || agents.max_session_tokens == 0 {
+            bail!(
+                "rollout.agents: max_sessions, max_calls and max_session_tokens must be at least 1"
+            );
+        }
+        if agents.session_timeout_s <= 0.0 || agents.step_timeout_s <= 0.0 {
+            bail!("rollout.agents: session_timeout_s and step_timeout_s must be positive");
+        }
+        Ok(())
+    }
+
     /// Training from logged samples: what it needs, refused by name otherwise.
     fn check_replay(&self, path: &Path) -> anyhow::Result<()> {
         let algorithm = self.learner.algorithm;
@@ -539,7 +579,11 @@ impl RunConfig {
         if t == 0.0 && self.rollout.source != RolloutSource::Dataset {
             bail!("rollout.sampling.temperature = 0 (greedy): every completion of a group would be the same; training samples at a temperature > 0 (the learner scores at the same one)");
         }
-        if self.rewards.is_empty() && self.env.is_multi_turn() == Some(false) {
+        if self.rollout.source == RolloutSource::Agents {
+            self.check_agents()?;
+        } else if self.rollout.agents.is_some() {
+            bail!("[rollout.agents] is set but rollout.source is not \"agents\"");
+        } else if self.rewards.is_empty() && self.env.is_multi_turn() == Some(false) {
             bail!("{NO_REWARDS}");
         }
         self.learner.validate()?;

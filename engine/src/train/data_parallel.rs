@@ -12,7 +12,7 @@ use anyhow::bail;
 use oxrl_envs::Row;
 use oxrl_rewards::{CombinedScores, FailureKind};
 
-use super::config::{RolloutEngine, RunConfig};
+use super::config::{RolloutEngine, RolloutSource, RunConfig};
 use super::episodes::EpisodeOutcome;
 use super::step_record::{mean_std, CompletionStats, EpisodeStats, PhaseTimes, RewardStats};
 use crate::device::parse_device;
@@ -51,6 +51,10 @@ fn check_supported(cfg: &RunConfig) -> anyhow::Result<()> {
         (
             cfg.rollout.samples_path.is_some(),
             "rollout.samples_path (logged samples)",
+        ),
+        (
+            cfg.rollout.source == RolloutSource::Agents,
+            "rollout.source = \"agents\"",
         ),
         (
             learner.algorithm == AlgorithmKind::Grpo && learner.grpo.dynamic_sampling,

@@ -1,6 +1,7 @@
 //! `oxrl train`: the run config and the training loop that ties rollouts, rewards and the
 //! learner together.
 
+pub mod agents;
 pub mod batch;
 pub mod checkpoint;
 pub mod config;

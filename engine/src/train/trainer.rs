@@ -31,6 +31,7 @@ use oxrl_rewards::{CombinedScores, WeightedRewards};
 use serde_json::{json, Value};
 use tch::nn::VarStore;
 
+use super::agents::{AgentHub, Policy as AgentPolicy};
 use super::batch::{PromptSource, RolloutBatch};
 use super::checkpoint::{self, TrainState};
 use super::config::{LoggedSamples, RolloutEngine, RolloutSource, RunConfig};
@@ -79,6 +80,8 @@ pub struct Trainer {
     episodes: Option<EpisodeRunner>,
     /// `rollout.samples_path`: the logged samples trained on instead of rollouts.
     replay: Option<Replay>,
+    /// `rollout.source = "agents"`: the endpoint agents call.
+    agents: Option<AgentHub>,
     /// The data cursor right after the rows of the last trained step were drawn (async mode
     /// draws ahead; a checkpoint must not skip the in-flight batch's prompts).
     trained_cursor: Option<Cursor>,
@@ -177,7 +180,14 @@ impl Trainer {
             vllm: None,
             episodes: None,
             replay,
+            agents: None,
         };
+        if trainer.cfg.rollout.source == RolloutSource::Agents {
+            let section = trainer.cfg.rollout.agents.clone().unwrap_or_default();
+            let hub = AgentHub::start(&section, &trainer.cfg.output_dir)
+                .context("starting [rollout.agents]")?;
+            trainer.agents = Some(hub);
+        }
         if trainer.env.is_multi_turn() {
             trainer.episodes = Some(EpisodeRunner::new(trainer.cfg.env.episode.max_tokens));
         }
@@ -434,8 +444,8 @@ impl Trainer {
     /// One step: draw prompts, generate, score (refilling under dynamic sampling), update,
     /// then log and export what happened.
     pub fn step(&mut self, step: usize) -> anyhow::Result<StepRecord> {
-        if self.replay.is_some() {
-            return self.replay_step(step);
+        if self.replay.is_some() || self.agents.is_some() {
+            return self.sample_step(step);
         }
         let start = Instant::now();
         let sync_secs = self.sync_servers(step)?;
@@ -524,17 +534,35 @@ impl Trainer {
         Ok(record)
     }
 
-    /// A step on logged samples (`rollout.samples_path`): the learner trains on the step's
-    /// groups of the file; nothing is generated or scored.
-    fn replay_step(&mut self, step: usize) -> anyhow::Result<StepRecord> {
+    /// A step on samples made outside the rollout engine: logged ones
+    /// (`rollout.samples_path`) or the sessions of agents calling the endpoint; nothing is
+    /// scored here.
+    fn sample_step(&mut self, step: usize) -> anyhow::Result<StepRecord> {
         let start = Instant::now();
         let per_step = self.cfg.rollout.prompts_per_step;
-        let samples = match &self.replay {
-            Some(replay) => replay.step(step, per_step),
-            None => anyhow::bail!("step {step}: no logged samples"),
+        let samples = match (&self.replay, &mut self.agents) {
+            (Some(replay), _) => replay.step(step, per_step),
+            (None, Some(hub)) => {
+                let seed = rollout_seed(self.cfg.seed, step);
+                let request = self
+                    .cfg
+                    .rollout
+                    .request(&self.env, &[], 1, &self.tokenizer, seed)?;
+                let policy = AgentPolicy {
+                    learner: &self.learner,
+                    tokenizer: &self.tokenizer,
+                    request,
+                    version: step as u64,
+                };
+                let first_group = (step * per_step) as u64;
+                hub.collect(&policy, per_step, self.cfg.rollout.group_size, first_group)?
+            }
+            (None, None) => anyhow::bail!("step {step}: no samples"),
         };
+        let generate_secs = start.elapsed().as_secs_f64();
+        let update_start = Instant::now();
         let update = self.learner.train(&samples)?;
-        let update_secs = start.elapsed().as_secs_f64();
+        let update_secs = update_start.elapsed().as_secs_f64();
         let cut = |s: &&Sample| s.finish_reason == crate::sample::FinishReason::Length;
         let completions = CompletionStats {
             lengths: samples.iter().map(|s| s.completion_ids.len()).collect(),
@@ -548,6 +576,7 @@ impl Trainer {
             completions,
             rollout: RolloutStats::default(),
             time: PhaseTimes {
+                generate: generate_secs,
                 update: update_secs,
                 step: start.elapsed().as_secs_f64(),
                 ..PhaseTimes::default()
@@ -576,7 +605,8 @@ impl Trainer {
             None => (rows, request),
         };
         match self.cfg.rollout.source {
-            RolloutSource::Policy => self.generate(rows, request, step),
+            // Agents' sessions become samples in `sample_step`.
+            RolloutSource::Policy | RolloutSource::Agents => self.generate(rows, request, step),
             RolloutSource::Dataset => Ok(RolloutBatch {
                 generated: pairs::pair_completions(&rows, &self.tokenizer)?,
                 rows,
@@ -970,9 +1000,10 @@ fn load_policy(cfg: &RunConfig) -> anyhow::Result<(VarStore, Llama, Tokenizer)> 
 /// What the loaded environment must offer this run: an eval split to evaluate on, and the
 /// preference pairs that stand in for rollouts. Rows skipped as malformed are reported.
 fn check_env(cfg: &RunConfig, env: &LoadedEnv) -> anyhow::Result<()> {
-    if env.is_multi_turn() {
+    let agents = cfg.rollout.source == RolloutSource::Agents;
+    if env.is_multi_turn() && !agents {
         cfg.check_multi_turn()?;
-    } else if cfg.rewards.is_empty() {
+    } else if cfg.rewards.is_empty() && !agents {
         anyhow::bail!("{}", super::config::NO_REWARDS);
     }
     let skipped = env.skipped();
