@@ -89,10 +89,11 @@ fn ppo_trains_on_calculator_episodes() {
     }
 }
 
-/// An environment that crashes on a third of its model turns (by the action's length), and
-/// otherwise replies twice before ending the episode with a reward for the action's length.
+/// An environment that crashes on a third of its model turns and hangs on some others (by the
+/// action's length), and otherwise replies twice before ending the episode with a reward for
+/// the action's length.
 const CRASHING_ENV: &str = r#"
-import json, sys
+import json, sys, time
 turns = 0
 for line in sys.stdin:
     req = json.loads(line)
@@ -103,13 +104,15 @@ for line in sys.stdin:
     turns += 1
     if len(req["action"]) % 3 == 0:
         sys.exit(3)
+    if len(req["action"]) % 7 == 1:
+        time.sleep(30)
     reply = {"request_id": req["request_id"], "observation": [{"role": "user", "content": "More."}],
              "reward": len(req["action"]) / 100.0, "done": turns >= 2, "tool_calls": 1}
     print(json.dumps(reply), flush=True)
 "#;
 
 #[test]
-fn a_crashing_external_environment_fails_its_episodes_not_the_run() {
+fn crashing_and_hanging_external_environments_fail_their_episodes_not_the_run() {
     let out = tempfile::tempdir().unwrap();
     let script = out.path().join("env.py");
     std::fs::write(&script, CRASHING_ENV).unwrap();
@@ -125,6 +128,7 @@ fn a_crashing_external_environment_fails_its_episodes_not_the_run() {
         &[
             "env.task=\"external\"",
             &command,
+            "env.external.timeout_s=2",
             "steps=3",
             "rollout.group_size=6",
         ],
@@ -149,6 +153,10 @@ fn a_crashing_external_environment_fails_its_episodes_not_the_run() {
     assert!(lines
         .iter()
         .all(|l| number(l, "rewards/environment/failures") == number(l, "episodes/env_failures")));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for reason in ["exited", "no reply within"] {
+        assert!(stderr.contains(reason), "{reason}: {stderr}");
+    }
 }
 
 #[test]

@@ -121,14 +121,23 @@ fn logged_samples_train_offline_topr_expert_iteration_and_dpo() {
     for algorithm in ["expert_iteration", "dpo"] {
         let out = dir.path().join(algorithm);
         let mut sets = offline.to_vec();
-        let algorithm = format!("learner.algorithm=\"{algorithm}\"");
-        sets.extend(["steps=2", "eval.every=0", algorithm.as_str()]);
+        let name = format!("learner.algorithm=\"{algorithm}\"");
+        sets.extend(["steps=2", "eval.every=0", name.as_str()]);
+        if algorithm == "expert_iteration" {
+            sets.push("learner.expert_iteration.keep=\"best_per_group\"");
+        }
         succeeded(train(&config, &out, &sets));
         for line in training_lines(&out) {
             assert!(
                 line["oxrl_learner_loss"].as_f64().unwrap().is_finite(),
                 "{line}"
             );
+            if algorithm == "expert_iteration" {
+                // At most the best sample of each of the step's 8 groups is kept.
+                let samples = line["oxrl_learner_samples"].as_f64().unwrap();
+                let dropped = line["oxrl_learner_dropped_samples"].as_f64().unwrap();
+                assert!((1.0..=8.0).contains(&(samples - dropped)), "{line}");
+            }
         }
     }
 

@@ -20,6 +20,20 @@ pub struct ExpertIterationConfig {
     pub min_reward: f64,
     /// Passes over the kept samples of each batch.
     pub num_iterations: usize,
+    /// Which of those: every one (`all`), or the best-rewarded of each group (`best_per_group`,
+    /// the first on a tie), one fine-tuning example per prompt.
+    pub keep: Keep,
+}
+
+/// Which samples reaching `min_reward` expert iteration keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Keep {
+    /// Every one.
+    #[default]
+    All,
+    /// The best of each group.
+    BestPerGroup,
 }
 
 impl Default for ExpertIterationConfig {
@@ -27,6 +41,27 @@ impl Default for ExpertIterationConfig {
         Self {
             min_reward: 1.0,
             num_iterations: 1,
+            keep: Keep::All,
+        }
+    }
+}
+
+/// The samples expert iteration trains on, in batch order.
+pub fn kept(samples: &[Sample], cfg: &ExpertIterationConfig) -> Vec<usize> {
+    let above = (0..samples.len()).filter(|&i| samples[i].reward >= cfg.min_reward);
+    match cfg.keep {
+        Keep::All => above.collect(),
+        Keep::BestPerGroup => {
+            let mut best: std::collections::BTreeMap<u64, usize> = Default::default();
+            for i in above {
+                let b = best.entry(samples[i].group_id).or_insert(i);
+                if samples[i].reward > samples[*b].reward {
+                    *b = i;
+                }
+            }
+            let mut order: Vec<usize> = best.into_values().collect();
+            order.sort_unstable();
+            order
         }
     }
 }
@@ -57,9 +92,7 @@ impl Algorithm for ExpertIteration {
         _ctx: &BatchContext,
         stats: &mut Stats,
     ) -> Result<Prepared> {
-        let order: Vec<usize> = (0..samples.len())
-            .filter(|&i| samples[i].reward >= self.cfg.min_reward)
-            .collect();
+        let order = kept(samples, &self.cfg);
         stats.set(m::DROPPED_SAMPLES, (samples.len() - order.len()) as f64);
         Ok(Prepared::per_sample(samples, order, |_| 1.0))
     }
@@ -73,5 +106,45 @@ impl Algorithm for ExpertIteration {
             policy_loss,
             stats: Stats::default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::FinishReason;
+
+    fn sample(group_id: u64, reward: f64) -> Sample {
+        Sample {
+            prompt_ids: vec![1],
+            completion_ids: vec![2],
+            loss_mask: vec![true],
+            behaviour_logprobs: vec![-1.0],
+            learner_logprobs: None,
+            policy_version: 0,
+            group_id,
+            finish_reason: FinishReason::Stop,
+            reward,
+            rewards: Default::default(),
+            turn_rewards: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn best_per_group_keeps_one_sample_of_each_group_above_the_threshold() {
+        let batch: Vec<Sample> = [(0, 0.5), (0, 0.9), (0, 0.9), (1, 0.2), (2, 0.7), (2, 0.6)]
+            .iter()
+            .map(|&(g, r)| sample(g, r))
+            .collect();
+        let all = ExpertIterationConfig {
+            min_reward: 0.5,
+            ..Default::default()
+        };
+        assert_eq!(kept(&batch, &all), [0, 1, 2, 4, 5]);
+        let best = ExpertIterationConfig {
+            keep: Keep::BestPerGroup,
+            ..all
+        };
+        assert_eq!(kept(&batch, &best), [1, 4], "group 1 has none above 0.5");
     }
 }

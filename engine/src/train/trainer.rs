@@ -493,6 +493,7 @@ impl Trainer {
             Some(group) => data_parallel::rank_times(group, &time)?,
             None => Vec::new(),
         };
+        report_env_failures(step, &batch);
         let episodes = match (&self.episodes, self.learner.process_group()) {
             (None, _) => None,
             (Some(_), None) => Some(EpisodeStats::of(&batch.episodes, batch.env_seconds)),
@@ -936,6 +937,32 @@ fn complete(
         Some(vllm) => hold(vllm)?.generate(request),
         None => Ok(generate_batch(learner.policy(), request, Some(tokenizer))?),
     }
+}
+
+/// Says how many of the step's episodes their environment failed, with each distinct reason
+/// (the first few) and a row it happened on.
+fn report_env_failures(step: usize, batch: &RolloutBatch) {
+    let failed: Vec<(&String, usize)> = batch
+        .episodes
+        .iter()
+        .zip(&batch.generated)
+        .filter_map(|(e, g)| e.failure.as_ref().map(|f| (f, g.prompt_index)))
+        .collect();
+    if failed.is_empty() {
+        return;
+    }
+    let mut reasons: Vec<String> = Vec::new();
+    for (why, prompt) in &failed {
+        let line = format!("row {:?}: {why}", batch.rows[*prompt].id());
+        if reasons.len() < 3 && !reasons.iter().any(|r| r.ends_with(why.as_str())) {
+            reasons.push(line);
+        }
+    }
+    eprintln!(
+        "warning: step {step}: {} episode(s) failed in their environment (kept with the rewards earned so far): {}",
+        failed.len(),
+        reasons.join("; ")
+    );
 }
 
 /// An episode's rewards where they were earned: the environment's on each turn's last token,
