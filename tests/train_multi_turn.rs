@@ -187,3 +187,39 @@ fn a_single_turn_task_with_tools_trains_as_episodes() {
         "tools on the calculator task: {stderr}"
     );
 }
+
+/// The final weights of a run.
+fn final_weights(dir: &Path) -> Vec<(String, tch::Tensor)> {
+    let mut t = tch::Tensor::read_safetensors(dir.join("final/model.safetensors")).unwrap();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+#[test]
+fn a_multi_turn_run_resumes_to_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let straight = dir.path().join("straight");
+    train(&straight, &["steps=3", "checkpoint.every=0"]);
+    // The same run stopped after step 2 (its checkpoint), then continued to step 3.
+    let resumed = dir.path().join("resumed");
+    train(&resumed, &["steps=2", "checkpoint.every=0"]);
+    let mut cmd = Command::new(oxrl_bin());
+    cmd.arg("train")
+        .arg(config())
+        .args(["--set", &format!("output_dir={}", resumed.display())])
+        .args(["--set", "steps=3", "--resume", "auto"]);
+    assert!(cmd.status().unwrap().success());
+    let (a, b) = (training_lines(&straight), training_lines(&resumed));
+    assert_eq!(a.len(), 3);
+    assert_eq!(b.len(), 3);
+    for key in ["reward", "episodes/env_tokens_mean", "oxrl_learner_loss"] {
+        assert_eq!(a[2][key], b[2][key], "{key}");
+    }
+    for ((na, ta), (nb, tb)) in final_weights(&straight)
+        .iter()
+        .zip(&final_weights(&resumed))
+    {
+        assert_eq!(na, nb);
+        assert!(ta.equal(tb), "{na} differs after resume");
+    }
+}
