@@ -89,6 +89,41 @@ fn ppo_trains_on_calculator_episodes() {
     }
 }
 
+#[test]
+fn topr_and_expert_iteration_train_on_calculator_episodes() {
+    for (algorithm, extra) in [
+        ("topr", "learner.topr.ratio=\"token\""),
+        (
+            "expert_iteration",
+            "learner.expert_iteration.min_reward=-0.7",
+        ),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let set = format!("learner.algorithm=\"{algorithm}\"");
+        train(out.path(), &[&set, extra]);
+        for line in training_lines(out.path()) {
+            assert!(
+                number(&line, "oxrl_learner_loss").is_finite(),
+                "{algorithm}: {line}"
+            );
+            if algorithm == "topr" {
+                let ratio = number(&line, "oxrl_learner_ratio_max");
+                assert!((ratio - 1.0).abs() < 1e-4, "{line}");
+            } else {
+                // Only the model's tokens of the kept episodes are trained.
+                let kept = number(&line, "oxrl_learner_samples")
+                    - number(&line, "oxrl_learner_dropped_samples");
+                let model = number(&line, "episodes/model_tokens_mean");
+                assert_eq!(
+                    number(&line, "oxrl_learner_trained_tokens"),
+                    kept * model,
+                    "{line}"
+                );
+            }
+        }
+    }
+}
+
 /// An environment that crashes on a third of its model turns and hangs on some others (by the
 /// action's length), and otherwise replies twice before ending the episode with a reward for
 /// the action's length.

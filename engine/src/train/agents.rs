@@ -1,6 +1,7 @@
 //! `rollout.source = "agents"`: an OpenAI-compatible endpoint for agents written elsewhere.
 //! A user's agent (any language) trains by pointing its OpenAI client at
-//! `{OXRL_AGENT_URL}/s/{session}/v1`: during rollouts oxrl answers
+//! `{OXRL_AGENT_URL}/s/{session}/v1` (or calling `{OXRL_AGENT_URL}/v1/chat/completions` with an
+//! `X-Session-Id` header or a `session` field): during rollouts oxrl answers
 //! `POST .../chat/completions` from the current policy, keeps each session's exact token
 //! ledger (as `train::episodes` does for oxrl's own environments), and the agent ends a session
 //! with `POST {OXRL_AGENT_URL}/v1/rl/reward {"session": ..., "reward": ...}`. Finished sessions
@@ -95,6 +96,12 @@ struct ChatRequest {
     messages: Vec<Message>,
     #[serde(default, alias = "max_completion_tokens")]
     max_tokens: Option<usize>,
+    /// The session, for calls to `/v1/chat/completions` (also read from the `X-Session-Id`
+    /// header, or OpenAI's `user` field).
+    #[serde(default)]
+    session: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -603,6 +610,7 @@ fn serve(
 ) -> anyhow::Result<tokio::sync::oneshot::Sender<()>> {
     let app = Router::new()
         .route("/s/{session}/v1/chat/completions", post(chat))
+        .route("/v1/chat/completions", post(chat_named))
         .route("/v1/rl/reward", post(reward))
         .with_state(tx);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -651,6 +659,31 @@ async fn chat(
     Path(session): Path<String>,
     Json(body): Json<ChatRequest>,
 ) -> Result<Json<Value>, ApiError> {
+    forward(&tx, |reply| Request::Call {
+        session,
+        body,
+        reply,
+    })
+    .await
+}
+
+/// `/v1/chat/completions`: the session from the `X-Session-Id` header, the body's `session`,
+/// or its `user`.
+async fn chat_named(
+    State(tx): State<Sender<Request>>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<ChatRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let header = headers
+        .get("x-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let Some(session) = header.or(body.session.clone()).or(body.user.clone()) else {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "name the session: the X-Session-Id header, a `session` field, or use {OXRL_AGENT_URL}/s/<session>/v1 as the base URL".into(),
+        ));
+    };
     forward(&tx, |reply| Request::Call {
         session,
         body,
