@@ -346,7 +346,7 @@ fn periodic_eval_logs_at_start_every_n_steps_and_at_the_end_without_changing_tra
 }
 
 #[test]
-fn config_check_refuses_bad_learner_options_and_multi_turn_tasks_before_loading() {
+fn config_check_refuses_bad_learner_and_rollout_options_before_loading() {
     let check = |set: &str| {
         let out = Command::new(oxrl_bin())
             .args(["config", "check"])
@@ -363,7 +363,11 @@ fn config_check_refuses_bad_learner_options_and_multi_turn_tasks_before_loading(
         ("learner.grpo.epsilon=-1", "learner.grpo.epsilon = -1"),
         ("learner.dpo.beta=0", "learner.dpo.beta = 0"),
         ("learner.ppo.gamma=2", "learner.ppo.gamma = 2"),
-        ("env.task=calculator", "multi-turn"),
+        (
+            "rollout.samples_path=\"logged.jsonl\"",
+            "is read with rollout.source = \"dataset\"",
+        ),
+        ("rollout.source=\"agents\"", "[[rewards]] (the agent posts"),
         // The smoke model is f32: there is nothing to keep an f32 master copy of.
         (
             "learner.precision=bf16-mixed",

@@ -6,7 +6,11 @@
 //! updates them; with `rollout.async` a worker with copied weights generates one step ahead
 //! (`prefetch.rs`); with `rollout.engine = "vllm"` vLLM servers generate, synced before each
 //! step's generation (`vllm_rollout.rs`); with `rollout.source = "dataset"` the rows'
-//! preference pairs stand in for generations (`pairs.rs`). With GRPO's `dynamic_sampling`, groups whose rewards are all
+//! preference pairs stand in for generations (`pairs.rs`). A multi-turn task's episodes are
+//! played turn by turn on one token ledger each (`episodes.rs`). Logged samples
+//! (`rollout.samples_path`, `replay.rs`) or the sessions of agents calling the
+//! OpenAI-compatible endpoint (`rollout.source = "agents"`, `agents.rs`) can stand in for
+//! rollouts (`sample_step`). With GRPO's `dynamic_sampling`, groups whose rewards are all
 //! equal are dropped and the step is refilled with fresh prompts (DAPO). Checkpoints are
 //! written every `checkpoint.every` steps, after the last step, and when SIGINT/SIGTERM
 //! arrive (the run then stops cleanly), and when a step fails before its update (the state
@@ -503,6 +507,7 @@ impl Trainer {
                 batch.env_seconds,
             )?),
         };
+        let sampled = sampled_tokens(&completions, episodes.as_ref());
         let record = StepRecord {
             step,
             policy_version: step as u64 + 1,
@@ -510,7 +515,7 @@ impl Trainer {
             episodes,
             rollout: RolloutStats {
                 tokens_per_second: (self.cfg.rollout.source == RolloutSource::Policy)
-                    .then(|| completions.tokens() as f64 / rollout_secs),
+                    .then_some(sampled / rollout_secs),
                 staleness: step as u64 - batch.policy_version,
                 dropped_stale_samples: self.prefetch.as_ref().map(Prefetch::dropped_stale_samples),
                 refill_batches: refills,
@@ -936,6 +941,15 @@ fn complete(
     match vllm {
         Some(vllm) => hold(vllm)?.generate(request),
         None => Ok(generate_batch(learner.policy(), request, Some(tokenizer))?),
+    }
+}
+
+/// Tokens the policy sampled in a step: every completion token, or an episode's model tokens
+/// (not the environment's).
+fn sampled_tokens(completions: &CompletionStats, episodes: Option<&EpisodeStats>) -> f64 {
+    match episodes {
+        Some(e) => e.model_tokens_mean * completions.lengths.len() as f64,
+        None => completions.tokens() as f64,
     }
 }
 
