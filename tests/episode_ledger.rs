@@ -242,7 +242,7 @@ fn an_episode_ends_at_its_token_budget() {
     let env = calculator(tokenizer.chat_template().unwrap().clone(), json!({}));
     let im_end = tokenizer.encode("<|im_end|>", false).unwrap()[0];
     let rows = env.train().rows();
-    for budget in [5, 20, 40] {
+    for budget in [5, 20, 80] {
         let runner = EpisodeRunner::new(Some(budget));
         let policy = scripted(&env, tokenizer, Some(im_end));
         let played = runner
@@ -251,9 +251,9 @@ fn an_episode_ends_at_its_token_budget() {
         for (g, e) in played.generated.iter().zip(&played.episodes) {
             assert!(g.tokens.len() <= budget, "{budget}: {}", g.tokens.len());
             assert_eq!(g.tokens.len(), e.loss_mask.len());
-            // The call fits in 20 tokens, not with the environment's answer and the answer.
+            // The call takes 20 tokens, the whole episode about 55.
             let complete = e.env_return() == 1.0;
-            assert_eq!(complete, budget >= 40, "{budget}: {e:?}");
+            assert_eq!(complete, budget >= 80, "{budget}: {e:?}");
             if !complete {
                 assert_eq!(g.finish_reason, FinishReason::Length, "{budget}");
             }
