@@ -37,6 +37,7 @@ use oxrl_envs::{ChatTemplate, Message};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::episodes::split_turn;
 use crate::learner::Learner;
 use crate::rollout::{generate_batch, GenerationRequest};
 use crate::sample::{FinishReason, Sample};
@@ -397,21 +398,13 @@ impl AgentHub {
         mut g: crate::rollout::Generated,
         max_tokens: usize,
     ) -> anyhow::Result<Value> {
-        if g.tokens.len() > max_tokens {
-            g.tokens.truncate(max_tokens);
-            g.logprobs.truncate(max_tokens);
-            g.finish_reason = FinishReason::Length;
-        }
         let stops = &policy.request.stop.token_ids;
-        let stopped = g.finish_reason == FinishReason::Stop
-            && g.tokens.last().is_some_and(|t| stops.contains(t));
-        let content_len = g.tokens.len() - usize::from(stopped);
-        let content = policy.tokenizer.decode(&g.tokens[..content_len], false)?;
-        let generated = policy.tokenizer.decode(&g.tokens, false)?;
+        let (content, stop) = split_turn(&mut g, max_tokens, policy.tokenizer, stops)?;
         let session = self.sessions.get_mut(id).context("the session vanished")?;
         session.calls += 1;
         session.last_seen = Instant::now();
-        session.text.push_str(&generated);
+        session.text.push_str(&content);
+        session.text.push_str(stop.as_deref().unwrap_or(""));
         session.messages.push(Message::new("assistant", &content));
         session
             .mask
@@ -684,12 +677,7 @@ async fn chat_named(
             "name the session: the X-Session-Id header, a `session` field, or use {OXRL_AGENT_URL}/s/<session>/v1 as the base URL".into(),
         ));
     };
-    forward(&tx, |reply| Request::Call {
-        session,
-        body,
-        reply,
-    })
-    .await
+    chat(State(tx), Path(session), Json(body)).await
 }
 
 async fn reward(

@@ -270,20 +270,7 @@ impl EpisodeRunner {
         tokenizer: &Tokenizer,
         stop_ids: &[u32],
     ) -> anyhow::Result<()> {
-        let left = self.tokens_left(l);
-        if g.tokens.len() > left {
-            g.tokens.truncate(left);
-            g.logprobs.truncate(left);
-            g.finish_reason = FinishReason::Length;
-        }
-        let stopped = g.finish_reason == FinishReason::Stop
-            && g.tokens.last().is_some_and(|t| stop_ids.contains(t));
-        let content_len = g.tokens.len() - usize::from(stopped);
-        let content = tokenizer.decode(&g.tokens[..content_len], false)?;
-        let stop = match stopped {
-            true => Some(tokenizer.decode(&g.tokens[content_len..], false)?),
-            false => None,
-        };
+        let (content, stop) = split_turn(&mut g, self.tokens_left(l), tokenizer, stop_ids)?;
         l.ledger.extend(&g.tokens);
         l.logprobs.extend(&g.logprobs);
         l.outcome
@@ -354,6 +341,31 @@ impl EpisodeRunner {
         };
         (generated, outcome)
     }
+}
+
+/// Cuts a generated turn to `limit` tokens (it then ended on the length) and splits its text
+/// as a chat message sees it: the content, and the stop token's text when one of `stop_ids`
+/// ended it (the template's closing, which the model wrote itself).
+pub fn split_turn(
+    g: &mut Generated,
+    limit: usize,
+    tokenizer: &Tokenizer,
+    stop_ids: &[u32],
+) -> anyhow::Result<(String, Option<String>)> {
+    if g.tokens.len() > limit {
+        g.tokens.truncate(limit);
+        g.logprobs.truncate(limit);
+        g.finish_reason = FinishReason::Length;
+    }
+    let stopped = g.finish_reason == FinishReason::Stop
+        && g.tokens.last().is_some_and(|t| stop_ids.contains(t));
+    let content_len = g.tokens.len() - usize::from(stopped);
+    let content = tokenizer.decode(&g.tokens[..content_len], false)?;
+    let stop = match stopped {
+        true => Some(tokenizer.decode(&g.tokens[content_len..], false)?),
+        false => None,
+    };
+    Ok((content, stop))
 }
 
 /// The sampling seed of a later turn: apart from the first turn's and every step's.

@@ -26,17 +26,33 @@ pub fn score_batch(
     rows: &[Row],
     generated: &[Generated],
 ) -> anyhow::Result<ScoredBatch> {
-    let texts = generated
+    let texts = decoded(tokenizer, generated)?;
+    let scores = rewards.score(&completions(rows, generated, &texts)?);
+    Ok(ScoredBatch { texts, scores })
+}
+
+/// Each completion's text, special tokens skipped.
+fn decoded(tokenizer: &Tokenizer, generated: &[Generated]) -> anyhow::Result<Vec<String>> {
+    generated
         .iter()
         .map(|g| Ok(tokenizer.decode(&g.tokens, true)?))
-        .collect::<anyhow::Result<Vec<String>>>()?;
-    let inputs = generated
+        .collect()
+}
+
+/// The rewards' inputs: each text with its completion's row (the task data).
+fn completions(
+    rows: &[Row],
+    generated: &[Generated],
+    texts: &[impl AsRef<str>],
+) -> anyhow::Result<Vec<oxrl_rewards::Completion>> {
+    generated
         .iter()
-        .zip(&texts)
-        .map(|(g, text)| serde_json::from_value(rows[g.prompt_index].with_completion(text)))
-        .collect::<Result<Vec<oxrl_rewards::Completion>, _>>()?;
-    let scores = rewards.score(&inputs);
-    Ok(ScoredBatch { texts, scores })
+        .zip(texts)
+        .map(|(g, text)| {
+            let row = rows[g.prompt_index].with_completion(text.as_ref());
+            Ok(serde_json::from_value(row)?)
+        })
+        .collect()
 }
 
 /// The name the environment's rewards report under in a multi-turn run.
@@ -53,18 +69,9 @@ pub fn score_episodes(
     generated: &[Generated],
     episodes: &[EpisodeOutcome],
 ) -> anyhow::Result<ScoredBatch> {
-    let texts = generated
-        .iter()
-        .map(|g| Ok(tokenizer.decode(&g.tokens, true)?))
-        .collect::<anyhow::Result<Vec<String>>>()?;
-    let finals = generated
-        .iter()
-        .zip(episodes)
-        .map(|(g, e)| {
-            serde_json::from_value(rows[g.prompt_index].with_completion(&e.final_message))
-        })
-        .collect::<Result<Vec<oxrl_rewards::Completion>, _>>()?;
-    let mut scores = rewards.score(&finals);
+    let texts = decoded(tokenizer, generated)?;
+    let finals: Vec<&str> = episodes.iter().map(|e| e.final_message.as_str()).collect();
+    let mut scores = rewards.score(&completions(rows, generated, &finals)?);
     let environment = environment_report(episodes);
     for (total, value) in scores.total.iter_mut().zip(&environment.values) {
         *total += value;
