@@ -61,3 +61,23 @@ impl Sample {
         self.loss_mask.iter().filter(|&&m| m).count()
     }
 }
+
+#[cfg(test)]
+impl Sample {
+    /// A one-token sample of `group_id` with `reward`, for unit tests.
+    pub(crate) fn for_test(group_id: u64, reward: f64) -> Self {
+        Self {
+            prompt_ids: vec![1],
+            completion_ids: vec![2],
+            loss_mask: vec![true],
+            behaviour_logprobs: vec![-1.0],
+            learner_logprobs: None,
+            policy_version: 0,
+            group_id,
+            finish_reason: FinishReason::Stop,
+            reward,
+            rewards: BTreeMap::new(),
+            turn_rewards: Vec::new(),
+        }
+    }
+}

@@ -416,17 +416,11 @@ mod tests {
         let samples: Vec<Sample> = rows
             .iter()
             .map(|&(group_id, len)| Sample {
-                prompt_ids: vec![1],
                 completion_ids: vec![0; len],
                 loss_mask: vec![true; len],
                 behaviour_logprobs: vec![0.0; len],
-                learner_logprobs: None,
-                policy_version: 0,
-                group_id,
                 finish_reason: crate::sample::FinishReason::Length,
-                reward: 0.0,
-                rewards: Default::default(),
-                turn_rewards: Vec::new(),
+                ..Sample::for_test(group_id, 0.0)
             })
             .collect();
         let mut refs: Vec<&Sample> = samples.iter().collect();

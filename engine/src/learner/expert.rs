@@ -112,29 +112,12 @@ impl Algorithm for ExpertIteration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample::FinishReason;
-
-    fn sample(group_id: u64, reward: f64) -> Sample {
-        Sample {
-            prompt_ids: vec![1],
-            completion_ids: vec![2],
-            loss_mask: vec![true],
-            behaviour_logprobs: vec![-1.0],
-            learner_logprobs: None,
-            policy_version: 0,
-            group_id,
-            finish_reason: FinishReason::Stop,
-            reward,
-            rewards: Default::default(),
-            turn_rewards: Vec::new(),
-        }
-    }
 
     #[test]
     fn best_per_group_keeps_one_sample_of_each_group_above_the_threshold() {
         let batch: Vec<Sample> = [(0, 0.5), (0, 0.9), (0, 0.9), (1, 0.2), (2, 0.7), (2, 0.6)]
             .iter()
-            .map(|&(g, r)| sample(g, r))
+            .map(|&(g, r)| Sample::for_test(g, r))
             .collect();
         let all = ExpertIterationConfig {
             min_reward: 0.5,

@@ -378,17 +378,12 @@ mod tests {
     /// An episode of two model turns (tokens 0-1 and 4) around two environment tokens.
     fn episode() -> Sample {
         Sample {
-            prompt_ids: vec![1],
             completion_ids: vec![5, 6, 7, 8, 9],
             loss_mask: vec![true, true, false, false, true],
             behaviour_logprobs: vec![-1.0, -1.0, 0.0, 0.0, -1.0],
-            learner_logprobs: None,
-            policy_version: 0,
-            group_id: 0,
             finish_reason: FinishReason::Environment,
-            reward: 1.5,
-            rewards: Default::default(),
             turn_rewards: vec![(1, 0.5), (4, 1.0)],
+            ..Sample::for_test(0, 1.5)
         }
     }
 

@@ -71,23 +71,6 @@ impl Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample::FinishReason;
-
-    fn sample(group_id: u64, reward: f64) -> Sample {
-        Sample {
-            prompt_ids: vec![1, 2],
-            completion_ids: vec![3],
-            loss_mask: vec![true],
-            behaviour_logprobs: vec![-0.5],
-            learner_logprobs: None,
-            policy_version: 4,
-            group_id,
-            finish_reason: FinishReason::Stop,
-            reward,
-            rewards: Default::default(),
-            turn_rewards: Vec::new(),
-        }
-    }
 
     #[test]
     fn steps_walk_the_groups_in_file_order_and_wrap() {
@@ -96,7 +79,7 @@ mod tests {
         let lines: Vec<String> = [(7, 1.0), (7, 0.0), (3, 0.5), (9, 0.25), (3, 0.0)]
             .iter()
             .map(|&(g, r)| {
-                let mut v = serde_json::to_value(sample(g, r)).unwrap();
+                let mut v = serde_json::to_value(Sample::for_test(g, r)).unwrap();
                 v["step"] = 0.into();
                 v.to_string()
             })
@@ -116,8 +99,8 @@ mod tests {
     fn a_bad_line_is_reported_with_its_number() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("replay.jsonl");
-        let good = serde_json::to_string(&sample(0, 1.0)).unwrap();
-        let mut short = sample(0, 0.0);
+        let good = serde_json::to_string(&Sample::for_test(0, 1.0)).unwrap();
+        let mut short = Sample::for_test(0, 0.0);
         short.behaviour_logprobs.clear();
         let short = serde_json::to_string(&short).unwrap();
         std::fs::write(&path, format!("{good}\n{short}\n")).unwrap();
