@@ -103,9 +103,14 @@ pub fn smoke_config() -> PathBuf {
 /// `oxrl train configs/smoke.toml --set output_dir=OUT --set S...` for each of `sets`; add more
 /// arguments (`--resume auto`) to the returned command.
 pub fn smoke_train(out: &Path, sets: &[&str]) -> Command {
+    train_command(&smoke_config(), out, sets)
+}
+
+/// `oxrl train CONFIG --set output_dir=OUT --set S...` for each of `sets`.
+pub fn train_command(config: &Path, out: &Path, sets: &[&str]) -> Command {
     let mut cmd = Command::new(oxrl_bin());
     cmd.arg("train")
-        .arg(smoke_config())
+        .arg(config)
         .arg("--set")
         .arg(format!("output_dir={}", out.display()));
     for set in sets {

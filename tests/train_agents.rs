@@ -7,9 +7,8 @@
 //! that differs from the session's.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use oxrl_tests::{oxrl_bin, python, training_lines};
+use oxrl_tests::{python, smoke_config, smoke_train, train_command, training_lines};
 use serde_json::Value;
 
 const AGENT: &str = r#"
@@ -71,8 +70,7 @@ with concurrent.futures.ThreadPoolExecutor(GROUP) as pool:
 
 /// configs/smoke.toml without its rewards (the agent gives them) and with the agent.
 fn config(dir: &Path, checks: &Path) -> PathBuf {
-    let smoke = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml");
-    let text = std::fs::read_to_string(smoke).unwrap();
+    let text = std::fs::read_to_string(smoke_config()).unwrap();
     let (head, rest) = text.split_once("[[rewards]]").unwrap();
     let rollout = &rest[rest.find("[rollout]").unwrap()..];
     let script = dir.join("agent.py");
@@ -97,15 +95,7 @@ fn an_outside_agent_trains_the_policy_through_the_endpoint() {
     let dir = tempfile::tempdir().unwrap();
     let checks = dir.path().join("checks.json");
     let out = dir.path().join("run");
-    let output = Command::new(oxrl_bin())
-        .arg("train")
-        .arg(config(dir.path(), &checks))
-        .args([
-            "--set",
-            &format!("output_dir={}", out.display()),
-            "--set",
-            "steps=3",
-        ])
+    let output = train_command(&config(dir.path(), &checks), &out, &["steps=3"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -144,19 +134,8 @@ fn an_outside_agent_trains_the_policy_through_the_endpoint() {
 #[test]
 fn rewards_and_eval_are_refused_with_agents() {
     let out = tempfile::tempdir().unwrap();
-    let smoke = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml");
-    let output = Command::new(oxrl_bin())
-        .arg("train")
-        .arg(smoke)
-        .args(["--set", &format!("output_dir={}", out.path().display())])
-        .args([
-            "--set",
-            "rollout.source=\"agents\"",
-            "--set",
-            "eval.every=5",
-        ])
-        .output()
-        .unwrap();
+    let sets = ["rollout.source=\"agents\"", "eval.every=5"];
+    let output = smoke_train(out.path(), &sets).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use oxrl_tests::{is_eval_line, metrics_lines, oxrl_bin, training_lines};
+use oxrl_tests::{is_eval_line, metrics_lines, oxrl_bin, train_command, training_lines};
 use serde_json::Value;
 
 fn config() -> PathBuf {
@@ -15,14 +15,7 @@ fn config() -> PathBuf {
 }
 
 fn train(out: &Path, sets: &[&str]) -> std::process::Output {
-    let mut cmd = Command::new(oxrl_bin());
-    cmd.arg("train")
-        .arg(config())
-        .args(["--set", &format!("output_dir={}", out.display())]);
-    for set in sets {
-        cmd.args(["--set", set]);
-    }
-    let output = cmd.output().unwrap();
+    let output = train_command(&config(), out, sets).output().unwrap();
     assert!(
         output.status.success(),
         "{}",
@@ -238,12 +231,8 @@ fn a_multi_turn_run_resumes_to_the_same_state() {
     // The same run stopped after step 2 (its checkpoint), then continued to step 3.
     let resumed = dir.path().join("resumed");
     train(&resumed, &["steps=2", "checkpoint.every=0"]);
-    let mut cmd = Command::new(oxrl_bin());
-    cmd.arg("train")
-        .arg(config())
-        .args(["--set", &format!("output_dir={}", resumed.display())])
-        .args(["--set", "steps=3", "--resume", "auto"]);
-    assert!(cmd.status().unwrap().success());
+    let mut cmd = train_command(&config(), &resumed, &["steps=3"]);
+    assert!(cmd.args(["--resume", "auto"]).status().unwrap().success());
     let (a, b) = (training_lines(&straight), training_lines(&resumed));
     assert_eq!(a.len(), 3);
     assert_eq!(b.len(), 3);

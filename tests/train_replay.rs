@@ -9,15 +9,14 @@
 //! few hundred samples.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use oxrl_tests::{is_eval_line, metrics_lines, oxrl_bin, training_lines};
+use oxrl_tests::{is_eval_line, metrics_lines, smoke_config, train_command, training_lines};
 use serde_json::Value;
 
 /// configs/smoke.toml with one reward: the completion starts with a space.
 fn config(dir: &Path) -> PathBuf {
-    let smoke = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml");
-    let text = std::fs::read_to_string(smoke).unwrap();
+    let text = std::fs::read_to_string(smoke_config()).unwrap();
     let (head, rest) = text.split_once("[[rewards]]").unwrap();
     let rollout = &rest[rest.find("[rollout]").unwrap()..];
     let rewards = "[[rewards]]\nname = \"space\"\ntype = \"format\"\npattern = \"^ \"\n\n";
@@ -27,19 +26,9 @@ fn config(dir: &Path) -> PathBuf {
 }
 
 fn train(config: &Path, out: &Path, sets: &[&str]) -> Output {
-    let mut cmd = Command::new(oxrl_bin());
-    cmd.arg("train").arg(config).args([
-        "--set",
-        &format!("output_dir={}", out.display()),
-        "--set",
-        "rollout.max_tokens=1",
-        "--set",
-        "rollout.prompts_per_step=8",
-    ]);
-    for set in sets {
-        cmd.args(["--set", set]);
-    }
-    cmd.output().unwrap()
+    let short = ["rollout.max_tokens=1", "rollout.prompts_per_step=8"];
+    let sets: Vec<&str> = short.iter().chain(sets).copied().collect();
+    train_command(config, out, &sets).output().unwrap()
 }
 
 fn succeeded(output: Output) -> Output {

@@ -159,13 +159,7 @@ fn calculator_episodes_play_out_on_vllm() {
     let _one = one_run_at_a_time();
     let out = tempfile::tempdir().unwrap();
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke_tool.toml");
-    let mut cmd = Command::new(oxrl_tests::oxrl_bin());
-    cmd.arg("train")
-        .arg(config)
-        .args(["--set", &format!("output_dir={}", out.path().display())]);
-    for set in ON_VLLM {
-        cmd.args(["--set", set]);
-    }
+    let cmd = oxrl_tests::train_command(&config, out.path(), &ON_VLLM);
     let lines = train_to_the_end(cmd, out.path());
     assert_eq!(lines.len(), 2);
     for line in &lines {
