@@ -12,8 +12,8 @@
 use std::cell::Cell;
 use std::path::Path;
 
-use oxrl::rollout::{Generated, GenerationRequest};
-use oxrl::train::episodes::{EpisodeBatch, EpisodeRunner};
+use oxrl::rollout::{Generated, GenerationRequest, SequenceCache};
+use oxrl::train::episodes::{EpisodeBatch, EpisodeRunner, Turns};
 use oxrl::{FinishReason, LoadOptions, Pretrained, Tokenizer};
 use oxrl_envs::{ChatTemplate, EnvConfig, LoadedEnv, Message, Row};
 use oxrl_tests::smollm2_gguf;
@@ -37,9 +37,9 @@ fn scripted<'a>(
     env: &'a LoadedEnv,
     tokenizer: &'a Tokenizer,
     stop: Option<u32>,
-) -> impl FnMut(&GenerationRequest) -> anyhow::Result<Vec<Generated>> + 'a {
+) -> impl FnMut(&GenerationRequest, Vec<Option<SequenceCache>>) -> anyhow::Result<Turns> + 'a {
     let turn = Cell::new(0);
-    move |request| {
+    move |request, _| {
         let t = turn.replace(turn.get() + 1);
         let rows = env.train().rows();
         let mut out = Vec::new();
@@ -50,7 +50,7 @@ fn scripted<'a>(
                 let text = &env.task().reference(&rows[row]).unwrap()[t];
                 let mut tokens = tokenizer.encode(text, false).unwrap();
                 tokens.extend(stop);
-                out.push(Generated {
+                let generated = Generated {
                     prompt_index: p,
                     sample_index: s,
                     logprobs: vec![-1.0; tokens.len()],
@@ -60,7 +60,8 @@ fn scripted<'a>(
                         None => FinishReason::Length,
                     },
                     learner_logprobs: None,
-                });
+                };
+                out.push((generated, None));
             }
         }
         Ok(out)

@@ -242,3 +242,90 @@ fn recorded_rollout_logprobs_equal_the_learners_for_every_variant() {
         }
     }
 }
+
+/// Three turns of an episode-like rollout: each completion's next prompt is its sequence plus
+/// a few "environment" tokens. Continuing from the kept caches (ragged suffixes, a cache that
+/// diverges from its prompt near the end, a prompt without one) samples what a fresh prefill
+/// of the whole prompts samples, with the same logprobs, for every variant (the sliding
+/// windows cross the cached/fed boundary).
+#[test]
+fn continuing_from_kept_caches_equals_a_fresh_prefill_for_every_variant() {
+    use oxrl::rollout::{
+        generate_batch, generate_continuing, GenerationRequest, SamplingParams, SequenceCache,
+        StopConditions,
+    };
+    let request = |prompts: Vec<Vec<u32>>, n: usize, seed: u64| GenerationRequest {
+        prompts,
+        n,
+        sampling: SamplingParams {
+            temperature: 1.0,
+            ..Default::default()
+        },
+        max_tokens: 9,
+        stop: StopConditions {
+            token_ids: vec![3],
+            strings: vec![],
+        },
+        seed,
+        prompt_offset: 0,
+    };
+    let first: Vec<Vec<u32>> = vec![vec![5, 6, 7], (0..11).map(|i| (i * 7 + 2) % 97).collect()];
+    for (v, (name, cfg)) in variants().into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_vs, model) = tiny_model(&cfg, 400 + v as i64, dir.path());
+        let (_other_vs, other) = tiny_model(&cfg, 900 + v as i64, dir.path());
+        let mut out =
+            generate_continuing(&model, &request(first.clone(), 2, 7), None, vec![]).unwrap();
+        let mut prompts = first.clone();
+        for turn in 1..=3u64 {
+            let (mut next, mut caches): (Vec<Vec<u32>>, Vec<Option<SequenceCache>>) =
+                (out.into_iter().enumerate())
+                    .map(|(j, (g, cache))| {
+                        let mut p = prompts[g.prompt_index].clone();
+                        p.extend(&g.tokens);
+                        p.extend((0..1 + 3 * j as u32).map(|k| (k * 13 + j as u32 + 20) % 97));
+                        let cache = cache.expect("the engine keeps every completion's cache");
+                        assert_eq!(cache.len(), p.len() - 2 - 3 * j, "{name}: cached positions");
+                        (p, Some(cache))
+                    })
+                    .unzip();
+            // The first prompt's sequence changes its last sampled token: only the tokens both
+            // share are taken from the cache. The second has no cache at all.
+            let last = next[0].len() - 2;
+            next[0][last] = (next[0][last] + 1) % 97;
+            caches[1] = None;
+            let req = request(next.clone(), 1, 11 + turn);
+            let fresh = generate_batch(&model, &req, None).unwrap();
+            let continued = generate_continuing(&model, &req, None, caches).unwrap();
+            for (f, (c, _)) in fresh.iter().zip(&continued) {
+                assert_eq!(f.tokens, c.tokens, "{name}, turn {turn}: sampled tokens");
+                for (a, b) in f.logprobs.iter().zip(&c.logprobs) {
+                    assert!(
+                        (a - b).abs() < 1e-4 * b.abs().max(1.0),
+                        "{name}, turn {turn}: fresh {a} vs continued {b}"
+                    );
+                }
+            }
+            prompts = next;
+            out = continued;
+        }
+        // Another model's caches change the logprobs: the caches are really read.
+        let foreign =
+            generate_continuing(&other, &request(first.clone(), 1, 5), None, vec![]).unwrap();
+        let (prompts, caches): (Vec<Vec<u32>>, Vec<Option<SequenceCache>>) = (foreign.into_iter())
+            .map(|(g, cache)| {
+                let mut p = first[g.prompt_index].clone();
+                p.extend(&g.tokens);
+                p.push(42);
+                (p, cache)
+            })
+            .unzip();
+        let req = request(prompts, 1, 6);
+        let fresh = generate_batch(&model, &req, None).unwrap();
+        let poisoned = generate_continuing(&model, &req, None, caches).unwrap();
+        let changed = fresh.iter().zip(&poisoned).any(|(f, (p, _))| {
+            f.tokens != p.tokens || (f.logprobs[0] - p.logprobs[0]).abs() > 1e-3
+        });
+        assert!(changed, "{name}: another model's caches changed nothing");
+    }
+}

@@ -6,6 +6,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use super::bench_padding::{self, PaddingArgs};
+use super::bench_turns::{self, TurnsArgs};
 use super::bench_update::{self, UpdateArgs};
 use super::ModelArgs;
 use crate::rollout::{generate_batch, GenerationRequest, SamplingParams, StopConditions};
@@ -35,6 +36,9 @@ pub(super) enum Bench {
     /// Padded positions of the learner's micro-batches on drawn prompt/completion lengths,
     /// against padding-free packing.
     Padding(PaddingArgs),
+    /// Multi-turn rollouts: later turns from each episode's kept KV cache vs prefilled from
+    /// scratch.
+    Turns(TurnsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -93,6 +97,7 @@ pub(super) fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Gemm(args) => gemm(args),
         Bench::Update(args) => bench_update::update(args),
         Bench::Padding(args) => bench_padding::padding(args),
+        Bench::Turns(args) => bench_turns::turns(args),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_padding;
+mod bench_turns;
 mod bench_update;
 mod generate;
 mod import;

@@ -119,6 +119,42 @@ impl KvCache {
         self.len = len;
     }
 
+    /// The first `len` positions of this cache, as a view (nothing is copied).
+    pub fn prefix(&self, len: i64) -> KvCache {
+        assert!(
+            len <= self.len,
+            "a prefix of {len} positions of a cache of {}",
+            self.len
+        );
+        let view = |c: &LayerCache| LayerCache {
+            k: c.k.narrow(2, 0, len),
+            v: c.v.narrow(2, 0, len),
+        };
+        KvCache {
+            layers: self.layers.iter().map(|c| c.as_ref().map(view)).collect(),
+            len,
+            capacity: None,
+        }
+    }
+
+    /// Row `row`'s last `len` positions, copied out as a one-row cache: a finished
+    /// sequence's keys and values (its real tokens end at the cache's length).
+    pub fn copy_row(&self, row: i64, len: i64) -> KvCache {
+        let take = |t: &Tensor| t.narrow(0, row, 1).narrow(2, self.len - len, len).copy();
+        KvCache {
+            layers: (self.layers.iter())
+                .map(|c| {
+                    c.as_ref().map(|c| LayerCache {
+                        k: take(&c.k),
+                        v: take(&c.v),
+                    })
+                })
+                .collect(),
+            len,
+            capacity: None,
+        }
+    }
+
     /// Keeps only the rows `index` (int64 `[n]`) of every cached tensor: drops finished
     /// sequences or repeats a shared prompt prefill across its group.
     pub fn select_rows(&mut self, index: &Tensor) {

@@ -1,6 +1,10 @@
 //! Batched generation: each prompt is prefilled once and its KV cache shared across its group
 //! of `n` completions; every step samples all live sequences at once, and finished sequences
 //! leave the batch (the cache rows are compacted) so they stop costing compute.
+//!
+//! A request may continue earlier sequences ([`generate_continuing`]): each finished
+//! completion's cache is kept ([`SequenceCache`]), and a prompt that extends it (an episode's
+//! next turn: the same tokens, then the environment's) prefills only what is new.
 
 use tch::{Device, Kind, Tensor};
 
@@ -50,6 +54,38 @@ pub struct Generated {
     pub learner_logprobs: Option<Vec<f32>>,
 }
 
+/// One finished sequence's keys and values, kept so that a later prompt extending it prefills
+/// only its new tokens.
+#[derive(Debug)]
+pub struct SequenceCache {
+    /// The ids the cache covers: the prompt, then every generated token but the last (which
+    /// was sampled, never fed).
+    tokens: Vec<u32>,
+    /// One row, `tokens.len()` positions.
+    cache: KvCache,
+}
+
+impl SequenceCache {
+    /// Cached positions.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether it covers nothing.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// How many of `prompt`'s leading tokens this cache can stand for: the tokens both begin
+    /// with, but never the whole prompt (its last token must be fed for the next logits).
+    fn usable_for(&self, prompt: &[u32]) -> usize {
+        let common = (self.tokens.iter().zip(prompt))
+            .take_while(|(a, b)| a == b)
+            .count();
+        common.min(prompt.len().saturating_sub(1))
+    }
+}
+
 /// A sequence still generating.
 struct Live {
     out: Generated,
@@ -64,7 +100,29 @@ pub fn generate_batch(
     tokenizer: Option<&Tokenizer>,
 ) -> Result<Vec<Generated>> {
     validate(model, req, tokenizer)?;
-    tch::no_grad(|| run(model, req, tokenizer))
+    let out = tch::no_grad(|| run(model, req, tokenizer, Vec::new(), false))?;
+    Ok(out.into_iter().map(|(g, _)| g).collect())
+}
+
+/// [`generate_batch`], where prompt i may start from `prefixes[i]`, the cache of a sequence
+/// it extends (only the tokens after the prefix both share are prefilled); returns each
+/// completion with its own cache, for a next request that extends it. `prefixes` is empty or
+/// has one entry per prompt.
+pub fn generate_continuing(
+    model: &Llama,
+    req: &GenerationRequest,
+    tokenizer: Option<&Tokenizer>,
+    prefixes: Vec<Option<SequenceCache>>,
+) -> Result<Vec<(Generated, Option<SequenceCache>)>> {
+    validate(model, req, tokenizer)?;
+    if !prefixes.is_empty() && prefixes.len() != req.prompts.len() {
+        return Err(Error::Invalid(format!(
+            "{} prefix caches for {} prompts",
+            prefixes.len(),
+            req.prompts.len()
+        )));
+    }
+    tch::no_grad(|| run(model, req, tokenizer, prefixes, true))
 }
 
 fn validate(model: &Llama, req: &GenerationRequest, tokenizer: Option<&Tokenizer>) -> Result<()> {
@@ -90,17 +148,21 @@ fn validate(model: &Llama, req: &GenerationRequest, tokenizer: Option<&Tokenizer
     Ok(())
 }
 
+/// Generates `req` from the `prefixes` (empty: none); `keep_caches` copies out each finished
+/// sequence's cache.
 fn run(
     model: &Llama,
     req: &GenerationRequest,
     tokenizer: Option<&Tokenizer>,
-) -> Result<Vec<Generated>> {
+    prefixes: Vec<Option<SequenceCache>>,
+    keep_caches: bool,
+) -> Result<Vec<(Generated, Option<SequenceCache>)>> {
     let device = model.device();
     let context = model.config().max_position_embeddings as i64;
     let longest = req.prompts.iter().map(Vec::len).max().unwrap_or(0);
     let capacity = (longest + req.max_tokens).min(context as usize);
     let mut cache = KvCache::with_capacity(model.config().num_hidden_layers, capacity);
-    let (logits, mut key_mask) = prefill(model, &req.prompts, &mut cache, device);
+    let (logits, mut key_mask) = prefill(model, &req.prompts, prefixes, &mut cache, device);
     // Repeat each prompt's prefill across its group.
     let group = Tensor::arange(req.prompts.len() as i64, (Kind::Int64, device))
         .repeat_interleave_self_int(req.n as i64, 0, None);
@@ -114,7 +176,7 @@ fn run(
     if req.max_tokens == 0 {
         return Ok(live
             .into_iter()
-            .map(|l| finish(l, FinishReason::Length))
+            .map(|l| (finish(l, FinishReason::Length), None))
             .collect());
     }
     loop {
@@ -134,7 +196,10 @@ fn run(
                 context,
                 tokenizer,
             )? {
-                Some(reason) => done.push(finish(seq, reason)),
+                Some(reason) => {
+                    let kept = keep_caches.then(|| kept_cache(&cache, i as i64, &seq, req));
+                    done.push((finish(seq, reason), kept));
+                }
                 None => {
                     keep.push(i as i64);
                     still.push(seq);
@@ -153,25 +218,60 @@ fn run(
         crate::runtime::adapt_threads(); // between steps: fewer threads while cores are taken
         logits = decode_step(model, &live, &mut cache, &mut key_mask, device);
     }
-    done.sort_by_key(|g| (g.prompt_index, g.sample_index));
+    done.sort_by_key(|(g, _)| (g.prompt_index, g.sample_index));
     Ok(done)
 }
 
-/// Runs the prompts through the model, in groups of similar length (see
+/// The cache of `seq`, row `row` of `cache`, just finished: its real positions are the last
+/// ones (every step appended one for each live row), all but its last token.
+fn kept_cache(cache: &KvCache, row: i64, seq: &Live, req: &GenerationRequest) -> SequenceCache {
+    let prompt = &req.prompts[seq.out.prompt_index];
+    let fed = &seq.out.tokens[..seq.out.tokens.len() - 1];
+    let tokens: Vec<u32> = prompt.iter().chain(fed).copied().collect();
+    SequenceCache {
+        cache: cache.copy_row(row, tokens.len() as i64),
+        tokens,
+    }
+}
+
+/// A prompt's cached prefix: `len` leading tokens whose keys and values `cache` holds.
+struct Prefix {
+    cache: SequenceCache,
+    len: usize,
+}
+
+/// Runs the prompts through the model, in groups of similar length still to feed (see
 /// [`length_groups`]), into one left-padded cache; returns the last position's logits
-/// `[prompts, vocab]` and the key mask (None when no prompt is padded).
+/// `[prompts, vocab]` and the key mask (None when no prompt is padded). A prompt with a
+/// prefix cache feeds only the tokens after it.
 fn prefill(
     model: &Llama,
     prompts: &[Vec<u32>],
+    prefixes: Vec<Option<SequenceCache>>,
     cache: &mut KvCache,
     device: Device,
 ) -> (Tensor, Option<Tensor>) {
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) as i64;
     let batch = prompts.len() as i64;
+    let mut prefixes: Vec<Option<Prefix>> = prefixes
+        .into_iter()
+        .zip(prompts)
+        .map(|(c, p)| {
+            c.map(|cache| Prefix {
+                len: cache.usable_for(p),
+                cache,
+            })
+        })
+        .collect();
+    prefixes.resize_with(prompts.len(), || None);
+    let to_feed: Vec<usize> = (prompts.iter().zip(&prefixes))
+        .map(|(p, c)| p.len() - c.as_ref().map_or(0, |c| c.len))
+        .collect();
     let mut last_hidden: Option<Tensor> = None;
-    for group in length_groups(prompts) {
+    for group in length_groups(&to_feed) {
         let members: Vec<&[u32]> = group.iter().map(|&i| prompts[i].as_slice()).collect();
-        let (last, part) = prefill_group(model, &members, device);
+        let cached: Vec<Option<Prefix>> = group.iter().map(|&i| prefixes[i].take()).collect();
+        let (last, part) = prefill_group(model, &members, cached, device);
         let rows = Tensor::from_slice(&group.iter().map(|&i| i as i64).collect::<Vec<_>>())
             .to_device(device);
         cache.place(&part, &rows, batch, longest);
@@ -188,14 +288,49 @@ fn prefill(
     (model.logits(&hidden), key_mask)
 }
 
-/// One left-padded batch of prompts through the model: the last position's hidden states
-/// `[prompts, hidden]` and the batch's own cache.
-fn prefill_group(model: &Llama, prompts: &[&[u32]], device: Device) -> (Tensor, KvCache) {
-    let (tokens, mask) = left_padded(prompts, device);
-    let positions = (mask.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0);
+/// One left-padded batch of prompts through the model, each starting from its cached prefix
+/// if it has one: the last position's hidden states `[prompts, hidden]` and the batch's own
+/// cache, every row's real tokens right-aligned and contiguous.
+///
+/// Every row feeds its last `tail` tokens, the most any row has uncached, and takes the
+/// positions before them from its cache: rows with less to feed recompute a few cached
+/// tokens rather than leave a gap (sliding windows count cache slots as positions).
+fn prefill_group(
+    model: &Llama,
+    prompts: &[&[u32]],
+    prefixes: Vec<Option<Prefix>>,
+    device: Device,
+) -> (Tensor, KvCache) {
+    let tail = (prompts.iter().zip(&prefixes))
+        .map(|(p, c)| p.len() - c.as_ref().map_or(0, |c| c.len))
+        .max()
+        .unwrap_or(0);
+    let kept: Vec<usize> = prompts
+        .iter()
+        .map(|p| p.len().saturating_sub(tail))
+        .collect();
+    let past = kept.iter().copied().max().unwrap_or(0) as i64;
+    let mut cache = model.new_cache();
+    for (row, (prefix, &len)) in prefixes.iter().zip(&kept).enumerate() {
+        if let Some(prefix) = prefix.as_ref().filter(|_| len > 0) {
+            let rows = Tensor::from_slice(&[row as i64]).to_device(device);
+            let part = prefix.cache.cache.prefix(len as i64);
+            cache.place(&part, &rows, prompts.len() as i64, past);
+        }
+    }
+    let tails: Vec<&[u32]> = prompts.iter().zip(&kept).map(|(p, &k)| &p[k..]).collect();
+    let (tokens, tail_mask) = left_padded(&tails, device);
+    let offsets = Tensor::from_slice(&kept.iter().map(|&k| k as i64).collect::<Vec<_>>())
+        .to_device(device)
+        .view([-1, 1]);
+    let positions =
+        (tail_mask.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0) + &offsets;
+    let cached_mask = Tensor::arange(past, (Kind::Int64, device))
+        .view([1, -1])
+        .ge_tensor(&(-&offsets + past));
+    let mask = Tensor::cat(&[cached_mask, tail_mask], 1);
     let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
     let padded = prompts.iter().any(|p| p.len() < longest);
-    let mut cache = model.new_cache();
     let hidden = model.forward_hidden(
         &tokens,
         &positions,
@@ -226,13 +361,14 @@ fn left_padded(prompts: &[&[u32]], device: Device) -> (Tensor, Tensor) {
 /// as long as 32 rows take to compute on a CPU; on a GPU, small).
 const PREFILL_PASS_ROWS: usize = 32;
 
-/// Prompt indices split into prefill groups so that padding every prompt to its group's longest
-/// wastes little: by length, longest first, cut where the rows saved outweigh one more pass
-/// (an exact split by dynamic programming over the sorted lengths).
-fn length_groups(prompts: &[Vec<u32>]) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..prompts.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(prompts[i].len()));
-    let len = |j: usize| prompts[order[j]].len();
+/// Prompt indices (by the tokens each must feed) split into prefill groups so that padding
+/// every prompt to its group's longest wastes little: by length, longest first, cut where the
+/// rows saved outweigh one more pass (an exact split by dynamic programming over the sorted
+/// lengths).
+fn length_groups(lengths: &[usize]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    let len = |j: usize| lengths[order[j]];
     // best[j]: cost of the first j prompts (in order); cut[j]: where their last group starts.
     let n = order.len();
     let mut best = vec![0usize; n + 1];
@@ -332,14 +468,14 @@ fn decode_step(
 mod tests {
     use super::*;
 
-    fn lengths(groups: &[Vec<usize>], prompts: &[Vec<u32>]) -> Vec<Vec<usize>> {
-        let len = |i: &usize| prompts[*i].len();
+    fn lengths(groups: &[Vec<usize>], all: &[usize]) -> Vec<Vec<usize>> {
+        let len = |i: &usize| all[*i];
         groups.iter().map(|g| g.iter().map(len).collect()).collect()
     }
 
     #[test]
     fn prompts_are_grouped_by_length_when_padding_would_cost_more_than_a_pass() {
-        let of = |lens: &[usize]| lens.iter().map(|&n| vec![1u32; n]).collect::<Vec<_>>();
+        let of = |lens: &[usize]| lens.to_vec();
         let same = of(&[9, 9, 9]);
         assert_eq!(length_groups(&same).len(), 1);
         // Padding 60 short prompts to 100 tokens wastes far more than one more pass.

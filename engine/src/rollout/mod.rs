@@ -11,7 +11,9 @@ pub mod single;
 pub mod stop;
 pub mod vllm;
 
-pub use generate::{generate_batch, Generated, GenerationRequest};
+pub use generate::{
+    generate_batch, generate_continuing, Generated, GenerationRequest, SequenceCache,
+};
 pub use pool::{RolloutPool, RolloutResult, Staleness, WeightUpdate, WorkerModel};
 pub use sampling::SamplingParams;
 pub use stop::StopConditions;

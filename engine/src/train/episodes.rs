@@ -6,9 +6,11 @@
 //! text after it (tool results, feedback, the template's glue and next generation prompt),
 //! which the chat template appends (`Episode::model_turn`). Earlier turns are never rendered
 //! or tokenized again, so what the learner trains on is what the policy saw and sampled. Each
-//! turn the unfinished episodes generate one completion each from their ledgers (prefilled
-//! again; the first turn shares each prompt's prefill across its group as single-turn
-//! rollouts do), on the native engine or the vLLM servers alike.
+//! turn the unfinished episodes generate one completion each from their ledgers (the first
+//! turn shares each prompt's prefill across its group as single-turn rollouts do), on the
+//! native engine or the vLLM servers alike. The native engine keeps each episode's KV cache
+//! from one turn to the next and prefills only the environment's tokens
+//! ([`crate::rollout::generate_continuing`]); vLLM finds the ledger in its prefix cache.
 //!
 //! An episode ends when the environment says done, after `env.episode.max_turns` model
 //! turns, when its tokens after the prompt reach `env.episode.max_tokens`, or when its
@@ -24,7 +26,7 @@ use anyhow::Context;
 use oxrl_envs::{EnvError, Environment, Episode, LoadedEnv, Row, Turn};
 use rayon::prelude::*;
 
-use crate::rollout::{Generated, GenerationRequest};
+use crate::rollout::{Generated, GenerationRequest, SequenceCache};
 use crate::sample::FinishReason;
 use crate::tokenizer::Tokenizer;
 
@@ -95,6 +97,10 @@ pub struct EpisodeRunner {
     warned: AtomicBool,
 }
 
+/// A generated turn: each completion with its KV cache, where the engine keeps them (the
+/// next turn continues from it).
+pub type Turns = Vec<(Generated, Option<SequenceCache>)>;
+
 /// An episode being played.
 struct Live {
     episode: Episode,
@@ -122,14 +128,18 @@ impl EpisodeRunner {
 
     /// Plays `request.n` episodes of each of `rows` to the end. `request` gives the
     /// sampling, per-turn `max_tokens`, stops and seed (its prompts are replaced by the
-    /// episodes' openings); `complete` generates one turn.
+    /// episodes' openings); `complete` generates one turn from its request and, per prompt,
+    /// the cache of the sequence it continues (none on the first turn).
     pub fn run(
         &self,
         env: &LoadedEnv,
         tokenizer: &Tokenizer,
         rows: &[Row],
         mut request: GenerationRequest,
-        mut complete: impl FnMut(&GenerationRequest) -> anyhow::Result<Vec<Generated>>,
+        mut complete: impl FnMut(
+            &GenerationRequest,
+            Vec<Option<SequenceCache>>,
+        ) -> anyhow::Result<Turns>,
     ) -> anyhow::Result<EpisodeBatch> {
         let start = Instant::now();
         let mut live = self.start(env, tokenizer, rows, request.n)?;
@@ -139,20 +149,27 @@ impl EpisodeRunner {
             .step_by(request.n)
             .map(|l| l.ledger.clone())
             .collect();
+        // Each unfinished episode's KV cache from its last turn, where the engine keeps them.
+        let mut caches: Vec<Option<SequenceCache>> = live.iter().map(|_| None).collect();
         let mut turn = 0;
         while live.iter().any(|l| !l.done) {
             let active: Vec<usize> = (0..live.len()).filter(|&i| !live[i].done).collect();
             let turn_request = self.turn_request(&request, &live, &active, turn);
-            let generated = complete(&turn_request)
+            let prefixes = match turn {
+                0 => Vec::new(),
+                _ => active.iter().map(|&i| caches[i].take()).collect(),
+            };
+            let generated = complete(&turn_request, prefixes)
                 .with_context(|| format!("generating turn {} of the episodes", turn + 1))?;
             let env_start = Instant::now();
             let mut played: Vec<(&mut Live, Generated)> = Vec::with_capacity(generated.len());
             let mut slots: Vec<Option<&mut Live>> = live.iter_mut().map(Some).collect();
-            for g in generated {
+            for (g, cache) in generated {
                 let episode = match turn {
                     0 => g.prompt_index * request.n + g.sample_index,
                     _ => active[g.prompt_index],
                 };
+                caches[episode] = cache;
                 let slot = slots[episode]
                     .take()
                     .context("two generations for one episode")?;
@@ -162,6 +179,11 @@ impl EpisodeRunner {
                 self.play_turn(l, g, tokenizer, &turn_request.stop.token_ids)
             })?;
             env_seconds += env_start.elapsed().as_secs_f64();
+            for (cache, l) in caches.iter_mut().zip(&live) {
+                if l.done {
+                    *cache = None;
+                }
+            }
             turn += 1;
         }
         let (generated, episodes) = live.into_iter().map(|l| self.finish(l)).unzip();

@@ -20,7 +20,7 @@ use crate::device::{parse_device, parse_kind};
 use crate::dist::{ProcessGroup, ReduceOp};
 use crate::model::Llama;
 use crate::pretrained::{LoadOptions, Pretrained};
-use crate::rollout::{generate_batch, Generated, GenerationRequest};
+use crate::rollout::{generate_batch, generate_continuing, Generated, GenerationRequest};
 use crate::telemetry::names as n;
 use crate::tokenizer::Tokenizer;
 
@@ -176,14 +176,20 @@ impl Evaluator<'_> {
         rows: &[Row],
         request: GenerationRequest,
     ) -> anyhow::Result<(Vec<Generated>, Vec<String>, CombinedScores)> {
-        let generate =
-            |r: &GenerationRequest| Ok(generate_batch(self.model, r, Some(self.tokenizer))?);
         let Some(runner) = self.episodes else {
-            let generated = generate(&request)?;
+            let generated = generate_batch(self.model, &request, Some(self.tokenizer))?;
             let scored = score_batch(self.rewards, self.tokenizer, rows, &generated)?;
             return Ok((generated, scored.texts, scored.scores));
         };
-        let played = runner.run(self.env, self.tokenizer, rows, request, generate)?;
+        let turn = |r: &GenerationRequest, prefixes| {
+            Ok(generate_continuing(
+                self.model,
+                r,
+                Some(self.tokenizer),
+                prefixes,
+            )?)
+        };
+        let played = runner.run(self.env, self.tokenizer, rows, request, turn)?;
         let scored = score_episodes(
             self.rewards,
             self.tokenizer,

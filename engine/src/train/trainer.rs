@@ -40,7 +40,7 @@ use super::batch::{PromptSource, RolloutBatch};
 use super::checkpoint::{self, TrainState};
 use super::config::{LoggedSamples, RolloutEngine, RolloutSource, RunConfig};
 use super::data_parallel;
-use super::episodes::{EpisodeOutcome, EpisodeRunner};
+use super::episodes::{EpisodeOutcome, EpisodeRunner, Turns};
 use super::eval::Evaluator;
 use super::pairs;
 use super::prefetch::Prefetch;
@@ -59,7 +59,9 @@ use crate::learner::{lora, metrics, AlgorithmKind, Learner, LogprobGap, Update};
 use crate::model::random::random_model;
 use crate::model::{Llama, ModelConfig};
 use crate::pretrained::{save_model_dir, LoadOptions, Pretrained};
-use crate::rollout::{generate_batch, Generated, GenerationRequest};
+use crate::rollout::{
+    generate_batch, generate_continuing, Generated, GenerationRequest, SequenceCache,
+};
 use crate::sample::Sample;
 use crate::telemetry::{serve, MetricsServer, RunMetrics};
 use crate::tokenizer::Tokenizer;
@@ -641,8 +643,10 @@ impl Trainer {
         let (vllm, learner) = (self.vllm.as_ref(), &self.learner);
         let mut batch = match &self.episodes {
             Some(runner) => {
-                let complete = |r: &GenerationRequest| complete(vllm, learner, &self.tokenizer, r);
-                let played = runner.run(&self.env, &self.tokenizer, &rows, request, complete)?;
+                let turn = |r: &GenerationRequest, prefixes| {
+                    complete_turn(vllm, learner, &self.tokenizer, r, prefixes)
+                };
+                let played = runner.run(&self.env, &self.tokenizer, &rows, request, turn)?;
                 RolloutBatch {
                     rows,
                     request: played.request,
@@ -941,6 +945,30 @@ fn complete(
     match vllm {
         Some(vllm) => hold(vllm)?.generate(request),
         None => Ok(generate_batch(learner.policy(), request, Some(tokenizer))?),
+    }
+}
+
+/// An episode turn's completions, as [`complete`]; the native engine continues each prompt
+/// from its prefix cache and keeps the completions' caches (vLLM keeps its own).
+fn complete_turn(
+    vllm: Option<&SharedVllm>,
+    learner: &Learner,
+    tokenizer: &Tokenizer,
+    request: &GenerationRequest,
+    prefixes: Vec<Option<SequenceCache>>,
+) -> anyhow::Result<Turns> {
+    match vllm {
+        Some(vllm) => Ok(hold(vllm)?
+            .generate(request)?
+            .into_iter()
+            .map(|g| (g, None))
+            .collect()),
+        None => Ok(generate_continuing(
+            learner.policy(),
+            request,
+            Some(tokenizer),
+            prefixes,
+        )?),
     }
 }
 
