@@ -15,7 +15,9 @@
 //!
 //! The HTTP side (axum, its own thread) only forwards requests to the training thread, which
 //! answers all the calls waiting at once with one batched generation while it collects a
-//! step, and keeps them waiting while the learner updates. Bounds: open sessions, calls and
+//! step, and keeps them waiting while the learner updates. A session keeps its KV cache from
+//! one call to the next while the policy is unchanged, so a call prefills only its new
+//! messages. Bounds: open sessions, calls and
 //! tokens per session, idle time per session, the time a step may wait; a call for a finished
 //! session, a reward for an unknown one, or a conversation that differs from the session's is
 //! refused with a clear error.
@@ -39,7 +41,7 @@ use serde_json::{json, Value};
 
 use super::episodes::split_turn;
 use crate::learner::Learner;
-use crate::rollout::{generate_batch, GenerationRequest};
+use crate::rollout::{generate_continuing, GenerationRequest, SequenceCache};
 use crate::sample::{FinishReason, Sample};
 use crate::tokenizer::Tokenizer;
 
@@ -135,6 +137,9 @@ struct Session {
     version: u64,
     finish_reason: FinishReason,
     last_seen: Instant,
+    /// The KV cache of the last reply and the policy version that computed it: the next call
+    /// under the same version prefills only the agent's new messages.
+    cache: Option<(u64, SequenceCache)>,
 }
 
 /// A finished session.
@@ -309,7 +314,19 @@ impl AgentHub {
             seed: policy.request.seed ^ self.finished.len() as u64 ^ (calls.len() as u64) << 32,
             ..policy.request.clone()
         };
-        let generated = generate_batch(policy.learner.policy(), &request, Some(policy.tokenizer));
+        let prefixes = (calls.iter())
+            .map(|(s, _, _)| {
+                self.sessions
+                    .get_mut(s)
+                    .and_then(|s| s.take_cache(policy.version))
+            })
+            .collect();
+        let generated = generate_continuing(
+            policy.learner.policy(),
+            &request,
+            Some(policy.tokenizer),
+            prefixes,
+        );
         let generated = match generated {
             Ok(g) => g,
             Err(e) => {
@@ -320,8 +337,11 @@ impl AgentHub {
                 return;
             }
         };
-        for (g, (session, max_tokens, reply)) in generated.into_iter().zip(calls) {
+        for ((g, cache), (session, max_tokens, reply)) in generated.into_iter().zip(calls) {
             let answer = self.record(policy, &session, g, max_tokens);
+            if let Some(s) = self.sessions.get_mut(&session) {
+                s.cache = cache.map(|c| (policy.version, c));
+            }
             let _ = reply.send(
                 answer.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
             );
@@ -535,7 +555,16 @@ impl Session {
             version: policy.version,
             finish_reason: FinishReason::Stop,
             last_seen: Instant::now(),
+            cache: None,
         })
+    }
+
+    /// The session's cache, if the policy that computed it is still `version`'s.
+    fn take_cache(&mut self, version: u64) -> Option<SequenceCache> {
+        self.cache
+            .take()
+            .filter(|(v, _)| *v == version)
+            .map(|(_, c)| c)
     }
 
     /// The conversation so far, as token ids.
