@@ -139,3 +139,55 @@ fn ranks_that_never_meet_time_out_naming_the_store() {
         start.elapsed()
     );
 }
+
+#[test]
+fn ranks_started_with_different_world_sizes_are_told_so() {
+    let port = free_port();
+    let ranks: Vec<_> = [(0, 2), (1, 3)]
+        .into_iter()
+        .map(|(rank, world_size)| {
+            thread::spawn(move || {
+                let at = place(rank, world_size, port);
+                ProcessGroup::gloo(&at, Duration::from_secs(20)).map(|_| ())
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    for (rank, h) in ranks.into_iter().enumerate() {
+        let err = h.join().unwrap().unwrap_err().to_string();
+        assert!(
+            err.contains("the ranks disagree on WORLD_SIZE"),
+            "rank {rank}: {err}"
+        );
+        assert!(err.contains("has 2") && err.contains("has 3"), "{err}");
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "named, not timed out"
+    );
+}
+
+#[test]
+fn two_processes_with_one_rank_are_told_so() {
+    let port = free_port();
+    let ranks: Vec<_> = [0, 1, 1]
+        .into_iter()
+        .map(|rank| {
+            thread::spawn(move || {
+                let group = ProcessGroup::gloo(&place(rank, 2, port), Duration::from_secs(20))?;
+                group.barrier()
+            })
+        })
+        .collect();
+    let results: Vec<_> = ranks.into_iter().map(|h| h.join().unwrap()).collect();
+    let errors: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("two processes were started with RANK=1"),
+        "{errors:?}"
+    );
+    assert!(results[0].is_ok(), "rank 0 meets the first rank 1");
+}

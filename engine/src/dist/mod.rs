@@ -146,10 +146,13 @@ impl ProcessGroup {
             )
         };
         if let Some(msg) = ffi::take_error(error) {
-            return Err(fail(format!(
-                "{} ranks did not meet at {}:{} within {timeout:?}: {msg}",
-                at.world_size, at.master_addr, at.master_port
-            )));
+            return Err(fail(match msg.strip_prefix("membership: ") {
+                Some(why) => format!("{why} (store at {}:{})", at.master_addr, at.master_port),
+                None => format!(
+                    "{} ranks did not meet at {}:{} within {timeout:?}: {msg}",
+                    at.world_size, at.master_addr, at.master_port
+                ),
+            }));
         }
         let raw = NonNull::new(raw).ok_or_else(|| fail("the shim returned no group".into()))?;
         Ok(Self {

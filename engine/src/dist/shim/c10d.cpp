@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -19,11 +20,18 @@ struct Group {
   c10::intrusive_ptr<c10d::Backend> backend;
 };
 
+// Thrown when the ranks disagree about the job (not a timeout): the Rust side names it so.
+struct Membership : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 template <typename F>
 char* guarded(F&& f) {
   try {
     f();
     return nullptr;
+  } catch (const Membership& e) {
+    return strdup((std::string("membership: ") + e.what()).c_str());
   } catch (const c10::Error& e) {
     return strdup(e.what_without_backtrace());
   } catch (const std::exception& e) {
@@ -73,6 +81,38 @@ c10d::ReduceOp reduce_op(int op) {
   }
 }
 
+std::string key_of(const char* what, int rank) {
+  return std::string("oxrl/") + what + "/" + std::to_string(rank);
+}
+
+std::vector<uint8_t> bytes_of(const std::string& s) {
+  return std::vector<uint8_t>(s.begin(), s.end());
+}
+
+// Every rank claims its rank and publishes its world size, then reads every other rank's:
+// a rank started with another WORLD_SIZE, or two processes with one RANK, is named here
+// rather than left to time out inside Gloo's rendezvous. Waiting for the others' keys is the
+// rendezvous (bounded by the store's timeout).
+void check_membership(c10d::Store& store, int rank, int world_size) {
+  if (store.add(key_of("claims", rank), 1) > 1) {
+    throw Membership("two processes were started with RANK=" + std::to_string(rank));
+  }
+  const std::string mine = std::to_string(world_size);
+  store.set(key_of("world_size", rank), bytes_of(mine));
+  for (int r = 0; r < world_size; ++r) {
+    if (r == rank) {
+      continue;
+    }
+    const auto value = store.get(key_of("world_size", r));
+    const std::string theirs(value.begin(), value.end());
+    if (theirs != mine) {
+      throw Membership(
+          "the ranks disagree on WORLD_SIZE: rank " + std::to_string(rank) + " has " + mine +
+          ", rank " + std::to_string(r) + " has " + theirs);
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -91,9 +131,9 @@ char* oxrl_c10d_new_gloo(
     c10d::TCPStoreOptions store_options;
     store_options.port = port;
     store_options.isServer = rank == 0;
-    store_options.numWorkers = world_size;
     store_options.timeout = timeout;
     auto store = c10::make_intrusive<c10d::TCPStore>(host, store_options);
+    check_membership(*store, rank, world_size);
     auto options = c10d::ProcessGroupGloo::Options::create_default(timeout);
     options->devices = devices();
     auto backend = c10::make_intrusive<c10d::ProcessGroupGloo>(
