@@ -1,9 +1,10 @@
 //! Data-parallel training (`oxrl train --nproc 2`, Gloo through libtorch's c10d): two ranks
 //! reach the weights and losses of one process on the same global batch; a run resumes on
 //! another number of ranks; a killed rank ends the whole job with a message naming it, and
-//! `--resume auto` continues from the last checkpoint; options the ranks cannot share yet
-//! are refused by name. DPO on the shipped preference pairs (no generation, so both sides
-//! train on the very same tokens) with a tiny random model.
+//! `--resume auto` continues from the last checkpoint (while it ran, rank 0's `/status` showed
+//! both ranks' live phases); options the ranks cannot share yet are refused by name. DPO on
+//! the shipped preference pairs (no generation, so both sides train on the very same tokens)
+//! with a tiny random model.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -145,6 +146,25 @@ fn has_env(pid: u32, var: &str) -> bool {
         .any(|kv| kv == var.as_bytes())
 }
 
+/// Rank 0's `/status` `ranks`: each rank's (phase, step), by rank.
+fn rank_phases(out: &Path) -> Vec<(String, u64)> {
+    let addr = std::fs::read_to_string(out.join("metrics_address")).unwrap();
+    let (code, body) = oxrl_tests::http_get(&addr, "/status").expect("GET /status");
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ranks = status["ranks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{status}"));
+    (ranks.iter().enumerate())
+        .map(|(i, r)| {
+            assert_eq!(r["rank"], i, "{status}");
+            let phase = r["phase"].as_str().unwrap_or_else(|| panic!("{status}"));
+            (phase.to_owned(), r["step"].as_u64().unwrap_or(0))
+        })
+        .collect()
+}
+
+/// While the job runs, rank 0's `/status` shows both ranks' live phases.
 #[test]
 fn a_killed_rank_ends_the_job_and_the_run_resumes() {
     let dir = tempfile::tempdir().unwrap();
@@ -153,6 +173,7 @@ fn a_killed_rank_ends_the_job_and_the_run_resumes() {
         "steps=100000",
         "checkpoint.every=1",
         "dist.timeout_seconds=20",
+        "metrics.listen=\"127.0.0.1:0\"",
     ];
     let job = dpo(&out, &sets, &["--nproc", "2"])
         .stdout(Stdio::null())
@@ -167,6 +188,13 @@ fn a_killed_rank_ends_the_job_and_the_run_resumes() {
             "the job made no progress"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+    let phases = rank_phases(&out);
+    assert_eq!(phases.len(), 2, "{phases:?}");
+    let known = ["generate", "reward", "update", "metrics", "checkpoint"];
+    for (phase, step) in &phases {
+        assert!(known.contains(&phase.as_str()), "{phases:?}");
+        assert!(*step >= 2, "{phases:?}");
     }
     let rank1 = children(job.id())
         .into_iter()

@@ -31,6 +31,20 @@ extern "C" {
         timeout_ms: i64,
     ) -> *mut c_char;
     pub fn oxrl_c10d_barrier(group: *mut c_void, timeout_ms: i64) -> *mut c_char;
+    pub fn oxrl_c10d_store(group: *mut c_void) -> *mut c_void;
+    pub fn oxrl_c10d_store_free(store: *mut c_void);
+    pub fn oxrl_c10d_store_set(
+        store: *mut c_void,
+        key: *const c_char,
+        value: *const u8,
+        len: usize,
+    ) -> *mut c_char;
+    pub fn oxrl_c10d_store_try_get(
+        store: *mut c_void,
+        key: *const c_char,
+        value: *mut *mut c_char,
+        len: *mut usize,
+    ) -> *mut c_char;
 }
 
 /// The message of a shim call's result, freeing it; `None` on success.

@@ -10,6 +10,7 @@
 mod ffi;
 pub mod launch;
 mod rendezvous;
+mod store;
 
 use std::ffi::{c_int, c_void, CString};
 use std::ptr::NonNull;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 pub use rendezvous::Rendezvous;
+pub use store::Store;
 
 use crate::error::{Error, Result};
 
@@ -237,6 +239,11 @@ impl ProcessGroup {
             )
         };
         self.result("broadcast", error)
+    }
+
+    /// A handle on the job's key-value store, usable from any thread.
+    pub fn store(&self) -> Store {
+        Store::of_group(self.raw, self.rank)
     }
 
     /// Returns when every rank has called it (or fails after the timeout).

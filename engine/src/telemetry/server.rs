@@ -1,5 +1,6 @@
 //! The HTTP endpoint of a run (axum): `/metrics` (Prometheus text format), `/healthz`, and
-//! `/status` (JSON: step, phase, policy version, last metrics). It listens on 127.0.0.1 unless
+//! `/status` (JSON: step, phase, policy version, last metrics; in a data-parallel run, every
+//! rank's live phase under `ranks`). It listens on 127.0.0.1 unless
 //! the config says otherwise; exposing it is a deliberate choice. It runs on its own thread
 //! with a small tokio runtime, so the training loop never waits for a scrape.
 
@@ -15,11 +16,15 @@ use serde_json::Value;
 
 use super::RunMetrics;
 
+/// Reads every rank's live phase (a data-parallel run's `/status` `ranks`).
+pub type RankReport = Arc<dyn Fn() -> Value + Send + Sync>;
+
 /// Shared between the loop and the server.
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<RunMetrics>,
     status: Arc<Mutex<Value>>,
+    ranks: Option<RankReport>,
 }
 
 /// A running endpoint; dropping it stops the server.
@@ -58,9 +63,14 @@ impl Drop for MetricsServer {
     }
 }
 
-/// Binds `listen` (e.g. `127.0.0.1:9464`; port 0 picks a free one) and serves `metrics`.
-/// A bind failure is returned here, not swallowed by the server thread.
-pub fn serve(listen: &str, metrics: Arc<RunMetrics>) -> anyhow::Result<MetricsServer> {
+/// Binds `listen` (e.g. `127.0.0.1:9464`; port 0 picks a free one) and serves `metrics`
+/// (and `ranks` in `/status`, read at each request). A bind failure is returned here, not
+/// swallowed by the server thread.
+pub fn serve(
+    listen: &str,
+    metrics: Arc<RunMetrics>,
+    ranks: Option<RankReport>,
+) -> anyhow::Result<MetricsServer> {
     let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| anyhow::anyhow!("metrics endpoint: cannot listen on {listen}: {e}"))?;
     listener.set_nonblocking(true)?;
@@ -69,6 +79,7 @@ pub fn serve(listen: &str, metrics: Arc<RunMetrics>) -> anyhow::Result<MetricsSe
     let state = AppState {
         metrics,
         status: status.clone(),
+        ranks,
     };
     let app = Router::new()
         .route("/metrics", get(metrics_text))
@@ -110,11 +121,13 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn status_json(State(state): State<AppState>) -> Json<Value> {
-    Json(
-        state
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone(),
-    )
+    let mut status = state
+        .status
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let (Some(ranks), Some(map)) = (&state.ranks, status.as_object_mut()) {
+        map.insert("ranks".into(), ranks());
+    }
+    Json(status)
 }

@@ -11,6 +11,7 @@ pub mod eval;
 pub mod pairs;
 pub mod prefetch;
 pub mod progress;
+pub mod rank_status;
 pub mod replay;
 pub mod run_lock;
 pub mod scoring;

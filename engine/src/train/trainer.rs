@@ -45,6 +45,7 @@ use super::eval::Evaluator;
 use super::pairs;
 use super::prefetch::Prefetch;
 use super::progress::Progress;
+use super::rank_status::RankStatus;
 use super::replay::Replay;
 use super::run_lock::RunLock;
 use super::scoring::{score_batch, score_episodes, ScoredBatch};
@@ -63,6 +64,7 @@ use crate::rollout::{
     generate_batch, generate_continuing, Generated, GenerationRequest, SequenceCache,
 };
 use crate::sample::Sample;
+use crate::telemetry::server::RankReport;
 use crate::telemetry::{serve, MetricsServer, RunMetrics};
 use crate::tokenizer::Tokenizer;
 
@@ -88,6 +90,8 @@ pub struct Trainer {
     replay: Option<Replay>,
     /// `rollout.source = "agents"`: the endpoint agents call.
     agents: Option<AgentHub>,
+    /// Data-parallel runs: this rank's live phase, for rank 0's `/status`.
+    rank_status: Option<RankStatus>,
     /// The data cursor right after the rows of the last trained step were drawn (async mode
     /// draws ahead; a checkpoint must not skip the in-flight batch's prompts).
     trained_cursor: Option<Cursor>,
@@ -152,8 +156,9 @@ impl Trainer {
             }
         }
         telemetry.observe_skipped_rows(env.skipped().len());
+        let rank_status = learner.process_group().map(RankStatus::new);
         let server = match main {
-            true => start_server(&cfg, telemetry.clone())?,
+            true => start_server(&cfg, telemetry.clone(), rank_status.clone())?,
             false => None,
         };
         let replay_log = cfg.log.samples == LoggedSamples::All;
@@ -187,6 +192,7 @@ impl Trainer {
             episodes: None,
             replay,
             agents: None,
+            rank_status,
         };
         if trainer.cfg.rollout.source == RolloutSource::Agents {
             let section = trainer.cfg.rollout.agents.clone().unwrap_or_default();
@@ -276,8 +282,16 @@ impl Trainer {
         if self.is_main() {
             self.save(&self.cfg.output_dir.join("final"))?;
         }
+        self.enter("done", last);
         self.barrier()?;
         Ok(records)
+    }
+
+    /// Tells the job this rank entered `phase` of `step` (data-parallel runs; `/status`).
+    fn enter(&self, phase: &str, step: usize) {
+        if let Some(status) = &self.rank_status {
+            status.enter(phase, step);
+        }
     }
 
     /// Whether this process writes the run's files: rank 0, or the only process.
@@ -370,6 +384,7 @@ impl Trainer {
         if let Some(server) = &self.server {
             server.patch_status("phase", json!("eval"));
         }
+        self.enter("eval", step);
         let start = Instant::now();
         let report = Evaluator {
             episodes: self.episodes.as_ref(),
@@ -409,6 +424,7 @@ impl Trainer {
 
     /// Writes a checkpoint of the current state (rank 0 writes, every rank waits for it).
     pub fn checkpoint(&self) -> anyhow::Result<PathBuf> {
+        self.enter("checkpoint", self.next_step);
         let dir = self.write_checkpoint()?;
         self.barrier()?;
         Ok(dir)
@@ -456,16 +472,20 @@ impl Trainer {
         let start = Instant::now();
         let sync_secs = self.sync_servers(step)?;
         let generate_start = Instant::now();
+        self.enter("generate", step);
         let mut batch = self.rollout(step)?;
         let generate_secs = generate_start.elapsed().as_secs_f64();
         let reward_start = Instant::now();
+        self.enter("reward", step);
         let mut scored = self.score(&batch)?;
         let refills = self.refill(step, &mut batch, &mut scored)?;
         let reward_secs = reward_start.elapsed().as_secs_f64();
         let samples = self.training_samples(&batch, &scored.scores, step);
         let update_start = Instant::now();
+        self.enter("update", step);
         let update = self.learner.train(&samples)?;
         let update_secs = update_start.elapsed().as_secs_f64();
+        self.enter("metrics", step);
         if let Some(prefetch) = &self.prefetch {
             prefetch.push_weights(&self.learner, step as u64 + 1);
         }
@@ -1129,11 +1149,13 @@ fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
 fn start_server(
     cfg: &RunConfig,
     telemetry: Arc<RunMetrics>,
+    ranks: Option<RankStatus>,
 ) -> anyhow::Result<Option<MetricsServer>> {
     if cfg.metrics.listen.is_empty() {
         return Ok(None);
     }
-    let server = serve(&cfg.metrics.listen, telemetry)?;
+    let ranks = ranks.map(|r| Arc::new(move || r.all()) as RankReport);
+    let server = serve(&cfg.metrics.listen, telemetry, ranks)?;
     eprintln!("metrics: http://{}/metrics", server.addr);
     std::fs::write(
         cfg.output_dir.join("metrics_address"),

@@ -183,6 +183,40 @@ char* oxrl_c10d_broadcast(
   });
 }
 
+// A handle on the group's store that outlives nothing it needs (the store is reference
+// counted) and may be used from another thread (TCPStore serializes its operations).
+void* oxrl_c10d_store(void* group) {
+  return new c10::intrusive_ptr<c10d::Store>(static_cast<Group*>(group)->store);
+}
+
+void oxrl_c10d_store_free(void* store) {
+  delete static_cast<c10::intrusive_ptr<c10d::Store>*>(store);
+}
+
+char* oxrl_c10d_store_set(void* store, const char* key, const uint8_t* value, size_t len) {
+  return guarded([&] {
+    (*static_cast<c10::intrusive_ptr<c10d::Store>*>(store))
+        ->set(key, std::vector<uint8_t>(value, value + len));
+  });
+}
+
+// Reads `key` if it is set, without waiting: *value (malloc'd, freed with
+// oxrl_c10d_free_error) and *len, or *value = nullptr when no rank has set it.
+char* oxrl_c10d_store_try_get(void* store, const char* key, char** value, size_t* len) {
+  return guarded([&] {
+    auto& s = *static_cast<c10::intrusive_ptr<c10d::Store>*>(store);
+    *value = nullptr;
+    *len = 0;
+    if (!s->check({key})) {
+      return;
+    }
+    const auto bytes = s->get(key);
+    *value = static_cast<char*>(std::malloc(bytes.size() + 1));
+    std::memcpy(*value, bytes.data(), bytes.size());
+    *len = bytes.size();
+  });
+}
+
 char* oxrl_c10d_barrier(void* group, int64_t timeout_ms) {
   return guarded([&] {
     c10d::BarrierOptions options;
