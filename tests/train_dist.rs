@@ -315,3 +315,38 @@ fn the_ranks_share_the_evaluation_and_report_what_one_process_does() {
         "the length penalty varies: {a}"
     );
 }
+
+/// GRPO's dynamic sampling on two ranks counts informative groups over the job and shares
+/// each refill batch as one process would: the same refills and trained samples.
+#[test]
+fn dynamic_sampling_counts_informative_groups_over_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    // The smoke config's length reward makes every group informative (no refill, though
+    // each rank alone has only half the groups wanted); the math reward alone never pays a
+    // random model (every group ties: refills up to the cap, nothing trained).
+    let cases: [(&str, &[&str], u64, f64); 2] = [
+        ("length", &[], 0, 8.0),
+        ("math", &["rewards=[{name = \"math\"}]"], 2, 24.0),
+    ];
+    for (name, sets, refills, samples) in cases {
+        for nproc in ["1", "2"] {
+            let out = dir.path().join(format!("{name}-{nproc}"));
+            let mut all = vec![
+                "metrics.listen=\"\"",
+                "learner.grpo.dynamic_sampling=true",
+                "learner.grpo.max_refill_batches=2",
+                "steps=1",
+            ];
+            all.extend(sets);
+            succeed(
+                smoke_train(&out, &all)
+                    .args(["--nproc", nproc])
+                    .env("OMP_NUM_THREADS", "1"),
+            );
+            let line = &training_lines(&out)[0];
+            let what = format!("{name}, {nproc} rank(s): {line}");
+            assert_eq!(line["rollout/refill_batches"], refills, "{what}");
+            assert_eq!(line["oxrl_learner_samples"], samples, "{what}");
+        }
+    }
+}

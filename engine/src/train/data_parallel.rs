@@ -18,7 +18,6 @@ use super::step_record::{mean_std, CompletionStats, EpisodeStats, PhaseTimes, Re
 use crate::device::parse_device;
 use crate::dist::{ProcessGroup, ReduceOp, Rendezvous};
 use crate::learner::metrics::{self as m, Metrics};
-use crate::learner::AlgorithmKind;
 use crate::rollout::GenerationRequest;
 
 /// This process's group when the environment makes it a rank of a job of two or more
@@ -37,7 +36,6 @@ pub fn join(cfg: &RunConfig) -> anyhow::Result<Option<ProcessGroup>> {
 
 /// Refuses, by name, what a data-parallel run does not implement yet.
 fn check_supported(cfg: &RunConfig) -> anyhow::Result<()> {
-    let learner = &cfg.learner;
     let refused = [
         (
             parse_device(&cfg.model.device)?.is_cuda(),
@@ -55,10 +53,6 @@ fn check_supported(cfg: &RunConfig) -> anyhow::Result<()> {
         (
             cfg.rollout.source == RolloutSource::Agents,
             "rollout.source = \"agents\"",
-        ),
-        (
-            learner.algorithm == AlgorithmKind::Grpo && learner.grpo.dynamic_sampling,
-            "learner.grpo.dynamic_sampling (the refill is per process)",
         ),
     ];
     let names: Vec<&str> = refused
@@ -88,6 +82,25 @@ pub fn share(
     request.prompts = request.prompts[start..end].to_vec();
     request.prompt_offset += start;
     (rows[start..end].to_vec(), request)
+}
+
+/// Per-prompt flags of batches shared over the ranks (`parts`: this rank's flags of each
+/// batch, its contiguous share, shares in rank order): the job's flags in one process's order
+/// (batch after batch), and where this rank's prompts sit among them.
+pub fn job_flags(
+    group: &ProcessGroup,
+    parts: &[&[bool]],
+) -> anyhow::Result<(Vec<bool>, Vec<usize>)> {
+    let (mut all, mut mine) = (Vec::new(), Vec::new());
+    for part in parts {
+        let counts = group.all_gather(&[part.len() as f64])?;
+        let before: usize = counts[..group.rank()].iter().map(|c| c[0] as usize).sum();
+        let start = all.len() + before;
+        mine.extend(start..start + part.len());
+        let flags: Vec<f64> = part.iter().map(|&f| f64::from(u8::from(f))).collect();
+        all.extend(group.gather_values(&flags)?.into_iter().map(|f| f > 0.5));
+    }
+    Ok((all, mine))
 }
 
 /// The step's episode statistics over every rank's episodes (the slowest rank's environment

@@ -628,10 +628,7 @@ impl Trainer {
         }
         let (rows, request) = self.draw(rollout_seed(self.cfg.seed, step))?;
         self.trained_cursor = Some(self.sampler.cursor().clone());
-        let (rows, request) = match self.learner.process_group() {
-            Some(g) => data_parallel::share(rows, request, g.rank(), g.world_size()),
-            None => (rows, request),
-        };
+        let (rows, request) = self.my_share(rows, request);
         match self.cfg.rollout.source {
             // Agents' sessions become samples in `sample_step`.
             RolloutSource::Policy | RolloutSource::Agents => self.generate(rows, request, step),
@@ -806,27 +803,66 @@ impl Trainer {
         }
         let target = self.cfg.rollout.prompts_per_step;
         let (mut refills, max_refills) = (0, grpo.max_refill_batches);
-        let informative = |b: &RolloutBatch, s: &ScoredBatch| {
-            informative_groups(b, &s.scores)
-                .iter()
-                .filter(|&&i| i)
-                .count()
-        };
-        while informative(batch, scored) < target && refills < max_refills {
+        // Prompts of each batch appended (this rank's share of it).
+        let mut parts = vec![batch.rows.len()];
+        let mut job = self.job_informative(batch, scored, &parts)?;
+        while job.0.iter().filter(|&&i| i).count() < target && refills < max_refills {
             refills += 1;
             let (rows, request) = self.draw(refill_seed(self.cfg.seed, step, refills))?;
+            let (rows, request) = self.my_share(rows, request);
             let extra = self.generate(rows, request, step)?;
             let extra_scored = self.score(&extra)?;
+            parts.push(extra.rows.len());
             batch.append(extra);
             scored.append(extra_scored);
+            job = self.job_informative(batch, scored, &parts)?;
         }
         if self.prefetch.is_none() {
             self.trained_cursor = Some(self.sampler.cursor().clone());
         }
-        let keep = groups_to_keep(&informative_groups(batch, &scored.scores), target);
+        let (informative, mine) = job;
+        let keep_job = groups_to_keep(&informative, target);
+        let keep: Vec<bool> = mine.iter().map(|&i| keep_job[i]).collect();
         scored.retain(batch, |p| keep[p]);
         batch.retain_prompts(|p| keep[p]);
         Ok(Some(refills))
+    }
+
+    /// Which prompts of the step's batches (`parts`: this rank's prompts of each) have
+    /// informative groups, over the whole job in one process's order, and where this rank's
+    /// prompts sit in it.
+    fn job_informative(
+        &self,
+        batch: &RolloutBatch,
+        scored: &ScoredBatch,
+        parts: &[usize],
+    ) -> anyhow::Result<(Vec<bool>, Vec<usize>)> {
+        let mine = informative_groups(batch, &scored.scores);
+        let Some(group) = self.learner.process_group() else {
+            let positions = (0..mine.len()).collect();
+            return Ok((mine, positions));
+        };
+        let mut rest = mine.as_slice();
+        let split: Vec<&[bool]> = (parts.iter())
+            .map(|&n| {
+                let (part, tail) = rest.split_at(n);
+                rest = tail;
+                part
+            })
+            .collect();
+        data_parallel::job_flags(group, &split)
+    }
+
+    /// This rank's share of a step's batch (all of it in a single process).
+    fn my_share(
+        &self,
+        rows: Vec<Row>,
+        request: GenerationRequest,
+    ) -> (Vec<Row>, GenerationRequest) {
+        match self.learner.process_group() {
+            Some(g) => data_parallel::share(rows, request, g.rank(), g.world_size()),
+            None => (rows, request),
+        }
     }
 
     /// The learner's view of a scored batch: one [`Sample`] per completion, grouped by
