@@ -230,7 +230,7 @@ fn a_killed_rank_ends_the_job_and_the_run_resumes() {
 }
 
 #[test]
-fn grpo_generates_on_two_ranks_and_refuses_what_they_cannot_share() {
+fn grpo_generates_on_two_ranks_sync_or_async_and_refuses_what_they_cannot_share() {
     let dir = tempfile::tempdir().unwrap();
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
     let quiet = ["metrics.listen=\"\""];
@@ -257,9 +257,30 @@ fn grpo_generates_on_two_ranks_and_refuses_what_they_cannot_share() {
         }
         assert!(x.get("time/rank0/update_seconds").is_none());
     }
+    // Async rollouts: each rank's worker generates its share of the next step.
+    let (a1, a2) = (dir.path().join("async-one"), dir.path().join("async-two"));
+    let sets = ["metrics.listen=\"\"", "rollout.async=true"];
+    succeed(smoke_train(&a1, &sets).env("OMP_NUM_THREADS", "1"));
+    succeed(
+        smoke_train(&a2, &sets)
+            .args(["--nproc", "2"])
+            .env("OMP_NUM_THREADS", "1"),
+    );
+    let (a, b) = (training_lines(&a1), training_lines(&a2));
+    assert_eq!(b.len(), 3);
+    for (x, y) in a.iter().zip(&b) {
+        for key in [
+            "rollout/staleness",
+            "rollout/dropped_stale_samples",
+            "oxrl_learner_samples",
+        ] {
+            assert_eq!(x[key], y[key], "{key}: {x} vs {y}");
+        }
+    }
+    assert_eq!(b[2]["rollout/staleness"], 1, "{}", b[2]);
     let refused = smoke_train(
-        &dir.path().join("async"),
-        &["metrics.listen=\"\"", "rollout.async=true"],
+        &dir.path().join("vllm"),
+        &["metrics.listen=\"\"", "rollout.engine=\"vllm\""],
     )
     .args(["--nproc", "2"])
     .env("OMP_NUM_THREADS", "1")
@@ -268,7 +289,7 @@ fn grpo_generates_on_two_ranks_and_refuses_what_they_cannot_share() {
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        stderr.contains("do not support yet: rollout.async = true"),
+        stderr.contains("do not support yet: rollout.engine = \"vllm\""),
         "{stderr}"
     );
 }

@@ -45,7 +45,6 @@ fn check_supported(cfg: &RunConfig) -> anyhow::Result<()> {
             cfg.rollout.engine == RolloutEngine::Vllm,
             "rollout.engine = \"vllm\"",
         ),
-        (cfg.rollout.async_, "rollout.async = true"),
         (
             cfg.rollout.samples_path.is_some(),
             "rollout.samples_path (logged samples)",

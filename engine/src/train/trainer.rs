@@ -55,6 +55,7 @@ use super::step_record::{
 };
 use super::vllm_rollout::{hold, recompute_logprobs, SharedVllm, VllmRollout};
 use crate::device::{parse_device, parse_kind};
+use crate::dist::ReduceOp;
 use crate::learner::advantages::{group_advantages, ScaleRewards};
 use crate::learner::{lora, metrics, AlgorithmKind, Learner, LogprobGap, Update};
 use crate::model::random::random_model;
@@ -285,6 +286,17 @@ impl Trainer {
         self.enter("done", last);
         self.barrier()?;
         Ok(records)
+    }
+
+    /// Async runs: the samples dropped as too stale so far, over every rank.
+    fn dropped_stale_samples(&self) -> anyhow::Result<Option<u64>> {
+        let Some(mine) = self.prefetch.as_ref().map(Prefetch::dropped_stale_samples) else {
+            return Ok(None);
+        };
+        Ok(Some(match self.learner.process_group() {
+            Some(g) => g.all_reduce_values(&[mine as f64], ReduceOp::Sum)?[0] as u64,
+            None => mine,
+        }))
     }
 
     /// Tells the job this rank entered `phase` of `step` (data-parallel runs; `/status`).
@@ -539,7 +551,7 @@ impl Trainer {
                 tokens_per_second: (self.cfg.rollout.source == RolloutSource::Policy)
                     .then_some(sampled / rollout_secs),
                 staleness: step as u64 - batch.policy_version,
-                dropped_stale_samples: self.prefetch.as_ref().map(Prefetch::dropped_stale_samples),
+                dropped_stale_samples: self.dropped_stale_samples()?,
                 refill_batches: refills,
                 mismatch: self.logprob_gap(&batch, step, &update),
             },
@@ -730,6 +742,7 @@ impl Trainer {
             if self.prefetch.as_ref().is_some_and(|p| !p.has(s)) {
                 let (rows, request) = self.draw(rollout_seed(self.cfg.seed, s))?;
                 let cursor = self.sampler.cursor().clone();
+                let (rows, request) = self.my_share(rows, request);
                 if let Some(prefetch) = self.prefetch.as_mut() {
                     prefetch.submit(s, rows, request, cursor);
                 }
