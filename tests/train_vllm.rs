@@ -1,10 +1,11 @@
 //! GRPO end to end on the real vLLM CPU build (`make test` installs it; `OXRL_VLLM_PYTHON`
 //! names its python): oxrl launches servers, trains on their completions, syncs the weights
 //! after every update, corrects for and logs the engine-vs-learner logprob gap, restarts a
-//! server that dies, resumes a killed run on fresh servers, and stops the servers with the
-//! run. The model is `configs/smoke.toml`'s tiny random one (a 135M run's checkpoints and
-//! weight copies take ~3 GB of disk); the bundled model against vLLM is `vllm_rollout.rs`;
-//! `configs_run.rs` runs a step of `configs/grpo_vllm.toml`.
+//! server that dies, resumes a killed run on fresh servers, stops the servers with the run,
+//! and serves two data-parallel ranks from rank 0's server. The model is `configs/smoke.toml`'s
+//! tiny random one (a 135M run's checkpoints and weight copies take ~3 GB of disk); the
+//! bundled model against vLLM is `vllm_rollout.rs`; `configs_run.rs` runs a step of
+//! `configs/grpo_vllm.toml`.
 
 use std::path::Path;
 use std::process::Command;
@@ -144,6 +145,31 @@ fn grpo_trains_on_a_vllm_server_that_oxrl_launches() {
         .collect();
     assert_eq!(synced.len(), 1, "only the newest synced weights are kept");
     assert!(out.path().join("final/model.safetensors").exists());
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &out.path().join("vllm/model").display().to_string()])
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty(), "the vLLM server outlived the run");
+}
+
+/// A data-parallel run on vLLM: rank 0 launches the server and syncs it, rank 1 follows it,
+/// each generates its share there, and every rank's tokens stay in sync with the learner.
+#[test]
+fn two_ranks_generate_their_shares_on_rank_0s_vllm_server() {
+    let _one = one_run_at_a_time();
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = smoke_train(out.path(), &ON_VLLM);
+    cmd.args(["--nproc", "2"]).env("OMP_NUM_THREADS", "1");
+    let lines = train_to_the_end(cmd, out.path());
+    assert_eq!(lines.len(), 3, "one line per step");
+    for (step, line) in lines.iter().enumerate() {
+        // 2 prompts x 4 completions, one prompt per rank.
+        assert_eq!(line["oxrl_learner_samples"], 8.0, "{line}");
+        assert_eq!(line["time/sync_seconds"].is_number(), step > 0, "{line}");
+        // Over both ranks' tokens: a rank on older weights would be far off.
+        assert_in_sync(line);
+    }
+    assert_eq!(server_pids(out.path()).len(), 1, "rank 0 alone launches");
     let left = std::process::Command::new("pgrep")
         .args(["-f", &out.path().join("vllm/model").display().to_string()])
         .output()

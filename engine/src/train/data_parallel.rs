@@ -8,6 +8,8 @@
 //! ranks take the step one process would. Rank 0 alone writes logs, checkpoints and the
 //! final model and serves `/metrics`.
 
+use std::time::{Duration, Instant};
+
 use anyhow::bail;
 use oxrl_envs::Row;
 use oxrl_rewards::{CombinedScores, FailureKind};
@@ -18,6 +20,7 @@ use super::step_record::{mean_std, CompletionStats, EpisodeStats, PhaseTimes, Re
 use crate::device::parse_device;
 use crate::dist::{ProcessGroup, ReduceOp, Rendezvous};
 use crate::learner::metrics::{self as m, Metrics};
+use crate::learner::rollout_correction::LogprobGap;
 use crate::rollout::GenerationRequest;
 
 /// This process's group when the environment makes it a rank of a job of two or more
@@ -42,8 +45,8 @@ fn check_supported(cfg: &RunConfig) -> anyhow::Result<()> {
             "model.device on CUDA (Gloo here reduces CPU tensors; NCCL is not bound yet)",
         ),
         (
-            cfg.rollout.engine == RolloutEngine::Vllm,
-            "rollout.engine = \"vllm\"",
+            cfg.rollout.engine == RolloutEngine::Vllm && cfg.rollout.async_,
+            "rollout.async on vLLM (rank 0's weight sync would land in another rank's generation)",
         ),
         (
             cfg.rollout.samples_path.is_some(),
@@ -81,6 +84,48 @@ pub fn share(
     request.prompts = request.prompts[start..end].to_vec();
     request.prompt_offset += start;
     (rows[start..end].to_vec(), request)
+}
+
+/// The engine/learner logprob gap over every rank's tokens (a rank without one, its batch
+/// stale or not generated, adds nothing); `None` when no rank has one.
+pub fn job_logprob_gap(
+    group: &ProcessGroup,
+    mine: Option<LogprobGap>,
+) -> anyhow::Result<Option<LogprobGap>> {
+    let row = match mine {
+        Some(g) => {
+            let n = g.tokens as f64;
+            vec![n, g.mean_abs * n, g.max_abs, g.kl * n]
+        }
+        None => vec![0.0; 4],
+    };
+    let rows = group.all_gather(&row)?;
+    let tokens: f64 = rows.iter().map(|r| r[0]).sum();
+    if tokens == 0.0 {
+        return Ok(None);
+    }
+    let sum = |i: usize| rows.iter().map(|r| r[i]).sum::<f64>();
+    Ok(Some(LogprobGap {
+        mean_abs: sum(1) / tokens,
+        max_abs: rows.iter().map(|r| r[2]).fold(0.0, f64::max),
+        kl: sum(3) / tokens,
+        tokens: tokens as usize,
+    }))
+}
+
+/// The value rank 0 set under `key` in the job's store, waiting up to `wait` for it.
+pub fn fetch(group: &ProcessGroup, key: &str, wait: Duration) -> anyhow::Result<Vec<u8>> {
+    let store = group.store();
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(value) = store.get(key)? {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("rank 0 did not publish {key:?} within {wait:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Per-prompt flags of batches shared over the ranks (`parts`: this rank's flags of each

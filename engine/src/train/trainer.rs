@@ -27,7 +27,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use oxrl_envs::{Cursor, LoadedEnv, Row, Sampler};
@@ -104,6 +104,9 @@ pub struct Trainer {
     /// This run's hold on `output_dir` (rank 0's).
     _lock: Option<RunLock>,
 }
+
+/// The job's store key under which rank 0 publishes its vLLM servers' URLs.
+const VLLM_URLS_KEY: &str = "oxrl/vllm/urls";
 
 /// Where to continue from.
 #[derive(Debug, Clone, PartialEq)]
@@ -205,15 +208,7 @@ impl Trainer {
             trainer.episodes = Some(EpisodeRunner::new(trainer.cfg.env.episode.max_tokens));
         }
         if trainer.cfg.rollout.engine == RolloutEngine::Vllm {
-            // Launched servers start from the current policy (a resumed run's checkpoint), or
-            // a LoRA run's frozen base (its adapters are synced at start).
-            let model_dir = trainer.cfg.output_dir.join("vllm/model");
-            trainer
-                .save_served_base(&model_dir)
-                .context("writing the policy for vLLM")?;
-            let vllm =
-                VllmRollout::start(&trainer.cfg, &model_dir, &trainer.learner, next_step as u64)
-                    .context("starting [rollout.vllm]")?;
+            let vllm = trainer.start_vllm(next_step as u64)?;
             trainer.vllm = Some(Arc::new(Mutex::new(vllm)));
         }
         if trainer.cfg.rollout.async_ {
@@ -227,6 +222,40 @@ impl Trainer {
             trainer.prefetch = Some(prefetch);
         }
         Ok(trainer)
+    }
+
+    /// The run's vLLM fleet at policy `version`. Launched servers start from the current
+    /// policy (a resumed run's checkpoint), or a LoRA run's frozen base (its adapters are
+    /// synced at start). In a data-parallel run rank 0 starts the fleet and publishes its
+    /// URLs in the job's store; the other ranks follow it.
+    fn start_vllm(&self, version: u64) -> anyhow::Result<VllmRollout> {
+        let group = self.learner.process_group();
+        if let Some(group) = group.filter(|g| g.rank() > 0) {
+            let wait = self.vllm_startup_wait();
+            let urls = data_parallel::fetch(group, VLLM_URLS_KEY, wait)
+                .context("waiting for rank 0's vLLM servers")?;
+            let urls: Vec<String> = serde_json::from_slice(&urls)?;
+            return VllmRollout::follow(&self.cfg, &urls, version)
+                .context("connecting to rank 0's vLLM servers");
+        }
+        let model_dir = self.cfg.output_dir.join("vllm/model");
+        self.save_served_base(&model_dir)
+            .context("writing the policy for vLLM")?;
+        let vllm = VllmRollout::start(&self.cfg, &model_dir, &self.learner, version)
+            .context("starting [rollout.vllm]")?;
+        if let Some(group) = group {
+            let urls = serde_json::to_vec(&vllm.urls())?;
+            group.store().set(VLLM_URLS_KEY, &urls)?;
+        }
+        Ok(vllm)
+    }
+
+    /// How long the other ranks wait for rank 0 to start its vLLM servers: each replica's
+    /// startup, then the job's usual timeout.
+    fn vllm_startup_wait(&self) -> Duration {
+        let section = self.cfg.rollout.vllm.clone().unwrap_or_default();
+        let startup = section.startup_timeout_s * section.replicas.max(1) as f64;
+        Duration::from_secs_f64(startup) + self.cfg.dist.timeout()
     }
 
     /// Runs the remaining steps, checkpointing as configured, then writes the final model to
@@ -542,6 +571,12 @@ impl Trainer {
             )?),
         };
         let sampled = sampled_tokens(&completions, episodes.as_ref());
+        let mismatch = match self.learner.process_group() {
+            Some(group) => {
+                data_parallel::job_logprob_gap(group, self.logprob_gap(&batch, step, &update))?
+            }
+            None => self.logprob_gap(&batch, step, &update),
+        };
         let record = StepRecord {
             step,
             policy_version: step as u64 + 1,
@@ -553,7 +588,7 @@ impl Trainer {
                 staleness: step as u64 - batch.policy_version,
                 dropped_stale_samples: self.dropped_stale_samples()?,
                 refill_batches: refills,
-                mismatch: self.logprob_gap(&batch, step, &update),
+                mismatch,
             },
             completions,
             time,
@@ -714,7 +749,10 @@ impl Trainer {
         if (step as u64).saturating_sub(servers.version()) < every.max(1) {
             return Ok(None);
         }
-        Ok(Some(servers.sync(&self.learner, step as u64)?))
+        let seconds = servers.sync(&self.learner, step as u64)?;
+        // Rank 0 synced the servers; no rank generates before it is done.
+        self.barrier()?;
+        Ok(Some(seconds))
     }
 
     /// How far the engine's logprobs of a fresh batch were from the learner's: vLLM's against

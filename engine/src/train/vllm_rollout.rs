@@ -1,7 +1,9 @@
 //! `rollout.engine = "vllm"`: the run's vLLM servers (launched and supervised by oxrl, or
 //! already running), generation on them with retries, the learner's weights synced to them
 //! after every update, and the learner's own logprobs of what they generated (the rollout
-//! correction's `pi_old`, and the measure of the gap between the two).
+//! correction's `pi_old`, and the measure of the gap between the two). In a data-parallel
+//! run rank 0 owns the fleet (launches, syncs, heals it) and the other ranks follow it: they
+//! generate their share on the same servers and never touch them otherwise.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,6 +39,9 @@ pub struct VllmRollout {
     /// The model requests name: the served base, or the newest adapter of a LoRA run.
     model: String,
     retries: usize,
+    /// Whether this process launched or connected the fleet and syncs it; false on the
+    /// other ranks of a data-parallel run ([`VllmRollout::follow`]).
+    owner: bool,
 }
 
 impl VllmRollout {
@@ -71,6 +76,7 @@ impl VllmRollout {
             lora: cfg.model.lora.clone(),
             model: SERVED_MODEL.to_owned(),
             retries: section.retries,
+            owner: true,
         };
         rollout.write_server_list()?;
         // Running servers need the policy's weights; a LoRA run's servers, its adapters.
@@ -83,6 +89,37 @@ impl VllmRollout {
             }
         }
         Ok(rollout)
+    }
+
+    /// On a data-parallel rank other than 0: generates on the fleet rank 0 started (`urls`,
+    /// holding policy version `version`). It never launches, restarts or syncs a server:
+    /// a replica that fails is left out until rank 0's next sync.
+    pub fn follow(cfg: &RunConfig, urls: &[String], version: u64) -> anyhow::Result<Self> {
+        let section = cfg.rollout.vllm.clone().unwrap_or_default();
+        let timeout = Duration::from_secs_f64(section.request_timeout_s);
+        Ok(VllmRollout {
+            fleet: Fleet::connect(urls, timeout)?,
+            servers: Vec::new(),
+            dir: cfg.output_dir.join("vllm"),
+            synced: None,
+            version,
+            lora: cfg.model.lora.clone(),
+            model: match cfg.model.lora {
+                Some(_) => adapter_name(version),
+                None => SERVED_MODEL.to_owned(),
+            },
+            retries: section.retries,
+            owner: false,
+        })
+    }
+
+    /// The fleet's URLs (what the other ranks of a data-parallel run follow).
+    pub fn urls(&self) -> Vec<String> {
+        self.fleet
+            .replicas()
+            .iter()
+            .map(|r| r.url.clone())
+            .collect()
     }
 
     /// Generates `req` on the fleet. A prompt whose request fails is sent again, up to
@@ -124,7 +161,7 @@ impl VllmRollout {
     fn heal(&mut self) -> anyhow::Result<()> {
         let mut restarted = false;
         for (i, replica) in self.fleet.replicas().iter().enumerate() {
-            if replica.is_healthy() {
+            if replica.is_healthy() || !self.owner {
                 continue;
             }
             if let Some(server) = self.servers.get_mut(i) {
@@ -187,6 +224,17 @@ impl VllmRollout {
     /// to take them is healed at once (restarted if its server exited, re-synced when it
     /// answers); the sync is an error only when no replica is left.
     pub fn sync(&mut self, learner: &Learner, version: u64) -> anyhow::Result<f64> {
+        if !self.owner {
+            // Rank 0 synced (and healed) every replica; they all hold `version` now.
+            self.version = version;
+            if self.lora.is_some() {
+                self.model = adapter_name(version);
+            }
+            for replica in self.fleet.replicas() {
+                replica.set_healthy(true);
+            }
+            return Ok(0.0);
+        }
         let start = Instant::now();
         for e in self.push(learner, version)? {
             eprintln!("warning: vLLM sync of policy version {version}: {e:#}");
@@ -200,7 +248,7 @@ impl VllmRollout {
     /// them; the replicas that failed are marked unhealthy and their errors returned.
     fn push(&mut self, learner: &Learner, version: u64) -> anyhow::Result<Vec<anyhow::Error>> {
         let (vs, root) = (learner.var_store(), self.dir.join("sync"));
-        let name = format!("{SERVED_MODEL}-v{version}");
+        let name = adapter_name(version);
         let (dir, failures) = match &self.lora {
             Some(lora) => {
                 let previous = (self.model != SERVED_MODEL).then_some(self.model.as_str());
@@ -240,6 +288,11 @@ impl VllmRollout {
         )?;
         Ok(())
     }
+}
+
+/// The name a LoRA run's adapters of policy `version` are served under.
+fn adapter_name(version: u64) -> String {
+    format!("{SERVED_MODEL}-v{version}")
 }
 
 /// The run's vLLM rollout, shared by the trainer (generation, refills, weight syncs) and the
