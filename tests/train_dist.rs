@@ -280,7 +280,11 @@ fn grpo_generates_on_two_ranks_sync_or_async_and_refuses_what_they_cannot_share(
     assert_eq!(b[2]["rollout/staleness"], 1, "{}", b[2]);
     let refused = smoke_train(
         &dir.path().join("vllm"),
-        &["metrics.listen=\"\"", "rollout.engine=\"vllm\""],
+        &[
+            "metrics.listen=\"\"",
+            "rollout.engine=\"vllm\"",
+            "rollout.async=true",
+        ],
     )
     .args(["--nproc", "2"])
     .env("OMP_NUM_THREADS", "1")
@@ -289,7 +293,7 @@ fn grpo_generates_on_two_ranks_sync_or_async_and_refuses_what_they_cannot_share(
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        stderr.contains("do not support yet: rollout.engine = \"vllm\""),
+        stderr.contains("do not support yet: rollout.async on vLLM"),
         "{stderr}"
     );
 }
