@@ -12,6 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use oxrl_tests::{oxrl_bin, smoke_train, training_lines, TINY_MODEL};
+use serde_json::Value;
 use tch::Tensor;
 
 /// `oxrl train configs/dpo_pairs.toml` with the tiny model into `out`, plus `sets` and
@@ -233,7 +234,7 @@ fn a_killed_rank_ends_the_job_and_the_run_resumes() {
 fn grpo_generates_on_two_ranks_sync_or_async_and_refuses_what_they_cannot_share() {
     let dir = tempfile::tempdir().unwrap();
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
-    let quiet = ["metrics.listen=\"\""];
+    let quiet = ["metrics.listen=\"\"", "log.samples=\"all\""];
     succeed(smoke_train(&one, &quiet).env("OMP_NUM_THREADS", "1"));
     succeed(
         smoke_train(&two, &quiet)
@@ -257,6 +258,27 @@ fn grpo_generates_on_two_ranks_sync_or_async_and_refuses_what_they_cannot_share(
         }
         assert!(x.get("time/rank0/update_seconds").is_none());
     }
+    // Rank 0 writes every rank's samples, in one process's order and groups.
+    let groups = |out: &Path| -> Vec<(u64, u64, Value)> {
+        let text = std::fs::read_to_string(out.join("replay.jsonl")).unwrap();
+        (text.lines())
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .map(|v| {
+                let id = |k: &str| v[k].as_u64().unwrap();
+                (id("step"), id("group_id"), v["prompt_ids"].clone())
+            })
+            .collect()
+    };
+    let (g1, g2) = (groups(&one), groups(&two));
+    assert_eq!(g1.len(), 3 * 8);
+    assert_eq!(g1, g2);
+    let distinct: std::collections::HashSet<u64> = g1.iter().map(|g| g.1).collect();
+    assert_eq!(distinct.len(), 3 * 2, "a group id per prompt and step");
+    let lines = |out: &Path| {
+        let text = std::fs::read_to_string(out.join("samples.jsonl")).unwrap();
+        text.lines().count()
+    };
+    assert_eq!((lines(&one), lines(&two)), (3 * 2, 3 * 2));
     // Async rollouts: each rank's worker generates its share of the next step.
     let (a1, a2) = (dir.path().join("async-one"), dir.path().join("async-two"));
     let sets = ["metrics.listen=\"\"", "rollout.async=true"];

@@ -191,3 +191,17 @@ fn two_processes_with_one_rank_are_told_so() {
     );
     assert!(results[0].is_ok(), "rank 0 meets the first rank 1");
 }
+
+#[test]
+fn two_ranks_gather_bytes_of_different_lengths() {
+    let results = on_ranks(2, Duration::from_secs(30), |rank, group| {
+        let mine = "line\n".repeat(rank * 3 + 1);
+        let all = group.gather_bytes(mine.as_bytes()).unwrap();
+        let empty = group.gather_bytes(b"").unwrap();
+        (all, empty)
+    });
+    for (all, empty) in results {
+        assert_eq!(all, [b"line\n".to_vec(), b"line\n".repeat(4)]);
+        assert_eq!(empty, [Vec::<u8>::new(), Vec::new()]);
+    }
+}

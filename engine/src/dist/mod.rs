@@ -278,6 +278,32 @@ impl ProcessGroup {
         Ok(Vec::<Vec<f64>>::try_from(&rows)?)
     }
 
+    /// Every rank's `bytes`, by rank; ranks may pass different lengths. For text (log
+    /// lines) rank 0 writes for the job.
+    pub fn gather_bytes(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let lengths: Vec<usize> = (self.all_gather(&[bytes.len() as f64])?.into_iter())
+            .map(|row| row[0] as usize)
+            .collect();
+        let longest = lengths.iter().copied().max().unwrap_or(0);
+        if longest == 0 {
+            return Ok(vec![Vec::new(); self.world_size]);
+        }
+        let rows = Tensor::zeros(
+            [self.world_size as i64, longest as i64],
+            (Kind::Uint8, tch::Device::Cpu),
+        );
+        if !bytes.is_empty() {
+            rows.get(self.rank as i64)
+                .narrow(0, 0, bytes.len() as i64)
+                .copy_(&Tensor::from_slice(bytes));
+        }
+        self.all_reduce(&rows, ReduceOp::Sum)?;
+        let flat = Vec::<u8>::try_from(rows.reshape([-1]))?;
+        Ok((flat.chunks(longest).zip(lengths))
+            .map(|(row, n)| row[..n].to_vec())
+            .collect())
+    }
+
     /// Every rank's `values` concatenated in rank order; ranks may pass different counts.
     pub fn gather_values(&self, values: &[f64]) -> Result<Vec<f64>> {
         let counts = Tensor::zeros([self.world_size as i64], (Kind::Double, tch::Device::Cpu));

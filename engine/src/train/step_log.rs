@@ -1,7 +1,10 @@
 //! The run's JSONL logs: `metrics.jsonl` (one line per step and per evaluation),
 //! `samples.jsonl` (the first completion of each group every `log.samples_every` steps) and
-//! `replay.jsonl` (`log.samples = "all"`: every trained sample, replayable). On resume each log is cut back to the lines of the steps before the checkpoint, so a run
-//! killed between checkpoints never leaves duplicate or orphaned lines.
+//! `replay.jsonl` (`log.samples = "all"`: every trained sample, replayable). On resume each
+//! log is cut back to the lines of the steps before the checkpoint, so a run killed between
+//! checkpoints never leaves duplicate or orphaned lines. The sample lines are made apart from
+//! the files ([`replay_lines`], [`group_lines`]) so that a data-parallel run's ranks can
+//! send theirs to rank 0, which writes them all.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -40,18 +43,17 @@ impl StepLog {
         })
     }
 
-    /// With `log.samples = "all"`: every sample `step` trained on, as the learner got it
-    /// (`Sample`'s JSON plus `step`), which `rollout.samples_path` reads back.
-    pub fn replay(&mut self, step: usize, samples: &[Sample]) -> anyhow::Result<()> {
-        let Some(file) = &mut self.replay else {
-            return Ok(());
-        };
-        for s in samples {
-            let mut line = serde_json::to_value(s)?;
-            line[n::STEP_KEY] = json!(step);
-            writeln!(file, "{line}")?;
+    /// Appends lines of [`replay_lines`] to `replay.jsonl` (nothing without it).
+    pub fn replay(&mut self, lines: &str) -> anyhow::Result<()> {
+        if let Some(file) = &mut self.replay {
+            file.write_all(lines.as_bytes())?;
         }
         Ok(())
+    }
+
+    /// Appends lines of [`group_lines`] to `samples.jsonl`.
+    pub fn samples(&mut self, lines: &str) -> anyhow::Result<()> {
+        Ok(self.samples.write_all(lines.as_bytes())?)
     }
 
     /// Appends a step's line.
@@ -65,38 +67,51 @@ impl StepLog {
         writeln!(self.metrics, "{line}")?;
         Ok(())
     }
+}
 
-    /// Writes the first completion of every group of `step`'s batch with its prompt, rewards
-    /// and the advantage the learner trained it with (`null` where it dropped it).
-    pub fn samples(
-        &mut self,
-        step: usize,
-        batch: &RolloutBatch,
-        scored: &ScoredBatch,
-        advantages: &[Option<f64>],
-    ) -> anyhow::Result<()> {
-        let scores = &scored.scores;
-        for (i, g) in batch.generated.iter().enumerate() {
-            if g.sample_index != 0 {
-                continue;
-            }
-            let prompt = batch.rows[g.prompt_index]
-                .get("prompt")
-                .cloned()
-                .unwrap_or(Value::Null);
-            let rewards: Map<String, Value> = scores
-                .rewards
-                .iter()
-                .map(|r| (r.name.clone(), json!(r.values[i])))
-                .collect();
-            let row = json!({n::STEP_KEY: step, "prompt": prompt, "completion": scored.texts[i],
+/// `replay.jsonl`'s lines for `step`: every sample it trained on, as the learner got it
+/// (`Sample`'s JSON plus `step`), which `rollout.samples_path` reads back.
+pub fn replay_lines(step: usize, samples: &[Sample]) -> anyhow::Result<String> {
+    let mut lines = String::new();
+    for s in samples {
+        let mut line = serde_json::to_value(s)?;
+        line[n::STEP_KEY] = json!(step);
+        lines.push_str(&format!("{line}\n"));
+    }
+    Ok(lines)
+}
+
+/// `samples.jsonl`'s lines for `step`: the first completion of every group of its batch with
+/// its prompt, rewards and the advantage the learner trained it with (`null` where it
+/// dropped it).
+pub fn group_lines(
+    step: usize,
+    batch: &RolloutBatch,
+    scored: &ScoredBatch,
+    advantages: &[Option<f64>],
+) -> String {
+    let scores = &scored.scores;
+    let mut lines = String::new();
+    for (i, g) in batch.generated.iter().enumerate() {
+        if g.sample_index != 0 {
+            continue;
+        }
+        let prompt = batch.rows[g.prompt_index]
+            .get("prompt")
+            .cloned()
+            .unwrap_or(Value::Null);
+        let rewards: Map<String, Value> = scores
+            .rewards
+            .iter()
+            .map(|r| (r.name.clone(), json!(r.values[i])))
+            .collect();
+        let row = json!({n::STEP_KEY: step, "prompt": prompt, "completion": scored.texts[i],
                              "reward": scores.total[i], "rewards": rewards,
                              "advantage": advantages.get(i).copied().flatten(),
                              "finish_reason": g.finish_reason});
-            writeln!(self.samples, "{row}")?;
-        }
-        Ok(())
+        lines.push_str(&format!("{row}\n"));
     }
+    lines
 }
 
 /// Opens a JSONL log for appending, first dropping lines of steps at or after `next_step`

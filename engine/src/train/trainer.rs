@@ -49,7 +49,7 @@ use super::rank_status::RankStatus;
 use super::replay::Replay;
 use super::run_lock::RunLock;
 use super::scoring::{score_batch, score_episodes, ScoredBatch};
-use super::step_log::StepLog;
+use super::step_log::{group_lines, replay_lines, StepLog};
 use super::step_record::{
     CompletionStats, EpisodeStats, PhaseTimes, RewardStats, RolloutStats, StepRecord,
 };
@@ -519,9 +519,16 @@ impl Trainer {
         let reward_start = Instant::now();
         self.enter("reward", step);
         let mut scored = self.score(&batch)?;
-        let refills = self.refill(step, &mut batch, &mut scored)?;
+        let refilled = self.refill(step, &mut batch, &mut scored)?;
         let reward_secs = reward_start.elapsed().as_secs_f64();
-        let samples = self.training_samples(&batch, &scored.scores, step);
+        let refills = refilled.as_ref().map(|r| r.batches);
+        let job_index = match refilled {
+            Some(r) => r.job_index,
+            None => (0..batch.rows.len())
+                .map(|p| batch.request.prompt_offset + p)
+                .collect(),
+        };
+        let samples = self.training_samples(&batch, &scored.scores, step, &job_index);
         let update_start = Instant::now();
         self.enter("update", step);
         let update = self.learner.train(&samples)?;
@@ -600,13 +607,40 @@ impl Trainer {
         };
         if let Some(log) = &mut self.log {
             log.step(&record)?;
-            if self.cfg.log.samples_every > 0 && step.is_multiple_of(self.cfg.log.samples_every) {
-                log.samples(step, &batch, &scored, &update.advantages)?;
-            }
-            log.replay(step, &samples)?;
         }
+        let every = self.cfg.log.samples_every;
+        if every > 0 && step.is_multiple_of(every) {
+            let lines = group_lines(step, &batch, &scored, &update.advantages);
+            let lines = self.job_lines(lines)?;
+            if let Some(log) = &mut self.log {
+                log.samples(&lines)?;
+            }
+        }
+        self.log_replay(step, &samples)?;
         self.publish(&record);
         Ok(record)
+    }
+
+    /// With `log.samples = "all"`, appends `step`'s samples (every rank's) to `replay.jsonl`.
+    fn log_replay(&mut self, step: usize, samples: &[Sample]) -> anyhow::Result<()> {
+        if self.cfg.log.samples != LoggedSamples::All {
+            return Ok(());
+        }
+        let lines = self.job_lines(replay_lines(step, samples)?)?;
+        if let Some(log) = &mut self.log {
+            log.replay(&lines)?;
+        }
+        Ok(())
+    }
+
+    /// Every rank's log `lines`, in rank order (one process's order: the ranks' shares are
+    /// contiguous), for rank 0 to write; this process's alone.
+    fn job_lines(&self, lines: String) -> anyhow::Result<String> {
+        let Some(group) = self.learner.process_group() else {
+            return Ok(lines);
+        };
+        let all = group.gather_bytes(lines.as_bytes())?.concat();
+        Ok(String::from_utf8(all)?)
     }
 
     /// A step on samples made outside the rollout engine: logged ones
@@ -661,8 +695,8 @@ impl Trainer {
         };
         if let Some(log) = &mut self.log {
             log.step(&record)?;
-            log.replay(step, &samples)?;
         }
+        self.log_replay(step, &samples)?;
         self.publish(&record);
         Ok(record)
     }
@@ -847,7 +881,7 @@ impl Trainer {
         step: usize,
         batch: &mut RolloutBatch,
         scored: &mut ScoredBatch,
-    ) -> anyhow::Result<Option<usize>> {
+    ) -> anyhow::Result<Option<Refilled>> {
         let grpo = &self.cfg.learner.grpo;
         if self.cfg.learner.algorithm != AlgorithmKind::Grpo || !grpo.dynamic_sampling {
             return Ok(None);
@@ -873,10 +907,24 @@ impl Trainer {
         }
         let (informative, mine) = job;
         let keep_job = groups_to_keep(&informative, target);
+        // A kept prompt's index among the job's kept prompts (one process's after retaining).
+        let kept_before: Vec<usize> = (keep_job.iter())
+            .scan(0, |n, &k| {
+                *n += usize::from(k);
+                Some(*n - usize::from(k))
+            })
+            .collect();
         let keep: Vec<bool> = mine.iter().map(|&i| keep_job[i]).collect();
+        let job_index = (mine.iter().zip(&keep))
+            .filter(|(_, &k)| k)
+            .map(|(&i, _)| kept_before[i])
+            .collect();
         scored.retain(batch, |p| keep[p]);
         batch.retain_prompts(|p| keep[p]);
-        Ok(Some(refills))
+        Ok(Some(Refilled {
+            batches: refills,
+            job_index,
+        }))
     }
 
     /// Which prompts of the step's batches (`parts`: this rank's prompts of each) have
@@ -923,8 +971,8 @@ impl Trainer {
         batch: &RolloutBatch,
         scores: &CombinedScores,
         step: usize,
+        job_index: &[usize],
     ) -> Vec<Sample> {
-        let prompts = batch.request.prompts.len();
         let mut samples: Vec<Sample> = batch
             .generated
             .iter()
@@ -943,7 +991,7 @@ impl Trainer {
                 behaviour_logprobs: g.logprobs.clone(),
                 learner_logprobs: g.learner_logprobs.clone(),
                 policy_version: batch.policy_version,
-                group_id: (step * prompts + g.prompt_index) as u64,
+                group_id: group_id(step, job_index[g.prompt_index]),
                 finish_reason: g.finish_reason,
                 reward: scores.total[i],
                 rewards: scores
@@ -1249,6 +1297,20 @@ fn start_server(
         server.addr.to_string(),
     )?;
     Ok(Some(server))
+}
+
+/// What dynamic sampling's refill did: the batches it added, and each kept prompt's index in
+/// the job's kept batch (one process's prompt index).
+struct Refilled {
+    batches: usize,
+    job_index: Vec<usize>,
+}
+
+/// The group id of prompt `job_index` (its index in the job's batch of the step) of step
+/// `step`: unique over the run however many prompts a step keeps, and the same on any
+/// number of ranks.
+fn group_id(step: usize, job_index: usize) -> u64 {
+    ((step as u64) << 32) | job_index as u64
 }
 
 /// Per prompt of `batch`: whether its completions' total rewards differ (a GRPO signal).
