@@ -320,6 +320,43 @@ fn grpo_generates_on_two_ranks_sync_or_async_and_refuses_what_they_cannot_share(
     );
 }
 
+/// GRPO end to end: while the two ranks sample the very tokens one process samples (each
+/// completion from its own random stream; logits agree to float rounding), they reach its
+/// weights. At temperature 0.6 this run's first token flip at a near-tie (the batches differ
+/// in shape) comes in step 3, so two steps compare exactly; a flip would show here as
+/// different tokens, named, not as a weight tolerance.
+#[test]
+fn grpo_on_two_ranks_reaches_the_weights_of_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let sets = [
+        "metrics.listen=\"\"",
+        "steps=2",
+        "rollout.sampling.temperature=0.6",
+        "log.samples=\"all\"",
+    ];
+    succeed(smoke_train(&one, &sets).env("OMP_NUM_THREADS", "1"));
+    succeed(
+        smoke_train(&two, &sets)
+            .args(["--nproc", "2"])
+            .env("OMP_NUM_THREADS", "1"),
+    );
+    let tokens = |out: &Path| -> Vec<Value> {
+        let text = std::fs::read_to_string(out.join("replay.jsonl")).unwrap();
+        (text.lines())
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["completion_ids"].clone())
+            .collect()
+    };
+    let (t1, t2) = (tokens(&one), tokens(&two));
+    assert_eq!(t1.len(), 2 * 8);
+    assert!(t1 == t2, "the ranks sampled other tokens than one process");
+    let d = max_diff(&final_weights(&one), &final_weights(&two));
+    assert!(d < TOL, "final weights differ by {d}");
+    for (a, b) in losses(&one).iter().zip(losses(&two)) {
+        assert!((a - b).abs() < TOL / 10.0, "losses {a} vs {b}");
+    }
+}
+
 #[test]
 fn the_ranks_share_the_evaluation_and_report_what_one_process_does() {
     let dir = tempfile::tempdir().unwrap();
