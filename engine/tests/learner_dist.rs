@@ -172,3 +172,62 @@ fn a_rank_with_nothing_to_train_still_steps_with_the_others() {
         );
     }
 }
+
+/// Ranks with unequal shares (three quarters of the groups and one quarter) report, once
+/// combined (`job_learner_metrics`), the learner metrics one learner reports on the whole
+/// batch: pooled means, summed counts, the pooled reward std, extremes.
+#[test]
+fn unequal_shares_report_the_metrics_of_one_learner() {
+    use oxrl::train::data_parallel::job_learner_metrics;
+    let _serial = serial();
+    let (_vs, model) = tiny(3);
+    let batch = rollout(&model, &all_digits(), 4, 11);
+    let cut = batch.len() / 4 * 3 / 4 * 4;
+    assert_ne!(
+        batch[cut - 1].group_id,
+        batch[cut].group_id,
+        "split between groups"
+    );
+    for algorithm in [Variant::GrpoKl, Variant::PpoWhitened] {
+        let (vs, model) = tiny(3);
+        let mut one = Learner::new(vs, model, learner_config(algorithm)).unwrap();
+        let want = one.train(&batch).unwrap().metrics;
+        let port = oxrl::rollout::vllm::free_port().unwrap();
+        let shares = [batch[..cut].to_vec(), batch[cut..].to_vec()];
+        let ranks: Vec<_> = (shares.into_iter().enumerate())
+            .map(|(rank, share)| {
+                thread::spawn(move || {
+                    let place = Rendezvous {
+                        rank,
+                        world_size: 2,
+                        local_rank: rank,
+                        master_addr: "127.0.0.1".into(),
+                        master_port: port,
+                    };
+                    let group = ProcessGroup::gloo(&place, Duration::from_secs(60)).unwrap();
+                    let (vs, model) = tiny(3);
+                    let mut learner = Learner::new(vs, model, learner_config(algorithm)).unwrap();
+                    learner.join(group).unwrap();
+                    let update = learner.train(&share).unwrap();
+                    let group = learner.process_group().unwrap();
+                    job_learner_metrics(group, &update.stats).unwrap()
+                })
+            })
+            .collect();
+        for (rank, handle) in ranks.into_iter().enumerate() {
+            let got = handle.join().unwrap();
+            assert_eq!(
+                got.keys().collect::<Vec<_>>(),
+                want.keys().collect::<Vec<_>>(),
+                "{algorithm:?} rank {rank}"
+            );
+            for (name, b) in &want {
+                let a = got[name];
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "{algorithm:?} rank {rank}: {name} {a} vs one learner's {b}"
+                );
+            }
+        }
+    }
+}

@@ -419,6 +419,7 @@ impl Learner {
         stats.set(m::TRAINED_TOKENS, tokens as f64);
         Ok(Update {
             metrics: stats.finish(),
+            stats,
             advantages,
             behaviour_gap: gap.finish(),
         })
@@ -686,6 +687,8 @@ fn build_optimizer(vs: &VarStore, critic: Option<&Critic>, precision: Precision)
 pub struct Update {
     /// The update's metrics (names in [`metrics`](super::metrics)).
     pub metrics: Metrics,
+    /// What they were computed from (sums and weights), to combine a data-parallel job's.
+    pub stats: Stats,
     /// Per input sample: the mean advantage over its trained tokens that the algorithm
     /// trained it with, `None` for samples it dropped.
     pub advantages: Vec<Option<f64>>,

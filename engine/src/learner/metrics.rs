@@ -50,18 +50,28 @@ learner_metrics! {
 /// Named metric values of one update.
 pub type Metrics = BTreeMap<&'static str, f64>;
 
-/// How one metric combines across micro-batches.
-#[derive(Debug, Clone, Copy)]
-enum Acc {
-    Mean { sum: f64, weight: f64 },
+/// How one metric combines across micro-batches (and, for a data-parallel job, ranks).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Acc {
+    /// A weighted mean: the sum of the values and their weight (tokens, pairs, steps).
+    Mean {
+        /// Sum of the values.
+        sum: f64,
+        /// Their weight.
+        weight: f64,
+    },
+    /// The smallest value.
     Min(f64),
+    /// The largest value.
     Max(f64),
+    /// A total.
     Sum(f64),
+    /// The value last set.
     Last(f64),
 }
 
 /// Accumulates metrics over micro-batches and optimizer steps.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Stats {
     values: BTreeMap<&'static str, Acc>,
 }
@@ -122,6 +132,11 @@ impl Stats {
                 Acc::Last(v) => self.set(name, v),
             }
         }
+    }
+
+    /// Every metric's accumulator.
+    pub fn accumulators(&self) -> impl Iterator<Item = (&'static str, Acc)> + '_ {
+        self.values.iter().map(|(&name, &acc)| (name, acc))
     }
 
     /// The final values (means with zero weight report 0; empty min/max are left out).

@@ -8,6 +8,7 @@
 //! ranks take the step one process would. Rank 0 alone writes logs, checkpoints and the
 //! final model and serves `/metrics`.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -19,7 +20,7 @@ use super::episodes::EpisodeOutcome;
 use super::step_record::{mean_std, CompletionStats, EpisodeStats, PhaseTimes, RewardStats};
 use crate::device::parse_device;
 use crate::dist::{ProcessGroup, ReduceOp, Rendezvous};
-use crate::learner::metrics::{self as m, Metrics};
+use crate::learner::metrics::{self as m, Acc, Metrics, Stats};
 use crate::learner::rollout_correction::LogprobGap;
 use crate::rollout::GenerationRequest;
 
@@ -212,38 +213,142 @@ pub fn job_stats(
     Ok((RewardStats { mean, std, by_name }, completions))
 }
 
-/// The update's learner metrics over the job: counts (trained tokens, samples, dropped
-/// samples) summed, the ratio's extremes taken over every rank, the rest averaged over the
-/// ranks that report them (the loss and gradient norm are already the job's, equal on every
-/// rank).
-pub fn job_learner_metrics(group: &ProcessGroup, local: &Metrics) -> anyhow::Result<Metrics> {
-    const SUMMED: [&str; 3] = [m::TRAINED_TOKENS, m::SAMPLES, m::DROPPED_SAMPLES];
-    let mut sums = Vec::with_capacity(2 * m::ALL.len());
-    let mut highs = Vec::with_capacity(m::ALL.len());
-    for (name, _) in m::ALL {
-        let value = local.get(name).copied();
-        sums.extend([value.unwrap_or(0.0), value.is_some() as u8 as f64]);
-        // Minima as maxima of the negated values; a rank without the metric sits it out.
-        let sign = if *name == m::RATIO_MIN { -1.0 } else { 1.0 };
-        highs.push(value.map_or(f64::NEG_INFINITY, |v| sign * v));
-    }
-    let sums = group.all_reduce_values(&sums, ReduceOp::Sum)?;
-    let highs = group.all_reduce_values(&highs, ReduceOp::Max)?;
+/// The update's learner metrics over the job, exact whatever the ranks' shares:
+/// - weighted means (entropy, KL, clip fractions, ratios, advantages, DPO's implicit
+///   rewards) pool every rank's sums and weights;
+/// - extremes are taken over the ranks;
+/// - counts (samples, dropped samples, trained tokens) are summed;
+/// - the reward mean and the zero-std fraction are weighted by each rank's samples, the
+///   reward std is pooled around the job's mean, PPO's KL is weighted by trained tokens;
+/// - what is the job's already (loss, gradient norm, steps, learning rate, skipped steps)
+///   is the same on every rank.
+///
+/// A rank without a metric sits it out.
+pub fn job_learner_metrics(group: &ProcessGroup, local: &Stats) -> anyhow::Result<Metrics> {
+    let mine: BTreeMap<&str, Acc> = local.accumulators().collect();
+    let row: Vec<f64> = (m::ALL.iter())
+        .flat_map(|(name, _)| encode(mine.get(name)))
+        .collect();
+    let rows = group.all_gather(&row)?;
+    let metric = |name: &str| -> Vec<Option<Acc>> {
+        let i = m::ALL
+            .iter()
+            .position(|(n, _)| *n == name)
+            .expect("a learner metric");
+        rows.iter().map(|r| decode(&r[3 * i..3 * i + 3])).collect()
+    };
+    let count =
+        |name: &str| -> Vec<f64> { metric(name).iter().map(|a| a.map_or(0.0, value)).collect() };
+    let (samples, tokens) = (count(m::SAMPLES), count(m::TRAINED_TOKENS));
     let mut out = Metrics::new();
-    for (i, (name, _)) in m::ALL.iter().enumerate() {
-        let (total, ranks) = (sums[2 * i], sums[2 * i + 1]);
-        if ranks == 0.0 {
+    for (name, _) in m::ALL {
+        let ranks = metric(name);
+        let present: Vec<(usize, Acc)> = (ranks.iter().enumerate())
+            .filter_map(|(r, a)| a.map(|a| (r, a)))
+            .collect();
+        let Some(&(_, kind)) = present.first() else {
             continue;
-        }
-        let value = match *name {
-            n if SUMMED.contains(&n) => total,
-            n if n == m::RATIO_MAX => highs[i],
-            n if n == m::RATIO_MIN => -highs[i],
-            _ => total / ranks,
         };
-        out.insert(name, value);
+        let values = present.iter().map(|&(_, a)| value(a));
+        let combined = match kind {
+            Acc::Mean { .. } => {
+                let (sum, weight) = (present.iter()).fold((0.0, 0.0), |(s, w), (_, a)| match a {
+                    Acc::Mean { sum, weight } => (s + sum, w + weight),
+                    _ => (s, w),
+                });
+                if weight > 0.0 {
+                    sum / weight
+                } else {
+                    0.0
+                }
+            }
+            Acc::Min(_) => values.fold(f64::INFINITY, f64::min),
+            Acc::Max(_) => values.fold(f64::NEG_INFINITY, f64::max),
+            _ if SUMMED.contains(name) => values.sum(),
+            _ if *name == m::REWARD_STD => pooled_std(&present, &metric(m::REWARD_MEAN), &samples),
+            _ if *name == m::KL => weighted(&present, &tokens),
+            _ if BY_SAMPLES.contains(name) => weighted(&present, &samples),
+            // The job's already: the same on every rank.
+            _ => values.fold(f64::NEG_INFINITY, f64::max),
+        };
+        out.insert(name, combined);
     }
     Ok(out)
+}
+
+/// Counts a job sums over its ranks.
+const SUMMED: [&str; 3] = [m::TRAINED_TOKENS, m::SAMPLES, m::DROPPED_SAMPLES];
+
+/// Per-batch values each rank sets for its own samples.
+const BY_SAMPLES: [&str; 2] = [m::REWARD_MEAN, m::FRAC_REWARD_ZERO_STD];
+
+/// A metric's accumulator as three numbers (kind, then two values) for an all-gather.
+fn encode(acc: Option<&Acc>) -> [f64; 3] {
+    match acc {
+        None => [0.0, 0.0, 0.0],
+        Some(Acc::Mean { sum, weight }) => [1.0, *sum, *weight],
+        Some(Acc::Min(v)) => [2.0, *v, 0.0],
+        Some(Acc::Max(v)) => [3.0, *v, 0.0],
+        Some(Acc::Sum(v)) => [4.0, *v, 0.0],
+        Some(Acc::Last(v)) => [5.0, *v, 0.0],
+    }
+}
+
+/// The inverse of [`encode`].
+fn decode(x: &[f64]) -> Option<Acc> {
+    Some(match x[0] as u8 {
+        1 => Acc::Mean {
+            sum: x[1],
+            weight: x[2],
+        },
+        2 => Acc::Min(x[1]),
+        3 => Acc::Max(x[1]),
+        4 => Acc::Sum(x[1]),
+        5 => Acc::Last(x[1]),
+        _ => return None,
+    })
+}
+
+/// An accumulator's value (a mean's is its own mean).
+fn value(acc: Acc) -> f64 {
+    match acc {
+        Acc::Mean { sum, weight } if weight > 0.0 => sum / weight,
+        Acc::Mean { .. } => 0.0,
+        Acc::Min(v) | Acc::Max(v) | Acc::Sum(v) | Acc::Last(v) => v,
+    }
+}
+
+/// The ranks' values weighted by `weights` (by rank); their plain mean when no rank has
+/// weight.
+fn weighted(present: &[(usize, Acc)], weights: &[f64]) -> f64 {
+    let total: f64 = present.iter().map(|&(r, _)| weights[r]).sum();
+    if total == 0.0 {
+        return present.iter().map(|&(_, a)| value(a)).sum::<f64>() / present.len() as f64;
+    }
+    present
+        .iter()
+        .map(|&(r, a)| value(a) * weights[r])
+        .sum::<f64>()
+        / total
+}
+
+/// The job's reward std from each rank's (population) std, mean and sample count.
+fn pooled_std(stds: &[(usize, Acc)], means: &[Option<Acc>], samples: &[f64]) -> f64 {
+    let mean_of = |r: usize| means[r].map_or(0.0, value);
+    let n: f64 = stds.iter().map(|&(r, _)| samples[r]).sum();
+    if n == 0.0 {
+        return 0.0;
+    }
+    let mean = stds
+        .iter()
+        .map(|&(r, _)| samples[r] * mean_of(r))
+        .sum::<f64>()
+        / n;
+    let var = (stds.iter())
+        .map(|&(r, a)| samples[r] * (value(a).powi(2) + (mean_of(r) - mean).powi(2)))
+        .sum::<f64>()
+        / n;
+    var.sqrt()
 }
 
 /// Every rank's phase times of this step, by rank.

@@ -601,7 +601,7 @@ impl Trainer {
             time,
             rank_times,
             learner: match self.learner.process_group() {
-                Some(group) => data_parallel::job_learner_metrics(group, &update.metrics)?,
+                Some(group) => data_parallel::job_learner_metrics(group, &update.stats)?,
                 None => update.metrics,
             },
         };
