@@ -198,10 +198,36 @@ fn cached_decoding_equals_the_full_forward_for_every_variant() {
     }
 }
 
+/// Sampling at temperature 1 with stop token 3: `n` completions of at most `max_tokens` per
+/// prompt, drawn with `seed`.
+fn sampled(
+    prompts: Vec<Vec<u32>>,
+    n: usize,
+    max_tokens: usize,
+    seed: u64,
+) -> oxrl::rollout::GenerationRequest {
+    use oxrl::rollout::{GenerationRequest, SamplingParams, StopConditions};
+    GenerationRequest {
+        prompts,
+        n,
+        sampling: SamplingParams {
+            temperature: 1.0,
+            ..Default::default()
+        },
+        max_tokens,
+        stop: StopConditions {
+            token_ids: vec![3],
+            strings: vec![],
+        },
+        seed,
+        prompt_offset: 0,
+    }
+}
+
 #[test]
 fn recorded_rollout_logprobs_equal_the_learners_for_every_variant() {
+    use oxrl::rollout::generate_batch;
     use oxrl::rollout::logprobs::batch_completion_logprobs;
-    use oxrl::rollout::{generate_batch, GenerationRequest, SamplingParams, StopConditions};
     // Prompts of different lengths: left-padded prefill, then windows cut inside the padding.
     let prompts: Vec<Vec<u32>> = vec![
         (0..3).map(|i| 5 + i).collect(),
@@ -211,21 +237,7 @@ fn recorded_rollout_logprobs_equal_the_learners_for_every_variant() {
     for (i, (name, cfg)) in variants().into_iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
         let (_vs, model) = tiny_model(&cfg, 300 + i as i64, dir.path());
-        let req = GenerationRequest {
-            prompts: prompts.clone(),
-            n: 2,
-            sampling: SamplingParams {
-                temperature: 1.0,
-                ..Default::default()
-            },
-            max_tokens: 14,
-            stop: StopConditions {
-                token_ids: vec![3],
-                strings: vec![],
-            },
-            seed: 7,
-            prompt_offset: 0,
-        };
+        let req = sampled(prompts.clone(), 2, 14, 7);
         let out = generate_batch(&model, &req, None).unwrap();
         let pairs: Vec<(&[u32], &[u32])> = out
             .iter()
@@ -250,25 +262,8 @@ fn recorded_rollout_logprobs_equal_the_learners_for_every_variant() {
 /// windows cross the cached/fed boundary).
 #[test]
 fn continuing_from_kept_caches_equals_a_fresh_prefill_for_every_variant() {
-    use oxrl::rollout::{
-        generate_batch, generate_continuing, GenerationRequest, SamplingParams, SequenceCache,
-        StopConditions,
-    };
-    let request = |prompts: Vec<Vec<u32>>, n: usize, seed: u64| GenerationRequest {
-        prompts,
-        n,
-        sampling: SamplingParams {
-            temperature: 1.0,
-            ..Default::default()
-        },
-        max_tokens: 9,
-        stop: StopConditions {
-            token_ids: vec![3],
-            strings: vec![],
-        },
-        seed,
-        prompt_offset: 0,
-    };
+    use oxrl::rollout::{generate_batch, generate_continuing, SequenceCache};
+    let request = |prompts: Vec<Vec<u32>>, n: usize, seed: u64| sampled(prompts, n, 9, seed);
     let first: Vec<Vec<u32>> = vec![vec![5, 6, 7], (0..11).map(|i| (i * 7 + 2) % 97).collect()];
     for (v, (name, cfg)) in variants().into_iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();

@@ -36,6 +36,25 @@ fn dpo(out: &Path, sets: &[&str], args: &[&str]) -> Command {
     cmd
 }
 
+/// `oxrl train configs/smoke.toml` into `out` with `sets`, on `nproc` ranks (a plain single
+/// process for 1), one OpenMP thread each.
+fn smoke_on(out: &Path, sets: &[&str], nproc: usize) -> Command {
+    let mut cmd = smoke_train(out, sets);
+    if nproc > 1 {
+        cmd.args(["--nproc", &nproc.to_string()]);
+    }
+    cmd.env("OMP_NUM_THREADS", "1");
+    cmd
+}
+
+/// The lines of a run's `replay.jsonl`.
+fn replay(out: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(out.join("replay.jsonl")).unwrap();
+    (text.lines())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn succeed(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
     assert!(
@@ -235,12 +254,8 @@ fn grpo_generates_on_two_ranks_sync_or_async_and_refuses_what_they_cannot_share(
     let dir = tempfile::tempdir().unwrap();
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
     let quiet = ["metrics.listen=\"\"", "log.samples=\"all\""];
-    succeed(smoke_train(&one, &quiet).env("OMP_NUM_THREADS", "1"));
-    succeed(
-        smoke_train(&two, &quiet)
-            .args(["--nproc", "2"])
-            .env("OMP_NUM_THREADS", "1"),
-    );
+    succeed(&mut smoke_on(&one, &quiet, 1));
+    succeed(&mut smoke_on(&two, &quiet, 2));
     let (a, b) = (training_lines(&one), training_lines(&two));
     assert_eq!(b.len(), 3);
     for (x, y) in a.iter().zip(&b) {
@@ -260,9 +275,7 @@ fn grpo_generates_on_two_ranks_sync_or_async_and_refuses_what_they_cannot_share(
     }
     // Rank 0 writes every rank's samples, in one process's order and groups.
     let groups = |out: &Path| -> Vec<(u64, u64, Value)> {
-        let text = std::fs::read_to_string(out.join("replay.jsonl")).unwrap();
-        (text.lines())
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        (replay(out).into_iter())
             .map(|v| {
                 let id = |k: &str| v[k].as_u64().unwrap();
                 (id("step"), id("group_id"), v["prompt_ids"].clone())
@@ -282,12 +295,8 @@ fn grpo_generates_on_two_ranks_sync_or_async_and_refuses_what_they_cannot_share(
     // Async rollouts: each rank's worker generates its share of the next step.
     let (a1, a2) = (dir.path().join("async-one"), dir.path().join("async-two"));
     let sets = ["metrics.listen=\"\"", "rollout.async=true"];
-    succeed(smoke_train(&a1, &sets).env("OMP_NUM_THREADS", "1"));
-    succeed(
-        smoke_train(&a2, &sets)
-            .args(["--nproc", "2"])
-            .env("OMP_NUM_THREADS", "1"),
-    );
+    succeed(&mut smoke_on(&a1, &sets, 1));
+    succeed(&mut smoke_on(&a2, &sets, 2));
     let (a, b) = (training_lines(&a1), training_lines(&a2));
     assert_eq!(b.len(), 3);
     for (x, y) in a.iter().zip(&b) {
@@ -300,18 +309,14 @@ fn grpo_generates_on_two_ranks_sync_or_async_and_refuses_what_they_cannot_share(
         }
     }
     assert_eq!(b[2]["rollout/staleness"], 1, "{}", b[2]);
-    let refused = smoke_train(
-        &dir.path().join("vllm"),
-        &[
-            "metrics.listen=\"\"",
-            "rollout.engine=\"vllm\"",
-            "rollout.async=true",
-        ],
-    )
-    .args(["--nproc", "2"])
-    .env("OMP_NUM_THREADS", "1")
-    .output()
-    .unwrap();
+    let vllm_async = [
+        "metrics.listen=\"\"",
+        "rollout.engine=\"vllm\"",
+        "rollout.async=true",
+    ];
+    let refused = smoke_on(&dir.path().join("vllm"), &vllm_async, 2)
+        .output()
+        .unwrap();
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -335,16 +340,11 @@ fn grpo_on_two_ranks_reaches_the_weights_of_one_process() {
         "rollout.sampling.temperature=0.6",
         "log.samples=\"all\"",
     ];
-    succeed(smoke_train(&one, &sets).env("OMP_NUM_THREADS", "1"));
-    succeed(
-        smoke_train(&two, &sets)
-            .args(["--nproc", "2"])
-            .env("OMP_NUM_THREADS", "1"),
-    );
+    succeed(&mut smoke_on(&one, &sets, 1));
+    succeed(&mut smoke_on(&two, &sets, 2));
     let tokens = |out: &Path| -> Vec<Value> {
-        let text = std::fs::read_to_string(out.join("replay.jsonl")).unwrap();
-        (text.lines())
-            .map(|l| serde_json::from_str::<Value>(l).unwrap()["completion_ids"].clone())
+        (replay(out).into_iter())
+            .map(|v| v["completion_ids"].clone())
             .collect()
     };
     let (t1, t2) = (tokens(&one), tokens(&two));
@@ -371,12 +371,8 @@ fn the_ranks_share_the_evaluation_and_report_what_one_process_does() {
         "eval.k=2",
         "eval.temperature=1.0",
     ];
-    succeed(smoke_train(&one, &sets).env("OMP_NUM_THREADS", "1"));
-    succeed(
-        smoke_train(&two, &sets)
-            .args(["--nproc", "2"])
-            .env("OMP_NUM_THREADS", "1"),
-    );
+    succeed(&mut smoke_on(&one, &sets, 1));
+    succeed(&mut smoke_on(&two, &sets, 2));
     let first_eval = |out: &Path| {
         oxrl_tests::metrics_lines(out)
             .into_iter()
@@ -413,7 +409,7 @@ fn dynamic_sampling_counts_informative_groups_over_the_job() {
         ("math", &["rewards=[{name = \"math\"}]"], 2, 24.0),
     ];
     for (name, sets, refills, samples) in cases {
-        for nproc in ["1", "2"] {
+        for nproc in [1, 2] {
             let out = dir.path().join(format!("{name}-{nproc}"));
             let mut all = vec![
                 "metrics.listen=\"\"",
@@ -422,11 +418,7 @@ fn dynamic_sampling_counts_informative_groups_over_the_job() {
                 "steps=1",
             ];
             all.extend(sets);
-            succeed(
-                smoke_train(&out, &all)
-                    .args(["--nproc", nproc])
-                    .env("OMP_NUM_THREADS", "1"),
-            );
+            succeed(&mut smoke_on(&out, &all, nproc));
             let line = &training_lines(&out)[0];
             let what = format!("{name}, {nproc} rank(s): {line}");
             assert_eq!(line["rollout/refill_batches"], refills, "{what}");

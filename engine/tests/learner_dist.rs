@@ -72,13 +72,14 @@ fn train(
     (weights, losses)
 }
 
-/// Two ranks (threads), rank r built from seed `seeds[r]` and trained on `shares[r]`.
-fn two_ranks(
+/// Two ranks (threads), rank r a learner built from seed `seeds[r]` that joined the group,
+/// running `work(learner, shares[r])`; their results by rank.
+fn on_two_ranks<T: Send + 'static>(
     variant: Variant,
     seeds: [i64; 2],
     shares: [Vec<Sample>; 2],
-    updates: usize,
-) -> Vec<Trained> {
+    work: impl Fn(&mut Learner, Vec<Sample>) -> T + Send + Copy + 'static,
+) -> Vec<T> {
     let port = oxrl::rollout::vllm::free_port().unwrap();
     let ranks: Vec<_> = shares
         .into_iter()
@@ -97,11 +98,23 @@ fn two_ranks(
                 let (vs, model) = tiny(seed);
                 let mut learner = Learner::new(vs, model, learner_config(variant)).unwrap();
                 learner.join(group).unwrap();
-                train(&mut learner, &share, updates)
+                work(&mut learner, share)
             })
         })
         .collect();
     ranks.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// Two ranks, rank r built from seed `seeds[r]` and trained on `shares[r]`.
+fn two_ranks(
+    variant: Variant,
+    seeds: [i64; 2],
+    shares: [Vec<Sample>; 2],
+    updates: usize,
+) -> Vec<Trained> {
+    on_two_ranks(variant, seeds, shares, move |learner, share| {
+        train(learner, &share, updates)
+    })
 }
 
 fn max_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
@@ -192,30 +205,13 @@ fn unequal_shares_report_the_metrics_of_one_learner() {
         let (vs, model) = tiny(3);
         let mut one = Learner::new(vs, model, learner_config(algorithm)).unwrap();
         let want = one.train(&batch).unwrap().metrics;
-        let port = oxrl::rollout::vllm::free_port().unwrap();
         let shares = [batch[..cut].to_vec(), batch[cut..].to_vec()];
-        let ranks: Vec<_> = (shares.into_iter().enumerate())
-            .map(|(rank, share)| {
-                thread::spawn(move || {
-                    let place = Rendezvous {
-                        rank,
-                        world_size: 2,
-                        local_rank: rank,
-                        master_addr: "127.0.0.1".into(),
-                        master_port: port,
-                    };
-                    let group = ProcessGroup::gloo(&place, Duration::from_secs(60)).unwrap();
-                    let (vs, model) = tiny(3);
-                    let mut learner = Learner::new(vs, model, learner_config(algorithm)).unwrap();
-                    learner.join(group).unwrap();
-                    let update = learner.train(&share).unwrap();
-                    let group = learner.process_group().unwrap();
-                    job_learner_metrics(group, &update.stats).unwrap()
-                })
-            })
-            .collect();
-        for (rank, handle) in ranks.into_iter().enumerate() {
-            let got = handle.join().unwrap();
+        let ranks = on_two_ranks(algorithm, [3, 3], shares, |learner, share| {
+            let update = learner.train(&share).unwrap();
+            let group = learner.process_group().unwrap();
+            job_learner_metrics(group, &update.stats).unwrap()
+        });
+        for (rank, got) in ranks.into_iter().enumerate() {
             assert_eq!(
                 got.keys().collect::<Vec<_>>(),
                 want.keys().collect::<Vec<_>>(),
