@@ -425,6 +425,38 @@ impl Learner {
         })
     }
 
+    /// The loss one optimizer step over the whole of `samples` would take, and its gradient
+    /// by trainable parameter name, without changing the weights or the optimizer: what a
+    /// reference implementation's loss code is compared against (the algorithm's first pass
+    /// and first mini-batch when `mini_batches` is 1).
+    pub fn gradients(&mut self, samples: &[Sample]) -> Result<(f64, Vec<(String, Tensor)>)> {
+        validate_batch(samples)?;
+        let mut stats = Stats::default();
+        let rows = self.training_rows(samples, &mut stats)?;
+        let max_len = self.max_completion_length(&rows);
+        let rows: Vec<&TrainingRow> = rows.iter().collect();
+        let (loss, _) = self.accumulate(&rows, max_len, &mut stats, None)?;
+        let grads = self
+            .optimizer
+            .names()
+            .zip(self.optimizer.parameters())
+            .map(|(name, p)| (name.to_string(), p.grad().detach().copy()))
+            .collect();
+        self.optimizer.zero_grad();
+        Ok((loss, grads))
+    }
+
+    /// The completion length Dr. GRPO divides by: the algorithm's setting, else the longest
+    /// completion of `rows` (this rank's).
+    fn max_completion_length(&self, rows: &[TrainingRow]) -> usize {
+        self.algorithm.max_completion_length().unwrap_or_else(|| {
+            rows.iter()
+                .map(|r| r.sample.completion_ids.len())
+                .max()
+                .unwrap_or(1)
+        })
+    }
+
     /// `passes` x `mini_batches` optimizer steps over `rows`; returns how many were taken.
     /// The first step, before any weight changes, also measures `gap`.
     fn optimize(
@@ -434,12 +466,7 @@ impl Learner {
         gap: &mut GapMeter,
     ) -> Result<usize> {
         let unit = self.algorithm.unit();
-        let mut max_len = self.algorithm.max_completion_length().unwrap_or_else(|| {
-            rows.iter()
-                .map(|r| r.sample.completion_ids.len())
-                .max()
-                .unwrap_or(1)
-        });
+        let mut max_len = self.max_completion_length(rows);
         let minis = match &self.dist {
             Some(group) => {
                 if self.algorithm.max_completion_length().is_none() {
@@ -518,13 +545,16 @@ impl Learner {
         Ok(rows)
     }
 
-    fn optimizer_step(
+    /// The gradient of one optimizer step's loss over `rows`, accumulated micro-batch by
+    /// micro-batch into `.grad` (summed over the ranks of a job); returns the loss and its
+    /// policy-gradient part.
+    fn accumulate(
         &mut self,
         rows: &[&TrainingRow],
         max_completion_length: usize,
         stats: &mut Stats,
         mut gap: Option<&mut GapMeter>,
-    ) -> Result<()> {
+    ) -> Result<(f64, f64)> {
         let mut rows = rows.to_vec();
         if self.cfg.max_tokens_per_micro_batch.is_some() && self.algorithm.unit() == 1 {
             sort_within_groups(&mut rows, |r| r.sample);
@@ -558,6 +588,17 @@ impl Learner {
             let sums = data_parallel::sum(group, &[loss_sum, pg_sum])?;
             (loss_sum, pg_sum) = (sums[0], sums[1]);
         }
+        Ok((loss_sum, pg_sum))
+    }
+
+    fn optimizer_step(
+        &mut self,
+        rows: &[&TrainingRow],
+        max_completion_length: usize,
+        stats: &mut Stats,
+        gap: Option<&mut GapMeter>,
+    ) -> Result<()> {
+        let (loss_sum, pg_sum) = self.accumulate(rows, max_completion_length, stats, gap)?;
         let grad_norm = self.optimizer.clip_grad_norm(self.cfg.optim.max_grad_norm);
         if !(grad_norm.is_finite() && loss_sum.is_finite()) {
             // A NaN/inf would poison the weights and Adam's moments: drop this step.
