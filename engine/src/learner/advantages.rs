@@ -19,6 +19,34 @@ pub enum ScaleRewards {
     None,
 }
 
+/// What GRPO subtracts from each reward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Baseline {
+    /// The group's mean reward (GRPO).
+    #[default]
+    GroupMean,
+    /// The mean of the group's other rewards (RLOO, Ahmadian et al. 2024; TRL `RLOOTrainer`'s
+    /// advantage): `G / (G - 1)` times the centred reward.
+    LeaveOneOut,
+}
+
+/// Turns group-mean-centred advantages into leave-one-out ones in place:
+/// `r_i - mean_{j != i} r_j = G / (G - 1) (r_i - mean_j r_j)` for a group of `G >= 2`
+/// (any scaling by a standard deviation commutes with the factor).
+pub fn leave_one_out(advantages: &mut [f64], group_ids: &[u64]) {
+    let mut sizes: BTreeMap<u64, usize> = BTreeMap::new();
+    for &g in group_ids {
+        *sizes.entry(g).or_default() += 1;
+    }
+    for (a, g) in advantages.iter_mut().zip(group_ids) {
+        let n = sizes[g] as f64;
+        if n >= 2.0 {
+            *a *= n / (n - 1.0);
+        }
+    }
+}
+
 /// Epsilon added to the standard deviation, as TRL.
 pub const STD_EPS: f64 = 1e-4;
 
@@ -147,6 +175,29 @@ pub fn whiten_with(x: &mut [f64], mask: &[bool], m: f64, std: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leave_one_out_subtracts_the_mean_of_the_other_rewards() {
+        let rewards = [1.0, 0.0, 0.5, 1.0, 0.3, 0.9, 0.2];
+        let ids = [4, 4, 4, 4, 9, 9, 11];
+        let mut adv = group_advantages(&rewards, &ids, ScaleRewards::None).advantages;
+        leave_one_out(&mut adv, &ids);
+        for i in 0..rewards.len() {
+            let others: Vec<f64> = (0..rewards.len())
+                .filter(|&j| j != i && ids[j] == ids[i])
+                .map(|j| rewards[j])
+                .collect();
+            let want = match others.is_empty() {
+                true => 0.0, // a group of one has no baseline and no signal
+                false => rewards[i] - mean(&others),
+            };
+            assert!(
+                (adv[i] - want).abs() < 1e-12,
+                "sample {i}: {} vs {want}",
+                adv[i]
+            );
+        }
+    }
 
     #[test]
     fn group_advantages_match_hand_values() {

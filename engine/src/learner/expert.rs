@@ -97,15 +97,20 @@ impl Algorithm for ExpertIteration {
         Ok(Prepared::per_sample(samples, order, |_| 1.0))
     }
 
-    /// Token-mean negative log-likelihood over the step's kept tokens.
     fn loss(&self, x: &LossInput) -> Result<LossOutput> {
-        let loss = aggregate(&(-x.logp), x.mask, LossType::Dapo, &x.scale);
-        let policy_loss = loss.double_value(&[]);
-        Ok(LossOutput {
-            loss,
-            policy_loss,
-            stats: Stats::default(),
-        })
+        Ok(token_mean_nll(x))
+    }
+}
+
+/// Token-mean negative log-likelihood over the step's trained tokens (TRL's SFT loss: the
+/// summed NLL over the batch's completion tokens divided by their number).
+pub(crate) fn token_mean_nll(x: &LossInput) -> LossOutput {
+    let loss = aggregate(&(-x.logp), x.mask, LossType::Dapo, &x.scale);
+    let policy_loss = loss.double_value(&[]);
+    LossOutput {
+        loss,
+        policy_loss,
+        stats: Stats::default(),
     }
 }
 

@@ -2,13 +2,13 @@
 //! variants TRL's `GRPOTrainer` exposes: `scale_rewards` (Dr. GRPO, Liu et al. 2025), token-
 //! or sequence-level importance ratio (GSPO, Zheng et al. 2025), asymmetric clipping and
 //! dynamic sampling (DAPO, Yu et al. 2025), k3 KL to a reference, and the `grpo | bnpo |
-//! dr_grpo | dapo` aggregations. Formulas: `docs/formulas.md` ("GRPO"), TRL
+//! dr_grpo | dapo` aggregations; and RLOO's leave-one-out baseline (`baseline`). Formulas: `docs/formulas.md` ("GRPO"), TRL
 //! `grpo_trainer.py::_compute_loss`.
 
 use serde::{Deserialize, Serialize};
 use tch::Kind;
 
-use super::advantages::{group_advantages_with, ScaleRewards};
+use super::advantages::{group_advantages_with, leave_one_out, Baseline, ScaleRewards};
 use super::algorithm::{
     aggregate, mask_count, masked_sum, Algorithm, BatchContext, LossInput, LossOutput, LossType,
     Prepared,
@@ -32,6 +32,8 @@ pub enum ImportanceSamplingLevel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GrpoConfig {
+    /// What is subtracted from each reward: the group's mean, or the others' (RLOO).
+    pub baseline: Baseline,
     /// How centred rewards are scaled.
     pub scale_rewards: ScaleRewards,
     /// How per-token losses are reduced.
@@ -60,6 +62,7 @@ pub struct GrpoConfig {
 impl Default for GrpoConfig {
     fn default() -> Self {
         Self {
+            baseline: Baseline::GroupMean,
             scale_rewards: ScaleRewards::Group,
             loss_type: LossType::Dapo,
             importance_sampling_level: ImportanceSamplingLevel::Token,
@@ -117,7 +120,10 @@ impl Algorithm for Grpo {
             ScaleRewards::Batch => ctx.mean_std(&rewards)?.1,
             _ => 0.0,
         };
-        let adv = group_advantages_with(&rewards, &ids, self.cfg.scale_rewards, batch_std);
+        let mut adv = group_advantages_with(&rewards, &ids, self.cfg.scale_rewards, batch_std);
+        if self.cfg.baseline == Baseline::LeaveOneOut {
+            leave_one_out(&mut adv.advantages, &ids);
+        }
         stats.set(m::FRAC_REWARD_ZERO_STD, adv.frac_zero_std);
         let order: Vec<usize> = (0..samples.len())
             .filter(|&i| !(self.cfg.dynamic_sampling && adv.zero_std[i]))

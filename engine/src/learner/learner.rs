@@ -30,6 +30,7 @@ use super::ppo::{Critic, Ppo, PpoConfig};
 use super::precision::Precision;
 use super::recompute::ScoreOptions;
 use super::rollout_correction::{GapMeter, LogprobGap, RolloutCorrection};
+use super::sft::Sft;
 use super::topr::{Topr, ToprConfig};
 use crate::dist::ProcessGroup;
 use crate::error::{Error, Result};
@@ -52,6 +53,8 @@ pub enum AlgorithmKind {
     ExpertIteration,
     /// PPO with a critic.
     Ppo,
+    /// Supervised fine-tuning on reference completions.
+    Sft,
 }
 
 /// Learner options: `[learner]` in a run config, with one table per algorithm.
@@ -130,6 +133,7 @@ impl LearnerConfig {
             AlgorithmKind::Ppo => Box::new(Ppo {
                 cfg: self.ppo.clone(),
             }),
+            AlgorithmKind::Sft => Box::new(Sft),
         }
     }
 }

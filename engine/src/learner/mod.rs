@@ -1,4 +1,4 @@
-//! The learner: GRPO, PPO, TOPR, DPO and expert iteration as peers behind one [`Algorithm`]
+//! The learner: GRPO, PPO, TOPR, DPO, expert iteration and SFT as peers behind one [`Algorithm`]
 //! trait, AdamW with schedules, clipping and f32 master weights for bf16 models, token-budget
 //! micro-batches with exact gradient accumulation, and a frozen reference model. See
 //! `docs/learner.md`.
@@ -25,6 +25,7 @@ pub mod ppo;
 pub mod precision;
 pub mod recompute;
 pub mod rollout_correction;
+pub mod sft;
 pub mod topr;
 mod validate;
 

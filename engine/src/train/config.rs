@@ -530,6 +530,26 @@ impl RunConfig {
         Ok(())
     }
 
+    /// `rollout.source = "dataset"` without logged samples: preference pairs (DPO) or
+    /// reference solutions (SFT), nothing generated.
+    fn check_dataset_source(&self) -> anyhow::Result<()> {
+        let group = match self.learner.algorithm {
+            AlgorithmKind::Dpo => 2,
+            AlgorithmKind::Sft => 1,
+            _ => bail!("rollout.source = \"dataset\" reads preference pairs (learner.algorithm = \"dpo\") or reference solutions (\"sft\"), or logged samples (rollout.samples_path)"),
+        };
+        if self.rollout.group_size != group {
+            bail!(
+                "rollout.source = \"dataset\" with learner.algorithm = {:?}: each prompt has {group} completion(s) (set rollout.group_size = {group})",
+                self.learner.algorithm
+            );
+        }
+        if self.rollout.async_ || self.rollout.engine != RolloutEngine::Native {
+            bail!("rollout.source = \"dataset\": nothing is generated; set rollout.async = false and rollout.engine = \"native\"");
+        }
+        Ok(())
+    }
+
     /// Training from logged samples: what it needs, refused by name otherwise.
     fn check_replay(&self, path: &Path) -> anyhow::Result<()> {
         let algorithm = self.learner.algorithm;
@@ -562,12 +582,9 @@ impl RunConfig {
         if let Some(path) = &self.rollout.samples_path {
             self.check_replay(path)?;
         } else if self.rollout.source == RolloutSource::Dataset {
-            if self.learner.algorithm != AlgorithmKind::Dpo {
-                bail!("rollout.source = \"dataset\" reads preference pairs, which need learner.algorithm = \"dpo\"");
-            }
-            if self.rollout.group_size != 2 || self.rollout.async_ {
-                bail!("rollout.source = \"dataset\": a preference pair is a group of 2 (rollout.group_size = 2) and there is nothing to generate ahead (rollout.async = false)");
-            }
+            self.check_dataset_source()?;
+        } else if self.learner.algorithm == AlgorithmKind::Sft {
+            bail!("learner.algorithm = \"sft\" trains on the rows' reference solutions: set rollout.source = \"dataset\"");
         }
         self.check_engine()?;
         if self.rollout.async_ && self.rollout.max_staleness == 0 {

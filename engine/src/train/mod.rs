@@ -12,6 +12,7 @@ pub mod pairs;
 pub mod prefetch;
 pub mod progress;
 pub mod rank_status;
+pub mod references;
 pub mod replay;
 pub mod run_lock;
 pub mod scoring;

@@ -46,6 +46,7 @@ use super::pairs;
 use super::prefetch::Prefetch;
 use super::progress::Progress;
 use super::rank_status::RankStatus;
+use super::references;
 use super::replay::Replay;
 use super::run_lock::RunLock;
 use super::scoring::{score_batch, score_episodes, ScoredBatch};
@@ -701,6 +702,19 @@ impl Trainer {
         Ok(record)
     }
 
+    /// `rollout.source = "dataset"`: each row's reference solution (SFT) or its preference pair.
+    fn dataset_completions(&self, rows: &[Row]) -> anyhow::Result<Vec<Generated>> {
+        match self.cfg.learner.algorithm {
+            AlgorithmKind::Sft => references::reference_completions(
+                rows,
+                self.env.task(),
+                &self.tokenizer,
+                self.cfg.rollout.max_tokens,
+            ),
+            _ => pairs::pair_completions(rows, &self.tokenizer),
+        }
+    }
+
     /// Step `step`'s batch: generated now by the learner's policy, read from the rows, or
     /// (async) waited for from the worker.
     fn rollout(&mut self, step: usize) -> anyhow::Result<RolloutBatch> {
@@ -714,7 +728,7 @@ impl Trainer {
             // Agents' sessions become samples in `sample_step`.
             RolloutSource::Policy | RolloutSource::Agents => self.generate(rows, request, step),
             RolloutSource::Dataset => Ok(RolloutBatch {
-                generated: pairs::pair_completions(&rows, &self.tokenizer)?,
+                generated: self.dataset_completions(&rows)?,
                 rows,
                 request,
                 policy_version: step as u64,
@@ -1001,7 +1015,9 @@ impl Trainer {
                     .collect(),
             })
             .collect();
-        if self.cfg.rollout.source == RolloutSource::Dataset {
+        if self.cfg.rollout.source == RolloutSource::Dataset
+            && self.cfg.learner.algorithm == AlgorithmKind::Dpo
+        {
             pairs::label(&mut samples, &batch.generated);
         }
         samples
@@ -1247,7 +1263,10 @@ fn check_env(cfg: &RunConfig, env: &LoadedEnv) -> anyhow::Result<()> {
         );
     }
     if cfg.rollout.source == RolloutSource::Dataset && cfg.rollout.samples_path.is_none() {
-        pairs::check_rows(env)?;
+        match cfg.learner.algorithm {
+            AlgorithmKind::Sft => references::check_rows(env)?,
+            _ => pairs::check_rows(env)?,
+        }
     }
     Ok(())
 }
