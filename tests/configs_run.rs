@@ -66,3 +66,40 @@ fn every_config_runs_a_step() {
         );
     }
 }
+
+/// `oxrl config rows` prints the task's rows with the prompt the policy sees: the whole split,
+/// train and eval disjoint, each prompt rendered through the model's chat template.
+#[test]
+fn config_rows_prints_each_split_with_rendered_prompts() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/grpo_math.toml");
+    let rows = |split: &str| -> Vec<serde_json::Value> {
+        let out = Command::new(oxrl_bin())
+            .args(["config", "rows"])
+            .arg(&config)
+            .args(["--set", TINY_MODEL[0], "--split", split])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (train, eval) = (rows("train"), rows("eval"));
+    // grpo_math.toml: 2000 generated problems, 100 held out.
+    assert_eq!((train.len(), eval.len()), (1900, 100));
+    let ids: std::collections::HashSet<&str> =
+        train.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    for row in &eval {
+        assert!(!ids.contains(row["id"].as_str().unwrap()), "{row}");
+        let text = row["prompt_text"].as_str().unwrap();
+        let question = row["prompt"].as_str().unwrap();
+        assert!(text.contains(question), "{row}");
+        assert!(text.ends_with("<|im_start|>assistant\n"), "{row}");
+        assert!(row["answer"].as_str().unwrap().contains("####"), "{row}");
+    }
+}

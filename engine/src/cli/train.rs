@@ -1,5 +1,6 @@
 //! `oxrl train` and `oxrl config check`.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -37,6 +38,21 @@ impl TrainArgs {
 pub(super) enum ConfigCommand {
     /// Validate a run config without running it.
     Check(TrainArgs),
+    /// Print the task's rows as JSONL: each row's fields plus `prompt_text`, the prompt as
+    /// the policy sees it (chat template applied), for running the same task elsewhere.
+    Rows(RowsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct RowsArgs {
+    /// The run config (TOML).
+    config: PathBuf,
+    /// Override a config key (repeatable), as for `train`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// `train` or `eval` (the held-out split).
+    #[arg(long, default_value = "train")]
+    split: String,
 }
 
 pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
@@ -86,7 +102,10 @@ fn rank_args() -> Vec<std::ffi::OsString> {
 }
 
 pub(super) fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
-    let ConfigCommand::Check(args) = cmd;
+    let args = match cmd {
+        ConfigCommand::Check(args) => args,
+        ConfigCommand::Rows(args) => return rows(args),
+    };
     let cfg = RunConfig::load(&args.config, &args.overrides)?;
     let file = || args.config.display().to_string();
     cfg.build_rewards().with_context(file)?;
@@ -97,6 +116,23 @@ pub(super) fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
         cfg.steps,
         cfg.learner.algorithm
     );
+    Ok(())
+}
+
+fn rows(args: RowsArgs) -> anyhow::Result<()> {
+    let cfg = RunConfig::load(&args.config, &args.overrides)?;
+    let env = cfg.load_env()?;
+    let data = match args.split.as_str() {
+        "train" => env.train(),
+        "eval" => env.eval(),
+        other => anyhow::bail!("--split {other:?}: train or eval"),
+    };
+    let mut out = std::io::stdout().lock();
+    for row in data.rows() {
+        let mut fields = row.fields().clone();
+        fields.insert("prompt_text".into(), env.prompt(row)?.into());
+        writeln!(out, "{}", serde_json::Value::Object(fields))?;
+    }
     Ok(())
 }
 

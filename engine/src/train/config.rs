@@ -460,6 +460,12 @@ impl RunConfig {
     /// `model.path` holds a model whose tokenizer reads, and that the environment's data loads
     /// (every row of it, under `on_bad_row`) and renders with that tokenizer's chat template.
     pub fn check_files(&self) -> anyhow::Result<()> {
+        self.load_env().map(drop)
+    }
+
+    /// The environment with its data, prompts rendered with the model's chat template,
+    /// without loading the model's weights.
+    pub fn load_env(&self) -> anyhow::Result<LoadedEnv> {
         let model = &self.model.path;
         if !model.exists() {
             bail!(
@@ -470,9 +476,7 @@ impl RunConfig {
         let tokenizer = crate::pretrained::Pretrained::load_tokenizer(model)
             .with_context(|| format!("model.path = {}", model.display()))?;
         let template = tokenizer.chat_template().cloned();
-        LoadedEnv::from_config(&self.env, &self.base_dir, template)
-            .context("loading [env] data")?;
-        Ok(())
+        LoadedEnv::from_config(&self.env, &self.base_dir, template).context("loading [env] data")
     }
 
     /// The `[[rewards]]`, built: each reward parses (and so checks) its own options. The
