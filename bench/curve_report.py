@@ -1,0 +1,106 @@
+"""oxrl's and TRL's GRPO curves from bench/grpo_curve_vs_trl.sh: docs/results_vs_trl.md and
+docs/results_vs_trl.png (reward per step, 5-step moving mean; held-out pass@1 at the eval steps).
+
+usage: curve_report.py OUT --steps N --lr LR --seeds "0 1"
+"""
+import argparse
+import json
+import os
+import statistics
+
+SIDES = ("oxrl", "trl")
+
+
+def load(out, side, seed):
+    with open(os.path.join(out, side, f"seed{seed}", "metrics.jsonl")) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    steps = sorted((l["step"], l["reward"], l.get("time/step_seconds", 0.0)) for l in lines if "reward" in l)
+    evals = {l["step"]: l for l in lines if "eval/pass_at_1" in l}
+    return steps, evals
+
+
+def moving(xs, n=5):
+    return [statistics.fmean(xs[max(0, i - n + 1) : i + 1]) for i in range(len(xs))]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--steps")
+    parser.add_argument("--lr")
+    parser.add_argument("--seeds")
+    args = parser.parse_args()
+    seeds = args.seeds.split()
+    runs = {(side, s): load(args.out, side, s) for side in SIDES for s in seeds}
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    colors = {"oxrl": "tab:blue", "trl": "tab:orange"}
+    for (side, seed), (steps, evals) in runs.items():
+        style = "-" if seed == seeds[0] else "--"
+        left.plot([s for s, _, _ in steps], moving([r for _, r, _ in steps]), style, color=colors[side], label=f"{side} seed {seed}")
+        points = sorted(evals.items())
+        right.plot([s for s, _ in points], [e["eval/pass_at_1"] for _, e in points], style, marker="o", color=colors[side], label=f"{side} seed {seed}")
+    left.set(xlabel="step", ylabel="training reward (5-step moving mean)")
+    right.set(xlabel="step", ylabel="held-out pass@1")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join("docs", "results_vs_trl.png"), dpi=110)
+
+    eval_steps = sorted({s for (_, _), (_, e) in runs.items() for s in e})
+    header = "| step | " + " | ".join(f"{side} seed {s}" for side in SIDES for s in seeds) + " |"
+    rows = [header, "|" + "---|" * (1 + len(SIDES) * len(seeds))]
+    for step in eval_steps:
+        cells = []
+        for side in SIDES:
+            for s in seeds:
+                e = runs[(side, s)][1].get(step)
+                cells.append("–" if e is None else f"{e['eval/pass_at_1']:.3f}")
+        rows.append(f"| {step} | " + " | ".join(cells) + " |")
+    summary = []
+    for side in SIDES:
+        for s in seeds:
+            steps = runs[(side, s)][0]
+            rewards = [r for _, r, _ in steps]
+            seconds = [t for _, _, t in steps[1:]] or [0.0]
+            summary.append(
+                f"| {side} | {s} | {statistics.fmean(rewards[:10]):.3f} | {statistics.fmean(rewards[-10:]):.3f} "
+                f"| {statistics.fmean(seconds):.1f} |"
+            )
+    text = f"""# GRPO in oxrl next to TRL's GRPOTrainer
+
+Written by `bench/curve_report.py` from `bench/grpo_curve_vs_trl.sh` (re-run: that script;
+runs in `runs/results_trl/`). The run of configs/grpo_math.toml on both sides: the bundled
+SmolLM2-135M-Instruct (f32, CPU, 2 threads), the same training prompts (`oxrl config rows`,
+rendered with the same chat template), 4 prompts x 4 completions of <= 64 tokens at T = 1,
+DAPO loss, clip 0.2/0.28, beta 0, group-scaled rewards, AdamW at a constant lr {args.lr},
+gradient norm 1, {args.steps} steps; oxrl's math verifier scores both (`oxrl reward` inside
+TRL's reward function). Held-out pass@1: 100 problems x 4 samples at T = 1 by `oxrl eval`
+(TRL's checkpoints loaded by oxrl), oxrl's in its training loop by the same protocol.
+Differences left: each side shuffles the prompt pool with its own generator and samples with
+its own random stream.
+
+![reward per step and held-out pass@1](results_vs_trl.png)
+
+Held-out pass@1:
+
+{chr(10).join(rows)}
+
+Training reward (mean of the first and the last 10 steps) and seconds per step:
+
+| side | seed | reward, first 10 | reward, last 10 | s/step |
+|---|---|---|---|---|
+{chr(10).join(summary)}
+"""
+    with open(os.path.join("docs", "results_vs_trl.md"), "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# GRPO's learning curve in oxrl next to TRL's GRPOTrainer on the run of configs/grpo_math.toml
+# (docs/results_vs_trl.md): the same model, prompts (`oxrl config rows`), group size, max
+# tokens, loss, clipping, lr, steps and reward (oxrl's math verifier on both sides); reward
+# per step, and held-out pass@1 at the same steps by the same protocol (`oxrl eval`: 100
+# held-out problems x 4 samples at T = 1; TRL's checkpoints are evaluated by oxrl's sampler).
+# Resumable: a finished run (.done) is not run again.
+# Usage: bench/grpo_curve_vs_trl.sh   Env: STEPS=60 SEEDS="0 1" LR=2e-5 EVAL_EVERY=20 OUT=runs/results_trl
+# Cost on 2 cores: oxrl ~6 min and TRL ~25 min per seed at 60 steps, evals included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source "$(bash scripts/setup.sh 2>/dev/null)"
+STEPS="${STEPS:-60}"
+SEEDS="${SEEDS:-0 1}"
+LR="${LR:-2e-5}"
+EVAL_EVERY="${EVAL_EVERY:-20}"
+OUT="$(realpath -m "${OUT:-runs/results_trl}")"
+OXRL=$PWD/target/release/oxrl
+CONFIG=configs/grpo_math.toml
+[[ -x $OXRL ]] || { echo "build first: make build" >&2; exit 1; }
+MODEL="$OXRL_CACHE/models/SmolLM2-135M-Instruct"
+[[ -f $MODEL/model.safetensors ]] || "$OXRL" import "$OXRL_SMOLLM2_GGUF" "$MODEL"
+"$OXRL_PYTHON" -c "import matplotlib" 2>/dev/null || "$OXRL_PYTHON" -m pip install -q "matplotlib==3.10.7"
+export OMP_NUM_THREADS=$(nproc)
+mkdir -p "$OUT"
+"$OXRL" config rows "$CONFIG" > "$OUT/train_rows.jsonl"
+
+eval_line() {  # MODEL_DIR STEP SEED: one eval line of metrics.jsonl's shape
+  "$OXRL" eval "$CONFIG" --set "model.path=\"$1\"" --set "seed=$3" --samples 4 --k 4 2>/dev/null |
+    "$OXRL_PYTHON" -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'step': $2, **{'eval/' + k: v for k, v in r.items()}}))"
+}
+
+for seed in $SEEDS; do
+  d=$OUT/oxrl/seed$seed
+  if [[ ! -f $d/.done ]]; then
+    rm -rf "$d"; mkdir -p "$d"; echo "[curve] oxrl seed $seed"
+    "$OXRL" train "$CONFIG" --set "output_dir=\"$d\"" --set "steps=$STEPS" --set "seed=$seed" \
+      --set "learner.optim.lr=$LR" --set "eval.every=$EVAL_EVERY" --set 'metrics.listen=""' \
+      --set "checkpoint.every=$STEPS" > "$d/train.log" 2>&1
+    rm -rf "$d/checkpoints" "$d/final"; touch "$d/.done"
+  fi
+  t=$OUT/trl/seed$seed
+  if [[ ! -f $t/.done ]]; then
+    rm -rf "$t"; mkdir -p "$t"; echo "[curve] TRL seed $seed"
+    "$OXRL_PYTHON" bench/trl_grpo_curve.py "$MODEL" "$OUT/train_rows.jsonl" "$t" "$STEPS" "$seed" "$LR" \
+      "$(nproc)" "$EVAL_EVERY" "$OXRL" "$CONFIG" > "$t/train.log" 2>&1
+    eval_line "$MODEL" 0 "$seed" >> "$t/metrics.jsonl"
+    for step in $(seq "$EVAL_EVERY" "$EVAL_EVERY" "$STEPS"); do
+      eval_line "$t/checkpoint-$step" "$step" "$seed" >> "$t/metrics.jsonl"
+    done
+    rm -rf "$t"/checkpoint-*; touch "$t/.done"
+  fi
+done
+"$OXRL_PYTHON" bench/curve_report.py "$OUT" --steps "$STEPS" --lr "$LR" --seeds "$SEEDS"

@@ -1,0 +1,166 @@
+"""The results table from the runs bench/results.sh made: docs/results.md and docs/results.png.
+
+usage: results_report.py OUT --steps N --lrs "A B" --seeds "0 1"   (writes the docs)
+       results_report.py --best OUT/ROW                             (prints the best seed-0 run)
+
+For each row (a folder of OUT), the best learning rate is the seed-0 run with the highest final
+held-out pass@1; the table shows that learning rate's runs over every seed: held-out pass@1,
+pass@4 and majority vote before the first step and after the last (mean, and the spread
+between seeds), completion tokens generated, and wall time (steps + evals). The plot is
+held-out pass@1 against tokens generated, one line per row (mean over seeds).
+"""
+import argparse
+import json
+import os
+import re
+import statistics
+import tomllib
+
+DESCRIPTIONS = {
+    "grpo_dapo": "GRPO, DAPO loss (token mean over the batch, clip 0.2/0.28): configs/grpo_math.toml",
+    "grpo": "GRPO, `loss_type = \"grpo\"` (sequence means), clip 0.2",
+    "dr_grpo": "Dr. GRPO: `dr_grpo` loss, no std scaling",
+    "rloo": "RLOO: leave-one-out baseline, no std scaling, GRPO's clipped loss",
+    "ppo": "PPO: critic + GAE (lam 0.95), k1 KL 0.05 in the reward, 4 epochs",
+    "topr": "TOPR (online), group-mean baseline, sequence taper",
+    "expert_iteration": "Expert iteration: NLL on the completions with reward 1",
+    "online_dpo": "Online DPO: best vs worst completion of each group, beta 0.1",
+    "sft": "SFT on the reference answers (`#### N`), 16 a step, nothing generated",
+    "reft": "ReFT: PPO from the SFT run's final model",
+    "topr_offline": "TOPR (offline) on the GRPO run's logged samples, nothing generated",
+}
+
+
+def lines(run):
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def evals(run):
+    return [l for l in lines(run) if "eval/pass_at_1" in l]
+
+
+def runs(row_dir):
+    """{(lr, seed): path} of the finished runs of a row."""
+    out = {}
+    for name in sorted(os.listdir(row_dir)):
+        m = re.fullmatch(r"lr(.+)-seed(\d+)", name)
+        path = os.path.join(row_dir, name)
+        if m and os.path.exists(os.path.join(path, ".done")):
+            out[(m.group(1), int(m.group(2)))] = path
+    return out
+
+
+def best(row_dir):
+    seed0 = [(lr, p) for (lr, seed), p in runs(row_dir).items() if seed == 0]
+    if not seed0:
+        raise SystemExit(f"{row_dir}: no finished seed-0 run")
+    return max(seed0, key=lambda x: evals(x[1])[-1]["eval/pass_at_1"])
+
+
+def generated_tokens(run):
+    """Cumulative completion tokens generated before each step (index = step - 1 + 1)."""
+    cfg = tomllib.load(open(os.path.join(run, "config.toml"), "rb"))
+    rollout = cfg.get("rollout", {})
+    generates = rollout.get("source", "policy") == "policy"
+    per_step = rollout.get("prompts_per_step", 4) * rollout.get("group_size", 4)
+    total, out = 0.0, [0.0]
+    for l in lines(run):
+        if "eval/pass_at_1" in l:
+            continue
+        if generates:
+            total += l.get("completions/mean_length", 0.0) * per_step
+        out.append(total)
+    return out
+
+
+def wall_seconds(run):
+    return sum(l.get("time/step_seconds", 0.0) + l.get("time/eval_seconds", 0.0) for l in lines(run))
+
+
+def spread(xs):
+    mean = statistics.fmean(xs)
+    return f"{mean:.3f}" if len(xs) < 2 else f"{mean:.3f} ± {(max(xs) - min(xs)) / 2:.3f}"
+
+
+def report(out, steps, lrs, seeds):
+    rows = [r for r in DESCRIPTIONS if os.path.isdir(os.path.join(out, r))]
+    table = [
+        "| row | lr | pass@1 before | pass@1 after | pass@4 after | majority after | tokens generated | wall min | seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    curves = {}
+    for row in rows:
+        lr, _ = best(os.path.join(out, row))
+        chosen = sorted(p for (l, _), p in runs(os.path.join(out, row)).items() if l == lr)
+        first = [evals(p)[0] for p in chosen]
+        last = [evals(p)[-1] for p in chosen]
+        tokens = [generated_tokens(p)[-1] for p in chosen]
+        table.append(
+            f"| {row} | {lr} | {spread([e['eval/pass_at_1'] for e in first])} "
+            f"| {spread([e['eval/pass_at_1'] for e in last])} "
+            f"| {spread([e['eval/pass_at_k'] for e in last])} "
+            f"| {spread([e['eval/majority_vote'] for e in last])} "
+            f"| {statistics.fmean(tokens):,.0f} | {statistics.fmean(map(wall_seconds, chosen)) / 60:.1f} "
+            f"| {len(chosen)} |"
+        )
+        points = {}
+        for p in chosen:
+            cum = generated_tokens(p)
+            for e in evals(p):
+                points.setdefault(e["step"], []).append((cum[min(e["step"], len(cum) - 1)], e["eval/pass_at_1"]))
+        curves[row] = [(statistics.fmean(t for t, _ in v), statistics.fmean(a for _, a in v)) for _, v in sorted(points.items())]
+    plot(curves, os.path.join("docs", "results.png"))
+    described = "\n".join(f"- **{r}**: {DESCRIPTIONS[r]}" for r in rows)
+    text = f"""# Results: every algorithm on one task
+
+Written by `bench/results_report.py` from the runs `bench/results.sh` made (re-run one row:
+`bench/results.sh ROW`; each run's `config.toml` is in `runs/results/ROW/lrLR-seedS/`).
+
+Task: configs/grpo_math.toml — the bundled SmolLM2-135M-Instruct (f32, CPU, 2 threads),
+two-term sums and differences of numbers up to 20, 4 prompts x 4 completions of <= 64 tokens a
+step, {steps} steps. Eval: the 100 held-out problems, 4 samples each at temperature 1:
+pass@1, pass@4 and majority vote, before the first step and every few steps. Budget, the same
+for every row: learning rates {lrs} with seed 0, then the best one (final pass@1) with seeds
+{seeds}; "±" is half the range between seeds.
+
+{described}
+
+{chr(10).join(table)}
+
+![held-out pass@1 against completion tokens generated](results.png)
+"""
+    with open(os.path.join("docs", "results.md"), "w") as f:
+        f.write(text)
+
+
+def plot(curves, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for row, pts in curves.items():
+        if any(t > 0 for t, _ in pts):
+            ax.plot([t for t, _ in pts], [a for _, a in pts], marker="o", label=row)
+    ax.set_xlabel("completion tokens generated")
+    ax.set_ylabel("held-out pass@1")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--best", action="store_true")
+    parser.add_argument("--steps")
+    parser.add_argument("--lrs")
+    parser.add_argument("--seeds")
+    args = parser.parse_args()
+    if args.best:
+        print(best(args.out)[1])
+    else:
+        report(args.out, args.steps, args.lrs, args.seeds)
