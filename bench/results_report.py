@@ -25,7 +25,7 @@ DESCRIPTIONS = {
     "topr": "TOPR (online), group-mean baseline, sequence taper",
     "expert_iteration": "Expert iteration: NLL on the completions with reward 1",
     "online_dpo": "Online DPO: best vs worst completion of each group, beta 0.1",
-    "sft": "SFT on the reference answers (`#### N`), 16 a step, nothing generated",
+    "sft": "SFT on the reference solutions (`a + b = c`, `#### c`), 16 a step, nothing generated",
     "reft": "ReFT: PPO from the SFT run's final model",
     "topr_offline": "TOPR (offline) on the GRPO run's logged samples, nothing generated",
 }
