@@ -31,7 +31,9 @@ def main():
     parser.add_argument("--seeds")
     args = parser.parse_args()
     seeds = args.seeds.split()
-    runs = {(side, s): load(args.out, side, s) for side in SIDES for s in seeds}
+    done = lambda side, s: os.path.exists(os.path.join(args.out, side, f"seed{s}", ".done"))
+    runs = {(side, s): load(args.out, side, s) for side in SIDES for s in seeds if done(side, s)}
+    missing = [f"{side} seed {s}" for side in SIDES for s in seeds if not done(side, s)]
 
     import matplotlib
 
@@ -54,23 +56,18 @@ def main():
     fig.savefig(os.path.join("docs", "results_vs_trl.png"), dpi=110)
 
     eval_steps = sorted({s for (_, _), (_, e) in runs.items() for s in e})
-    header = "| step | " + " | ".join(f"{side} seed {s}" for side in SIDES for s in seeds) + " |"
-    rows = [header, "|" + "---|" * (1 + len(SIDES) * len(seeds))]
+    header = "| step | " + " | ".join(f"{side} seed {s}" for side, s in runs) + " |"
+    rows = [header, "|" + "---|" * (1 + len(runs))]
     for step in eval_steps:
-        cells = []
-        for side in SIDES:
-            for s in seeds:
-                e = runs[(side, s)][1].get(step)
-                cells.append("–" if e is None else f"{e['eval/pass_at_1']:.3f}")
+        cells = [runs[key][1].get(step) for key in runs]
+        cells = ["–" if e is None else f"{e['eval/pass_at_1']:.3f}" for e in cells]
         rows.append(f"| {step} | " + " | ".join(cells) + " |")
     summary = []
-    for side in SIDES:
-        for s in seeds:
-            steps = runs[(side, s)][0]
-            rewards = [r for _, r, _ in steps]
-            summary.append(
-                f"| {side} | {s} | {statistics.fmean(rewards[:10]):.3f} | {statistics.fmean(rewards[-10:]):.3f} |"
-            )
+    for (side, s), (steps, _) in runs.items():
+        rewards = [r for _, r, _ in steps]
+        summary.append(
+            f"| {side} | {s} | {statistics.fmean(rewards[:10]):.3f} | {statistics.fmean(rewards[-10:]):.3f} |"
+        )
     text = f"""# GRPO in oxrl next to TRL's GRPOTrainer
 
 Written by `bench/curve_report.py` from `bench/grpo_curve_vs_trl.sh` (re-run: that script;
@@ -85,6 +82,8 @@ Differences left: each side shuffles the prompt pool with its own generator and 
 its own random stream.
 
 ![reward per step and held-out pass@1](results_vs_trl.png)
+
+{"Not run yet: " + ", ".join(missing) + " (`SEEDS` of the script; it resumes)." if missing else ""}
 
 Held-out pass@1:
 

@@ -3,17 +3,20 @@
 # (the bundled SmolLM2-135M, two-term arithmetic, the same prompts, held-out split and eval:
 # pass@1, pass@4 and majority vote of 4 samples at T = 1 on 100 held-out problems), the same
 # 4 x 4 completions of <= 64 tokens a step, each algorithm at its paper's or TRL's defaults.
+# CONFIG=configs/grpo_gsm8k.toml runs the same rows on GSM8K-style word problems
+# (docs/results_gsm8k.md; `bench/results.sh grpo_dapo ppo` for the two the issue asks there).
 #
 # Budget, the same for every row: each learning rate of LRS with seed 0; the best (final
 # held-out pass@1) is run again with every other seed of SEEDS. Rows that need another run
 # (ReFT: PPO from the SFT run's final model; offline TOPR: the GRPO run's logged samples)
 # start from that run at its best learning rate. A run whose output holds a final eval line
 # is not run again, so the script resumes where it stopped; every run's config.toml sits
-# next to its metrics in runs/results/<row>/lr<LR>-seed<S>/. Then bench/results_report.py
+# next to its metrics in runs/results/<config name>/<row>/lr<LR>-seed<S>/. Then bench/results_report.py
 # writes docs/results.md and docs/results.png.
 #
 # Usage: bench/results.sh [ROW ...]        (default: every row, in dependency order)
-# Env:   STEPS=60 LRS="1e-5 3e-5" SEEDS="0 1" EVAL_EVERY=20 OUT=runs/results, EXTRA="k=v ..."
+# Env:   STEPS=60 LRS="1e-5 3e-5" SEEDS="0 1" EVAL_EVERY=20 CONFIG=configs/grpo_math.toml
+#        OUT=runs/results/<config name>, EXTRA="k=v ..."
 #        (more --set overrides for every run: a quick check of the script with
 #        STEPS=2 EXTRA="eval.max_prompts=4" OUT=/tmp/results-check)
 # Cost on 2 cores: about 6 minutes a run at 60 steps; 11 rows x (2 + 1) runs = 3.3 hours.
@@ -24,7 +27,9 @@ STEPS="${STEPS:-60}"
 LRS="${LRS:-1e-5 3e-5}"
 SEEDS="${SEEDS:-0 1}"
 EVAL_EVERY="${EVAL_EVERY:-20}"
-OUT="$(realpath -m "${OUT:-runs/results}")"
+CONFIG="${CONFIG:-configs/grpo_math.toml}"
+NAME=$(basename "$CONFIG" .toml)
+OUT="$(realpath -m "${OUT:-runs/results/$NAME}")"
 EXTRA="${EXTRA:-}"
 OXRL=./target/release/oxrl
 [[ -x $OXRL ]] || { echo "build first: make build" >&2; exit 1; }
@@ -32,7 +37,7 @@ MODEL="$OXRL_CACHE/models/SmolLM2-135M-Instruct"
 [[ -f $MODEL/model.safetensors ]] || "$OXRL" import "$OXRL_SMOLLM2_GGUF" "$MODEL"
 "$OXRL_PYTHON" -c "import matplotlib" 2>/dev/null || "$OXRL_PYTHON" -m pip install -q "matplotlib==3.10.7"
 
-# name | overrides of configs/grpo_math.toml (space-separated --set values)
+# name | overrides of the config (space-separated --set values)
 ROWS=(
   'grpo_dapo|log.samples="all"'
   'grpo|learner.grpo.loss_type="grpo" learner.grpo.epsilon_high=0.2'
@@ -66,7 +71,7 @@ run() {  # ROW OVERRIDES LR SEED
   done
   rm -rf "$dir"; mkdir -p "$dir"
   echo "[results] $dir"
-  OMP_NUM_THREADS=$(nproc) "$OXRL" train configs/grpo_math.toml --set "output_dir=\"$dir\"" \
+  OMP_NUM_THREADS=$(nproc) "$OXRL" train "$CONFIG" --set "output_dir=\"$dir\"" \
     --set "steps=$STEPS" --set "seed=$4" --set "learner.optim.lr=$3" --set "eval.every=$EVAL_EVERY" \
     --set 'metrics.listen=""' --set "checkpoint.every=$STEPS" "${sets[@]}" > "$dir/train.log" 2>&1 \
     || { echo "[results] $dir failed: see $dir/train.log" >&2; exit 1; }
@@ -83,4 +88,5 @@ for entry in "${ROWS[@]}"; do
   best=$(best_dir "$name"); lr=${best##*/lr}; lr=${lr%-seed*}
   for seed in $SEEDS; do [[ $seed == 0 ]] || run "$name" "$sets" "$lr" "$seed"; done
 done
-"$OXRL_PYTHON" bench/results_report.py "$OUT" --steps "$STEPS" --lrs "$LRS" --seeds "$SEEDS"
+DOC=docs/results.md; [[ $NAME == grpo_math ]] || DOC=docs/results_${NAME#grpo_}.md
+"$OXRL_PYTHON" bench/results_report.py "$OUT" --steps "$STEPS" --lrs "$LRS" --seeds "$SEEDS" --doc "$DOC"

@@ -1,6 +1,7 @@
-"""The results table from the runs bench/results.sh made: docs/results.md and docs/results.png.
+"""The results table from the runs bench/results.sh made: docs/results*.md and its plot.
 
-usage: results_report.py OUT --steps N --lrs "A B" --seeds "0 1"   (writes the docs)
+usage: results_report.py OUT --steps N --lrs "A B" --seeds "0 1" --doc docs/results.md
+       (writes that file and the plot beside it, .png)
        results_report.py --best OUT/ROW                             (prints the best seed-0 run)
 
 For each row (a folder of OUT), the best learning rate is the seed-0 run with the highest final
@@ -17,7 +18,7 @@ import statistics
 import tomllib
 
 DESCRIPTIONS = {
-    "grpo_dapo": "GRPO, DAPO loss (token mean over the batch, clip 0.2/0.28): configs/grpo_math.toml",
+    "grpo_dapo": "GRPO, DAPO loss (token mean over the batch, clip 0.2/0.28): the config as shipped",
     "grpo": "GRPO, `loss_type = \"grpo\"` (sequence means), clip 0.2",
     "dr_grpo": "Dr. GRPO: `dr_grpo` loss, no std scaling",
     "rloo": "RLOO: leave-one-out baseline, no std scaling, GRPO's clipped loss",
@@ -25,7 +26,7 @@ DESCRIPTIONS = {
     "topr": "TOPR (online), group-mean baseline, sequence taper",
     "expert_iteration": "Expert iteration: NLL on the completions with reward 1",
     "online_dpo": "Online DPO: best vs worst completion of each group, beta 0.1",
-    "sft": "SFT on the reference solutions (`a + b = c`, `#### c`), 16 a step, nothing generated",
+    "sft": "SFT on the rows' reference solutions (worked steps, `#### N`), 16 a step, nothing generated",
     "reft": "ReFT: PPO from the SFT run's final model",
     "topr_offline": "TOPR (offline) on the GRPO run's logged samples, nothing generated",
 }
@@ -83,7 +84,19 @@ def spread(xs):
     return f"{mean:.3f}" if len(xs) < 2 else f"{mean:.3f} ± {(max(xs) - min(xs)) / 2:.3f}"
 
 
-def report(out, steps, lrs, seeds):
+def task_of(run):
+    """One line on the task a run trained on, from its config.toml."""
+    cfg = tomllib.load(open(os.path.join(run, "config.toml"), "rb"))
+    rollout, ev = cfg.get("rollout", {}), cfg.get("eval", {})
+    return (
+        f"`env.task = \"{cfg['env']['task']}\"`, "
+        f"{rollout.get('prompts_per_step', 4)} prompts x {rollout.get('group_size', 4)} completions of "
+        f"<= {rollout.get('max_tokens', 96)} tokens a step; eval: the held-out split, "
+        f"{ev.get('samples', 1)} samples each at temperature {ev.get('temperature', 0.0)}"
+    )
+
+
+def report(out, steps, lrs, seeds, doc):
     rows = [r for r in DESCRIPTIONS if os.path.isdir(os.path.join(out, r))]
     table = [
         "| row | lr | pass@1 before | pass@1 after | pass@4 after | majority after | tokens generated | wall min | seeds |",
@@ -110,16 +123,16 @@ def report(out, steps, lrs, seeds):
             for e in evals(p):
                 points.setdefault(e["step"], []).append((cum[min(e["step"], len(cum) - 1)], e["eval/pass_at_1"]))
         curves[row] = [(statistics.fmean(t for t, _ in v), statistics.fmean(a for _, a in v)) for _, v in sorted(points.items())]
-    plot(curves, os.path.join("docs", "results.png"))
+    image = os.path.splitext(doc)[0] + ".png"
+    plot(curves, image)
+    task = task_of(best(os.path.join(out, rows[0]))[1])
     described = "\n".join(f"- **{r}**: {DESCRIPTIONS[r]}" for r in rows)
     text = f"""# Results: every algorithm on one task
 
 Written by `bench/results_report.py` from the runs `bench/results.sh` made (re-run one row:
-`bench/results.sh ROW`; each run's `config.toml` is in `runs/results/ROW/lrLR-seedS/`).
+`bench/results.sh ROW`; each run's `config.toml` is in `{os.path.relpath(out)}/ROW/lrLR-seedS/`).
 
-Task: configs/grpo_math.toml — the bundled SmolLM2-135M-Instruct (f32, CPU, 2 threads),
-two-term sums and differences of numbers up to 20, 4 prompts x 4 completions of <= 64 tokens a
-step, {steps} steps. Eval: the 100 held-out problems, 4 samples each at temperature 1:
+The bundled SmolLM2-135M-Instruct (f32, CPU, 2 threads), {steps} steps. Task: {task}:
 pass@1, pass@4 and majority vote, before the first step and every few steps. Budget, the same
 for every row: learning rates {lrs} with seed 0, then the best one (final pass@1) with seeds
 {seeds}; "±" is half the range between seeds.
@@ -128,9 +141,9 @@ for every row: learning rates {lrs} with seed 0, then the best one (final pass@1
 
 {chr(10).join(table)}
 
-![held-out pass@1 against completion tokens generated](results.png)
+![held-out pass@1 against completion tokens generated]({os.path.basename(image)})
 """
-    with open(os.path.join("docs", "results.md"), "w") as f:
+    with open(doc, "w") as f:
         f.write(text)
 
 
@@ -159,8 +172,9 @@ if __name__ == "__main__":
     parser.add_argument("--steps")
     parser.add_argument("--lrs")
     parser.add_argument("--seeds")
+    parser.add_argument("--doc", default="docs/results.md")
     args = parser.parse_args()
     if args.best:
         print(best(args.out)[1])
     else:
-        report(args.out, args.steps, args.lrs, args.seeds)
+        report(args.out, args.steps, args.lrs, args.seeds, args.doc)

@@ -1,4 +1,4 @@
-//! `oxrl train` and `oxrl config check`.
+//! `oxrl train`, `oxrl eval`, `oxrl export` and `oxrl config check`/`rows`.
 
 use std::io::Write;
 use std::path::PathBuf;

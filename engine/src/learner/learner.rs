@@ -430,9 +430,10 @@ impl Learner {
     }
 
     /// The loss one optimizer step over the whole of `samples` would take, and its gradient
-    /// by trainable parameter name, without changing the weights or the optimizer: what a
-    /// reference implementation's loss code is compared against (the algorithm's first pass
-    /// and first mini-batch when `mini_batches` is 1).
+    /// by trainable parameter name (parameters the loss does not reach are left out), without
+    /// changing the weights or the optimizer: what a reference implementation's loss code is
+    /// compared against (the algorithm's first pass and first mini-batch when `mini_batches`
+    /// is 1).
     pub fn gradients(&mut self, samples: &[Sample]) -> Result<(f64, Vec<(String, Tensor)>)> {
         validate_batch(samples)?;
         let mut stats = Stats::default();
@@ -444,7 +445,9 @@ impl Learner {
             .optimizer
             .names()
             .zip(self.optimizer.parameters())
-            .map(|(name, p)| (name.to_string(), p.grad().detach().copy()))
+            .map(|(name, p)| (name, p.grad()))
+            .filter(|(_, grad)| grad.defined())
+            .map(|(name, grad)| (name.to_string(), grad.detach().copy()))
             .collect();
         self.optimizer.zero_grad();
         Ok((loss, grads))
