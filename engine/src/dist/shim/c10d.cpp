@@ -8,6 +8,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -89,6 +90,17 @@ std::vector<uint8_t> bytes_of(const std::string& s) {
   return std::vector<uint8_t>(s.begin(), s.end());
 }
 
+// Rank 0 serves the store, so its leaving closes every other rank's connection: before it
+// leaves over a disagreement it waits (briefly) until every rank that published its world size
+// has finished reading, so that they name the disagreement too rather than a lost connection.
+void wait_for_readers(c10d::Store& store) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (store.add("oxrl/checked", 0) < store.add("oxrl/published", 0) &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
 // Every rank claims its rank and publishes its world size, then reads every other rank's:
 // a rank started with another WORLD_SIZE, or two processes with one RANK, is named here
 // rather than left to time out inside Gloo's rendezvous. Waiting for the others' keys is the
@@ -98,6 +110,7 @@ void check_membership(c10d::Store& store, int rank, int world_size) {
     throw Membership("two processes were started with RANK=" + std::to_string(rank));
   }
   const std::string mine = std::to_string(world_size);
+  store.add("oxrl/published", 1);  // before the key: whoever reads the key counts this rank
   store.set(key_of("world_size", rank), bytes_of(mine));
   for (int r = 0; r < world_size; ++r) {
     if (r == rank) {
@@ -106,11 +119,16 @@ void check_membership(c10d::Store& store, int rank, int world_size) {
     const auto value = store.get(key_of("world_size", r));
     const std::string theirs(value.begin(), value.end());
     if (theirs != mine) {
+      store.add("oxrl/checked", 1);
+      if (rank == 0) {
+        wait_for_readers(store);
+      }
       throw Membership(
           "the ranks disagree on WORLD_SIZE: rank " + std::to_string(rank) + " has " + mine +
           ", rank " + std::to_string(r) + " has " + theirs);
     }
   }
+  store.add("oxrl/checked", 1);
 }
 
 }  // namespace
