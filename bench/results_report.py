@@ -1,8 +1,10 @@
 """The results table from the runs bench/results.sh made: docs/results*.md and its plot.
 
-usage: results_report.py OUT --steps N --lrs "A B" --seeds "0 1" --doc docs/results.md
-       (writes that file and the plot beside it, .png)
-       results_report.py --best OUT/ROW                             (prints the best seed-0 run)
+usage: results_report.py RECORD --steps N --lrs "A B" --seeds "0 1" --threads T --jobs J
+                         --doc docs/results.md   (writes that file and the plot beside it, .png)
+       results_report.py --best RECORD/ROW       (prints the best seed-0 run)
+
+RECORD holds one folder per finished run, RECORD/ROW/lrLR-seedS/{config.toml,metrics.jsonl}.
 
 For each row (a folder of OUT), the best learning rate is the seed-0 run with the highest final
 held-out pass@1; the table shows that learning rate's runs over every seed: held-out pass@1,
@@ -47,9 +49,13 @@ def runs(row_dir):
     for name in sorted(os.listdir(row_dir)):
         m = re.fullmatch(r"lr(.+)-seed(\d+)", name)
         path = os.path.join(row_dir, name)
-        if m and os.path.exists(os.path.join(path, ".done")):
+        if m and os.path.exists(os.path.join(path, "metrics.jsonl")):
             out[(m.group(1), int(m.group(2)))] = path
     return out
+
+
+def runs_of(row_dir):
+    return runs(row_dir) if os.path.isdir(row_dir) else {}
 
 
 def best(row_dir):
@@ -96,8 +102,9 @@ def task_of(run):
     )
 
 
-def report(out, steps, lrs, seeds, doc):
-    rows = [r for r in DESCRIPTIONS if os.path.isdir(os.path.join(out, r))]
+def report(out, steps, lrs, seeds, threads, jobs, doc):
+    rows = [r for r in DESCRIPTIONS if runs_of(os.path.join(out, r))]
+    pending = [r for r in DESCRIPTIONS if r not in rows]
     table = [
         "| row | lr | pass@1 before | pass@1 after | pass@4 after | majority after | tokens generated | wall min | seeds |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -127,12 +134,16 @@ def report(out, steps, lrs, seeds, doc):
     plot(curves, image)
     task = task_of(best(os.path.join(out, rows[0]))[1])
     described = "\n".join(f"- **{r}**: {DESCRIPTIONS[r]}" for r in rows)
+    if pending:
+        described += "\n\nNot run yet: " + ", ".join(pending) + " (`bench/results.sh` resumes with them)."
+    machine = f"{threads} thread{'s' if threads != 1 else ''} a run" + (f", {jobs} runs at a time" if jobs > 1 else "")
     text = f"""# Results: every algorithm on one task
 
-Written by `bench/results_report.py` from the runs `bench/results.sh` made (re-run one row:
-`bench/results.sh ROW`; each run's `config.toml` is in `{os.path.relpath(out)}/ROW/lrLR-seedS/`).
+Written by `bench/results_report.py` from the runs `bench/results.sh` made. Each run's
+`config.toml` and `metrics.jsonl` are in `{os.path.relpath(out)}/ROW/lrLR-seedS/`; re-run a row
+with `RECORD=/tmp/rerun bench/results.sh ROW`, or one run with `oxrl train` on its config.toml.
 
-The bundled SmolLM2-135M-Instruct (f32, CPU, 2 threads), {steps} steps. Task: {task}:
+The bundled SmolLM2-135M-Instruct (f32, 2-core CPU, {machine}), {steps} steps. Task: {task}:
 pass@1, pass@4 and majority vote, before the first step and every few steps. Budget, the same
 for every row: learning rates {lrs} with seed 0, then the best one (final pass@1) with seeds
 {seeds}; "±" is half the range between seeds.
@@ -172,9 +183,11 @@ if __name__ == "__main__":
     parser.add_argument("--steps")
     parser.add_argument("--lrs")
     parser.add_argument("--seeds")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--doc", default="docs/results.md")
     args = parser.parse_args()
     if args.best:
         print(best(args.out)[1])
     else:
-        report(args.out, args.steps, args.lrs, args.seeds, args.doc)
+        report(args.out, args.steps, args.lrs, args.seeds, args.threads, args.jobs, args.doc)
