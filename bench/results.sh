@@ -27,8 +27,8 @@
 #        EXTRA="k=v ..." (more --set overrides for every run: a quick check of the script with
 #        STEPS=2 EXTRA="eval.max_prompts=4" OUT=/tmp/results-check RECORD=/tmp/results-check/record
 #        DOC=/tmp/results-check/results.md)
-# Cost on 2 cores: about 8 minutes a run at 60 steps (evals included); 11 rows x (2 + 1) runs
-# = 4.4 hours one at a time, about 3 hours with JOBS=2.
+# Cost on 2 cores with JOBS=2 (1 thread a run): 9-10 minutes a run at 60 steps (4 evals of
+# 400 samples included), PPO and ReFT about 25; 11 rows x (2 + 1) runs, about 3.5 hours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source "$(bash scripts/setup.sh 2>/dev/null)"
@@ -50,18 +50,21 @@ MODEL="$OXRL_CACHE/models/SmolLM2-135M-Instruct"
 "$OXRL_PYTHON" -c "import matplotlib" 2>/dev/null || "$OXRL_PYTHON" -m pip install -q "matplotlib==3.10.7"
 
 # name | overrides of the config (space-separated --set values)
+# PPO makes one pass over each batch, as every other row does (verl's default, actor.ppo_epochs
+# = 1; TRL's PPOTrainer makes 4, which costs 4x the update of policy and critic: 80 s a step here).
+# Cheap rows first, so that a stopped table has most rows.
 ROWS=(
   'grpo_dapo|log.samples="all"'
   'grpo|learner.grpo.loss_type="grpo" learner.grpo.epsilon_high=0.2'
   'dr_grpo|learner.grpo.loss_type="dr_grpo" learner.grpo.scale_rewards="none" learner.grpo.max_completion_length=64 learner.grpo.epsilon_high=0.2'
   'rloo|learner.grpo.baseline="leave_one_out" learner.grpo.scale_rewards="none" learner.grpo.epsilon_high=0.2'
-  'ppo|learner.algorithm="ppo"'
   'topr|learner.algorithm="topr" learner.topr.baseline="group_mean"'
   'expert_iteration|learner.algorithm="expert_iteration"'
   'online_dpo|learner.algorithm="dpo"'
   'sft|learner.algorithm="sft" rollout.source="dataset" rollout.group_size=1 rollout.prompts_per_step=16'
-  'reft|learner.algorithm="ppo" model.path="@sft/final"'
   'topr_offline|learner.algorithm="topr" learner.topr.baseline="group_mean" rollout.source="dataset" rollout.samples_path="@grpo_dapo/replay.jsonl"'
+  'ppo|learner.algorithm="ppo" learner.ppo.num_ppo_epochs=1'
+  'reft|learner.algorithm="ppo" learner.ppo.num_ppo_epochs=1 model.path="@sft/final"'
 )
 
 # The run name (lrLR-seed0) of ROW's best learning rate (final held-out pass@1).
@@ -113,10 +116,10 @@ report() {
 }
 
 if (( JOBS > 1 )) && [[ -z ${RESULTS_LANE:-} ]]; then
-  # Lanes: a row and the rows that start from it stay together (sft -> reft,
-  # grpo_dapo -> topr_offline); the rest alternate, the slow PPO beside the fast offline rows.
+  # Lanes: a row and the rows that start from it stay together (grpo_dapo -> topr_offline,
+  # sft -> reft); one PPO row in each.
   lanes=("" "")
-  for row in grpo_dapo topr_offline grpo dr_grpo rloo online_dpo; do
+  for row in grpo_dapo grpo dr_grpo rloo topr_offline ppo; do
     if [[ " ${wanted[*]} " == *" $row "* ]]; then lanes[0]+=" $row"; fi
   done
   for row in "${wanted[@]}"; do

@@ -24,12 +24,12 @@ DESCRIPTIONS = {
     "grpo": "GRPO, `loss_type = \"grpo\"` (sequence means), clip 0.2",
     "dr_grpo": "Dr. GRPO: `dr_grpo` loss, no std scaling",
     "rloo": "RLOO: leave-one-out baseline, no std scaling, GRPO's clipped loss",
-    "ppo": "PPO: critic + GAE (lam 0.95), k1 KL 0.05 in the reward, 4 epochs",
+    "ppo": "PPO: critic + GAE (lam 0.95), k1 KL 0.05 in the reward, one epoch a batch (verl's default)",
     "topr": "TOPR (online), group-mean baseline, sequence taper",
     "expert_iteration": "Expert iteration: NLL on the completions with reward 1",
     "online_dpo": "Online DPO: best vs worst completion of each group, beta 0.1",
     "sft": "SFT on the rows' reference solutions (worked steps, `#### N`), 16 a step, nothing generated",
-    "reft": "ReFT: PPO from the SFT run's final model",
+    "reft": "ReFT: PPO (as the ppo row) from the SFT run's final model",
     "topr_offline": "TOPR (offline) on the GRPO run's logged samples, nothing generated",
 }
 
