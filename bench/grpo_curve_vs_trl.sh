@@ -6,6 +6,8 @@
 # held-out problems x 4 samples at T = 1; TRL's checkpoints are evaluated by oxrl's sampler).
 # Resumable: a finished run (.done) is not run again.
 # Usage: bench/grpo_curve_vs_trl.sh   Env: STEPS=60 SEEDS="0 1" LR=2e-5 EVAL_EVERY=20 OUT=runs/results_trl
+#        TRL_PAD_ROW=frozen|trained (the pad token's input embedding row: transformers' padding_idx
+#        freezes it, oxrl trains it; see bench/trl_grpo_curve.py)
 # Cost on 2 cores: oxrl ~8 min and TRL ~22 min per seed at 60 steps, evals included.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -6,7 +6,11 @@ with the config's [[rewards]] entry). Writes OUT/metrics.jsonl (per step: reward
 and a checkpoint every EVAL_EVERY steps (OUT/checkpoint-N, HF directories) for `oxrl eval`.
 
 What differs from oxrl's run: the order prompts are drawn in (each side shuffles the same pool
-with its own generator), and the sampler's random stream.
+with its own generator), the sampler's random stream, and (unless TRL_PAD_ROW=trained) the input
+embedding row of the pad token: transformers builds Llama's embedding with
+`padding_idx = pad_token_id`, which gives that row no gradient from the input side, and the
+bundled model's pad token is its EOS, <|im_end|>, which ends every chat message of the prompt
+(the weights are tied, so the output side still trains it). oxrl trains the whole row.
 
 usage: trl_grpo_curve.py MODEL ROWS_JSONL OUT STEPS SEED LR THREADS EVAL_EVERY OXRL CONFIG
 """
@@ -73,5 +77,11 @@ args = GRPOConfig(
     bf16=False, gradient_checkpointing=False, use_cpu=True, report_to=[], logging_steps=1,
     save_strategy="steps", save_steps=eval_every, save_only_model=True, dataloader_num_workers=0,
 )
-trainer = GRPOTrainer(model=model, reward_funcs=math_reward, args=args, train_dataset=data, callbacks=[StepLog()])
+policy = model
+if os.environ.get("TRL_PAD_ROW", "frozen") == "trained":
+    from transformers import AutoModelForCausalLM
+
+    policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    policy.get_input_embeddings().padding_idx = None
+trainer = GRPOTrainer(model=policy, reward_funcs=math_reward, args=args, train_dataset=data, callbacks=[StepLog()])
 trainer.train()
