@@ -79,7 +79,9 @@ gradient norm 1, {args.steps} steps; oxrl's math verifier scores both (`oxrl rew
 TRL's reward function). Held-out pass@1: 100 problems x 4 samples at T = 1 by `oxrl eval`
 (TRL's checkpoints loaded by oxrl), oxrl's in its training loop by the same protocol.
 Differences left: each side shuffles the prompt pool with its own generator and samples with
-its own random stream.
+its own random stream, and transformers' `padding_idx` keeps the input side of the pad token's
+embedding row (`<|im_end|>`, which ends every chat message) from training in TRL
+(`TRL_PAD_ROW=trained` removes that; docs/train.md).
 
 ![reward per step and held-out pass@1](results_vs_trl.png)
 
