@@ -106,18 +106,19 @@ def report(out, steps, lrs, seeds, threads, jobs, doc):
     rows = [r for r in DESCRIPTIONS if runs_of(os.path.join(out, r))]
     pending = [r for r in DESCRIPTIONS if r not in rows]
     table = [
-        "| row | lr | pass@1 before | pass@1 after | pass@4 after | majority after | tokens generated | wall min | seeds |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| row | lrs tried | best lr | pass@1 before | pass@1 after | pass@4 after | majority after | tokens generated | wall min | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     curves = {}
     for row in rows:
         lr, _ = best(os.path.join(out, row))
+        tried = ", ".join(sorted(l for (l, seed) in runs(os.path.join(out, row)) if seed == 0))
         chosen = sorted(p for (l, _), p in runs(os.path.join(out, row)).items() if l == lr)
         first = [evals(p)[0] for p in chosen]
         last = [evals(p)[-1] for p in chosen]
         tokens = [generated_tokens(p)[-1] for p in chosen]
         table.append(
-            f"| {row} | {lr} | {spread([e['eval/pass_at_1'] for e in first])} "
+            f"| {row} | {tried} | {lr} | {spread([e['eval/pass_at_1'] for e in first])} "
             f"| {spread([e['eval/pass_at_1'] for e in last])} "
             f"| {spread([e['eval/pass_at_k'] for e in last])} "
             f"| {spread([e['eval/majority_vote'] for e in last])} "
@@ -146,7 +147,9 @@ with `RECORD=/tmp/rerun bench/results.sh ROW`, or one run with `oxrl train` on i
 The bundled SmolLM2-135M-Instruct (f32, 2-core CPU, {machine}), {steps} steps. Task: {task}:
 pass@1, pass@4 and majority vote, before the first step and every few steps. Budget, the same
 for every row: learning rates {lrs} with seed 0, then the best one (final pass@1) with seeds
-{seeds}; "±" is half the range between seeds.
+{seeds}; "±" is half the range between seeds. A row with fewer learning rates tried or fewer
+seeds than that is not finished. Wall time is each run's steps and evals as measured; runs that
+shared the machine with other work took longer.
 
 {described}
 
