@@ -3,7 +3,7 @@
 # (the bundled SmolLM2-135M, two-term arithmetic, the same prompts, held-out split and eval:
 # pass@1, pass@4 and majority vote of 4 samples at T = 1 on 100 held-out problems), the same
 # 4 x 4 completions of <= 64 tokens a step, each algorithm at its paper's or TRL's defaults.
-# CONFIG=configs/grpo_math.toml runs the same rows on GSM8K-style word problems
+# CONFIG=configs/grpo_gsm8k.toml runs the same rows on GSM8K-style word problems
 # (docs/results_gsm8k.md; `bench/results.sh grpo_dapo ppo` for the two the issue asks there).
 #
 # Budget, the same for every row: each learning rate of LRS with seed 0; the best (final
