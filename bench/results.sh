@@ -27,8 +27,9 @@
 #        EXTRA="k=v ..." (more --set overrides for every run: a quick check of the script with
 #        STEPS=2 EXTRA="eval.max_prompts=4" OUT=/tmp/results-check RECORD=/tmp/results-check/record
 #        DOC=/tmp/results-check/results.md)
-# Cost on 2 cores with JOBS=2 (1 thread a run): 9-10 minutes a run at 60 steps (4 evals of
-# 400 samples included), PPO and ReFT about 25; 11 rows x (2 + 1) runs, about 3.5 hours.
+# Cost on 2 cores with JOBS=2 (1 thread a run): about 15 minutes a run at 60 steps (4 evals of
+# 400 samples included; measured), PPO and ReFT about twice that (critic; estimated); 11 rows
+# x (2 + 1) runs, about 4.5 hours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source "$(bash scripts/setup.sh 2>/dev/null)"
