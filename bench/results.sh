@@ -75,10 +75,11 @@ best_run() {
 
 # "@ROW/FILE": FILE of ROW's best run, which must still be in OUT.
 resolve() {
-  local ref=$1 row=${1%%/*} path
-  path="$OUT/$row/$(best_run "$row")/${ref#*/}"
+  local ref=$1 row=${1%%/*} run path
+  run=$(best_run "$row")
+  path="$OUT/$row/$run/${ref#*/}"
   [[ -e $path ]] || { echo "[results] $path is gone (a run recorded in another checkout):" \
-    "re-run it: rm -r $RECORD/$row/$(best_run "$row")" >&2; exit 1; }
+    "re-run it: rm -r $RECORD/$row/$run" >&2; exit 1; }
   echo "$path"
 }
 

@@ -6,7 +6,7 @@ usage: results_report.py RECORD --steps N --lrs "A B" --seeds "0 1" --threads T 
 
 RECORD holds one folder per finished run, RECORD/ROW/lrLR-seedS/{config.toml,metrics.jsonl}.
 
-For each row (a folder of OUT), the best learning rate is the seed-0 run with the highest final
+For each row (a folder of RECORD), the best learning rate is the seed-0 run with the highest final
 held-out pass@1; the table shows that learning rate's runs over every seed: held-out pass@1,
 pass@4 and majority vote before the first step and after the last (mean, and the spread
 between seeds), completion tokens generated, and wall time (steps + evals). The plot is
@@ -44,18 +44,16 @@ def evals(run):
 
 
 def runs(row_dir):
-    """{(lr, seed): path} of the finished runs of a row."""
+    """{(lr, seed): path} of the finished runs of a row (none when it has no folder yet)."""
     out = {}
+    if not os.path.isdir(row_dir):
+        return out
     for name in sorted(os.listdir(row_dir)):
         m = re.fullmatch(r"lr(.+)-seed(\d+)", name)
         path = os.path.join(row_dir, name)
         if m and os.path.exists(os.path.join(path, "metrics.jsonl")):
             out[(m.group(1), int(m.group(2)))] = path
     return out
-
-
-def runs_of(row_dir):
-    return runs(row_dir) if os.path.isdir(row_dir) else {}
 
 
 def best(row_dir):
@@ -103,7 +101,7 @@ def task_of(run):
 
 
 def report(out, steps, lrs, seeds, threads, jobs, doc):
-    rows = [r for r in DESCRIPTIONS if runs_of(os.path.join(out, r))]
+    rows = [r for r in DESCRIPTIONS if runs(os.path.join(out, r))]
     pending = [r for r in DESCRIPTIONS if r not in rows]
     table = [
         "| row | lrs tried | best lr | pass@1 before | pass@1 after | pass@4 after | majority after | tokens generated | wall min | seeds |",
@@ -111,9 +109,10 @@ def report(out, steps, lrs, seeds, threads, jobs, doc):
     ]
     curves = {}
     for row in rows:
+        row_runs = runs(os.path.join(out, row))
         lr, _ = best(os.path.join(out, row))
-        tried = ", ".join(sorted(l for (l, seed) in runs(os.path.join(out, row)) if seed == 0))
-        chosen = sorted(p for (l, _), p in runs(os.path.join(out, row)).items() if l == lr)
+        tried = ", ".join(sorted(l for (l, seed) in row_runs if seed == 0))
+        chosen = sorted(p for (l, _), p in row_runs.items() if l == lr)
         first = [evals(p)[0] for p in chosen]
         last = [evals(p)[-1] for p in chosen]
         tokens = [generated_tokens(p)[-1] for p in chosen]
