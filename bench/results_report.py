@@ -9,8 +9,9 @@ RECORD holds one folder per finished run, RECORD/ROW/lrLR-seedS/{config.toml,met
 For each row (a folder of RECORD), the best learning rate is the seed-0 run with the highest final
 held-out pass@1; the table shows that learning rate's runs over every seed: held-out pass@1,
 pass@4 and majority vote before the first step and after the last (mean, and the spread
-between seeds), completion tokens generated, and wall time (steps + evals). The plot is
-held-out pass@1 against tokens generated, one line per row (mean over seeds).
+between seeds), the peak of the seeds' mean pass@1 and its step, completion tokens generated,
+and wall time (steps + evals). The plot is held-out pass@1 against tokens generated, one line
+per row (mean over seeds). RECORD/NOTES.md, hand-written, is appended as "Reading the table".
 """
 import argparse
 import json
@@ -104,8 +105,8 @@ def report(out, steps, lrs, seeds, threads, jobs, doc):
     rows = [r for r in DESCRIPTIONS if runs(os.path.join(out, r))]
     pending = [r for r in DESCRIPTIONS if r not in rows]
     table = [
-        "| row | lrs tried | best lr | pass@1 before | pass@1 after | pass@4 after | majority after | tokens generated | wall min | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| row | lrs tried | best lr | pass@1 before | pass@1 after | pass@1 peak (step) | pass@4 after | majority after | tokens generated | wall min | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     curves = {}
     for row in rows:
@@ -116,24 +117,30 @@ def report(out, steps, lrs, seeds, threads, jobs, doc):
         first = [evals(p)[0] for p in chosen]
         last = [evals(p)[-1] for p in chosen]
         tokens = [generated_tokens(p)[-1] for p in chosen]
-        table.append(
-            f"| {row} | {tried} | {lr} | {spread([e['eval/pass_at_1'] for e in first])} "
-            f"| {spread([e['eval/pass_at_1'] for e in last])} "
-            f"| {spread([e['eval/pass_at_k'] for e in last])} "
-            f"| {spread([e['eval/majority_vote'] for e in last])} "
-            f"| {statistics.fmean(tokens):,.0f} | {statistics.fmean(map(wall_seconds, chosen)) / 60:.1f} "
-            f"| {len(chosen)} |"
-        )
         points = {}
         for p in chosen:
             cum = generated_tokens(p)
             for e in evals(p):
                 points.setdefault(e["step"], []).append((cum[min(e["step"], len(cum) - 1)], e["eval/pass_at_1"]))
+        mean_curve = {step: statistics.fmean(a for _, a in v) for step, v in points.items()}
+        peak_step = max(mean_curve, key=mean_curve.get)
+        table.append(
+            f"| {row} | {tried} | {lr} | {spread([e['eval/pass_at_1'] for e in first])} "
+            f"| {spread([e['eval/pass_at_1'] for e in last])} "
+            f"| {mean_curve[peak_step]:.3f} ({peak_step}) "
+            f"| {spread([e['eval/pass_at_k'] for e in last])} "
+            f"| {spread([e['eval/majority_vote'] for e in last])} "
+            f"| {statistics.fmean(tokens):,.0f} | {statistics.fmean(map(wall_seconds, chosen)) / 60:.1f} "
+            f"| {len(chosen)} |"
+        )
         curves[row] = [(statistics.fmean(t for t, _ in v), statistics.fmean(a for _, a in v)) for _, v in sorted(points.items())]
     image = os.path.splitext(doc)[0] + ".png"
     plot(curves, image)
     task = task_of(best(os.path.join(out, rows[0]))[1])
     described = "\n".join(f"- **{r}**: {DESCRIPTIONS[r]}" for r in rows)
+    offline = [r for r, pts in curves.items() if not any(t > 0 for t, _ in pts)]
+    if offline:
+        described += "\n\n" + ", ".join(offline) + " generate nothing, so the plot (against tokens generated) leaves them out."
     if pending:
         described += "\n\nNot run yet: " + ", ".join(pending) + " (`bench/results.sh` resumes with them)."
     machine = f"{threads} thread{'s' if threads != 1 else ''} a run" + (f", {jobs} runs at a time" if jobs > 1 else "")
@@ -155,9 +162,18 @@ shared the machine with other work took longer.
 {chr(10).join(table)}
 
 ![held-out pass@1 against completion tokens generated]({os.path.basename(image)})
-"""
+{notes(out)}"""
     with open(doc, "w") as f:
         f.write(text)
+
+
+def notes(out):
+    """RECORD/NOTES.md (what the numbers show, written by hand) as the doc's last section."""
+    path = os.path.join(out, "NOTES.md")
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        return "\n## Reading the table\n\n" + f.read()
 
 
 def plot(curves, path):
