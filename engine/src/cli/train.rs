@@ -65,6 +65,9 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
         return crate::dist::launch::run_local(n, &rank_args());
     }
     anyhow::ensure!(args.nproc != Some(0), "--nproc 0: at least one process");
+    if !std::env::var("RANK").is_ok_and(|r| r != "0") {
+        cfg.warnings.iter().for_each(|w| eprintln!("warning: {w}"));
+    }
     let out = cfg.output_dir.clone();
     let resume = match args.resume.as_deref() {
         None => Resume::No,
@@ -110,11 +113,12 @@ pub(super) fn config(cmd: ConfigCommand) -> anyhow::Result<()> {
     let file = || args.config.display().to_string();
     cfg.build_rewards().with_context(file)?;
     cfg.check_files().with_context(file)?;
+    cfg.warnings.iter().for_each(|w| eprintln!("warning: {w}"));
     println!(
-        "{}: ok ({} steps, algorithm {:?})",
+        "{}: ok ({} steps, algorithm {})",
         args.config.display(),
         cfg.steps,
-        cfg.learner.algorithm
+        cfg.learner.algorithm.name()
     );
     Ok(())
 }

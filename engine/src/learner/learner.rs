@@ -57,6 +57,21 @@ pub enum AlgorithmKind {
     Sft,
 }
 
+impl AlgorithmKind {
+    /// The name in a config (`learner.algorithm = "ppo"`), which also names the algorithm's
+    /// options table (`[learner.ppo]`; SFT has none).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Grpo => "grpo",
+            Self::Topr => "topr",
+            Self::Dpo => "dpo",
+            Self::ExpertIteration => "expert_iteration",
+            Self::Ppo => "ppo",
+            Self::Sft => "sft",
+        }
+    }
+}
+
 /// Learner options: `[learner]` in a run config, with one table per algorithm.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -113,6 +128,18 @@ impl LearnerConfig {
             checkpoint_layers: self.gradient_checkpointing,
             chunk_tokens: self.logprob_chunk_tokens,
         }
+    }
+
+    /// The algorithm tables among `tables` (the keys of a config's `[learner]`) that the
+    /// configured algorithm does not read, e.g. `grpo` in a PPO run: still validated, but
+    /// their options change nothing, which a user should be told.
+    pub fn unread_tables<'a>(&self, tables: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+        const ALGORITHM_TABLES: [&str; 5] = ["grpo", "topr", "dpo", "expert_iteration", "ppo"];
+        let read = self.algorithm.name();
+        tables
+            .into_iter()
+            .filter(|t| ALGORITHM_TABLES.contains(t) && *t != read)
+            .collect()
     }
 
     /// The configured algorithm.
@@ -856,5 +883,23 @@ mod tests {
         assert_ne!(unit_permutation(40, 1, 1), (0..40).collect::<Vec<_>>());
         assert_eq!(unit_permutation(40, 1, 1), unit_permutation(40, 1, 1));
         assert_eq!(split_even(7, 2, 2), vec![0..4, 4..7]);
+    }
+
+    #[test]
+    fn tables_of_other_algorithms_are_reported_unread() {
+        use AlgorithmKind::*;
+        for kind in [Grpo, Topr, Dpo, ExpertIteration, Ppo, Sft] {
+            let serde_name = toml::Value::try_from(kind).unwrap();
+            assert_eq!(serde_name.as_str(), Some(kind.name()));
+        }
+        let tables = ["optim", "grpo", "ppo", "rollout_correction"];
+        let cfg = |algorithm| LearnerConfig {
+            algorithm,
+            ..Default::default()
+        };
+        assert_eq!(cfg(Ppo).unread_tables(tables), vec!["grpo"]);
+        assert_eq!(cfg(Grpo).unread_tables(tables), vec!["ppo"]);
+        assert_eq!(cfg(Sft).unread_tables(tables), vec!["grpo", "ppo"]);
+        assert!(cfg(Grpo).unread_tables(["optim", "grpo"]).is_empty());
     }
 }

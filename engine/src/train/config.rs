@@ -71,6 +71,10 @@ pub struct RunConfig {
     /// saves, so secrets passed through the environment never reach the disk.
     #[serde(skip)]
     pub unexpanded: String,
+    /// What the config sets that changes nothing (another algorithm's table), for `train` and
+    /// `config check` to print.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// `[model]`.
@@ -437,6 +441,11 @@ impl RunConfig {
         }
         let unexpanded = toml::to_string_pretty(&tree).context("serializing the config")?;
         expand_env(&mut tree).with_context(|| path.display().to_string())?;
+        let learner_tables: Vec<String> = tree
+            .get("learner")
+            .and_then(toml::Value::as_table)
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default();
         let mut cfg: RunConfig = serde_path_to_error::deserialize(tree).map_err(|e| {
             // toml appends "in `table`": the key path below says that already.
             let full = e.inner().to_string();
@@ -453,6 +462,19 @@ impl RunConfig {
         cfg.model.path = base.join(&cfg.model.path);
         cfg.rollout.samples_path = cfg.rollout.samples_path.map(|p| base.join(p));
         cfg.validate().with_context(|| path.display().to_string())?;
+        let unread = cfg
+            .learner
+            .unread_tables(learner_tables.iter().map(String::as_str));
+        cfg.warnings = unread
+            .into_iter()
+            .map(|table| {
+                format!(
+                    "{}: [learner.{table}] is not read by learner.algorithm = \"{}\": its options change nothing",
+                    path.display(),
+                    cfg.learner.algorithm.name()
+                )
+            })
+            .collect();
         Ok(cfg)
     }
 
@@ -758,6 +780,19 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("a is not a table"));
+    }
+
+    #[test]
+    fn another_algorithms_table_is_warned_about() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/grpo_math.toml");
+        assert!(RunConfig::load(&shipped, &[]).unwrap().warnings.is_empty());
+        let ppo = RunConfig::load(&shipped, &["learner.algorithm=\"ppo\"".into()]).unwrap();
+        assert_eq!(ppo.warnings.len(), 1, "{:?}", ppo.warnings);
+        assert!(
+            ppo.warnings[0].contains("[learner.grpo] is not read by learner.algorithm = \"ppo\""),
+            "{:?}",
+            ppo.warnings
+        );
     }
 
     #[test]

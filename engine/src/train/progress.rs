@@ -34,8 +34,9 @@ impl Progress {
         self
     }
 
-    /// Reports that `done` steps are complete.
-    pub fn update(&self, done: usize, reward: f64, tokens_per_s: f64, loss: f64) {
+    /// Reports that `done` steps are complete; `loss` is `None` when the step made no update
+    /// (every sample dropped: a batch with no passing sample, or only tied groups).
+    pub fn update(&self, done: usize, reward: f64, tokens_per_s: f64, loss: Option<f64>) {
         if self.quiet {
             return;
         }
@@ -69,7 +70,7 @@ impl Progress {
         done: usize,
         reward: f64,
         tokens_per_s: f64,
-        loss: f64,
+        loss: Option<f64>,
         elapsed: Duration,
     ) -> String {
         let fraction = done as f64 / self.total.max(1) as f64;
@@ -86,8 +87,12 @@ impl Progress {
             true => format!(" {tokens_per_s:.0} tok/s"),
             false => String::new(),
         };
+        let loss = match loss {
+            Some(loss) => format!("loss {loss:.4}"),
+            None => "no update".to_owned(),
+        };
         format!(
-            "[{bar}] step {done}/{} reward {reward:.3} loss {loss:.4}{throughput} ETA {}",
+            "[{bar}] step {done}/{} reward {reward:.3} {loss}{throughput} ETA {}",
             self.total,
             format_duration(eta)
         )
@@ -117,7 +122,7 @@ mod tests {
             quiet: false,
         };
         // Resumed at 10, 5 steps in 50 s: 10 s a step, 5 left.
-        let line = p.line(15, 0.5, 123.4, 0.01, Duration::from_secs(50));
+        let line = p.line(15, 0.5, 123.4, Some(0.01), Duration::from_secs(50));
         assert!(
             line.starts_with("[##################------] step 15/20"),
             "{line}"
@@ -128,8 +133,11 @@ mod tests {
                 && line.ends_with("ETA 50s"),
             "{line}"
         );
-        let offline = p.line(15, 0.5, f64::NAN, 0.01, Duration::from_secs(50));
+        assert!(line.contains("loss 0.0100"), "{line}");
+        let offline = p.line(15, 0.5, f64::NAN, Some(0.01), Duration::from_secs(50));
         assert!(!offline.contains("tok/s"), "{offline}");
+        let idle = p.line(15, 0.0, 123.4, None, Duration::from_secs(50));
+        assert!(idle.contains("reward 0.000 no update 123 tok/s"), "{idle}");
         assert_eq!(format_duration(3725.0), "1h02m");
         assert_eq!(format_duration(125.0), "2m05s");
     }

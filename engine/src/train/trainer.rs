@@ -289,11 +289,7 @@ impl Trainer {
                 step + 1,
                 record.rewards.mean,
                 record.rollout.tokens_per_second.unwrap_or(f64::NAN),
-                record
-                    .learner
-                    .get(metrics::LOSS)
-                    .copied()
-                    .unwrap_or(f64::NAN),
+                record.learner.get(metrics::LOSS).copied(),
             );
             records.push(record);
             if interrupted {
