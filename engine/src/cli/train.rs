@@ -65,6 +65,7 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
         return crate::dist::launch::run_local(n, &rank_args());
     }
     anyhow::ensure!(args.nproc != Some(0), "--nproc 0: at least one process");
+    // Once a job: a single process, or rank 0 of several.
     if !std::env::var("RANK").is_ok_and(|r| r != "0") {
         cfg.warnings.iter().for_each(|w| eprintln!("warning: {w}"));
     }
