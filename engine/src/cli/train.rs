@@ -65,8 +65,9 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
         return crate::dist::launch::run_local(n, &rank_args());
     }
     anyhow::ensure!(args.nproc != Some(0), "--nproc 0: at least one process");
-    // Once a job: a single process, or rank 0 of several.
-    if !std::env::var("RANK").is_ok_and(|r| r != "0") {
+    // Rank 0 (or the only process) speaks for the job: warnings and the summary once.
+    let reports = !std::env::var("RANK").is_ok_and(|r| r != "0");
+    if reports {
         cfg.warnings.iter().for_each(|w| eprintln!("warning: {w}"));
     }
     let out = cfg.output_dir.clone();
@@ -76,8 +77,8 @@ pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
         Some(dir) => Resume::Dir(dir.into()),
     };
     let records = Trainer::new(cfg, resume)?.run()?;
-    if std::env::var("RANK").is_ok_and(|r| r != "0") {
-        return Ok(()); // rank 0 reports for the job
+    if !reports {
+        return Ok(());
     }
     let first = records.first().map_or(0.0, |r| r.rewards.mean);
     let last = records.last().map_or(0.0, |r| r.rewards.mean);
