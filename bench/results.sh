@@ -4,7 +4,9 @@
 # pass@1, pass@4 and majority vote of 4 samples at T = 1 on 100 held-out problems), the same
 # 4 x 4 completions of <= 64 tokens a step, each algorithm at its paper's or TRL's defaults.
 # CONFIG=configs/grpo_gsm8k.toml runs the same rows on GSM8K-style word problems
-# (docs/results_gsm8k.md; `bench/results.sh grpo_dapo ppo` for the two the issue asks there).
+# (docs/results_gsm8k.md). There the base model solves 0.5% at T = 1 and its samples earn no
+# reward, so GRPO and PPO start from SFT's model, as in the ReFT paper:
+#   CONFIG=configs/grpo_gsm8k.toml LRS=1e-5 SEEDS=0 EVAL_EVERY=30 bench/results.sh sft sft_grpo reft
 #
 # Budget, the same for every row: each learning rate of LRS with seed 0; the best (final
 # held-out pass@1) is run again with every other seed of SEEDS. Rows that need another run
@@ -66,6 +68,7 @@ ROWS=(
   'topr_offline|learner.algorithm="topr" learner.topr.baseline="group_mean" rollout.source="dataset" rollout.samples_path="@grpo_dapo/replay.jsonl"'
   'ppo|learner.algorithm="ppo" learner.ppo.num_ppo_epochs=1'
   'reft|learner.algorithm="ppo" learner.ppo.num_ppo_epochs=1 model.path="@sft/final"'
+  'sft_grpo|model.path="@sft/final"'
 )
 
 # The run name (lrLR-seed0) of ROW's best learning rate (final held-out pass@1).
@@ -113,7 +116,7 @@ wanted=("$@")
 report() {
   local doc=docs/results.md; [[ $NAME == grpo_math ]] || doc=docs/results_${NAME#grpo_}.md
   doc=${DOC:-$doc}
-  "$OXRL_PYTHON" bench/results_report.py "$RECORD" --steps "$STEPS" --lrs "$LRS" --seeds "$SEEDS" \
+  "$OXRL_PYTHON" bench/results_report.py "$RECORD" --lrs "$LRS" --seeds "$SEEDS" \
     --threads "$THREADS" --jobs "$JOBS" --doc "$doc"
 }
 

@@ -1,6 +1,6 @@
 """The results table from the runs bench/results.sh made: docs/results*.md and its plot.
 
-usage: results_report.py RECORD --steps N --lrs "A B" --seeds "0 1" --threads T --jobs J
+usage: results_report.py RECORD --lrs "A B" --seeds "0 1" --threads T --jobs J
                          --doc docs/results.md   (writes that file and the plot beside it, .png)
        results_report.py --best RECORD/ROW       (prints the best seed-0 run)
 
@@ -32,12 +32,17 @@ DESCRIPTIONS = {
     "sft": "SFT on the rows' reference solutions (worked steps, `#### N`), 16 a step, nothing generated",
     "reft": "ReFT: PPO (as the ppo row) from the SFT run's final model",
     "topr_offline": "TOPR (offline) on the GRPO run's logged samples, nothing generated",
+    "sft_grpo": "GRPO (as grpo_dapo) from the SFT run's final model",
 }
 
 
 def lines(run):
     with open(os.path.join(run, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def config_of(run):
+    return tomllib.load(open(os.path.join(run, "config.toml"), "rb"))
 
 
 def evals(run):
@@ -66,8 +71,7 @@ def best(row_dir):
 
 def generated_tokens(run):
     """Cumulative completion tokens generated before each step (index = step - 1 + 1)."""
-    cfg = tomllib.load(open(os.path.join(run, "config.toml"), "rb"))
-    rollout = cfg.get("rollout", {})
+    rollout = config_of(run).get("rollout", {})
     generates = rollout.get("source", "policy") == "policy"
     per_step = rollout.get("prompts_per_step", 4) * rollout.get("group_size", 4)
     total, out = 0.0, [0.0]
@@ -91,7 +95,7 @@ def spread(xs):
 
 def task_of(run):
     """One line on the task a run trained on, from its config.toml."""
-    cfg = tomllib.load(open(os.path.join(run, "config.toml"), "rb"))
+    cfg = config_of(run)
     rollout, ev = cfg.get("rollout", {}), cfg.get("eval", {})
     return (
         f"`env.task = \"{cfg['env']['task']}\"`, "
@@ -101,12 +105,12 @@ def task_of(run):
     )
 
 
-def report(out, steps, lrs, seeds, threads, jobs, doc):
+def report(out, lrs, seeds, threads, jobs, doc):
     rows = [r for r in DESCRIPTIONS if runs(os.path.join(out, r))]
     pending = [r for r in DESCRIPTIONS if r not in rows]
     table = [
-        "| row | lrs tried | best lr | pass@1 before | pass@1 after | pass@1 peak (step) | pass@4 after | majority after | tokens generated | wall min | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| row | lrs tried | best lr | steps | pass@1 before | pass@1 after | pass@1 peak (step) | pass@4 after | majority after | tokens generated | wall min | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     curves = {}
     for row in rows:
@@ -125,7 +129,7 @@ def report(out, steps, lrs, seeds, threads, jobs, doc):
         mean_curve = {step: statistics.fmean(a for _, a in v) for step, v in points.items()}
         peak_step = max(mean_curve, key=mean_curve.get)
         table.append(
-            f"| {row} | {tried} | {lr} | {spread([e['eval/pass_at_1'] for e in first])} "
+            f"| {row} | {tried} | {lr} | {config_of(chosen[0])['steps']} | {spread([e['eval/pass_at_1'] for e in first])} "
             f"| {spread([e['eval/pass_at_1'] for e in last])} "
             f"| {mean_curve[peak_step]:.3f} ({peak_step}) "
             f"| {spread([e['eval/pass_at_k'] for e in last])} "
@@ -150,7 +154,7 @@ Written by `bench/results_report.py` from the runs `bench/results.sh` made. Each
 `config.toml` and `metrics.jsonl` are in `{os.path.relpath(out)}/ROW/lrLR-seedS/`; re-run a row
 with `RECORD=/tmp/rerun bench/results.sh ROW`, or one run with `oxrl train` on its config.toml.
 
-The bundled SmolLM2-135M-Instruct (f32, 2-core CPU, {machine}), {steps} steps. Task: {task}:
+The bundled SmolLM2-135M-Instruct (f32, 2-core CPU, {machine}). Task: {task}:
 pass@1, pass@4 and majority vote, before the first step and every few steps. Budget, the same
 for every row: learning rates {lrs} with seed 0, then the best one (final pass@1) with seeds
 {seeds}; "±" is half the range between seeds. A row with fewer learning rates tried or fewer
@@ -198,7 +202,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
     parser.add_argument("--best", action="store_true")
-    parser.add_argument("--steps")
     parser.add_argument("--lrs")
     parser.add_argument("--seeds")
     parser.add_argument("--threads", type=int, default=2)
@@ -208,4 +211,4 @@ if __name__ == "__main__":
     if args.best:
         print(best(args.out)[1])
     else:
-        report(args.out, args.steps, args.lrs, args.seeds, args.threads, args.jobs, args.doc)
+        report(args.out, args.lrs, args.seeds, args.threads, args.jobs, args.doc)
