@@ -102,6 +102,8 @@ run() {  # ROW OVERRIDES LR SEED
     --set "steps=$STEPS" --set "seed=$4" --set "learner.optim.lr=$3" --set "eval.every=$EVAL_EVERY" \
     --set 'metrics.listen=""' --set "checkpoint.every=$STEPS" "${sets[@]}" > "$dir/train.log" 2>&1 \
     || { echo "[results] $dir failed: see $dir/train.log" >&2; exit 1; }
+  # A stopped run (SIGINT/SIGTERM) checkpoints and exits 0 too; only a finished one has final/.
+  [[ -d $dir/final ]] || { echo "[results] $dir stopped before its last step: not recorded" >&2; exit 1; }
   # 1.6 GB of checkpoint per run: keep only what another row starts from (SFT's model).
   rm -rf "$dir/checkpoints"; [[ $1 == sft ]] || rm -rf "$dir/final"
   mkdir -p "$RECORD/$1/$name.tmp"

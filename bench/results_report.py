@@ -113,6 +113,7 @@ def report(out, lrs, seeds, threads, jobs, doc):
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     curves = {}
+    offline = [r for r in rows if generated_tokens(best(os.path.join(out, r))[1])[-1] == 0]
     for row in rows:
         row_runs = runs(os.path.join(out, row))
         lr, _ = best(os.path.join(out, row))
@@ -140,15 +141,17 @@ def report(out, lrs, seeds, threads, jobs, doc):
         curves[row] = [(statistics.fmean(t for t, _ in v), statistics.fmean(a for _, a in v)) for _, v in sorted(points.items())]
     image = os.path.splitext(doc)[0] + ".png"
     plot(curves, image)
-    task = task_of(best(os.path.join(out, rows[0]))[1])
+    # The task as a generating row sees it (SFT's batch shape is its own).
+    shown = next((r for r in rows if r not in offline), rows[0])
+    task = task_of(best(os.path.join(out, shown))[1])
     described = "\n".join(f"- **{r}**: {DESCRIPTIONS[r]}" for r in rows)
-    offline = [r for r, pts in curves.items() if not any(t > 0 for t, _ in pts)]
     if offline:
-        described += "\n\n" + ", ".join(offline) + " generate nothing, so the plot (against tokens generated) leaves them out."
+        verb = "generates" if len(offline) == 1 else "generate"
+        described += f"\n\n{', '.join(offline)} {verb} nothing, so the plot (against tokens generated) leaves {'it' if len(offline) == 1 else 'them'} out."
     if pending:
         described += "\n\nNot run yet: " + ", ".join(pending) + " (`bench/results.sh` resumes with them)."
     machine = f"{threads} thread{'s' if threads != 1 else ''} a run" + (f", {jobs} runs at a time" if jobs > 1 else "")
-    text = f"""# Results: every algorithm on one task
+    text = f"""# Results: the algorithms on one task
 
 Written by `bench/results_report.py` from the runs `bench/results.sh` made. Each run's
 `config.toml` and `metrics.jsonl` are in `{os.path.relpath(out)}/ROW/lrLR-seedS/`; re-run a row
