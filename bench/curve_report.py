@@ -1,14 +1,16 @@
-"""oxrl's and TRL's GRPO curves from bench/grpo_curve_vs_trl.sh: docs/results_vs_trl.md and
-docs/results_vs_trl.png (reward per step, 5-step moving mean; held-out pass@1 at the eval steps).
+"""oxrl's and TRL's GRPO curves from the runs bench/grpo_curve_vs_trl.sh recorded:
+docs/results_vs_trl.md and docs/results_vs_trl.png (reward per step, 5-step moving mean;
+held-out pass@1 at the eval steps).
 
-usage: curve_report.py OUT --steps N --lr LR --seeds "0 1"
+usage: curve_report.py RECORD --steps N --lr LR --seeds "0 1"
 """
 import argparse
 import json
 import os
 import statistics
 
-SIDES = ("oxrl", "trl")
+SIDES = ("oxrl", "trl", "trl_padrow")  # trl_padrow: TRL with the pad row trained, when run
+STYLES = ("-", "--", ":", "-.")
 
 
 def load(out, side, seed):
@@ -30,10 +32,13 @@ def main():
     parser.add_argument("--lr")
     parser.add_argument("--seeds")
     args = parser.parse_args()
-    seeds = args.seeds.split()
-    done = lambda side, s: os.path.exists(os.path.join(args.out, side, f"seed{s}", ".done"))
+    # The seeds asked for and every seed already recorded, so a run of one seed keeps the others.
+    recorded = {d[len("seed"):] for side in SIDES if os.path.isdir(os.path.join(args.out, side))
+                for d in os.listdir(os.path.join(args.out, side)) if d.startswith("seed")}
+    seeds = sorted(set(args.seeds.split()) | recorded, key=int)
+    done = lambda side, s: os.path.exists(os.path.join(args.out, side, f"seed{s}", "metrics.jsonl"))
     runs = {(side, s): load(args.out, side, s) for side in SIDES for s in seeds if done(side, s)}
-    missing = [f"{side} seed {s}" for side in SIDES for s in seeds if not done(side, s)]
+    missing = [f"{side} seed {s}" for side in SIDES[:2] for s in seeds if not done(side, s)]
 
     import matplotlib
 
@@ -41,9 +46,9 @@ def main():
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    colors = {"oxrl": "tab:blue", "trl": "tab:orange"}
+    colors = {"oxrl": "tab:blue", "trl": "tab:orange", "trl_padrow": "tab:green"}
     for (side, seed), (steps, evals) in runs.items():
-        style = "-" if seed == seeds[0] else "--"
+        style = STYLES[seeds.index(seed) % len(STYLES)]
         left.plot([s for s, _, _ in steps], moving([r for _, r, _ in steps]), style, color=colors[side], label=f"{side} seed {seed}")
         points = sorted(evals.items())
         right.plot([s for s, _ in points], [e["eval/pass_at_1"] for _, e in points], style, marker="o", color=colors[side], label=f"{side} seed {seed}")
@@ -70,9 +75,10 @@ def main():
         )
     text = f"""# GRPO in oxrl next to TRL's GRPOTrainer
 
-Written by `bench/curve_report.py` from `bench/grpo_curve_vs_trl.sh` (re-run: that script;
-runs in `runs/results_trl/`). The run of configs/grpo_math.toml on both sides: the bundled
-SmolLM2-135M-Instruct (f32, CPU, 2 threads), the same training prompts (`oxrl config rows`,
+Written by `bench/curve_report.py` from the runs of `bench/grpo_curve_vs_trl.sh` (each run's
+metrics.jsonl is recorded in `{os.path.relpath(args.out)}/SIDE/seedS/`; the script resumes
+from them). The run of configs/grpo_math.toml on both sides: the bundled
+SmolLM2-135M-Instruct (f32, CPU), the same training prompts (`oxrl config rows`,
 rendered with the same chat template), 4 prompts x 4 completions of <= 64 tokens at T = 1,
 DAPO loss, clip 0.2/0.28, beta 0, group-scaled rewards, AdamW at a constant lr {args.lr},
 gradient norm 1, {args.steps} steps; oxrl's math verifier scores both (`oxrl reward` inside
@@ -81,11 +87,11 @@ TRL's reward function). Held-out pass@1: 100 problems x 4 samples at T = 1 by `o
 Differences left: each side shuffles the prompt pool with its own generator and samples with
 its own random stream, and transformers' `padding_idx` keeps the input side of the pad token's
 embedding row (`<|im_end|>`, which ends every chat message) from training in TRL
-(`TRL_PAD_ROW=trained` removes that; docs/train.md).
+(`TRL_PAD_ROW=trained` removes that: the `trl_padrow` side; docs/train.md).
 
 ![reward per step and held-out pass@1](results_vs_trl.png)
 
-{"Not run yet: " + ", ".join(missing) + " (`SEEDS` of the script; it resumes)." if missing else ""}
+{"Not recorded yet: " + ", ".join(missing) + " (`SIDES` and `SEEDS` of the script; it resumes)." if missing else ""}
 
 Held-out pass@1:
 
@@ -99,7 +105,16 @@ machine in docs/train.md, "Speed against TRL", not here):
 {chr(10).join(summary)}
 """
     with open(os.path.join("docs", "results_vs_trl.md"), "w") as f:
-        f.write(text)
+        f.write(text + notes(args.out))
+
+
+def notes(record):
+    """RECORD/NOTES.md (what the curves show, written by hand) as the doc's last section."""
+    path = os.path.join(record, "NOTES.md")
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        return "\n## Reading the curves\n\n" + f.read()
 
 
 if __name__ == "__main__":
