@@ -11,7 +11,8 @@
 #        THREADS=cores OUT=runs/results_trl RECORD=docs/results/grpo_math_vs_trl/lrLR
 #        TRL_PAD_ROW=frozen|trained (the pad token's input embedding row: transformers' padding_idx
 #        freezes it, oxrl trains it; see bench/trl_grpo_curve.py)
-# Cost on 2 cores: oxrl ~8 min and TRL ~22 min per seed at 60 steps, evals included.
+# Cost on 2 cores (THREADS=2, 4 evals): oxrl 8-15 min and TRL ~22 min per seed at 60 steps, evals
+# included; oxrl at THREADS=1 with EVAL_EVERY=10 (7 evals): 26 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source "$(bash scripts/setup.sh 2>/dev/null)"

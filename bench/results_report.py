@@ -42,7 +42,8 @@ def lines(run):
 
 
 def config_of(run):
-    return tomllib.load(open(os.path.join(run, "config.toml"), "rb"))
+    with open(os.path.join(run, "config.toml"), "rb") as f:
+        return tomllib.load(f)
 
 
 def evals(run):
