@@ -5,8 +5,11 @@
 # 4 x 4 completions of <= 64 tokens a step, each algorithm at its paper's or TRL's defaults.
 # CONFIG=configs/grpo_gsm8k.toml runs the same rows on GSM8K-style word problems
 # (docs/results_gsm8k.md). There the base model solves 0.5% at T = 1 and its samples earn no
-# reward, so GRPO and PPO start from SFT's model, as in the ReFT paper:
-#   CONFIG=configs/grpo_gsm8k.toml LRS=1e-5 SEEDS=0 EVAL_EVERY=30 bench/results.sh sft sft_grpo reft
+# reward, so GRPO and PPO start from SFT's model, as in the ReFT paper (the runs of
+# docs/results_gsm8k.md; RL from SFT wants a smaller rate than RL from the base model):
+#   CONFIG=configs/grpo_gsm8k.toml LRS=1e-5 SEEDS=0 EVAL_EVERY=30 bench/results.sh sft
+#   CONFIG=configs/grpo_gsm8k.toml LRS="1e-5 1e-6" SEEDS=0 STEPS=30 EVAL_EVERY=15 \
+#     bench/results.sh sft_grpo reft
 #
 # Budget, the same for every row: each learning rate of LRS with seed 0; the best (final
 # held-out pass@1) is run again with every other seed of SEEDS. Rows that need another run
