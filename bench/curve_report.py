@@ -9,6 +9,8 @@ import json
 import os
 import statistics
 
+from results_report import notes
+
 SIDES = ("oxrl", "trl", "trl_padrow")  # trl_padrow: TRL with the pad row trained, when run
 STYLES = ("-", "--", ":", "-.")
 
@@ -105,16 +107,7 @@ machine in docs/train.md, "Speed against TRL", not here):
 {chr(10).join(summary)}
 """
     with open(os.path.join("docs", "results_vs_trl.md"), "w") as f:
-        f.write(text + notes(args.out))
-
-
-def notes(record):
-    """RECORD/NOTES.md (what the curves show, written by hand) as the doc's last section."""
-    path = os.path.join(record, "NOTES.md")
-    if not os.path.exists(path):
-        return ""
-    with open(path) as f:
-        return "\n## Reading the curves\n\n" + f.read()
+        f.write(text + notes(args.out, "Reading the curves"))
 
 
 if __name__ == "__main__":

@@ -114,10 +114,11 @@ def report(out, lrs, seeds, threads, jobs, doc):
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     curves = {}
-    offline = [r for r in rows if generated_tokens(best(os.path.join(out, r))[1])[-1] == 0]
+    bests = {r: best(os.path.join(out, r)) for r in rows}  # (lr, seed-0 run) of each row
+    offline = [r for r in rows if generated_tokens(bests[r][1])[-1] == 0]
     for row in rows:
         row_runs = runs(os.path.join(out, row))
-        lr, _ = best(os.path.join(out, row))
+        lr, _ = bests[row]
         tried = ", ".join(sorted(l for (l, seed) in row_runs if seed == 0))
         chosen = sorted(p for (l, _), p in row_runs.items() if l == lr)
         first = [evals(p)[0] for p in chosen]
@@ -144,7 +145,7 @@ def report(out, lrs, seeds, threads, jobs, doc):
     plot(curves, image)
     # The task as a generating row sees it (SFT's batch shape is its own).
     shown = next((r for r in rows if r not in offline), rows[0])
-    task = task_of(best(os.path.join(out, shown))[1])
+    task = task_of(bests[shown][1])
     described = "\n".join(f"- **{r}**: {DESCRIPTIONS[r]}" for r in rows)
     if offline:
         verb = "generates" if len(offline) == 1 else "generate"
@@ -170,18 +171,18 @@ shared the machine with other work took longer.
 {chr(10).join(table)}
 
 ![held-out pass@1 against completion tokens generated]({os.path.basename(image)})
-{notes(out)}"""
+{notes(out, "Reading the table")}"""
     with open(doc, "w") as f:
         f.write(text)
 
 
-def notes(out):
+def notes(record, heading):
     """RECORD/NOTES.md (what the numbers show, written by hand) as the doc's last section."""
-    path = os.path.join(out, "NOTES.md")
+    path = os.path.join(record, "NOTES.md")
     if not os.path.exists(path):
         return ""
     with open(path) as f:
-        return "\n## Reading the table\n\n" + f.read()
+        return f"\n## {heading}\n\n" + f.read()
 
 
 def plot(curves, path):
