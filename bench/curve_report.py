@@ -69,6 +69,15 @@ def main():
         cells = [runs[key][1].get(step) for key in runs]
         cells = ["–" if e is None else f"{e['eval/pass_at_1']:.3f}" for e in cells]
         rows.append(f"| {step} | " + " | ".join(cells) + " |")
+    # Each side over its recorded seeds: seed noise is what the two sides are compared within.
+    sides = [side for side in SIDES if any(k[0] == side for k in runs)]
+    means = ["| step | " + " | ".join(sides) + " |", "|" + "---|" * (1 + len(sides))]
+    for step in eval_steps:
+        cells = []
+        for side in sides:
+            xs = [e[step]["eval/pass_at_1"] for (sd, _), (_, e) in runs.items() if sd == side and step in e]
+            cells.append(f"{statistics.fmean(xs):.3f} ({min(xs):.3f}-{max(xs):.3f}, n={len(xs)})" if xs else "–")
+        means.append(f"| {step} | " + " | ".join(cells) + " |")
     summary = []
     for (side, s), (steps, _) in runs.items():
         rewards = [r for _, r, _ in steps]
@@ -98,6 +107,10 @@ embedding row (`<|im_end|>`, which ends every chat message) from training in TRL
 Held-out pass@1:
 
 {chr(10).join(rows)}
+
+Each side's mean over its recorded seeds (lowest-highest, number of seeds):
+
+{chr(10).join(means)}
 
 Training reward (mean of the first and the last 10 steps; speed is measured on a quiet
 machine in docs/train.md, "Speed against TRL", not here):
