@@ -75,7 +75,7 @@ def main():
     for step in eval_steps:
         cells = []
         for side in sides:
-            xs = [e[step]["eval/pass_at_1"] for (sd, _), (_, e) in runs.items() if sd == side and step in e]
+            xs = [e[step]["eval/pass_at_1"] for (run_side, _), (_, e) in runs.items() if run_side == side and step in e]
             cells.append(f"{statistics.fmean(xs):.3f} ({min(xs):.3f}-{max(xs):.3f}, n={len(xs)})" if xs else "–")
         means.append(f"| {step} | " + " | ".join(cells) + " |")
     summary = []

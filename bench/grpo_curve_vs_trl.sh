@@ -12,7 +12,8 @@
 #        TRL_PAD_ROW=frozen|trained (the pad token's input embedding row: transformers' padding_idx
 #        freezes it, oxrl trains it; see bench/trl_grpo_curve.py)
 # Cost on 2 cores (THREADS=2, 4 evals): oxrl 8-15 min and TRL ~22 min per seed at 60 steps, evals
-# included; oxrl at THREADS=1 with EVAL_EVERY=10 (7 evals): 26 min.
+# included; oxrl at THREADS=1 with EVAL_EVERY=10 (7 evals): 26 min; TRL at THREADS=1, two
+# runs at once: ~35 min per seed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source "$(bash scripts/setup.sh 2>/dev/null)"
