@@ -33,8 +33,8 @@
 #        STEPS=2 EXTRA="eval.max_prompts=4" OUT=/tmp/results-check RECORD=/tmp/results-check/record
 #        DOC=/tmp/results-check/results.md)
 # Cost on 2 cores with JOBS=2 (1 thread a run), measured at 60 steps with 4 evals of 400
-# samples: expert iteration 9 minutes a run, SFT 12, GRPO variants and TOPR 15-20, ReFT 23,
-# PPO 38; 11 rows x (2 + 1) runs, about 5 hours.
+# samples: expert iteration and GRPO from SFT 9 minutes a run, SFT 12, GRPO variants and TOPR
+# 15-20, ReFT 23, PPO 38; 12 rows x (2 + 1) runs, about 5 hours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source "$(bash scripts/setup.sh 2>/dev/null)"
