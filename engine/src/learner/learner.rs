@@ -25,7 +25,7 @@ use super::dpo::{Dpo, DpoConfig};
 use super::expert::{ExpertIteration, ExpertIterationConfig};
 use super::grpo::{Grpo, GrpoConfig};
 use super::metrics::{self as m, Metrics, Stats};
-use super::optim::{AdamW, OptimConfig};
+use super::optim::{AdamW, OptimConfig, Optimizer};
 use super::ppo::{Critic, Ppo, PpoConfig};
 use super::precision::Precision;
 use super::recompute::ScoreOptions;
@@ -243,7 +243,7 @@ impl Learner {
         } else {
             None
         };
-        let optimizer = build_optimizer(&vs, critic.as_ref(), cfg.precision)?;
+        let optimizer = build_optimizer(&vs, critic.as_ref(), cfg.precision, cfg.optim.optim)?;
         Ok(Self {
             cfg,
             algorithm,
@@ -733,8 +733,14 @@ impl Learner {
 }
 
 /// AdamW over every trainable variable of the policy and the critic (`critic.` names),
-/// with f32 master weights when `precision` resolves to mixed for their dtype.
-fn build_optimizer(vs: &VarStore, critic: Option<&Critic>, precision: Precision) -> Result<AdamW> {
+/// with f32 master weights when `precision` resolves to mixed for their dtype and the moments
+/// stored as `optim` says.
+fn build_optimizer(
+    vs: &VarStore,
+    critic: Option<&Critic>,
+    precision: Precision,
+    optim: Optimizer,
+) -> Result<AdamW> {
     let mut params: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
@@ -751,10 +757,7 @@ fn build_optimizer(vs: &VarStore, critic: Option<&Critic>, precision: Precision)
     // The trainable parameters share the model's dtype (LoRA adapters and the critic are made
     // in it too); an empty set is f32 for the check's sake.
     let kind = params.first().map_or(Kind::Float, |(_, t)| t.kind());
-    Ok(match precision.master_weights(kind)? {
-        true => AdamW::with_master_weights(params),
-        false => AdamW::new(params),
-    })
+    Ok(AdamW::build(params, precision.master_weights(kind)?, optim))
 }
 
 /// What one update did.

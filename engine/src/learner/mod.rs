@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod optim;
 pub mod ppo;
 pub mod precision;
+pub mod quant8;
 pub mod recompute;
 pub mod rollout_correction;
 pub mod sft;

@@ -4,7 +4,8 @@
 //! and global-norm gradient clipping (`torch.nn.utils.clip_grad_norm_`). Under mixed
 //! precision (`learner::precision`) it owns an f32 master copy of each bf16/f16 parameter:
 //! the update is applied to the master, bit for bit as to an f32 parameter with the same
-//! gradient, and the parameter is refreshed from it.
+//! gradient, and the parameter is refreshed from it. With `optim = "adamw_8bit"` the moments
+//! are stored in 8 bits per value, block-wise, as bitsandbytes' `AdamW8bit` (`quant8`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::precision::is_half;
+use super::quant8::{dynamic_map, Quantized, BLOCK};
 use crate::error::{Error, Result};
 
 /// Learning-rate schedule after warmup (HF `lr_scheduler_type`).
@@ -28,10 +30,34 @@ pub enum LrSchedulerType {
     Cosine,
 }
 
+/// How AdamW stores its two moments (HF `optim`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Optimizer {
+    /// f32 moments (f64 for f64 parameters), as `torch.optim.AdamW`: 8 bytes per parameter.
+    #[default]
+    #[serde(rename = "adamw_torch")]
+    AdamwTorch,
+    /// Block-wise 8-bit moments, as bitsandbytes' `AdamW8bit` (HF `adamw_8bit`, also
+    /// accepted as `adamw_bnb_8bit`): 2 bytes per parameter and 8 bytes per 256. Parameters of
+    /// fewer than 4096 values keep f32 moments, as bitsandbytes does.
+    #[serde(rename = "adamw_8bit", alias = "adamw_bnb_8bit")]
+    Adamw8bit,
+}
+
+/// Parameters smaller than this keep f32 moments under `adamw_8bit` (bitsandbytes'
+/// `min_8bit_size`): norms and biases, where 8 bits save little and cost accuracy.
+const MIN_8BIT_SIZE: i64 = 4096;
+
+/// Values updated at a time under `adamw_8bit`: the f32 temporaries of one chunk (the
+/// dequantized moments and the update) stay a few MiB whatever the parameter's size.
+const CHUNK_8BIT: i64 = 1 << 20;
+
 /// Optimizer and schedule options (TRL/HF `TrainingArguments` names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OptimConfig {
+    /// How the moments are stored: `adamw_torch` (f32, default) or `adamw_8bit`.
+    pub optim: Optimizer,
     /// Peak learning rate.
     #[serde(alias = "learning_rate")]
     pub lr: f64,
@@ -56,6 +82,7 @@ pub struct OptimConfig {
 impl Default for OptimConfig {
     fn default() -> Self {
         Self {
+            optim: Optimizer::AdamwTorch,
             lr: 1e-6,
             adam_beta1: 0.9,
             adam_beta2: 0.999,
@@ -101,53 +128,251 @@ struct Param {
     /// refreshed from it. `None`: the update is applied to `tensor` in its own dtype.
     master: Option<Tensor>,
     decay: bool,
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
+    moments: Moments,
+}
+
+/// AdamW's first and second moments of one parameter.
+enum Moments {
+    /// In f32 (f64 for f64 parameters), shaped as the parameter.
+    Full { exp_avg: Tensor, exp_avg_sq: Tensor },
+    /// Flat, 8 bits per value (`adamw_8bit`).
+    Blockwise {
+        exp_avg: Quantized,
+        exp_avg_sq: Quantized,
+    },
 }
 
 impl Param {
     /// State for `tensor`: zero moments and, with `master`, an f32 copy when `tensor` is
     /// bf16/f16 (f32 and f64 parameters are their own master).
-    fn new(name: &str, tensor: Tensor, master: bool) -> Self {
-        // Moments in f32 (f64 for f64 parameters), whatever the parameter dtype.
-        let kind = match tensor.kind() {
-            Kind::Double => Kind::Double,
-            _ => Kind::Float,
-        };
+    fn new(name: &str, tensor: Tensor, master: bool, optim: Optimizer) -> Self {
         let master = (master && is_half(tensor.kind()))
             .then(|| tch::no_grad(|| tensor.detach().to_kind(Kind::Float)));
         Self {
             decay: decays(name),
-            exp_avg: tensor.zeros_like().to_kind(kind),
-            exp_avg_sq: tensor.zeros_like().to_kind(kind),
+            moments: Moments::new(&tensor, optim),
             master,
             tensor,
         }
     }
 
-    /// One AdamW update with the (upcast, clipped) gradient `g`, in the moments' dtype. In
-    /// place, as torch's single-tensor AdamW: at most one temporary of the parameter's size
-    /// lives at a time (the tied embedding of a 150k vocabulary is 0.5 GB).
+    /// One AdamW update with the (upcast, clipped) gradient `g`, in the moments' dtype.
     fn update(&mut self, g: &Tensor, c: &StepConstants) {
         let weights = self.master.as_mut().unwrap_or(&mut self.tensor);
-        if self.decay && c.weight_decay != 0.0 {
-            let _ = weights.g_mul_scalar_(1.0 - c.lr * c.weight_decay);
+        match &mut self.moments {
+            Moments::Full {
+                exp_avg,
+                exp_avg_sq,
+            } => adamw(weights, exp_avg, exp_avg_sq, g, c, self.decay),
+            Moments::Blockwise {
+                exp_avg,
+                exp_avg_sq,
+            } => {
+                let (flat, g) = (weights.view([-1]), g.contiguous().view([-1]));
+                let n = flat.size()[0];
+                for start in (0..n).step_by(CHUNK_8BIT as usize) {
+                    let len = CHUNK_8BIT.min(n - start);
+                    let (mut m, mut v) = (exp_avg.read(start, len), exp_avg_sq.read(start, len));
+                    let mut w = flat.narrow(0, start, len);
+                    adamw(
+                        &mut w,
+                        &mut m,
+                        &mut v,
+                        &g.narrow(0, start, len),
+                        c,
+                        self.decay,
+                    );
+                    exp_avg.write(start, &m);
+                    exp_avg_sq.write(start, &v);
+                }
+            }
         }
-        let _ = self.exp_avg.lerp_(g, 1.0 - c.b1);
-        let _ = self
-            .exp_avg_sq
-            .g_mul_scalar_(c.b2)
-            .addcmul_(&(g * (1.0 - c.b2)), g);
-        let mut denom = self.exp_avg_sq.sqrt();
-        let _ = denom.g_div_scalar_(c.bc2.sqrt()).g_add_scalar_(c.eps);
-        // `p += m / (denom / -step)` is `p -= step * m / denom` (tch's addcdiv_ has no
-        // `value`). A bf16 parameter (pure precision) takes the f32 update rounded once:
-        // most of an lr-1e-6 update is below half an ulp and lost; a master takes it at f32.
-        let _ = denom.g_div_scalar_(-c.lr / c.bc1);
-        let _ = weights.addcdiv_(&self.exp_avg, &denom);
         if let Some(master) = &self.master {
             // Round-to-nearest into the model's dtype: what the next forward sees.
             self.tensor.copy_(master);
+        }
+    }
+}
+
+/// One AdamW update of `weights` and its moments with the gradient `g`, in place, as torch's
+/// single-tensor AdamW: at most one temporary of the weights' size lives at a time (the tied
+/// embedding of a 150k vocabulary is 0.5 GB).
+fn adamw(
+    weights: &mut Tensor,
+    exp_avg: &mut Tensor,
+    exp_avg_sq: &mut Tensor,
+    g: &Tensor,
+    c: &StepConstants,
+    decay: bool,
+) {
+    if decay && c.weight_decay != 0.0 {
+        let _ = weights.g_mul_scalar_(1.0 - c.lr * c.weight_decay);
+    }
+    let _ = exp_avg.lerp_(g, 1.0 - c.b1);
+    let _ = exp_avg_sq
+        .g_mul_scalar_(c.b2)
+        .addcmul_(&(g * (1.0 - c.b2)), g);
+    let mut denom = exp_avg_sq.sqrt();
+    let _ = denom.g_div_scalar_(c.bc2.sqrt()).g_add_scalar_(c.eps);
+    // `p += m / (denom / -step)` is `p -= step * m / denom` (tch's addcdiv_ has no `value`). A
+    // bf16 parameter (pure precision) takes the f32 update rounded once: most of an lr-1e-6
+    // update is below half an ulp and lost; a master takes it at f32.
+    let _ = denom.g_div_scalar_(-c.lr / c.bc1);
+    let _ = weights.addcdiv_(exp_avg, &denom);
+}
+
+impl Moments {
+    /// Zero moments for `tensor`: 8-bit under `adamw_8bit` for f32/bf16/f16 parameters of at
+    /// least [`MIN_8BIT_SIZE`] values, in f32 (f64 for f64 parameters) otherwise.
+    fn new(tensor: &Tensor, optim: Optimizer) -> Self {
+        let n = tensor.numel() as i64;
+        let kind = match tensor.kind() {
+            Kind::Double => Kind::Double,
+            _ => Kind::Float,
+        };
+        if optim == Optimizer::Adamw8bit && kind == Kind::Float && n >= MIN_8BIT_SIZE {
+            let device = tensor.device();
+            return Moments::Blockwise {
+                exp_avg: Quantized::zeros(n, &dynamic_map(true), device),
+                exp_avg_sq: Quantized::zeros(n, &dynamic_map(false), device),
+            };
+        }
+        Moments::Full {
+            exp_avg: tensor.zeros_like().to_kind(kind),
+            exp_avg_sq: tensor.zeros_like().to_kind(kind),
+        }
+    }
+
+    /// The dtype the update is computed in.
+    fn kind(&self) -> Kind {
+        match self {
+            Moments::Full { exp_avg, .. } => exp_avg.kind(),
+            Moments::Blockwise { .. } => Kind::Float,
+        }
+    }
+
+    /// The checkpoint entries of the moments of parameter `name`, on the CPU:
+    /// `{name}.exp_avg[_sq]`, or their `.codes` and `.absmax` when 8-bit.
+    fn entries(&self, name: &str) -> Vec<(String, Tensor)> {
+        let cpu = |t: &Tensor| t.to_device(tch::Device::Cpu);
+        match self {
+            Moments::Full {
+                exp_avg,
+                exp_avg_sq,
+            } => vec![
+                (format!("{name}.exp_avg"), cpu(exp_avg)),
+                (format!("{name}.exp_avg_sq"), cpu(exp_avg_sq)),
+            ],
+            Moments::Blockwise {
+                exp_avg,
+                exp_avg_sq,
+            } => [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)]
+                .into_iter()
+                .flat_map(|(key, q)| {
+                    let (codes, absmax) = q.parts();
+                    [
+                        (format!("{name}.{key}.codes"), cpu(codes)),
+                        (format!("{name}.{key}.absmax"), cpu(absmax)),
+                    ]
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One moment of one parameter as a checkpoint holds it.
+enum Stored<'a> {
+    Full(&'a Tensor),
+    /// 8-bit codes and block maxima; `signed`: the first moment's map.
+    Codes {
+        codes: &'a Tensor,
+        absmax: &'a Tensor,
+        signed: bool,
+    },
+}
+
+impl<'a> Stored<'a> {
+    /// The entries of `key` (`{name}.exp_avg` or `{name}.exp_avg_sq`) in `file`.
+    fn find(file: &'a HashMap<String, Tensor>, key: &str) -> Option<Self> {
+        if let Some(t) = file.get(key) {
+            return Some(Stored::Full(t));
+        }
+        Some(Stored::Codes {
+            codes: file.get(&format!("{key}.codes"))?,
+            absmax: file.get(&format!("{key}.absmax"))?,
+            signed: key.ends_with(".exp_avg"),
+        })
+    }
+
+    /// Whether it holds a moment of `param`: its shape, or its number of values when 8-bit.
+    fn check(&self, param: &Tensor) -> std::result::Result<(), String> {
+        let n = param.numel() as i64;
+        let (got, want) = match self {
+            Stored::Full(t) => (t.size(), param.size()),
+            Stored::Codes { codes, absmax, .. } => (
+                vec![codes.numel() as i64, absmax.numel() as i64],
+                vec![n, (n + BLOCK - 1) / BLOCK],
+            ),
+        };
+        match got == want {
+            true => Ok(()),
+            false => Err(format!("shape {got:?}, expected {want:?}")),
+        }
+    }
+
+    /// Its values as `like`'s f32 (or f64) moment, decoding 8-bit codes.
+    fn values(&self, like: &Tensor) -> Tensor {
+        let t = match self {
+            Stored::Full(t) => t.shallow_clone(),
+            Stored::Codes {
+                codes,
+                absmax,
+                signed,
+            } => {
+                let n = codes.numel() as i64;
+                let mut q = Quantized::zeros(n, &dynamic_map(*signed), tch::Device::Cpu);
+                q.set_parts(&codes.view([-1]), &absmax.view([-1]));
+                q.read(0, n)
+            }
+        };
+        t.to_kind(like.kind())
+            .to_device(like.device())
+            .view(like.size().as_slice())
+    }
+}
+
+impl Moments {
+    /// Overwrites both moments with checked stored ones (`param`: the parameter they belong
+    /// to), converting between 8-bit and full storage where the file has the other one.
+    fn restore(&mut self, m: Stored, v: Stored, param: &Tensor) {
+        match self {
+            Moments::Full {
+                exp_avg,
+                exp_avg_sq,
+            } => {
+                exp_avg.copy_(&m.values(exp_avg));
+                exp_avg_sq.copy_(&v.values(exp_avg_sq));
+            }
+            Moments::Blockwise {
+                exp_avg,
+                exp_avg_sq,
+            } => {
+                for (q, stored) in [(exp_avg, m), (exp_avg_sq, v)] {
+                    match stored {
+                        Stored::Codes { codes, absmax, .. } => {
+                            let device = param.device();
+                            let _ = q.set_parts(
+                                &codes.to_device(device).view([-1]),
+                                &absmax.to_device(device).view([-1]),
+                            );
+                        }
+                        Stored::Full(t) => q.write(
+                            0,
+                            &t.to_kind(Kind::Float).to_device(param.device()).view([-1]),
+                        ),
+                    }
+                }
+            }
         }
     }
 }
@@ -204,21 +429,23 @@ impl AdamW {
     /// Tracks `params` (name, tensor); the name decides the decay group. Updates are applied
     /// in each parameter's own dtype (`precision = "pure"`).
     pub fn new(params: Vec<(String, Tensor)>) -> Self {
-        Self::build(params, false)
+        Self::build(params, false, Optimizer::AdamwTorch)
     }
 
     /// As [`new`](Self::new), with an f32 master copy of every bf16/f16 parameter
     /// (`precision = "bf16-mixed"`): updates are applied to the master, and the parameter is
     /// refreshed from it after each step. f32 parameters are tracked as by `new`.
     pub fn with_master_weights(params: Vec<(String, Tensor)>) -> Self {
-        Self::build(params, true)
+        Self::build(params, true, Optimizer::AdamwTorch)
     }
 
-    fn build(params: Vec<(String, Tensor)>, master: bool) -> Self {
+    /// Tracks `params`, with f32 masters for the bf16/f16 ones when `master` is set, storing
+    /// the moments as `optim` says.
+    pub fn build(params: Vec<(String, Tensor)>, master: bool, optim: Optimizer) -> Self {
         let mut params: Vec<(String, Param)> = params
             .into_iter()
             .map(|(name, tensor)| {
-                let p = Param::new(&name, tensor, master);
+                let p = Param::new(&name, tensor, master, optim);
                 (name, p)
             })
             .collect();
@@ -274,17 +501,15 @@ impl AdamW {
     }
 
     /// Writes the moments, the master weights (mixed precision) and the step count to a
-    /// safetensors file (`{name}.exp_avg`, `{name}.exp_avg_sq`, `{name}.master`, `step`), so a
-    /// resumed run continues exactly.
+    /// safetensors file (`{name}.exp_avg`, `{name}.exp_avg_sq` or, 8-bit, their `.codes` and
+    /// `.absmax`; `{name}.master`; `step`), so a resumed run continues exactly.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let cpu = |t: &Tensor| t.to_device(tch::Device::Cpu);
         let mut tensors: Vec<(String, Tensor)> =
             vec![("step".to_string(), Tensor::from_slice(&[self.step as i64]))];
         for (name, p) in &self.params {
-            tensors.push((format!("{name}.exp_avg"), cpu(&p.exp_avg)));
-            tensors.push((format!("{name}.exp_avg_sq"), cpu(&p.exp_avg_sq)));
+            tensors.extend(p.moments.entries(name));
             if let Some(master) = &p.master {
-                tensors.push((format!("{name}.master"), cpu(master)));
+                tensors.push((format!("{name}.master"), master.to_device(tch::Device::Cpu)));
             }
         }
         Tensor::write_safetensors(&tensors, path)
@@ -292,51 +517,54 @@ impl AdamW {
     }
 
     /// Restores what [`save`](Self::save) wrote; every tracked parameter's moments must be
-    /// present with its shape. Call it after the weights are loaded: a master the file lacks
-    /// (it was written with `precision = "pure"`) is taken from the parameter, and masters in
-    /// the file this optimizer does not keep are ignored.
+    /// present with its shape, in either storage (a run may resume with the other `optim`:
+    /// the moments are then quantized or decoded). Call it after the weights are loaded: a
+    /// master the file lacks (it was written with `precision = "pure"`) is taken from the
+    /// parameter, and masters in the file this optimizer does not keep are ignored. Nothing
+    /// changes unless the whole file fits.
     pub fn load(&mut self, path: &Path) -> Result<()> {
         let file: HashMap<String, Tensor> = Tensor::read_safetensors(path)
             .map_err(|e| Error::bad_file(path, format!("cannot read: {e}")))?
             .into_iter()
             .collect();
-        let get = |key: &str, like: &Tensor| -> Result<Option<Tensor>> {
-            let Some(t) = file.get(key) else {
-                return Ok(None);
-            };
-            if t.size() != like.size() {
-                return Err(Error::bad_file(
-                    path,
-                    format!("{key}: shape {:?}, expected {:?}", t.size(), like.size()),
-                ));
-            }
-            Ok(Some(t.to_kind(like.kind()).to_device(like.device())))
-        };
-        let required = |key: String, like: &Tensor| -> Result<Tensor> {
-            get(&key, like)?.ok_or_else(|| Error::bad_file(path, format!("missing {key}")))
-        };
         let step = file
             .get("step")
             .ok_or_else(|| Error::bad_file(path, "missing step"))?
             .int64_value(&[0]);
-        let mut loaded = Vec::with_capacity(self.params.len());
+        let mut found = Vec::with_capacity(self.params.len());
         for (name, p) in &self.params {
+            let moment = |key: &str| -> Result<Stored> {
+                let stored = Stored::find(&file, &format!("{name}.{key}"))
+                    .ok_or_else(|| Error::bad_file(path, format!("missing {name}.{key}")))?;
+                stored
+                    .check(&p.tensor)
+                    .map_err(|why| Error::bad_file(path, format!("{name}.{key}: {why}")))?;
+                Ok(stored)
+            };
             let master = match &p.master {
-                Some(like) => get(&format!("{name}.master"), like)?,
+                Some(like) => file
+                    .get(&format!("{name}.master"))
+                    .map(|m| match m.size() == like.size() {
+                        true => Ok(m),
+                        false => Err(Error::bad_file(
+                            path,
+                            format!(
+                                "{name}.master: shape {:?}, expected {:?}",
+                                m.size(),
+                                like.size()
+                            ),
+                        )),
+                    })
+                    .transpose()?,
                 None => None,
             };
-            loaded.push((
-                required(format!("{name}.exp_avg"), &p.exp_avg)?,
-                required(format!("{name}.exp_avg_sq"), &p.exp_avg_sq)?,
-                master,
-            ));
+            found.push((moment("exp_avg")?, moment("exp_avg_sq")?, master));
         }
         tch::no_grad(|| {
-            for ((_, p), (m, v, master)) in self.params.iter_mut().zip(loaded) {
-                p.exp_avg.copy_(&m);
-                p.exp_avg_sq.copy_(&v);
+            for ((_, p), (m, v, master)) in self.params.iter_mut().zip(found) {
+                p.moments.restore(m, v, &p.tensor);
                 if let Some(own) = &mut p.master {
-                    own.copy_(master.as_ref().unwrap_or(&p.tensor));
+                    own.copy_(master.unwrap_or(&p.tensor));
                 }
             }
         });
@@ -397,7 +625,7 @@ impl AdamW {
                 if !g.defined() {
                     continue;
                 }
-                let g = upcast(&g, p.exp_avg.kind(), scale);
+                let g = upcast(&g, p.moments.kind(), scale);
                 p.update(&g, &c);
             }
         });
@@ -443,5 +671,66 @@ mod tests {
         assert!(decays("model.layers.0.self_attn.q_proj.weight"));
         assert!(!decays("model.layers.0.input_layernorm.weight"));
         assert!(!decays("model.layers.0.self_attn.q_proj.bias"));
+    }
+
+    fn leaf(values: Tensor) -> Tensor {
+        values.set_requires_grad(true)
+    }
+
+    /// One step of `opt` with gradient `g` on its one parameter `w`.
+    fn step_with(opt: &mut AdamW, w: &Tensor, g: &Tensor, cfg: &OptimConfig) {
+        opt.zero_grad();
+        (w * g).sum(Kind::Float).backward();
+        opt.step(cfg.lr, cfg);
+    }
+
+    #[test]
+    fn chunked_8bit_updates_code_each_block_as_one_piece_would() {
+        // Two chunks and a partial block: the first step from zero moments stores
+        // (1 - beta1) g, coded block by block exactly as a whole-tensor coding.
+        let n = CHUNK_8BIT + 300;
+        tch::manual_seed(1);
+        let w = leaf(Tensor::randn([n], (Kind::Float, tch::Device::Cpu)));
+        let g = Tensor::randn([n], (Kind::Float, tch::Device::Cpu));
+        let cfg = OptimConfig {
+            optim: Optimizer::Adamw8bit,
+            lr: 1e-3,
+            ..Default::default()
+        };
+        let mut opt = AdamW::build(vec![("w".into(), w.shallow_clone())], false, cfg.optim);
+        step_with(&mut opt, &w, &g, &cfg);
+        let Moments::Blockwise { exp_avg, .. } = &opt.params[0].1.moments else {
+            panic!("a parameter of {n} values keeps 8-bit moments")
+        };
+        let mut whole = Quantized::zeros(n, &dynamic_map(true), tch::Device::Cpu);
+        let mut m = g.zeros_like();
+        let _ = m.lerp_(&g, 1.0 - cfg.adam_beta1);
+        whole.write(0, &m);
+        assert!(exp_avg.parts().0.equal(whole.parts().0));
+        assert!(exp_avg.parts().1.equal(whole.parts().1));
+    }
+
+    #[test]
+    fn a_tiny_gradient_beside_large_ones_never_divides_by_eps_alone() {
+        // One value 1e-6 in a block of 1s: its second moment is 1e-12 of the block's, below
+        // the map's smallest positive entry. Coded as 0, the next step (zero gradient) would
+        // move it by lr * m / eps (about 40 lr); kept positive, it barely moves.
+        let n = 2 * MIN_8BIT_SIZE;
+        let w = leaf(Tensor::zeros([n], (Kind::Float, tch::Device::Cpu)));
+        let g = Tensor::ones([n], (Kind::Float, tch::Device::Cpu));
+        let _ = g.narrow(0, 5, 1).fill_(1e-6);
+        let cfg = OptimConfig {
+            optim: Optimizer::Adamw8bit,
+            lr: 1e-3,
+            ..Default::default()
+        };
+        let mut opt = AdamW::build(vec![("w".into(), w.shallow_clone())], false, cfg.optim);
+        step_with(&mut opt, &w, &g, &cfg);
+        let before = w.double_value(&[5]);
+        step_with(&mut opt, &w, &g.zeros_like(), &cfg);
+        let moved = (w.double_value(&[5]) - before).abs();
+        assert!(moved < 0.01 * cfg.lr, "moved {moved:e}");
+        // The large values take their usual step (Adam's update is about lr).
+        assert!(w.double_value(&[0]) < -1.5 * cfg.lr);
     }
 }
