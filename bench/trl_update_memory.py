@@ -13,6 +13,9 @@ the last update's, with the RSS after the model was built (baseline). The first 
 the one that allocates AdamW's moments (torch creates them at the first `step`).
 
 usage: trl_update_memory.py THREADS [UPDATES=2] [GROUP=4] [PROMPT_TOKENS=64] [COMPLETION_TOKENS=512]
+                            [OPTIM=adamw_torch] [DTYPE=f32]
+OPTIM: HF `optim` (adamw_bnb_8bit needs bitsandbytes). DTYPE bf16: `bf16=True`, HF's mixed
+precision (f32 weights, gradients and moments; forward and backward under bf16 autocast).
 """
 import ctypes
 import gc
@@ -34,6 +37,9 @@ UPDATES = int(sys.argv[2]) if len(sys.argv) > 2 else 2
 GROUP = int(sys.argv[3]) if len(sys.argv) > 3 else 4
 PROMPT_TOKENS = int(sys.argv[4]) if len(sys.argv) > 4 else 64
 COMPLETION_TOKENS = int(sys.argv[5]) if len(sys.argv) > 5 else 512
+OPTIM = sys.argv[6] if len(sys.argv) > 6 else "adamw_torch"
+DTYPE = sys.argv[7] if len(sys.argv) > 7 else "f32"
+assert DTYPE in ("f32", "bf16"), DTYPE
 VOCAB = 151_936
 EOS = 151_643  # Qwen2.5's <|endoftext|> id; suppressed until COMPLETION_TOKENS anyway
 MIB = 1024 * 1024
@@ -129,7 +135,8 @@ args = GRPOConfig(
     per_device_train_batch_size=GROUP, num_generations=GROUP,
     max_completion_length=COMPLETION_TOKENS, beta=0.0, learning_rate=1e-6, temperature=1.0,
     loss_type="dapo", use_cpu=True, report_to=[], logging_steps=1, save_strategy="no",
-    dataloader_num_workers=0, seed=0, bf16=False, gradient_checkpointing=True,
+    dataloader_num_workers=0, seed=0, bf16=DTYPE == "bf16", gradient_checkpointing=True,
+    optim=OPTIM,
     generation_kwargs={"min_new_tokens": COMPLETION_TOKENS},
 )
 trainer = GRPOTrainer(
@@ -158,7 +165,8 @@ trainer.train()
 prompt, completion = generation["shapes"]
 print(f"prompt_ids={prompt} completion_ids={completion} trained_tokens={generation['trained_tokens']}")
 print(
-    f"threads={torch.get_num_threads()} param_mib={param_mib:.0f} peak_reset={peak_reset} "
+    f"threads={torch.get_num_threads()} param_mib={param_mib:.0f} optim={OPTIM} dtype={DTYPE} "
+    f"peak_reset={peak_reset} "
     f"generation_seconds={generation['seconds']:.2f} generation_peak_rss_mib={generation['peak']:.0f}"
 )
 for i, s in enumerate(meter.steps, 1):

@@ -2,7 +2,8 @@
 //! SIGTERM, continues with `--resume auto` to the same final weights and the same per-step
 //! metrics as an uninterrupted run with the same seed. The runs evaluate every 3 steps (not a
 //! multiple of the checkpoint interval): evaluation must not disturb the training state, and
-//! the resumed run logs the same evaluations, once each.
+//! the resumed run logs the same evaluations, once each. The same holds for bf16-mixed runs and
+//! for 8-bit AdamW moments.
 
 use std::path::Path;
 use std::process::{Child, Command};
@@ -152,6 +153,42 @@ fn a_bf16_mixed_run_resumes_to_the_same_state() {
     wait_for_checkpoint(&mut child, terminated.path());
     terminate_cleanly(child);
     let resume: Vec<&str> = bf16.iter().copied().chain(["--resume", "auto"]).collect();
+    run(terminated.path(), &resume);
+    assert_same_run(reference.path(), terminated.path());
+}
+
+/// 8-bit AdamW moments (`learner.optim.optim = "adamw_8bit"`): the checkpoint holds their
+/// codes and block maxima, and a run stopped with SIGTERM resumes to the weights and metrics
+/// of an uninterrupted one.
+#[test]
+fn an_8bit_adamw_run_resumes_to_the_same_state() {
+    let adamw_8bit = ["--set", "learner.optim.optim=adamw_8bit"];
+    let reference = tempfile::tempdir().unwrap();
+    run(reference.path(), &adamw_8bit);
+    let optimizer = reference
+        .path()
+        .join("checkpoints/step-00000010/optimizer.safetensors");
+    let saved = Tensor::read_safetensors(optimizer).unwrap();
+    let coded = |suffix: &str, kind| {
+        saved
+            .iter()
+            .filter(|(n, t)| n.ends_with(suffix) && t.kind() == kind)
+            .count()
+    };
+    assert!(coded(".exp_avg.codes", tch::Kind::Uint8) > 0);
+    assert_eq!(
+        coded(".exp_avg.codes", tch::Kind::Uint8),
+        coded(".exp_avg_sq.absmax", tch::Kind::Float)
+    );
+    let terminated = tempfile::tempdir().unwrap();
+    let mut child = train(terminated.path(), &adamw_8bit).spawn().unwrap();
+    wait_for_checkpoint(&mut child, terminated.path());
+    terminate_cleanly(child);
+    let resume: Vec<&str> = adamw_8bit
+        .iter()
+        .copied()
+        .chain(["--resume", "auto"])
+        .collect();
     run(terminated.path(), &resume);
     assert_same_run(reference.path(), terminated.path());
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use oxrl::learner::optim::{AdamW, OptimConfig, Optimizer};
-use oxrl::learner::quant8::{dynamic_map, Quantized};
+use oxrl::learner::quant8::{dynamic_map, Codebook, Quantized};
 use tch::{Device, Kind, Tensor};
 
 fn golden() -> HashMap<String, Tensor> {
@@ -88,7 +88,7 @@ fn maps_and_codes_equal_bitsandbytes() {
     assert_eq!(max_diff(&dynamic_map(false), &g["qmap_unsigned"]), 0.0);
     let x = &g["quantize_x"];
     let n = x.size()[0];
-    let mut q = Quantized::zeros(n, &dynamic_map(true), Device::Cpu);
+    let mut q = Quantized::zeros(n, &Codebook::dynamic(true, Device::Cpu));
     q.write(0, x);
     let (codes, absmax) = q.parts();
     assert!(absmax.equal(&g["quantize_absmax"]), "block maxima differ");
@@ -156,7 +156,7 @@ fn bnb_checkpoint(g: &HashMap<String, Tensor>, k: usize, path: &std::path::Path)
 fn code_distance(ours: &Tensor, theirs: &Tensor, absmax: &Tensor, signed: bool) -> (f64, f64) {
     let n = ours.numel() as i64;
     let decode = |codes: &Tensor| {
-        let mut q = Quantized::zeros(n, &dynamic_map(signed), Device::Cpu);
+        let mut q = Quantized::zeros(n, &Codebook::dynamic(signed, Device::Cpu));
         q.set_parts(codes, absmax).unwrap();
         q.read(0, n)
             / absmax
@@ -276,7 +276,10 @@ fn a_resumed_8bit_optimizer_continues_exactly_and_converts_f32_checkpoints() {
     let (f8, f32_) = (entries(&ckpt8), entries(&ckpt32));
     for (key, signed) in [("exp_avg", true), ("exp_avg_sq", false)] {
         let codes = &f8[&format!("layer.weight.{key}.codes")];
-        let mut q = Quantized::zeros(codes.numel() as i64, &dynamic_map(signed), Device::Cpu);
+        let mut q = Quantized::zeros(
+            codes.numel() as i64,
+            &Codebook::dynamic(signed, Device::Cpu),
+        );
         q.set_parts(codes, &f8[&format!("layer.weight.{key}.absmax")])
             .unwrap();
         let values = f32_[&format!("layer.weight.{key}")].view([-1]);

@@ -15,6 +15,7 @@ use tch::nn::VarStore;
 
 use crate::device::{parse_device, parse_kind};
 use crate::learner::metrics as m;
+use crate::learner::optim::{OptimConfig, Optimizer};
 use crate::learner::{AlgorithmKind, Learner, LearnerConfig};
 use crate::model::{Llama, ModelConfig};
 use crate::sample::{FinishReason, Sample};
@@ -52,6 +53,9 @@ pub(super) struct UpdateArgs {
     /// `[learner] max_tokens_per_micro_batch`.
     #[arg(long)]
     max_tokens_per_micro_batch: Option<usize>,
+    /// `[learner.optim] optim`: adamw_torch (f32 moments) or adamw_8bit.
+    #[arg(long, default_value = "adamw_torch", value_parser = parse_optimizer)]
+    optim: Optimizer,
     /// libtorch intra-op threads (default: libtorch's choice).
     #[arg(long)]
     threads: Option<i32>,
@@ -83,18 +87,24 @@ pub(super) fn update(args: UpdateArgs) -> anyhow::Result<()> {
     }
     let (vs, model) = random_qwen2(&args)?;
     let param_mib = param_bytes(&vs) / MIB;
+    // What building the model freed (an f32 draw cast to bf16) is not part of the baseline.
+    release_free_memory();
     let baseline = status_mib("VmRSS");
     let cfg = LearnerConfig {
         algorithm: AlgorithmKind::Grpo,
         gradient_checkpointing: args.gradient_checkpointing,
         logprob_chunk_tokens: args.logprob_chunk_tokens,
         max_tokens_per_micro_batch: args.max_tokens_per_micro_batch,
+        optim: OptimConfig {
+            optim: args.optim,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let mut learner = Learner::new(vs, model, cfg)?;
     let opt = |v: Option<usize>| v.map_or("none".to_string(), |v| v.to_string());
     println!(
-        "threads={} group={} prompt_tokens={} completion_tokens={} gradient_checkpointing={} logprob_chunk_tokens={} max_tokens_per_micro_batch={} param_mib={param_mib:.0} learner_rss_mib={:.0}",
+        "threads={} group={} prompt_tokens={} completion_tokens={} gradient_checkpointing={} logprob_chunk_tokens={} max_tokens_per_micro_batch={} optim={:?} dtype={} param_mib={param_mib:.0} learner_rss_mib={:.0}",
         tch::get_num_threads(),
         args.group,
         args.prompt_tokens,
@@ -102,6 +112,8 @@ pub(super) fn update(args: UpdateArgs) -> anyhow::Result<()> {
         args.gradient_checkpointing,
         opt(args.logprob_chunk_tokens),
         opt(args.max_tokens_per_micro_batch),
+        args.optim,
+        args.dtype,
         status_mib("VmRSS"),
     );
     let mut samples = group_samples(&args);
@@ -117,6 +129,11 @@ pub(super) fn update(args: UpdateArgs) -> anyhow::Result<()> {
         last.seconds, last.cpu_seconds, last.peak
     );
     Ok(())
+}
+
+/// An `optim` name as the config takes it.
+fn parse_optimizer(name: &str) -> Result<Optimizer, String> {
+    serde_json::from_value(serde_json::Value::String(name.into())).map_err(|e| e.to_string())
 }
 
 /// One update's measurements.

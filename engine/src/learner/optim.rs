@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::precision::is_half;
-use super::quant8::{dynamic_map, Quantized, BLOCK};
+use super::quant8::{Codebook, Quantized, BLOCK};
 use crate::error::{Error, Result};
 
 /// Learning-rate schedule after warmup (HF `lr_scheduler_type`).
@@ -145,12 +145,18 @@ enum Moments {
 impl Param {
     /// State for `tensor`: zero moments and, with `master`, an f32 copy when `tensor` is
     /// bf16/f16 (f32 and f64 parameters are their own master).
-    fn new(name: &str, tensor: Tensor, master: bool, optim: Optimizer) -> Self {
+    fn new(
+        name: &str,
+        tensor: Tensor,
+        master: bool,
+        optim: Optimizer,
+        books: &mut Codebooks,
+    ) -> Self {
         let master = (master && is_half(tensor.kind()))
             .then(|| tch::no_grad(|| tensor.detach().to_kind(Kind::Float)));
         Self {
             decay: decays(name),
-            moments: Moments::new(&tensor, optim),
+            moments: Moments::new(&tensor, optim, books),
             master,
             tensor,
         }
@@ -224,17 +230,17 @@ fn adamw(
 impl Moments {
     /// Zero moments for `tensor`: 8-bit under `adamw_8bit` for f32/bf16/f16 parameters of at
     /// least [`MIN_8BIT_SIZE`] values, in f32 (f64 for f64 parameters) otherwise.
-    fn new(tensor: &Tensor, optim: Optimizer) -> Self {
+    fn new(tensor: &Tensor, optim: Optimizer, books: &mut Codebooks) -> Self {
         let n = tensor.numel() as i64;
         let kind = match tensor.kind() {
             Kind::Double => Kind::Double,
             _ => Kind::Float,
         };
         if optim == Optimizer::Adamw8bit && kind == Kind::Float && n >= MIN_8BIT_SIZE {
-            let device = tensor.device();
+            let [first, second] = books.on(tensor.device());
             return Moments::Blockwise {
-                exp_avg: Quantized::zeros(n, &dynamic_map(true), device),
-                exp_avg_sq: Quantized::zeros(n, &dynamic_map(false), device),
+                exp_avg: Quantized::zeros(n, first),
+                exp_avg_sq: Quantized::zeros(n, second),
             };
         }
         Moments::Full {
@@ -280,6 +286,24 @@ impl Moments {
     }
 }
 
+/// The codebooks of the first and second moments per device, built once for all parameters.
+#[derive(Default)]
+struct Codebooks(Vec<(tch::Device, [Codebook; 2])>);
+
+impl Codebooks {
+    fn on(&mut self, device: tch::Device) -> &[Codebook; 2] {
+        let at = match self.0.iter().position(|(d, _)| *d == device) {
+            Some(at) => at,
+            None => {
+                let books = [true, false].map(|signed| Codebook::dynamic(signed, device));
+                self.0.push((device, books));
+                self.0.len() - 1
+            }
+        };
+        &self.0[at].1
+    }
+}
+
 /// One moment of one parameter as a checkpoint holds it.
 enum Stored<'a> {
     Full(&'a Tensor),
@@ -321,7 +345,7 @@ impl<'a> Stored<'a> {
     }
 
     /// Its values as `like`'s f32 (or f64) moment, decoding 8-bit codes.
-    fn values(&self, like: &Tensor) -> Tensor {
+    fn values(&self, like: &Tensor, books: &mut Codebooks) -> Tensor {
         let t = match self {
             Stored::Full(t) => t.shallow_clone(),
             Stored::Codes {
@@ -330,7 +354,7 @@ impl<'a> Stored<'a> {
                 signed,
             } => {
                 let n = codes.numel() as i64;
-                let mut q = Quantized::zeros(n, &dynamic_map(*signed), tch::Device::Cpu);
+                let mut q = Quantized::zeros(n, &books.on(tch::Device::Cpu)[usize::from(!signed)]);
                 q.set_parts(&codes.view([-1]), &absmax.view([-1]));
                 q.read(0, n)
             }
@@ -344,14 +368,14 @@ impl<'a> Stored<'a> {
 impl Moments {
     /// Overwrites both moments with checked stored ones (`param`: the parameter they belong
     /// to), converting between 8-bit and full storage where the file has the other one.
-    fn restore(&mut self, m: Stored, v: Stored, param: &Tensor) {
+    fn restore(&mut self, m: Stored, v: Stored, param: &Tensor, books: &mut Codebooks) {
         match self {
             Moments::Full {
                 exp_avg,
                 exp_avg_sq,
             } => {
-                exp_avg.copy_(&m.values(exp_avg));
-                exp_avg_sq.copy_(&v.values(exp_avg_sq));
+                exp_avg.copy_(&m.values(exp_avg, books));
+                exp_avg_sq.copy_(&v.values(exp_avg_sq, books));
             }
             Moments::Blockwise {
                 exp_avg,
@@ -442,10 +466,11 @@ impl AdamW {
     /// Tracks `params`, with f32 masters for the bf16/f16 ones when `master` is set, storing
     /// the moments as `optim` says.
     pub fn build(params: Vec<(String, Tensor)>, master: bool, optim: Optimizer) -> Self {
+        let mut books = Codebooks::default();
         let mut params: Vec<(String, Param)> = params
             .into_iter()
             .map(|(name, tensor)| {
-                let p = Param::new(&name, tensor, master, optim);
+                let p = Param::new(&name, tensor, master, optim, &mut books);
                 (name, p)
             })
             .collect();
@@ -560,9 +585,10 @@ impl AdamW {
             };
             found.push((moment("exp_avg")?, moment("exp_avg_sq")?, master));
         }
+        let mut books = Codebooks::default();
         tch::no_grad(|| {
             for ((_, p), (m, v, master)) in self.params.iter_mut().zip(found) {
-                p.moments.restore(m, v, &p.tensor);
+                p.moments.restore(m, v, &p.tensor, &mut books);
                 if let Some(own) = &mut p.master {
                     own.copy_(master.unwrap_or(&p.tensor));
                 }
@@ -702,7 +728,7 @@ mod tests {
         let Moments::Blockwise { exp_avg, .. } = &opt.params[0].1.moments else {
             panic!("a parameter of {n} values keeps 8-bit moments")
         };
-        let mut whole = Quantized::zeros(n, &dynamic_map(true), tch::Device::Cpu);
+        let mut whole = Quantized::zeros(n, &Codebook::dynamic(true, tch::Device::Cpu));
         let mut m = g.zeros_like();
         let _ = m.lerp_(&g, 1.0 - cfg.adam_beta1);
         whole.write(0, &m);

@@ -34,34 +34,111 @@ pub fn dynamic_map(signed: bool) -> Tensor {
     Tensor::cat(&parts, 0).sort(0, false).0
 }
 
+/// A map and its code table, on one device; cheap to clone (the tensors are shared), so every
+/// parameter's moments use one copy.
+pub struct Codebook {
+    /// The 256 values a code stands for (before the block's scale), sorted.
+    map: Tensor,
+    /// Per table cell (the top [`CELL_BITS`] bits of an f32): how many of the map's bounds (the
+    /// midpoints between neighbouring entries) lie below the cell, as i32.
+    below: Tensor,
+    /// Per cell: the one bound inside it, or +inf.
+    bound: Tensor,
+    /// The map has no negative entries (a second moment's): positive values are never coded
+    /// as 0 (see [`Quantized::write`]).
+    unsigned: bool,
+}
+
+/// The bits of an f32 that name its table cell: sign, exponent and 8 mantissa bits, so a
+/// cell's values lie within 0.4% of each other, while the map's closest bounds (near 1 in the
+/// unsigned map) are 0.7% apart: no cell holds two bounds.
+const CELL_BITS: u32 = 17;
+
+impl Codebook {
+    /// The [`dynamic_map`] (signed: a first moment's; unsigned: a second moment's) and its
+    /// table on `device`.
+    pub fn dynamic(signed: bool, device: Device) -> Self {
+        Self::new(&dynamic_map(signed), device)
+    }
+
+    /// The code table of `map` (a [`dynamic_map`]) on `device`.
+    pub fn new(map: &Tensor, device: Device) -> Self {
+        let bounds = Vec::<f32>::try_from((map.narrow(0, 0, 255) + map.narrow(0, 1, 255)) / 2.0)
+            .expect("a 1-d f32 map");
+        let cells = 1usize << CELL_BITS;
+        let (mut below, mut bound) = (vec![0i32; cells], vec![f32::INFINITY; cells]);
+        let shift = 32 - CELL_BITS;
+        for cell in 0..cells {
+            // The cell's first and last bit patterns: its ends (in either order: sign bit).
+            let first = (cell as u32) << shift;
+            let (a, b) = (
+                f32::from_bits(first),
+                f32::from_bits(first | ((1 << shift) - 1)),
+            );
+            if !(a.is_finite() && b.is_finite()) {
+                continue;
+            }
+            let (lo, hi) = (a.min(b), a.max(b));
+            let n = bounds.partition_point(|&x| x < lo);
+            let inside = bounds[n..].iter().take_while(|&&x| x <= hi).count();
+            assert!(inside <= 1, "cell {cell} holds {inside} bounds");
+            below[cell] = n as i32;
+            if inside == 1 {
+                bound[cell] = bounds[n];
+            }
+        }
+        Self {
+            map: map.to_device(device),
+            below: Tensor::from_slice(&below).to_device(device),
+            bound: Tensor::from_slice(&bound).to_device(device),
+            unsigned: map.double_value(&[0]) >= 0.0,
+        }
+    }
+
+    /// The index of the nearest map entry for each value of `scaled` (f32 in [-1, 1]), as
+    /// i32; on a tie the lower one. Equals `scaled.bucketize(bounds)` (the count of bounds
+    /// below each value), found by table in a few branch-free passes rather than a binary
+    /// search per value.
+    pub fn nearest(&self, scaled: &Tensor) -> Tensor {
+        let shift = i64::from(32 - CELL_BITS);
+        let cell = scaled
+            .view_dtype(Kind::Int)
+            .bitwise_right_shift_tensor_scalar(shift)
+            .bitwise_and((1i64 << CELL_BITS) - 1);
+        let above = scaled.gt_tensor(&self.bound.index_select(0, &cell));
+        self.below.index_select(0, &cell) + above
+    }
+
+    /// Another handle on the same tensors.
+    pub fn shallow_clone(&self) -> Self {
+        Self {
+            map: self.map.shallow_clone(),
+            below: self.below.shallow_clone(),
+            bound: self.bound.shallow_clone(),
+            unsigned: self.unsigned,
+        }
+    }
+}
+
 /// A flat f32 tensor stored in 8 bits: one code per value, one absolute maximum per block.
 pub struct Quantized {
     /// `[n]` u8: indices into `map`.
     codes: Tensor,
     /// `[ceil(n / BLOCK)]` f32: each block's absolute maximum.
     absmax: Tensor,
-    /// The 256 values a code stands for (before the block's scale), sorted.
-    map: Tensor,
-    /// `[255]`: midpoints between neighbouring map entries (nearest-entry search).
-    bounds: Tensor,
-    /// The map has no negative entries (a second moment's): positive values are never coded
-    /// as 0 (see [`write`](Self::write)).
-    unsigned: bool,
+    /// What the codes stand for.
+    book: Codebook,
 }
 
 impl Quantized {
-    /// `n` zeros on `device`, coded with `map` (a [`dynamic_map`]).
-    pub fn zeros(n: i64, map: &Tensor, device: Device) -> Self {
-        let map = map.to_device(device);
-        let bounds = (map.narrow(0, 0, 255) + map.narrow(0, 1, 255)) / 2.0;
-        let unsigned = map.double_value(&[0]) >= 0.0;
+    /// `n` zeros, coded with `book` (on the device of its tensors).
+    pub fn zeros(n: i64, book: &Codebook) -> Self {
+        let device = book.map.device();
         Self {
             // Any code with a zero scale decodes to 0.
             codes: Tensor::zeros([n], (Kind::Uint8, device)),
             absmax: Tensor::zeros([(n + BLOCK - 1) / BLOCK], (Kind::Float, device)),
-            map,
-            bounds,
-            unsigned,
+            book: book.shallow_clone(),
         }
     }
 
@@ -77,7 +154,7 @@ impl Quantized {
             .block_scales(start, len)
             .repeat_interleave_self_int(BLOCK, 0, None)
             .narrow(0, 0, len);
-        self.map.take(&codes) * scale
+        self.book.map.take(&codes) * scale
     }
 
     /// Stores `values` (f32, flat) as the values `start ..` (`start` a multiple of
@@ -107,8 +184,8 @@ impl Quantized {
             absmax.push(max);
         }
         let scaled = Tensor::cat(&scaled, 0);
-        let mut codes = scaled.bucketize(&self.bounds, true, false);
-        if self.unsigned {
+        let mut codes = self.book.nearest(&scaled);
+        if self.book.unsigned {
             codes = codes.maximum(&scaled.gt(0.0).to_kind(Kind::Int));
         }
         self.codes.narrow(0, start, len).copy_(&codes);
@@ -162,7 +239,7 @@ mod tests {
             * Tensor::from_slice(&[1e-4f32, 1.0, 30.0, 0.5])
                 .repeat_interleave_self_int(BLOCK, 0, None)
                 .narrow(0, 0, 3 * BLOCK + 40);
-        let mut q = Quantized::zeros(x.size()[0], &dynamic_map(true), Device::Cpu);
+        let mut q = Quantized::zeros(x.size()[0], &Codebook::dynamic(true, Device::Cpu));
         assert_eq!(q.read(0, x.size()[0]).abs().max().double_value(&[]), 0.0);
         q.write(0, &x);
         let back = q.read(0, x.size()[0]);
@@ -203,14 +280,47 @@ mod tests {
     #[test]
     fn an_unsigned_map_never_codes_a_positive_value_as_zero() {
         let x = Tensor::from_slice(&[1.0f32, 1e-9, 0.0, 2e-7]);
-        let mut q = Quantized::zeros(4, &dynamic_map(false), Device::Cpu);
+        let mut q = Quantized::zeros(4, &Codebook::dynamic(false, Device::Cpu));
         q.write(0, &x);
         let back = q.read(0, 4);
         assert!(back.double_value(&[1]) > 0.0 && back.double_value(&[3]) > 0.0);
         assert_eq!(back.double_value(&[2]), 0.0);
         // A signed map (a first moment's) codes to the nearest entry, 0 included.
-        let mut s = Quantized::zeros(4, &dynamic_map(true), Device::Cpu);
+        let mut s = Quantized::zeros(4, &Codebook::dynamic(true, Device::Cpu));
         s.write(0, &x);
         assert_eq!(s.read(0, 4).double_value(&[1]), 0.0);
+    }
+
+    #[test]
+    fn the_code_table_finds_what_a_binary_search_finds() {
+        tch::manual_seed(3);
+        let opts = (Kind::Float, Device::Cpu);
+        for signed in [true, false] {
+            let map = dynamic_map(signed);
+            let bounds = (map.narrow(0, 0, 255) + map.narrow(0, 1, 255)) / 2.0;
+            // Uniform values, magnitudes spread over 12 decades, every bound and its two
+            // neighbouring floats, zeros of both signs and the ends.
+            let spread = Tensor::rand([200_000], opts) * -12.0;
+            let sign = Tensor::rand([200_000], opts).gt(0.5).to_kind(Kind::Float) * 2.0 - 1.0;
+            let up = bounds.nextafter(&Tensor::ones_like(&bounds));
+            let down = bounds.nextafter(&(-Tensor::ones_like(&bounds)));
+            let values = Tensor::cat(
+                &[
+                    Tensor::rand([200_000], opts) * 2.0 - 1.0,
+                    Tensor::from_slice(&[10f32]).pow(&spread) * sign,
+                    bounds.shallow_clone(),
+                    up,
+                    down,
+                    Tensor::from_slice(&[0f32, -0.0, 1.0, -1.0, 1e-38, -1e-38]),
+                ],
+                0,
+            )
+            .clamp(-1.0, 1.0);
+            let book = Codebook::dynamic(signed, Device::Cpu);
+            let table = book.nearest(&values).to_kind(Kind::Int64);
+            let search = values.bucketize(&bounds, false, false);
+            let differ = table.ne_tensor(&search).sum(Kind::Int64).int64_value(&[]);
+            assert_eq!(differ, 0, "signed {signed}: {differ} codes differ");
+        }
     }
 }
