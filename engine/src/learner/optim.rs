@@ -173,25 +173,7 @@ impl Param {
             Moments::Blockwise {
                 exp_avg,
                 exp_avg_sq,
-            } => {
-                let (flat, g) = (weights.view([-1]), g.contiguous().view([-1]));
-                let n = flat.size()[0];
-                for start in (0..n).step_by(CHUNK_8BIT as usize) {
-                    let len = CHUNK_8BIT.min(n - start);
-                    let (mut m, mut v) = (exp_avg.read(start, len), exp_avg_sq.read(start, len));
-                    let mut w = flat.narrow(0, start, len);
-                    adamw(
-                        &mut w,
-                        &mut m,
-                        &mut v,
-                        &g.narrow(0, start, len),
-                        c,
-                        self.decay,
-                    );
-                    exp_avg.write(start, &m);
-                    exp_avg_sq.write(start, &v);
-                }
-            }
+            } => adamw_8bit(weights, exp_avg, exp_avg_sq, g, c, self.decay),
         }
         if let Some(master) = &self.master {
             // Round-to-nearest into the model's dtype: what the next forward sees.
@@ -227,16 +209,40 @@ fn adamw(
     let _ = weights.addcdiv_(exp_avg, &denom);
 }
 
+/// [`adamw`] with 8-bit moments, a chunk of [`CHUNK_8BIT`] values at a time: decoded to f32,
+/// updated, coded again.
+fn adamw_8bit(
+    weights: &mut Tensor,
+    exp_avg: &mut Quantized,
+    exp_avg_sq: &mut Quantized,
+    g: &Tensor,
+    c: &StepConstants,
+    decay: bool,
+) {
+    let (flat, g) = (weights.view([-1]), g.contiguous().view([-1]));
+    let n = flat.size()[0];
+    for start in (0..n).step_by(CHUNK_8BIT as usize) {
+        let len = CHUNK_8BIT.min(n - start);
+        let (mut m, mut v) = (exp_avg.read(start, len), exp_avg_sq.read(start, len));
+        let mut w = flat.narrow(0, start, len);
+        adamw(&mut w, &mut m, &mut v, &g.narrow(0, start, len), c, decay);
+        exp_avg.write(start, &m);
+        exp_avg_sq.write(start, &v);
+    }
+}
+
 impl Moments {
     /// Zero moments for `tensor`: 8-bit under `adamw_8bit` for f32/bf16/f16 parameters of at
-    /// least [`MIN_8BIT_SIZE`] values, in f32 (f64 for f64 parameters) otherwise.
+    /// least [`MIN_8BIT_SIZE`] values (contiguous: they are updated as flat views), in f32 (f64
+    /// for f64 parameters) otherwise.
     fn new(tensor: &Tensor, optim: Optimizer, books: &mut Codebooks) -> Self {
         let n = tensor.numel() as i64;
         let kind = match tensor.kind() {
             Kind::Double => Kind::Double,
             _ => Kind::Float,
         };
-        if optim == Optimizer::Adamw8bit && kind == Kind::Float && n >= MIN_8BIT_SIZE {
+        let coded = kind == Kind::Float && n >= MIN_8BIT_SIZE && tensor.is_contiguous();
+        if optim == Optimizer::Adamw8bit && coded {
             let [first, second] = books.on(tensor.device());
             return Moments::Blockwise {
                 exp_avg: Quantized::zeros(n, first),
