@@ -128,6 +128,27 @@ fn killed_and_terminated_runs_resume_to_the_same_state() {
     assert_same_run(reference.path(), terminated.path());
 }
 
+/// Runs with `extra` uninterrupted, and stopped with SIGTERM after its first checkpoint and
+/// resumed: both end in the same state. Returns the uninterrupted run's directory.
+fn terminated_run_resumes_to_the_same_state(extra: &[&str]) -> tempfile::TempDir {
+    let reference = tempfile::tempdir().unwrap();
+    run(reference.path(), extra);
+    let terminated = tempfile::tempdir().unwrap();
+    let mut child = train(terminated.path(), extra).spawn().unwrap();
+    wait_for_checkpoint(&mut child, terminated.path());
+    terminate_cleanly(child);
+    let resume: Vec<&str> = extra.iter().copied().chain(["--resume", "auto"]).collect();
+    run(terminated.path(), &resume);
+    assert_same_run(reference.path(), terminated.path());
+    reference
+}
+
+/// The optimizer state the run in `dir` saved at its last step.
+fn last_optimizer_state(dir: &Path) -> Vec<(String, Tensor)> {
+    let path = dir.join("checkpoints/step-00000010/optimizer.safetensors");
+    Tensor::read_safetensors(path).unwrap()
+}
+
 /// bf16 with f32 master weights: the masters are checkpointed with the moments, so a run
 /// stopped with SIGTERM resumes to the bf16 weights and metrics of an uninterrupted one (the
 /// smoke run's lr of 1e-3 leaves sub-ulp residues in the masters that the bf16 weights lack).
@@ -139,22 +160,11 @@ fn a_bf16_mixed_run_resumes_to_the_same_state() {
         "--set",
         "learner.precision=bf16-mixed",
     ];
-    let reference = tempfile::tempdir().unwrap();
-    run(reference.path(), &bf16);
-    let optimizer = reference
-        .path()
-        .join("checkpoints/step-00000010/optimizer.safetensors");
-    let saved = Tensor::read_safetensors(optimizer).unwrap();
+    let reference = terminated_run_resumes_to_the_same_state(&bf16);
+    let saved = last_optimizer_state(reference.path());
     assert!(saved
         .iter()
         .any(|(n, t)| n.ends_with(".master") && t.kind() == tch::Kind::Float));
-    let terminated = tempfile::tempdir().unwrap();
-    let mut child = train(terminated.path(), &bf16).spawn().unwrap();
-    wait_for_checkpoint(&mut child, terminated.path());
-    terminate_cleanly(child);
-    let resume: Vec<&str> = bf16.iter().copied().chain(["--resume", "auto"]).collect();
-    run(terminated.path(), &resume);
-    assert_same_run(reference.path(), terminated.path());
 }
 
 /// 8-bit AdamW moments (`learner.optim.optim = "adamw_8bit"`): the checkpoint holds their
@@ -162,13 +172,9 @@ fn a_bf16_mixed_run_resumes_to_the_same_state() {
 /// of an uninterrupted one.
 #[test]
 fn an_8bit_adamw_run_resumes_to_the_same_state() {
-    let adamw_8bit = ["--set", "learner.optim.optim=adamw_8bit"];
-    let reference = tempfile::tempdir().unwrap();
-    run(reference.path(), &adamw_8bit);
-    let optimizer = reference
-        .path()
-        .join("checkpoints/step-00000010/optimizer.safetensors");
-    let saved = Tensor::read_safetensors(optimizer).unwrap();
+    let reference =
+        terminated_run_resumes_to_the_same_state(&["--set", "learner.optim.optim=adamw_8bit"]);
+    let saved = last_optimizer_state(reference.path());
     let coded = |suffix: &str, kind| {
         saved
             .iter()
@@ -180,17 +186,6 @@ fn an_8bit_adamw_run_resumes_to_the_same_state() {
         coded(".exp_avg.codes", tch::Kind::Uint8),
         coded(".exp_avg_sq.absmax", tch::Kind::Float)
     );
-    let terminated = tempfile::tempdir().unwrap();
-    let mut child = train(terminated.path(), &adamw_8bit).spawn().unwrap();
-    wait_for_checkpoint(&mut child, terminated.path());
-    terminate_cleanly(child);
-    let resume: Vec<&str> = adamw_8bit
-        .iter()
-        .copied()
-        .chain(["--resume", "auto"])
-        .collect();
-    run(terminated.path(), &resume);
-    assert_same_run(reference.path(), terminated.path());
 }
 
 #[test]

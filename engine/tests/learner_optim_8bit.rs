@@ -10,14 +10,10 @@ use oxrl::learner::quant8::{dynamic_map, Codebook, Quantized};
 use tch::{Device, Kind, Tensor};
 
 fn golden() -> HashMap<String, Tensor> {
-    let path = concat!(
+    entries(std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/learner/adamw_8bit.safetensors"
-    );
-    Tensor::read_safetensors(path)
-        .unwrap()
-        .into_iter()
-        .collect()
+    )))
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -43,8 +39,13 @@ fn config(g: &HashMap<String, Tensor>, optim: Optimizer) -> OptimConfig {
 
 /// The fixture's weight (decayed) and norm (not decayed) as leaves, and an optimizer on them.
 fn start(g: &HashMap<String, Tensor>, optim: Optimizer) -> (Tensor, Tensor, AdamW) {
-    let w = g["weight0"].copy().set_requires_grad(true);
-    let n = g["norm0"].copy().set_requires_grad(true);
+    start_from(&g["weight0"], &g["norm0"], optim)
+}
+
+/// As [`start`], from the weight and norm values `w0`, `n0`.
+fn start_from(w0: &Tensor, n0: &Tensor, optim: Optimizer) -> (Tensor, Tensor, AdamW) {
+    let w = w0.copy().set_requires_grad(true);
+    let n = n0.copy().set_requires_grad(true);
     let params = vec![
         ("layer.weight".to_string(), w.shallow_clone()),
         ("model.norm.weight".to_string(), n.shallow_clone()),
@@ -155,10 +156,11 @@ fn bnb_checkpoint(g: &HashMap<String, Tensor>, k: usize, path: &std::path::Path)
 /// entries near 0 (1e-4 of the block maximum).
 fn code_distance(ours: &Tensor, theirs: &Tensor, absmax: &Tensor, signed: bool) -> (f64, f64) {
     let n = ours.numel() as i64;
+    let book = Codebook::dynamic(signed, Device::Cpu);
     let decode = |codes: &Tensor| {
-        let mut q = Quantized::zeros(n, &Codebook::dynamic(signed, Device::Cpu));
-        q.set_parts(codes, absmax).unwrap();
-        q.read(0, n)
+        Quantized::from_parts(codes, absmax, &book)
+            .unwrap()
+            .read(0, n)
             / absmax
                 .clamp_min(1e-38)
                 .repeat_interleave_self_int(256, 0, None)
@@ -181,12 +183,12 @@ fn each_step_from_bitsandbytes_state_equals_its_next_step() {
     let ckpt = dir.path().join("bnb.safetensors");
     for k in 0..steps(&g) {
         // Start from bitsandbytes' weights and state after k steps (zeros at k = 0).
-        let (w, n, mut opt) = start(&g, Optimizer::Adamw8bit);
+        let (w, n, mut opt) = start_from(
+            &g[&format!("weight{k}")],
+            &g[&format!("norm{k}")],
+            Optimizer::Adamw8bit,
+        );
         if k > 0 {
-            tch::no_grad(|| {
-                w.detach().copy_(&g[&format!("weight{k}")]);
-                n.detach().copy_(&g[&format!("norm{k}")]);
-            });
             bnb_checkpoint(&g, k, &ckpt);
             opt.load(&ckpt).unwrap();
         }
@@ -258,11 +260,7 @@ fn a_resumed_8bit_optimizer_continues_exactly_and_converts_f32_checkpoints() {
     run(&g, &w, &n, &mut opt, &cfg8, 2..total);
 
     // Resume from step 2 in a fresh optimizer: the same weights at the end, bit for bit.
-    let (w2, n2, mut resumed) = start(&g, Optimizer::Adamw8bit);
-    tch::no_grad(|| {
-        w2.detach().copy_(&w_at2);
-        n2.detach().copy_(&n_at2);
-    });
+    let (w2, n2, mut resumed) = start_from(&w_at2, &n_at2, Optimizer::Adamw8bit);
     resumed.load(&ckpt8).unwrap();
     assert_eq!(resumed.steps(), 2);
     run(&g, &w2, &n2, &mut resumed, &cfg8, 2..total);
@@ -276,12 +274,9 @@ fn a_resumed_8bit_optimizer_continues_exactly_and_converts_f32_checkpoints() {
     let (f8, f32_) = (entries(&ckpt8), entries(&ckpt32));
     for (key, signed) in [("exp_avg", true), ("exp_avg_sq", false)] {
         let codes = &f8[&format!("layer.weight.{key}.codes")];
-        let mut q = Quantized::zeros(
-            codes.numel() as i64,
-            &Codebook::dynamic(signed, Device::Cpu),
-        );
-        q.set_parts(codes, &f8[&format!("layer.weight.{key}.absmax")])
-            .unwrap();
+        let absmax = &f8[&format!("layer.weight.{key}.absmax")];
+        let q =
+            Quantized::from_parts(codes, absmax, &Codebook::dynamic(signed, Device::Cpu)).unwrap();
         let values = f32_[&format!("layer.weight.{key}")].view([-1]);
         assert!(
             values.equal(&q.read(0, codes.numel() as i64)),
@@ -293,11 +288,7 @@ fn a_resumed_8bit_optimizer_continues_exactly_and_converts_f32_checkpoints() {
     // And an f32 checkpoint resumes an 8-bit run: the moments are coded again (a block whose
     // largest value is negative codes it as -0.993, so its scale shifts by 0.7% once), and the
     // run continues within a small part of the uninterrupted run's movement.
-    let (w4, n4, mut quantized) = start(&g, Optimizer::Adamw8bit);
-    tch::no_grad(|| {
-        w4.detach().copy_(&w_at2);
-        n4.detach().copy_(&n_at2);
-    });
+    let (w4, n4, mut quantized) = start_from(&w_at2, &n_at2, Optimizer::Adamw8bit);
     quantized.load(&ckpt32).unwrap();
     run(&g, &w4, &n4, &mut quantized, &cfg8, 2..total);
     let moved = (&w - &w_at2).norm().double_value(&[]);

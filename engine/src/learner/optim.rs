@@ -360,9 +360,10 @@ impl<'a> Stored<'a> {
                 signed,
             } => {
                 let n = codes.numel() as i64;
-                let mut q = Quantized::zeros(n, &books.on(tch::Device::Cpu)[usize::from(!signed)]);
-                q.set_parts(&codes.view([-1]), &absmax.view([-1]));
-                q.read(0, n)
+                let book = &books.on(tch::Device::Cpu)[usize::from(!signed)];
+                Quantized::from_parts(codes, absmax, book)
+                    .expect("checked by `check`")
+                    .read(0, n)
             }
         };
         t.to_kind(like.kind())
@@ -716,6 +717,17 @@ mod tests {
         opt.step(cfg.lr, cfg);
     }
 
+    /// An 8-bit AdamW on the one parameter `w`, and its config (lr 1e-3).
+    fn adamw_8bit_on(w: &Tensor) -> (AdamW, OptimConfig) {
+        let cfg = OptimConfig {
+            optim: Optimizer::Adamw8bit,
+            lr: 1e-3,
+            ..Default::default()
+        };
+        let opt = AdamW::build(vec![("w".into(), w.shallow_clone())], false, cfg.optim);
+        (opt, cfg)
+    }
+
     #[test]
     fn chunked_8bit_updates_code_each_block_as_one_piece_would() {
         // Two chunks and a partial block: the first step from zero moments stores
@@ -724,12 +736,7 @@ mod tests {
         tch::manual_seed(1);
         let w = leaf(Tensor::randn([n], (Kind::Float, tch::Device::Cpu)));
         let g = Tensor::randn([n], (Kind::Float, tch::Device::Cpu));
-        let cfg = OptimConfig {
-            optim: Optimizer::Adamw8bit,
-            lr: 1e-3,
-            ..Default::default()
-        };
-        let mut opt = AdamW::build(vec![("w".into(), w.shallow_clone())], false, cfg.optim);
+        let (mut opt, cfg) = adamw_8bit_on(&w);
         step_with(&mut opt, &w, &g, &cfg);
         let Moments::Blockwise { exp_avg, .. } = &opt.params[0].1.moments else {
             panic!("a parameter of {n} values keeps 8-bit moments")
@@ -751,12 +758,7 @@ mod tests {
         let w = leaf(Tensor::zeros([n], (Kind::Float, tch::Device::Cpu)));
         let g = Tensor::ones([n], (Kind::Float, tch::Device::Cpu));
         let _ = g.narrow(0, 5, 1).fill_(1e-6);
-        let cfg = OptimConfig {
-            optim: Optimizer::Adamw8bit,
-            lr: 1e-3,
-            ..Default::default()
-        };
-        let mut opt = AdamW::build(vec![("w".into(), w.shallow_clone())], false, cfg.optim);
+        let (mut opt, cfg) = adamw_8bit_on(&w);
         step_with(&mut opt, &w, &g, &cfg);
         let before = w.double_value(&[5]);
         step_with(&mut opt, &w, &g.zeros_like(), &cfg);

@@ -200,6 +200,14 @@ impl Quantized {
         (&self.codes, &self.absmax)
     }
 
+    /// Values stored as `codes` and `absmax` (what [`parts`](Self::parts) returned), coded with
+    /// `book`; `None` when their sizes do not fit each other.
+    pub fn from_parts(codes: &Tensor, absmax: &Tensor, book: &Codebook) -> Option<Self> {
+        let mut q = Self::zeros(codes.numel() as i64, book);
+        q.set_parts(&codes.view([-1]), &absmax.view([-1]))?;
+        Some(q)
+    }
+
     /// Restores what [`parts`](Self::parts) returned; `None` when the shapes differ.
     pub fn set_parts(&mut self, codes: &Tensor, absmax: &Tensor) -> Option<()> {
         if codes.size() != self.codes.size() || absmax.size() != self.absmax.size() {
