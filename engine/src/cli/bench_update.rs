@@ -73,7 +73,8 @@ pub(super) struct UpdateArgs {
     #[arg(long, default_value_t = 2)]
     updates: usize,
     /// Also sample the RSS every this many milliseconds during the update and print the
-    /// samples (`rss_trace=seconds:MiB ...`), to see which phase holds the peak.
+    /// samples (`rss_trace=seconds:RSS/live ...`, MiB; live is what malloc has handed out), to
+    /// see which phase holds the peak and how much of it is memory malloc keeps.
     #[arg(long)]
     rss_trace_ms: Option<u64>,
 }
@@ -321,10 +322,24 @@ fn release_free_memory() {
     }
 }
 
-/// VmRSS sampled on a thread until [`finish`](Self::finish).
+/// What malloc has handed out and not had back (`mallinfo2`: arena chunks in use plus mmapped
+/// blocks) in MiB: the live part of the RSS, the rest being code and memory malloc keeps.
+/// NaN outside glibc.
+fn malloc_live_mib() -> f64 {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads malloc's counters.
+        let info = unsafe { libc::mallinfo2() };
+        (info.uordblks + info.hblkhd) as f64 / MIB
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    f64::NAN
+}
+
+/// VmRSS and malloc's live bytes sampled on a thread until [`finish`](Self::finish).
 struct RssTrace {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<(f64, f64)>>,
+    thread: std::thread::JoinHandle<Vec<(f64, f64, f64)>>,
 }
 
 impl RssTrace {
@@ -334,7 +349,8 @@ impl RssTrace {
         let thread = std::thread::spawn(move || {
             let (start, mut samples) = (Instant::now(), Vec::new());
             while !flag.load(Ordering::Relaxed) {
-                samples.push((start.elapsed().as_secs_f64(), status_mib("VmRSS")));
+                let now = start.elapsed().as_secs_f64();
+                samples.push((now, status_mib("VmRSS"), malloc_live_mib()));
                 std::thread::sleep(std::time::Duration::from_millis(every_ms.max(1)));
             }
             samples
@@ -342,13 +358,13 @@ impl RssTrace {
         Self { stop, thread }
     }
 
-    /// The samples as `seconds:MiB` words.
+    /// The samples as `seconds:RSS/live` words (MiB).
     fn finish(self) -> String {
         self.stop.store(true, Ordering::Relaxed);
         let samples = self.thread.join().unwrap_or_default(); // a panicked sampler: no trace
         let words: Vec<String> = samples
             .iter()
-            .map(|(t, mib)| format!("{t:.1}:{mib:.0}"))
+            .map(|(t, mib, live)| format!("{t:.1}:{mib:.0}/{live:.0}"))
             .collect();
         words.join(" ")
     }

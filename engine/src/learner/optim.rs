@@ -162,18 +162,22 @@ impl Param {
         }
     }
 
-    /// One AdamW update with the (upcast, clipped) gradient `g`, in the moments' dtype.
-    fn update(&mut self, g: &Tensor, c: &StepConstants) {
+    /// One AdamW update with the gradient `g` times the clipping `scale`, taken in the
+    /// moments' dtype (8-bit moments: f32, one chunk at a time).
+    fn update(&mut self, g: &Tensor, scale: f64, c: &StepConstants) {
         let weights = self.master.as_mut().unwrap_or(&mut self.tensor);
         match &mut self.moments {
             Moments::Full {
                 exp_avg,
                 exp_avg_sq,
-            } => adamw(weights, exp_avg, exp_avg_sq, g, c, self.decay),
+            } => {
+                let g = upcast(g, exp_avg.kind(), scale);
+                adamw(weights, exp_avg, exp_avg_sq, &g, c, self.decay)
+            }
             Moments::Blockwise {
                 exp_avg,
                 exp_avg_sq,
-            } => adamw_8bit(weights, exp_avg, exp_avg_sq, g, c, self.decay),
+            } => adamw_8bit(weights, exp_avg, exp_avg_sq, g, scale, c, self.decay),
         }
         if let Some(master) = &self.master {
             // Round-to-nearest into the model's dtype: what the next forward sees.
@@ -209,13 +213,15 @@ fn adamw(
     let _ = weights.addcdiv_(exp_avg, &denom);
 }
 
-/// [`adamw`] with 8-bit moments, a chunk of [`CHUNK_8BIT`] values at a time: decoded to f32,
-/// updated, coded again.
+/// [`adamw`] with 8-bit moments, a chunk of [`CHUNK_8BIT`] values at a time: the gradient
+/// upcast and scaled, the moments decoded to f32, updated, coded again. No temporary is larger
+/// than a chunk: a bf16 gradient upcast whole would cost 0.5 GB for a 150k vocabulary.
 fn adamw_8bit(
     weights: &mut Tensor,
     exp_avg: &mut Quantized,
     exp_avg_sq: &mut Quantized,
     g: &Tensor,
+    scale: f64,
     c: &StepConstants,
     decay: bool,
 ) {
@@ -225,7 +231,8 @@ fn adamw_8bit(
         let len = CHUNK_8BIT.min(n - start);
         let (mut m, mut v) = (exp_avg.read(start, len), exp_avg_sq.read(start, len));
         let mut w = flat.narrow(0, start, len);
-        adamw(&mut w, &mut m, &mut v, &g.narrow(0, start, len), c, decay);
+        let g = upcast(&g.narrow(0, start, len), Kind::Float, scale);
+        adamw(&mut w, &mut m, &mut v, &g, c, decay);
         exp_avg.write(start, &m);
         exp_avg_sq.write(start, &v);
     }
@@ -254,15 +261,6 @@ impl Moments {
             exp_avg_sq: tensor.zeros_like().to_kind(kind),
         }
     }
-
-    /// The dtype the update is computed in.
-    fn kind(&self) -> Kind {
-        match self {
-            Moments::Full { exp_avg, .. } => exp_avg.kind(),
-            Moments::Blockwise { .. } => Kind::Float,
-        }
-    }
-
     /// The checkpoint entries of the moments of parameter `name`, on the CPU:
     /// `{name}.exp_avg[_sq]`, or their `.codes` and `.absmax` when 8-bit.
     fn entries(&self, name: &str) -> Vec<(String, Tensor)> {
@@ -630,7 +628,7 @@ impl AdamW {
                 .iter()
                 .map(|(_, p)| p.tensor.grad())
                 .filter(|g| g.defined())
-                .map(|g| g.to_kind(Kind::Float).norm())
+                .map(|g| f32_norm(&g))
                 .collect();
             match norms.is_empty() {
                 true => 0.0,
@@ -658,11 +656,29 @@ impl AdamW {
                 if !g.defined() {
                     continue;
                 }
-                let g = upcast(&g, p.moments.kind(), scale);
-                p.update(&g, &c);
+                p.update(&g, scale, &c);
             }
         });
     }
+}
+
+/// The L2 norm of `g` in f32. A bf16/f16 tensor is upcast a chunk of [`CHUNK_8BIT`] values at
+/// a time (the norm of the chunks' norms), not whole: the whole copy of a 150k-vocabulary
+/// embedding's gradient would cost 0.5 GB.
+fn f32_norm(g: &Tensor) -> Tensor {
+    let n = g.numel() as i64;
+    if g.kind() == Kind::Float || n <= CHUNK_8BIT {
+        return g.to_kind(Kind::Float).norm();
+    }
+    let flat = g.reshape([-1]);
+    let norms: Vec<Tensor> = (0..n)
+        .step_by(CHUNK_8BIT as usize)
+        .map(|start| {
+            let len = CHUNK_8BIT.min(n - start);
+            flat.narrow(0, start, len).to_kind(Kind::Float).norm()
+        })
+        .collect();
+    Tensor::stack(&norms, 0).norm()
 }
 
 /// `g` in `kind` (the moments' dtype), times the clipping `scale`: an f32 gradient is scaled

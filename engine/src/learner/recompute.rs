@@ -325,11 +325,21 @@ impl CheckpointedStack {
             grad_first = defined(x_first.grad());
             grad_rest = x_rest.and_then(|x| defined(x.grad()));
         }
-        let mut outputs = vec![(model.embed(&first.tokens), grad_first)];
+        let mut inputs = vec![(&first.tokens, grad_first)];
         if let Some((c, _)) = &completions {
-            outputs.push((model.embed(&c.tokens), grad_rest));
+            inputs.push((&c.tokens, grad_rest));
         }
-        backward_all(outputs);
+        let weight = model.embed_weight();
+        let inputs: Vec<_> = inputs
+            .into_iter()
+            .filter_map(|(t, g)| Some((t, g?)))
+            .collect();
+        if weight.requires_grad() && !inputs.is_empty() {
+            let mut table_grad = grad_buffer(weight);
+            for (tokens, grad) in inputs {
+                model.embed_backward(tokens, &grad, &mut table_grad);
+            }
+        }
     }
 }
 
