@@ -13,7 +13,7 @@
 # other processes are spared. Installs trl (and, for trl8, bitsandbytes) into the set-up's venv
 # on first use. Run from the repo root after `make build`.
 # Usage: bench/learner_memory.sh [THREADS=nproc]
-#   env: OXRL=path/to/oxrl  GROUP=4  UPDATES=2  CHUNK=1024 (logprob_chunk_tokens)
+#   env: OXRL=path/to/oxrl  GROUP=4  UPDATES=2  CHUNK=256 (logprob_chunk_tokens)
 #        DTYPE=f32 (or bf16: oxrl bf16 weights with f32 masters, TRL `bf16=True`)
 #        RUNS="off checkpointing chunked both both8 trl trl8 padding" (any subset, in this order;
 #        default: all but both8 and trl8)
@@ -25,7 +25,7 @@ OXRL="${OXRL:-./target/release/oxrl}"
 GROUP="${GROUP:-4}"
 DTYPE="${DTYPE:-f32}"
 UPDATES="${UPDATES:-2}"
-CHUNK="${CHUNK:-1024}"
+CHUNK="${CHUNK:-256}"
 RUNS=" ${RUNS:-off checkpointing chunked both trl padding} "
 BOTH8="oxrl, both, 8-bit AdamW"
 TRL8="TRL GRPOTrainer, checkpointing, 8-bit AdamW (bitsandbytes)"
