@@ -70,11 +70,12 @@ fn weights(l: &Learner) -> Vec<(String, Tensor)> {
 
 /// The optimizer's f32 master weights, copied.
 fn masters(l: &Learner) -> Vec<(String, Tensor)> {
-    f32_copies(
-        l.optimizer()
-            .master_weights()
-            .map(|(n, t)| (n.to_string(), t)),
-    )
+    let masters: Vec<(String, Tensor)> = l
+        .optimizer()
+        .master_weights()
+        .map(|(n, t)| (n.to_string(), t))
+        .collect();
+    f32_copies(masters.iter().map(|(n, t)| (n.clone(), t)))
 }
 
 /// Elements of `a` that differ from `b`, and the total.
@@ -211,7 +212,7 @@ fn a_master_update_equals_the_f32_update_bit_for_bit() {
         mixed.step(cfg.lr, &cfg);
         reference.step(cfg.lr, &cfg);
     }
-    let master: Vec<&Tensor> = mixed.master_weights().map(|(_, t)| t).collect();
+    let master: Vec<Tensor> = mixed.master_weights().map(|(_, t)| t).collect();
     assert_eq!(master.len(), 2);
     for ((m, f), (h, start)) in master.iter().zip(&full).zip(half.iter().zip(&bf16)) {
         assert!(

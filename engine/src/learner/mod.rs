@@ -19,6 +19,7 @@ pub mod grpo;
 #[allow(clippy::module_inception)]
 mod learner;
 pub mod lora;
+mod master;
 pub mod metrics;
 pub mod optim;
 pub mod ppo;

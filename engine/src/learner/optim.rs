@@ -13,6 +13,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use super::master::Master;
 use super::precision::is_half;
 use super::quant8::{Codebook, Quantized, BLOCK};
 use crate::error::{Error, Result};
@@ -124,9 +125,10 @@ pub fn decays(name: &str) -> bool {
 struct Param {
     /// The model's parameter: what the forward reads and the backward writes a gradient to.
     tensor: Tensor,
-    /// Mixed precision: the f32 master copy the update is applied to; `tensor` is then
-    /// refreshed from it. `None`: the update is applied to `tensor` in its own dtype.
-    master: Option<Tensor>,
+    /// Mixed precision: the f32 master the update is applied to (for bf16, the 16 bits
+    /// `tensor` lacks); `tensor` is then refreshed from it. `None`: the update is applied to
+    /// `tensor` in its own dtype.
+    master: Option<Master>,
     decay: bool,
     moments: Moments,
 }
@@ -143,7 +145,7 @@ enum Moments {
 }
 
 impl Param {
-    /// State for `tensor`: zero moments and, with `master`, an f32 copy when `tensor` is
+    /// State for `tensor`: zero moments and, with `master`, an f32 master when `tensor` is
     /// bf16/f16 (f32 and f64 parameters are their own master).
     fn new(
         name: &str,
@@ -152,8 +154,7 @@ impl Param {
         optim: Optimizer,
         books: &mut Codebooks,
     ) -> Self {
-        let master = (master && is_half(tensor.kind()))
-            .then(|| tch::no_grad(|| tensor.detach().to_kind(Kind::Float)));
+        let master = (master && is_half(tensor.kind())).then(|| Master::new(&tensor));
         Self {
             decay: decays(name),
             moments: Moments::new(&tensor, optim, books),
@@ -163,49 +164,45 @@ impl Param {
     }
 
     /// One AdamW update with the gradient `g` times the clipping `scale`, taken in the
-    /// moments' dtype (8-bit moments: f32) a [`STEP_CHUNK`] of values at a time.
+    /// moments' dtype (8-bit moments: f32) a [`STEP_CHUNK`] of values at a time: the chunk's
+    /// weights (the master's where there is one), gradient and moments, updated and stored.
     fn update(&mut self, g: &Tensor, scale: f64, c: &StepConstants) {
-        let weights = self.master.as_mut().unwrap_or(&mut self.tensor);
-        match &mut self.moments {
-            Moments::Full {
-                exp_avg,
-                exp_avg_sq,
-            } if [&*weights, &*exp_avg, &*exp_avg_sq]
-                .iter()
-                .all(|t| t.is_contiguous()) =>
-            {
-                let kind = exp_avg.kind();
-                let flat = |t: &Tensor| t.view([-1]);
-                let (w, m, v) = (flat(weights), flat(exp_avg), flat(exp_avg_sq));
-                let g = g.contiguous().view([-1]);
-                for (start, len) in step_chunks(w.size()[0]) {
-                    let part = |t: &Tensor| t.narrow(0, start, len);
-                    let g = upcast(&part(&g), kind, scale);
-                    adamw(
-                        &mut part(&w),
-                        &mut part(&m),
-                        &mut part(&v),
-                        &g,
-                        c,
-                        self.decay,
-                    );
-                }
-            }
-            Moments::Full {
-                exp_avg,
-                exp_avg_sq,
-            } => {
-                let g = upcast(g, exp_avg.kind(), scale);
-                adamw(weights, exp_avg, exp_avg_sq, &g, c, self.decay)
-            }
-            Moments::Blockwise {
-                exp_avg,
-                exp_avg_sq,
-            } => adamw_8bit(weights, exp_avg, exp_avg_sq, g, scale, c, self.decay),
+        if !(self.tensor.is_contiguous() && self.moments.is_contiguous()) {
+            return self.update_whole(g, scale, c);
         }
-        if let Some(master) = &self.master {
-            // Round-to-nearest into the model's dtype: what the next forward sees.
-            self.tensor.copy_(master);
+        let (flat, g) = (self.tensor.view([-1]), g.contiguous().view([-1]));
+        let kind = self.moments.kind();
+        for (start, len) in step_chunks(flat.size()[0]) {
+            let mut w = match &self.master {
+                Some(master) => master.read(&self.tensor, start, len),
+                None => flat.narrow(0, start, len),
+            };
+            let g = upcast(&g.narrow(0, start, len), kind, scale);
+            self.moments.update(&mut w, &g, (start, len), c, self.decay);
+            if let Some(master) = &mut self.master {
+                master.write(&self.tensor, start, &w);
+            }
+        }
+    }
+
+    /// [`update`](Self::update) of a non-contiguous parameter, whole: its moments are f32 and
+    /// its master (if any) a whole f32 copy ([`Moments::new`], [`Master::new`]).
+    fn update_whole(&mut self, g: &Tensor, scale: f64, c: &StepConstants) {
+        let Moments::Full {
+            exp_avg,
+            exp_avg_sq,
+        } = &mut self.moments
+        else {
+            unreachable!("8-bit moments are kept for contiguous parameters only")
+        };
+        let g = upcast(g, exp_avg.kind(), scale);
+        let mut weights = match &self.master {
+            Some(master) => master.value(&self.tensor),
+            None => self.tensor.shallow_clone(),
+        };
+        adamw(&mut weights, exp_avg, exp_avg_sq, &g, c, self.decay);
+        if let Some(master) = &mut self.master {
+            master.set(&self.tensor, &weights);
         }
     }
 }
@@ -244,30 +241,57 @@ fn adamw(
     let _ = weights.addcdiv_(exp_avg, &denom);
 }
 
-/// [`adamw`] with 8-bit moments, a chunk of [`STEP_CHUNK`] values at a time: the gradient
-/// upcast and scaled, the moments decoded to f32, updated, coded again. No temporary is larger
-/// than a chunk: a bf16 gradient upcast whole would cost 0.5 GB for a 150k vocabulary.
-fn adamw_8bit(
-    weights: &mut Tensor,
-    exp_avg: &mut Quantized,
-    exp_avg_sq: &mut Quantized,
-    g: &Tensor,
-    scale: f64,
-    c: &StepConstants,
-    decay: bool,
-) {
-    let (flat, g) = (weights.view([-1]), g.contiguous().view([-1]));
-    for (start, len) in step_chunks(flat.size()[0]) {
-        let (mut m, mut v) = (exp_avg.read(start, len), exp_avg_sq.read(start, len));
-        let mut w = flat.narrow(0, start, len);
-        let g = upcast(&g.narrow(0, start, len), Kind::Float, scale);
-        adamw(&mut w, &mut m, &mut v, &g, c, decay);
-        exp_avg.write(start, &m);
-        exp_avg_sq.write(start, &v);
-    }
-}
-
 impl Moments {
+    /// One AdamW update of the weights `w` (the values `[start, start + len)` of the flattened
+    /// parameter) and that part of the moments, with gradient `g`: 8-bit moments are decoded
+    /// to f32, updated and coded again.
+    fn update(
+        &mut self,
+        w: &mut Tensor,
+        g: &Tensor,
+        (start, len): (i64, i64),
+        c: &StepConstants,
+        decay: bool,
+    ) {
+        match self {
+            Moments::Full {
+                exp_avg,
+                exp_avg_sq,
+            } => {
+                let part = |t: &Tensor| t.view([-1]).narrow(0, start, len);
+                adamw(w, &mut part(exp_avg), &mut part(exp_avg_sq), g, c, decay);
+            }
+            Moments::Blockwise {
+                exp_avg,
+                exp_avg_sq,
+            } => {
+                let (mut m, mut v) = (exp_avg.read(start, len), exp_avg_sq.read(start, len));
+                adamw(w, &mut m, &mut v, g, c, decay);
+                exp_avg.write(start, &m);
+                exp_avg_sq.write(start, &v);
+            }
+        }
+    }
+
+    /// The dtype the update is computed in.
+    fn kind(&self) -> Kind {
+        match self {
+            Moments::Full { exp_avg, .. } => exp_avg.kind(),
+            Moments::Blockwise { .. } => Kind::Float,
+        }
+    }
+
+    /// Whether the moments can be updated as flat views (8-bit ones always are).
+    fn is_contiguous(&self) -> bool {
+        match self {
+            Moments::Full {
+                exp_avg,
+                exp_avg_sq,
+            } => exp_avg.is_contiguous() && exp_avg_sq.is_contiguous(),
+            Moments::Blockwise { .. } => true,
+        }
+    }
+
     /// Zero moments for `tensor`: 8-bit under `adamw_8bit` for f32/bf16/f16 parameters of at
     /// least [`MIN_8BIT_SIZE`] values (contiguous: they are updated as flat views), in f32 (f64
     /// for f64 parameters) otherwise.
@@ -546,17 +570,18 @@ impl AdamW {
         tch::no_grad(|| {
             for (_, p) in &mut self.params {
                 if let Some(master) = &mut p.master {
-                    master.copy_(&p.tensor);
+                    master.set(&p.tensor, &p.tensor.to_kind(Kind::Float));
                 }
             }
         });
     }
 
-    /// The f32 master weights (name, tensor) kept under mixed precision; empty otherwise.
-    pub fn master_weights(&self) -> impl Iterator<Item = (&str, &Tensor)> {
-        self.params
-            .iter()
-            .filter_map(|(n, p)| p.master.as_ref().map(|m| (n.as_str(), m)))
+    /// The f32 master weights (name, values) kept under mixed precision; empty otherwise.
+    pub fn master_weights(&self) -> impl Iterator<Item = (&str, Tensor)> {
+        self.params.iter().filter_map(|(n, p)| {
+            let master = p.master.as_ref()?;
+            Some((n.as_str(), tch::no_grad(|| master.value(&p.tensor))))
+        })
     }
 
     /// Writes the moments, the master weights (mixed precision) and the step count to a
@@ -568,7 +593,8 @@ impl AdamW {
         for (name, p) in &self.params {
             tensors.extend(p.moments.entries(name));
             if let Some(master) = &p.master {
-                tensors.push((format!("{name}.master"), master.to_device(tch::Device::Cpu)));
+                let values = tch::no_grad(|| master.value(&p.tensor));
+                tensors.push((format!("{name}.master"), values.to_device(tch::Device::Cpu)));
             }
         }
         Tensor::write_safetensors(&tensors, path)
@@ -601,16 +627,16 @@ impl AdamW {
                 Ok(stored)
             };
             let master = match &p.master {
-                Some(like) => file
+                Some(_) => file
                     .get(&format!("{name}.master"))
-                    .map(|m| match m.size() == like.size() {
+                    .map(|m| match m.size() == p.tensor.size() {
                         true => Ok(m),
                         false => Err(Error::bad_file(
                             path,
                             format!(
                                 "{name}.master: shape {:?}, expected {:?}",
                                 m.size(),
-                                like.size()
+                                p.tensor.size()
                             ),
                         )),
                     })
@@ -624,7 +650,9 @@ impl AdamW {
             for ((_, p), (m, v, master)) in self.params.iter_mut().zip(found) {
                 p.moments.restore(m, v, &p.tensor, &mut books);
                 if let Some(own) = &mut p.master {
-                    own.copy_(master.unwrap_or(&p.tensor));
+                    let values = master.unwrap_or(&p.tensor);
+                    let values = values.to_device(p.tensor.device()).to_kind(Kind::Float);
+                    own.set(&p.tensor, &values);
                 }
             }
         });
