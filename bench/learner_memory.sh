@@ -42,8 +42,8 @@ wanted() { [[ $RUNS == *" $1 "* ]]; }
 # Static memory is what any trainer of these weights holds from the second update on besides
 # the parameters (in the baseline): their gradients and AdamW's two moments, and oxrl's f32
 # masters of bf16 weights. In units of the parameters' bytes (`param_mib`): f32 gradients 1,
-# f32 moments 2 (8-bit: 0.5); bf16 weights (oxrl) gradients 1, masters 2, moments 4 (8-bit:
-# 1); TRL's bf16 is autocast over f32 weights, so as f32. "Above static" is activations,
+# f32 moments 2 (8-bit: 0.5); bf16 weights (oxrl) gradients 1, masters 1 (the 16 low bits of
+# each f32), moments 4 (8-bit: 1); TRL's bf16 is autocast over f32 weights, so as f32. "Above static" is activations,
 # temporaries and allocator slack.
 static_factor() { # the run's output
     local out=$1 moments=2
@@ -51,7 +51,7 @@ static_factor() { # the run's output
     if [[ $out == *generation_seconds* || $(field dtype <<<"$out") != bf16 ]]; then
         echo "1 + $moments"
     else # oxrl's bf16 weights
-        echo "1 + 2 + 2 * $moments"
+        echo "1 + 1 + 2 * $moments"
     fi
 }
 row() {

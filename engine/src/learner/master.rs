@@ -84,26 +84,22 @@ impl Master {
     }
 }
 
-/// f32 values from bf16 `high` and int16 `low` (flat, same length): bits `(high << 16) + low`.
+/// f32 values from bf16 `high` and int16 `low` (flat, same length): bits `(high << 16) + low`,
+/// in int32 arithmetic (libtorch shifts signed integers as unsigned and adds with wrap-around,
+/// so the sum is the 32-bit pattern whatever the sign).
 fn compose(high: &Tensor, low: &Tensor) -> Tensor {
     let high = high
         .view_dtype(Kind::Int16)
-        .to_kind(Kind::Int64)
-        .bitwise_and(0xFFFF)
-        .bitwise_left_shift_tensor_scalar(16);
-    // Bits in [0, 2^32) as int64, then their low 32 bits as int32 (two's complement wraps).
-    (high + low.to_kind(Kind::Int64))
         .to_kind(Kind::Int)
-        .view_dtype(Kind::Float)
+        .bitwise_left_shift_tensor_scalar(16);
+    (high + low.to_kind(Kind::Int)).view_dtype(Kind::Float)
 }
 
-/// f32 `values` as round-to-nearest bf16 bits (int16) and the signed remainder (int16).
+/// f32 `values` as round-to-nearest bf16 bits (int16) and the signed remainder (int16):
+/// `high = (bits + 0x8000) >> 16` (arithmetic shift: its low 16 bits are the bf16 pattern for
+/// either sign), `low = bits - (high << 16)`, in [-0x8000, 0x8000).
 fn split(values: &Tensor) -> (Tensor, Tensor) {
-    let bits = values
-        .contiguous()
-        .view_dtype(Kind::Int)
-        .to_kind(Kind::Int64)
-        .bitwise_and(0xFFFF_FFFFi64);
+    let bits = values.contiguous().view_dtype(Kind::Int);
     let high = (&bits + 0x8000).bitwise_right_shift_tensor_scalar(16);
     let low = bits - high.bitwise_left_shift_tensor_scalar(16);
     (high.to_kind(Kind::Int16), low.to_kind(Kind::Int16))
@@ -117,9 +113,8 @@ mod tests {
     fn low_bits_keep_the_f32_exactly_and_the_parameter_is_its_nearest_bf16() {
         tch::manual_seed(4);
         let values = Tensor::randn([100_000], (Kind::Float, tch::Device::Cpu)) * 10.0;
-        let _ = values
-            .narrow(0, 0, 4)
-            .copy_(&Tensor::from_slice(&[0.0f32, -0.0, 1e-40, -3.0e38]));
+        let specials = Tensor::from_slice(&[0.0f32, -0.0, 1e-40, -3.0e38, 3.0e38, -1e-40]);
+        values.narrow(0, 0, 6).copy_(&specials);
         let param = values.to_kind(Kind::BFloat16);
         let mut master = Master::new(&param);
         assert!(matches!(master, Master::Low16(_)));
