@@ -51,8 +51,12 @@ impl Master {
         let len = values.size()[0];
         let mut part = param.detach().view([-1]).narrow(0, start, len);
         match self {
-            Master::Full(_) => {
-                part.copy_(values);
+            Master::Full(master) => {
+                let mut own = master.view([-1]).narrow(0, start, len);
+                if own.data_ptr() != values.data_ptr() {
+                    own.copy_(values); // not the view `read` handed out
+                }
+                part.copy_(&own);
             }
             Master::Low16(low) => {
                 let (high, rest) = split(values);

@@ -314,6 +314,7 @@ impl Moments {
             exp_avg_sq: tensor.zeros_like().to_kind(kind),
         }
     }
+
     /// The checkpoint entries of the moments of parameter `name`, on the CPU:
     /// `{name}.exp_avg[_sq]`, or their `.codes` and `.absmax` when 8-bit.
     fn entries(&self, name: &str) -> Vec<(String, Tensor)> {
@@ -819,31 +820,46 @@ mod tests {
     }
 
     #[test]
-    fn chunked_f32_updates_equal_one_whole_update_bit_for_bit() {
-        // Two chunks and a partial one, bf16 weights with f32 masters and clipping: the
-        // chunked step equals `adamw` over the whole tensor.
-        let n = STEP_CHUNK + 300;
+    fn master_updates_equal_one_whole_f32_update_bit_for_bit() {
+        // bf16 over several chunks (2-byte masters), f16 (a whole f32 copy) and a transposed
+        // bf16 weight (updated whole), with decay and clipping: each master equals `adamw`
+        // applied to an f32 copy of the whole tensor.
+        let cpu = tch::Device::Cpu;
         tch::manual_seed(2);
-        let w = leaf(Tensor::randn([n], (Kind::BFloat16, tch::Device::Cpu)));
-        let g = Tensor::randn([n], (Kind::BFloat16, tch::Device::Cpu));
+        let params = [
+            Tensor::randn([STEP_CHUNK + 300], (Kind::BFloat16, cpu)),
+            Tensor::randn([300], (Kind::Half, cpu)),
+            Tensor::randn([48, 64], (Kind::BFloat16, cpu)).tr(),
+        ];
         let cfg = OptimConfig {
             lr: 1e-3,
             weight_decay: 0.1,
             ..Default::default()
         };
-        let mut opt = AdamW::with_master_weights(vec![("w".into(), w.shallow_clone())]);
-        let mut master = w.detach().to_kind(Kind::Float);
-        let (mut m, mut v) = (master.zeros_like(), master.zeros_like());
-        for step in 1..=2 {
-            opt.zero_grad();
-            (&w * &g).sum(Kind::Float).backward();
-            let norm = opt.clip_grad_norm(1.0);
-            opt.step(cfg.lr, &cfg);
-            let c = StepConstants::new(cfg.lr, &cfg, step);
-            let clipped = g.to_kind(Kind::Float) * (1.0 / (norm + 1e-6));
-            adamw(&mut master, &mut m, &mut v, &clipped, &c, true);
-            let (_, got) = opt.master_weights().next().unwrap();
-            assert!(got.equal(&master), "step {step}");
+        for w in params {
+            let w = leaf(w.detach());
+            let g = w.randn_like();
+            let mut opt = AdamW::with_master_weights(vec![("w".into(), w.shallow_clone())]);
+            let mut master = w.detach().to_kind(Kind::Float);
+            let (mut m, mut v) = (master.zeros_like(), master.zeros_like());
+            for step in 1..=2 {
+                opt.zero_grad();
+                (&w * &g).sum(Kind::Float).backward();
+                let norm = opt.clip_grad_norm(1.0);
+                opt.step(cfg.lr, &cfg);
+                let c = StepConstants::new(cfg.lr, &cfg, step);
+                let clipped = g.to_kind(Kind::Float) * (1.0 / (norm + 1e-6));
+                adamw(&mut master, &mut m, &mut v, &clipped, &c, true);
+                let (_, got) = opt.master_weights().next().unwrap();
+                let context = format!("{:?} {:?}, step {step}", w.kind(), w.size());
+                assert!(got.equal(&master), "{context}");
+                let rounded = master.to_kind(w.kind());
+                let ties = w.ne_tensor(&rounded).sum(Kind::Int64).int64_value(&[]);
+                assert!(
+                    ties <= 2,
+                    "{context}: {ties} weights are not their master rounded"
+                );
+            }
         }
     }
 
