@@ -325,19 +325,14 @@ impl CheckpointedStack {
             grad_first = defined(x_first.grad());
             grad_rest = x_rest.and_then(|x| defined(x.grad()));
         }
-        let mut inputs = vec![(&first.tokens, grad_first)];
-        if let Some((c, _)) = &completions {
-            inputs.push((&c.tokens, grad_rest));
-        }
         let weight = model.embed_weight();
-        let inputs: Vec<_> = inputs
-            .into_iter()
-            .filter_map(|(t, g)| Some((t, g?)))
-            .collect();
-        if weight.requires_grad() && !inputs.is_empty() {
-            let mut table_grad = grad_buffer(weight);
-            for (tokens, grad) in inputs {
-                model.embed_backward(tokens, &grad, &mut table_grad);
+        if !weight.requires_grad() {
+            return;
+        }
+        let rest = completions.as_ref().map(|(c, _)| &c.tokens);
+        for (tokens, grad) in [(Some(&first.tokens), grad_first), (rest, grad_rest)] {
+            if let (Some(tokens), Some(grad)) = (tokens, grad) {
+                model.embed_backward(tokens, &grad, &mut grad_buffer(weight));
             }
         }
     }
